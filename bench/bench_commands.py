@@ -1,0 +1,90 @@
+"""Wall time and peak memory of the README's two commands, stage by stage, on a fresh clone.
+
+Clones the committed HEAD into a temporary folder with an empty model/wheel cache and
+runs, as a new user would: ``make setup`` (venv + install), ``make test``, then the main
+job's stages with ``make pipeline PROFILE=<profile>`` (default smoke; the stage report of
+the pipeline itself gives the per-notebook split). Peak memory is the sampled RSS of the
+whole process tree. Writes ``results/bench/commands.json``.
+
+    python bench/bench_commands.py [--profile smoke|cpu] [--skip-test]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+
+from medkit import io as mio
+from medkit.paths import REPO_ROOT, results_dir
+
+
+def run_measured(cmd: list[str], cwd: Path, env: dict[str, str]) -> dict:
+    t0 = time.perf_counter()
+    proc = psutil.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    peak = 0
+    out_lines: list[str] = []
+    import threading
+
+    def reader() -> None:
+        for line in proc.stdout:  # type: ignore[union-attr]
+            out_lines.append(line)
+
+    th = threading.Thread(target=reader, daemon=True)
+    th.start()
+    while proc.poll() is None:
+        total = 0
+        try:
+            for p in [proc, *proc.children(recursive=True)]:
+                total += p.memory_info().rss
+        except psutil.Error:
+            pass
+        peak = max(peak, total)
+        time.sleep(0.25)
+    th.join()
+    return {"command": " ".join(cmd), "exit_code": proc.returncode, "seconds": round(time.perf_counter() - t0, 1),
+            "peak_rss_mb": round(peak / 2**20, 1), "tail": "".join(out_lines[-5:])}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--profile", default="smoke")
+    ap.add_argument("--skip-test", action="store_true")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="medkit-bench-") as tmp:
+        clone = Path(tmp) / "medkit"
+        subprocess.run(["git", "clone", "-q", str(REPO_ROOT), str(clone)], check=True)
+        env = {**os.environ, "MEDKIT_CACHE": str(Path(tmp) / "cache"), "HF_HUB_OFFLINE": "1"}
+        for k in ("VIRTUAL_ENV", "MEDKIT_DATA", "MEDKIT_RESULTS"):
+            env.pop(k, None)
+        stages = [("make setup", ["make", "setup"])]
+        if not args.skip_test:
+            stages.append(("make test (after setup)", ["make", "test"]))
+        stages.append((f"make pipeline PROFILE={args.profile} (after setup)", ["make", "pipeline", f"PROFILE={args.profile}"]))
+        report = []
+        for name, cmd in stages:
+            print(f"== {name}", flush=True)
+            r = run_measured(cmd, clone, env)
+            r["stage"] = name
+            report.append(r)
+            print(json.dumps({k: v for k, v in r.items() if k != "tail"}), flush=True)
+            if r["exit_code"] != 0:
+                print(r["tail"], file=sys.stderr)
+                break
+        pipe = clone / "results" / "bench" / f"pipeline_{args.profile}.json"
+        result = {"fresh_clone_of": subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True,
+                                                   text=True).stdout.strip(),
+                  "commands": report,
+                  "pipeline_stages": json.loads(pipe.read_text()) if pipe.exists() else None}
+    mio.write_json(results_dir() / "bench" / "commands.json", result)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,151 @@
+"""Atomic, provenance-stamped reading and writing of artifacts.
+
+Every artifact is written to a temporary file in the destination folder and then
+renamed over the target, so a failed or interrupted run never leaves a half-written
+file or destroys what was already built. JSONL appends are line-atomic (one
+``write`` + flush per record) so that resumable stages can pick up where they
+stopped; readers skip a truncated final line and report any other bad line by
+file and line number.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import json
+import os
+import platform
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from .errors import InputError
+
+
+@contextlib.contextmanager
+def atomic_path(target: str | Path, suffix: str = "") -> Iterator[Path]:
+    """Yield a temporary path next to ``target``; rename it over ``target`` on success."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix or ".tmp", dir=target.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, target)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_text(target: str | Path, text: str) -> Path:
+    with atomic_path(target) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(target)
+
+
+def write_json(target: str | Path, obj: Any) -> Path:
+    return write_text(target, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def read_json(path: str | Path) -> Any:
+    path = Path(path)
+    if not path.exists():
+        raise InputError(path, "file not found")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise InputError(path, f"not valid JSON ({e.msg})", line=e.lineno) from None
+
+
+def write_parquet(target: str | Path, df: pd.DataFrame) -> Path:
+    with atomic_path(target, suffix=".parquet") as tmp:
+        df.to_parquet(tmp, index=False)
+    return Path(target)
+
+
+def read_parquet(path: str | Path, columns: list[str] | None = None) -> pd.DataFrame:
+    path = Path(path)
+    if not path.exists():
+        raise InputError(path, "file not found (build it first: `make data` or the notebook that writes it)")
+    try:
+        return pd.read_parquet(path, columns=columns)
+    except Exception as e:  # pyarrow raises several types for corrupt files
+        raise InputError(path, f"cannot read as Parquet ({type(e).__name__}: {e})") from None
+
+
+def write_jsonl(target: str | Path, records: Iterable[dict[str, Any]]) -> int:
+    """Write all records atomically (replaces ``target``); returns the count."""
+    n = 0
+    with atomic_path(target, suffix=".jsonl") as tmp, open(tmp, "w", encoding="utf-8") as f:
+        for rec in records:
+            f.write(json.dumps(rec, ensure_ascii=False, default=str) + "\n")
+            n += 1
+    return n
+
+
+def append_jsonl(path: str | Path, record: dict[str, Any]) -> None:
+    """Append one record as one line, flushed and fsynced (for resumable stages)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    line = json.dumps(record, ensure_ascii=False, default=str) + "\n"
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(line)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_jsonl(path: str | Path, *, required: Iterable[str] = (), allow_truncated_tail: bool = True) -> list[dict[str, Any]]:
+    """Read a JSONL file, naming the line of any malformed record.
+
+    A final line without a newline that fails to parse is what an interrupted
+    append leaves behind; it is dropped when ``allow_truncated_tail`` is true.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError(path, "file not found")
+    required = tuple(required)
+    raw = path.read_text(encoding="utf-8")
+    lines = raw.split("\n")
+    records: list[dict[str, Any]] = []
+    for i, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        is_tail = i == len(lines) and not raw.endswith("\n")
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            if is_tail and allow_truncated_tail:
+                break
+            raise InputError(path, f"not valid JSON ({e.msg})", line=i) from None
+        if not isinstance(rec, dict):
+            raise InputError(path, f"expected a JSON object, got {type(rec).__name__}", line=i)
+        for field in required:
+            if field not in rec:
+                raise InputError(path, "required field missing", line=i, field=field)
+        records.append(rec)
+    return records
+
+
+def provenance(**parameters: Any) -> dict[str, Any]:
+    """A provenance block: medkit version, python, package versions, time, parameters."""
+    from importlib import metadata
+
+    from . import __version__
+
+    def _ver(pkg: str) -> str | None:
+        try:
+            return metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            return None
+
+    return {
+        "medkit_version": __version__,
+        "python": platform.python_version(),
+        "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "packages": {p: _ver(p) for p in ("pandas", "networkx", "pyahocorasick", "torch", "transformers")},
+        "parameters": parameters,
+    }

@@ -1,0 +1,147 @@
+"""Running the whole kit: stages, papermill execution, timing and peak memory.
+
+Scope: the main job behind ``make pipeline`` — build the knowledge base, fetch and
+convert the model, execute every numbered notebook headless with papermill under
+one profile (executed copies to ``results/<profile>/``) — and a per-stage report of
+wall time and peak memory (the whole process tree, sampled) written to
+``results/bench/pipeline_<profile>.json``.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from . import io as mio
+from .errors import ConfigError, MedkitError
+from .paths import notebooks_dir, results_dir
+from .profiles import check_profile
+
+
+def numbered_notebooks(folder: Path | None = None) -> list[Path]:
+    """``NN_name.ipynb`` notebooks in order."""
+    folder = folder or notebooks_dir()
+    return sorted(p for p in folder.glob("[0-9][0-9]_*.ipynb"))
+
+
+class PeakMemory:
+    """Samples the RSS of this process and all its children (e.g. a Jupyter kernel)."""
+
+    def __init__(self, interval: float = 0.2) -> None:
+        self.interval = interval
+        self.peak_bytes = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _sample(self) -> int:
+        me = psutil.Process()
+        total = 0
+        for p in [me, *me.children(recursive=True)]:
+            try:
+                total += p.memory_info().rss
+            except psutil.Error:
+                pass
+        return total
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak_bytes = max(self.peak_bytes, self._sample())
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> "PeakMemory":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak_bytes = max(self.peak_bytes, self._sample())
+
+
+@contextmanager
+def stage(report: list[dict[str, Any]], name: str) -> Iterator[None]:
+    """Time a stage and record its peak memory into ``report``."""
+    t0 = time.perf_counter()
+    status = "ok"
+    with PeakMemory() as mem:
+        try:
+            yield
+        except BaseException:
+            status = "failed"
+            raise
+        finally:
+            report.append({"stage": name, "status": status, "seconds": round(time.perf_counter() - t0, 1),
+                           "peak_rss_mb": round(mem.peak_bytes / 2**20, 1)})
+
+
+def run_notebook(path: Path, profile: str, out_dir: Path, parameters: dict[str, Any] | None = None) -> Path:
+    """Execute one notebook with papermill; the executed copy goes to ``out_dir``."""
+    import papermill as pm
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    out = out_dir / path.name
+    params = {"PROFILE": profile, **(parameters or {})}
+    try:
+        pm.execute_notebook(str(path), str(out), parameters=params, kernel_name="python3",
+                            cwd=str(path.parent), progress_bar=False, log_output=False)
+    except pm.PapermillExecutionError as e:
+        raise MedkitError(f"{path.name} failed in cell {e.exec_count} ({e.ename}: {e.evalue}); "
+                          f"the executed copy with the error is {out}") from None
+    return out
+
+
+def run_notebooks(profile: str, *, only: list[str] | None = None, report: list[dict[str, Any]] | None = None,
+                  echo: Callable[[str], None] = print) -> list[Path]:
+    check_profile(profile)
+    books = numbered_notebooks()
+    if only:
+        books = [b for b in books if any(b.name.startswith(o) for o in only)]
+        if not books:
+            raise ConfigError(f"no notebook matches {only}")
+    report = report if report is not None else []
+    outs = []
+    for nb in books:
+        echo(f"[{profile}] running {nb.name} ...")
+        with stage(report, f"notebook {nb.stem}"):
+            outs.append(run_notebook(nb, profile, results_dir(profile)))
+        echo(f"[{profile}] {nb.name}: {report[-1]['seconds']} s, peak {report[-1]['peak_rss_mb']} MB")
+    return outs
+
+
+def run_pipeline(profile: str, echo: Callable[[str], None] = print) -> Path:
+    """The main job: KB, model, every notebook; returns the stage report path."""
+    from .kb import build_kb
+
+    check_profile(profile)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    report: list[dict[str, Any]] = []
+    t0 = time.perf_counter()
+    try:
+        with stage(report, "build knowledge base"):
+            build_kb(progress=echo)
+        if profile != "gpu":
+            from .model import ensure_small_model
+
+            with stage(report, "fetch and convert model"):
+                echo(f"model ready at {ensure_small_model()}")
+        run_notebooks(profile, report=report, echo=echo)
+    finally:
+        out = results_dir() / "bench" / f"pipeline_{profile}.json"
+        mio.write_json(out, {"profile": profile, "total_seconds": round(time.perf_counter() - t0, 1),
+                             "stages": report, "machine": machine_facts()})
+    echo(f"stage report: {out}")
+    return out
+
+
+def machine_facts() -> dict[str, Any]:
+    import platform
+
+    return {"cpu_count": os.cpu_count(), "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+            "python": platform.python_version(), "machine": platform.machine()}

@@ -1,0 +1,83 @@
+"""Run profiles: one name selects every default of every notebook.
+
+``smoke``  CI: tiny sizes, the whole pipeline in minutes.
+``cpu``    default: the full pipeline for real on 2 CPU cores with SmolLM2-135M-Instruct.
+``gpu``    one CUDA GPU: a 7B-class instruct model from the hub, 4-bit QLoRA (unsloth if present).
+
+A notebook's ``parameters`` cell sets ``PROFILE`` and leaves the other parameters at
+``None``; :func:`resolve` fills every ``None`` from the profile and keeps explicit
+values, so ``papermill -p PROFILE smoke -p RARE_MAX_DF 5`` works as expected.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from .errors import ConfigError
+
+PROFILES: tuple[str, ...] = ("smoke", "cpu", "gpu")
+
+_BASE: dict[str, dict[str, Any]] = {
+    "entity_mining": {
+        "SEED": 13,
+        "MAX_PASSAGES": None,          # None = the whole passage corpus
+        "BACKEND": "processes",        # serial | processes | dask
+        "N_WORKERS": 2,
+        "RARE_MAX_DF": 3,              # an entity mentioned in <= this many passages is rare
+        "MIN_RELATIONS": 3,            # ...and must anchor at least this many curated relations
+        "RARE_TYPES": ["disease", "gene", "drug"],
+        "MAX_RARE": None,              # None = keep every rare entity that qualifies
+    },
+    "kg": {
+        "SEED": 13,
+        "N_SEEDS": None,               # rare entities used as KG seeds (None = all)
+        "HOPS": 2,                     # neighbourhood radius around each seed
+        "MAX_NEIGHBOURS": 40,          # per node and relation type, to keep hubs from swamping the graph
+        "MIN_COOCCURRENCE": 1,         # passages two entities must share to add a co-occurrence edge
+    },
+}
+
+_OVERRIDES: dict[str, dict[str, dict[str, Any]]] = {
+    "smoke": {
+        "entity_mining": {"MAX_PASSAGES": 4000, "BACKEND": "serial", "N_WORKERS": 1, "MAX_RARE": 300},
+        "kg": {"N_SEEDS": 60, "HOPS": 1, "MAX_NEIGHBOURS": 15},
+    },
+    "cpu": {
+        "kg": {"N_SEEDS": 3000},
+    },
+    "gpu": {
+        "kg": {"N_SEEDS": 6000},
+    },
+}
+
+
+def check_profile(profile: str) -> str:
+    if profile not in PROFILES:
+        raise ConfigError(f"unknown profile {profile!r}: choose one of {', '.join(PROFILES)}")
+    return profile
+
+
+def defaults(profile: str, stage: str) -> dict[str, Any]:
+    """All default parameters of ``stage`` under ``profile``."""
+    check_profile(profile)
+    if stage not in _BASE:
+        raise ConfigError(f"unknown stage {stage!r}: known stages are {', '.join(sorted(_BASE))}")
+    params = copy.deepcopy(_BASE[stage])
+    params.update(copy.deepcopy(_OVERRIDES.get(profile, {}).get(stage, {})))
+    return params
+
+
+def resolve(profile: str, stage: str, **explicit: Any) -> dict[str, Any]:
+    """Profile defaults for ``stage`` with every non-``None`` explicit value on top.
+
+    Unknown parameter names raise, so a typo in a papermill ``-p`` is not ignored.
+    """
+    params = defaults(profile, stage)
+    unknown = sorted(set(explicit) - set(params))
+    if unknown:
+        raise ConfigError(f"unknown parameter(s) for stage {stage!r}: {', '.join(unknown)}; "
+                          f"known: {', '.join(sorted(params))}")
+    params.update({k: v for k, v in explicit.items() if v is not None})
+    params["PROFILE"] = profile
+    return params

@@ -1,0 +1,63 @@
+import json
+
+import pandas as pd
+import pytest
+
+from medkit import io as mio
+from medkit.errors import InputError
+
+
+def test_failed_write_keeps_the_previous_file(tmp_path):
+    target = tmp_path / "t.parquet"
+    mio.write_parquet(target, pd.DataFrame({"a": [1, 2]}))
+
+    class Boom(pd.DataFrame):
+        def to_parquet(self, *a, **k):
+            with open(a[0], "wb") as f:
+                f.write(b"half")
+            raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        mio.write_parquet(target, Boom({"a": [9]}))
+    assert mio.read_parquet(target)["a"].tolist() == [1, 2]
+    assert [p.name for p in tmp_path.iterdir()] == ["t.parquet"]  # no temp file left behind
+
+
+def test_jsonl_roundtrip_and_truncated_tail(tmp_path):
+    path = tmp_path / "r.jsonl"
+    mio.append_jsonl(path, {"id": 1, "question": "q1"})
+    mio.append_jsonl(path, {"id": 2, "question": "q2"})
+    with open(path, "a") as f:
+        f.write('{"id": 3, "quest')  # an interrupted append
+    assert [r["id"] for r in mio.read_jsonl(path)] == [1, 2]
+    with pytest.raises(InputError, match=r"line 3"):
+        mio.read_jsonl(path, allow_truncated_tail=False)
+
+
+def test_jsonl_bad_line_and_missing_field_are_named(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"id": 1}\nnot json\n{"id": 3}\n')
+    with pytest.raises(InputError, match=r"bad.jsonl, line 2: not valid JSON"):
+        mio.read_jsonl(path)
+    path.write_text('{"id": 1, "answer": "x"}\n{"id": 2}\n')
+    with pytest.raises(InputError, match=r"line 2, field 'answer'"):
+        mio.read_jsonl(path, required=["answer"])
+
+
+def test_read_errors_name_the_file(tmp_path):
+    with pytest.raises(InputError, match="missing.parquet: file not found"):
+        mio.read_parquet(tmp_path / "missing.parquet")
+    bad = tmp_path / "bad.parquet"
+    bad.write_bytes(b"PAR1 not really")
+    with pytest.raises(InputError, match="bad.parquet: cannot read as Parquet"):
+        mio.read_parquet(bad)
+    j = tmp_path / "x.json"
+    j.write_text('{"a": 1,\n}')
+    with pytest.raises(InputError, match="x.json, line 2"):
+        mio.read_json(j)
+
+
+def test_write_json_is_sorted_and_stable(tmp_path):
+    a = mio.write_json(tmp_path / "a.json", {"b": 1, "a": [1, 2]})
+    assert json.loads(a.read_text()) == {"a": [1, 2], "b": 1}
+    assert a.read_text().index('"a"') < a.read_text().index('"b"')

@@ -1,0 +1,102 @@
+"""Notebook hygiene, and the smoke profile executed headless with papermill (as CI and reviewers do)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import nbformat
+import pandas as pd
+import pytest
+
+from medkit import kg, pipeline
+from medkit.paths import REPO_ROOT, kb_dir
+
+NOTEBOOKS = pipeline.numbered_notebooks()
+
+
+def test_notebooks_exist_in_order():
+    names = [p.name for p in NOTEBOOKS]
+    assert names[:2] == ["01_entity_mining.ipynb", "02_kg_construction.ipynb"]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_hygiene(path):
+    nb = nbformat.read(path, as_version=4)
+    first = nb.cells[0]
+    assert first.cell_type == "markdown" and first.source.startswith("# ") and "Expected results" in first.source
+    tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(tagged) == 1, "exactly one cell tagged 'parameters'"
+    params = tagged[0].source.splitlines()
+    assert params[0].startswith('PROFILE = "cpu"')
+    for line in params:
+        name, _, rest = line.partition("=")
+        assert name.strip().isupper() and "#" in rest, f"parameter without an UPPER_CASE name or comment: {line}"
+    assert all(not c.get("outputs") and c.get("execution_count") is None for c in nb.cells if c.cell_type == "code")
+    headings = [c.source.split("\n")[0] for c in nb.cells if c.cell_type == "markdown" and c.source.startswith("## ")]
+    numbers = [int(h.split()[1]) for h in headings]
+    assert numbers == sorted(numbers) and numbers[-1] >= 5, "numbered sections in order"
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory, kb_tables):
+    """Run 01 and 02 with the smoke profile into a scratch data/results folder."""
+    root = tmp_path_factory.mktemp("smoke")
+    (root / "data").mkdir()
+    os.symlink(kb_dir(), root / "data" / "kb")
+    env = {**os.environ, "MEDKIT_DATA": str(root / "data"), "MEDKIT_RESULTS": str(root / "results")}
+    proc = subprocess.run([sys.executable, "-m", "medkit", "run-notebooks", "--profile", "smoke", "--only", "01", "02"],
+                          cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return root
+
+
+@pytest.mark.notebook
+def test_smoke_entity_mining_outputs(smoke_run):
+    data, results = smoke_run / "data" / "smoke", smoke_run / "results" / "smoke"
+    summary = json.loads((results / "01_entity_mining.json").read_text())
+    rare = pd.read_parquet(data / "rare_entities.parquet")
+    mentions = pd.read_parquet(data / "mentions.parquet")
+    assert summary["passages"] == 4000 and summary["rare_entities"] == len(rare) == 300
+    assert summary["mentions"] == len(mentions) > 3000
+    assert rare["df"].le(3).all() and set(rare["type"]) <= {"disease", "gene", "drug"}
+    prov = json.loads((data / "entity_mining.provenance.json").read_text())
+    assert prov["parameters"]["PROFILE"] == "smoke" and prov["parameters"]["SEED"] == 13 and "HPO" in prov["kb"]
+    for fig in ("01_df_distribution.png", "01_rare_by_type.png"):
+        assert (results / "figures" / fig).stat().st_size > 10_000
+    nb = nbformat.read(results / "01_entity_mining.ipynb", as_version=4)
+    images = sum("image/png" in o.get("data", {}) for c in nb.cells for o in c.get("outputs", []))
+    assert images >= 2
+
+
+@pytest.mark.notebook
+def test_smoke_kg_outputs(smoke_run):
+    data, results = smoke_run / "data" / "smoke", smoke_run / "results" / "smoke"
+    g = kg.load_graph(data / "kg.json.gz")
+    summary = json.loads((results / "02_kg.json").read_text())
+    assert summary["nodes"] == g.number_of_nodes() > 300 and summary["edges"] == g.number_of_edges()
+    assert summary["seeds"] == 60
+    assert {"disease", "phenotype"} <= set(summary["node_types"])
+    assert {"has_phenotype", "co_mentioned"} <= set(summary["edge_types"])
+    for fig in ("02_degree_distribution.png", "02_neighbourhood.png"):
+        assert (results / "figures" / fig).stat().st_size > 10_000
+
+
+@pytest.mark.notebook
+def test_smoke_rerun_is_deterministic(smoke_run, tmp_path):
+    """The same seed gives the same artifacts: rerun 01 and compare."""
+    before = pd.read_parquet(smoke_run / "data" / "smoke" / "rare_entities.parquet")
+    env = {**os.environ, "MEDKIT_DATA": str(smoke_run / "data"), "MEDKIT_RESULTS": str(tmp_path)}
+    subprocess.run([sys.executable, "-m", "medkit", "run-notebooks", "--profile", "smoke", "--only", "01"],
+                   cwd=REPO_ROOT, env=env, check=True, capture_output=True, timeout=600)
+    after = pd.read_parquet(smoke_run / "data" / "smoke" / "rare_entities.parquet")
+    pd.testing.assert_frame_equal(before, after)
+
+
+def test_cli_reports_bad_input_in_one_line():
+    proc = subprocess.run([sys.executable, "-m", "medkit", "run-notebooks", "--profile", "smoke", "--only", "99"],
+                          cwd=REPO_ROOT, capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stderr.strip() == "medkit: error: no notebook matches ['99']"
+    proc = subprocess.run([sys.executable, "-m", "medkit", "pipeline", "--profile", "tpu"],
+                          cwd=REPO_ROOT, capture_output=True, text=True)
+    assert proc.returncode == 2 and "invalid choice: 'tpu'" in proc.stderr

@@ -1,0 +1,33 @@
+import pytest
+
+from medkit import profiles
+from medkit.errors import ConfigError
+
+
+def test_profile_defaults_differ_where_they_should():
+    smoke = profiles.resolve("smoke", "entity_mining")
+    cpu = profiles.resolve("cpu", "entity_mining")
+    assert smoke["MAX_PASSAGES"] == 4000 and cpu["MAX_PASSAGES"] is None
+    assert smoke["PROFILE"] == "smoke" and cpu["BACKEND"] == "processes"
+
+
+def test_explicit_values_override_and_none_keeps_default():
+    p = profiles.resolve("cpu", "kg", HOPS=3, N_SEEDS=None)
+    assert p["HOPS"] == 3 and p["N_SEEDS"] == profiles.defaults("cpu", "kg")["N_SEEDS"]
+
+
+def test_resolve_returns_a_copy():
+    p = profiles.resolve("cpu", "entity_mining")
+    p["RARE_TYPES"].append("phenotype")
+    assert "phenotype" not in profiles.resolve("cpu", "entity_mining")["RARE_TYPES"]
+
+
+@pytest.mark.parametrize("bad", ["CPU", "tpu", ""])
+def test_unknown_profile_is_a_clear_error(bad):
+    with pytest.raises(ConfigError, match="unknown profile .* choose one of smoke, cpu, gpu"):
+        profiles.resolve(bad, "kg")
+
+
+def test_unknown_parameter_is_not_ignored():
+    with pytest.raises(ConfigError, match="RARE_MAX_DFF"):
+        profiles.resolve("cpu", "entity_mining", RARE_MAX_DFF=5)
