@@ -169,13 +169,25 @@ def load_graph(path: str | Path) -> nx.MultiDiGraph:
         raise InputError(path, f"not a medkit graph file ({type(e).__name__}: {e})") from None
 
 
+CORPUS_RELATIONS = frozenset({"definition_mentions", "co_mentioned"})
+
+
 def neighbourhood(g: nx.MultiDiGraph, node: str, *, radius: int = 1, max_nodes: int = 30) -> nx.MultiDiGraph:
-    """The ego graph of ``node`` (both directions), trimmed to ``max_nodes`` nearest / rarest nodes."""
+    """The ego graph of ``node`` (both directions), trimmed to ``max_nodes`` nodes.
+
+    Nearest first; among equally near nodes, those tied to ``node`` by a curated
+    relation come before corpus-only neighbours, then the rarest.
+    """
     if node not in g:
         raise KeyError(f"{node} is not in the graph")
     ego = nx.ego_graph(g, node, radius=radius, undirected=True)
     if ego.number_of_nodes() > max_nodes:
         dist = nx.single_source_shortest_path_length(ego.to_undirected(as_view=True), node)
-        keep = sorted(ego, key=lambda n: (dist[n], g.nodes[n].get("df", 0), n))[:max_nodes]
+
+        def corpus_only(n: str) -> bool:
+            keys = set(g.get_edge_data(node, n, default={})) | set(g.get_edge_data(n, node, default={}))
+            return n != node and keys <= CORPUS_RELATIONS
+
+        keep = sorted(ego, key=lambda n: (dist[n], corpus_only(n), g.nodes[n].get("df", 0), n))[:max_nodes]
         ego = ego.subgraph(keep)
     return nx.MultiDiGraph(ego)

@@ -77,11 +77,15 @@ def build_surfaces(entities: pd.DataFrame) -> pd.DataFrame:
     """All usable surfaces: columns key, surface, entity_id, case_sensitive.
 
     Drops surfaces shorter than 3 characters, purely numeric ones, generic words
-    (``STOP_SURFACES``), the lower-cased twin of an entity's own symbol, and surfaces
-    shared by more than 3 entities (ambiguous).
+    (``STOP_SURFACES``), the lower-cased twin of an entity's own symbol, non-gene
+    entities listed under a gene's symbol, and surfaces shared by more than 3 entities.
+    ``abbreviation`` marks short symbols that are synonyms of a non-gene entity ('FCD'
+    for fleck corneal dystrophy): such a mention only counts when the same passage
+    also names the entity in full, because abbreviations are reused across diseases.
     """
     rows = []
-    for eid, name, syns in zip(entities["entity_id"], entities["name"], entities["synonyms"]):
+    types = entities["type"] if "type" in entities.columns else pd.Series("", index=entities.index)
+    for eid, etype, name, syns in zip(entities["entity_id"], types, entities["name"], entities["synonyms"]):
         seen = set()
         for surface in [name, *list(syns if syns is not None else [])]:
             if not isinstance(surface, str):
@@ -93,37 +97,58 @@ def build_surfaces(entities: pd.DataFrame) -> pd.DataFrame:
             if key in STOP_SURFACES:
                 continue
             seen.add((key, case))
-            rows.append((key, surface.strip() if case else key, eid, case))
-    df = pd.DataFrame(rows, columns=["key", "surface", "entity_id", "case_sensitive"])
+            abbreviation = case and etype != "gene" and surface != name
+            rows.append((key, surface.strip() if case else key, eid, case, abbreviation))
+    df = pd.DataFrame(rows, columns=["key", "surface", "entity_id", "case_sensitive", "abbreviation"])
     # An entity known by the symbol 'FACE' must not also match the word 'face' because a
     # source lists the symbol lower-cased too: the case-sensitive form wins.
     has_symbol = df.groupby(["key", "entity_id"])["case_sensitive"].transform("any")
     df = df[df["case_sensitive"] | ~has_symbol]
+    # A symbol shared by a gene and something else ('PIK3CA' the gene and a drug listed
+    # under that name) is the gene.
+    gene_symbols = set(df[df["case_sensitive"] & ~df["abbreviation"] & df["entity_id"].str.startswith("NCBIGene:")]["surface"])
+    df = df[~(df["case_sensitive"] & df["surface"].isin(gene_symbols) & ~df["entity_id"].str.startswith("NCBIGene:"))]
     n_ent = df.groupby("key")["entity_id"].transform("nunique")
     df = df[n_ent <= MAX_ENTITIES_PER_SURFACE]
     return df.sort_values(["key", "entity_id", "case_sensitive"]).reset_index(drop=True)
 
 
-def _group_surfaces(surfaces: pd.DataFrame) -> dict[str, tuple[tuple[str, str | None], ...]]:
-    """key -> ((entity_id, exact surface or None), ...)"""
-    out: dict[str, list[tuple[str, str | None]]] = {}
-    for key, surface, eid, case in zip(surfaces["key"], surfaces["surface"], surfaces["entity_id"],
-                                       surfaces["case_sensitive"]):
-        out.setdefault(key, []).append((eid, surface if case else None))
+Entry = tuple[str, "str | None", bool]  # entity id, exact surface (case-sensitive) or None, abbreviation
+
+
+def _group_surfaces(surfaces: pd.DataFrame) -> dict[str, tuple[Entry, ...]]:
+    """key -> ((entity_id, exact surface or None, is_abbreviation), ...)"""
+    abbr = surfaces["abbreviation"] if "abbreviation" in surfaces.columns else [False] * len(surfaces)
+    out: dict[str, list[Entry]] = {}
+    for key, surface, eid, case, ab in zip(surfaces["key"], surfaces["surface"], surfaces["entity_id"],
+                                           surfaces["case_sensitive"], abbr):
+        out.setdefault(key, []).append((eid, surface if case else None, bool(ab)))
     return {k: tuple(v) for k, v in out.items()}
 
 
-def _resolve(entries: tuple[tuple[str, str | None], ...], original: str) -> tuple[str, ...]:
-    return tuple(sorted({eid for eid, exact in entries if exact is None or exact == original}))
+Candidate = tuple[int, int, tuple[str, ...], tuple[str, ...]]  # start, end, full-name ids, abbreviation ids
 
 
-def _leftmost_longest(cands: list[tuple[int, int, tuple[str, ...]]]) -> list[Mention]:
+def _resolve(entries: tuple[Entry, ...], original: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    ok = [(eid, ab) for eid, exact, ab in entries if exact is None or exact == original]
+    full = tuple(sorted({eid for eid, ab in ok if not ab}))
+    return full, tuple(sorted({eid for eid, ab in ok if ab} - set(full)))
+
+
+def _leftmost_longest(cands: list[Candidate]) -> list[Mention]:
+    """Non-overlapping leftmost-longest mentions; abbreviations only where the entity is named in full."""
     cands.sort(key=lambda c: (c[0], -(c[1] - c[0])))
-    out, last_end = [], -1
-    for start, end, ids in cands:
-        if start >= last_end:
+    chosen, last_end = [], -1
+    for c in cands:
+        if c[0] >= last_end:
+            chosen.append(c)
+            last_end = c[1]
+    named = {eid for c in chosen for eid in c[2]}
+    out = []
+    for start, end, full, abbr in chosen:
+        ids = tuple(sorted(set(full) | (set(abbr) & named)))
+        if ids:
             out.append(Mention(start, end, ids))
-            last_end = end
     return out
 
 
@@ -153,9 +178,9 @@ class Matcher:
             start, end = end_idx - length, end_idx  # indices in the (collapsed) text
             if shifts is not None:
                 start, end = _original(start, shifts), _original(end - 1, shifts) + 1
-            ids = _resolve(entries, text[start:end])
-            if ids:
-                cands.append((start, end, ids))
+            full, abbr = _resolve(entries, text[start:end])
+            if full or abbr:
+                cands.append((start, end, full, abbr))
         return _leftmost_longest(cands)
 
 
@@ -188,21 +213,21 @@ class BaselineMatcher:
 
     def find(self, text: str) -> list[Mention]:
         toks = [(m.start(), m.end(), m.group().lower()) for m in self._TOKEN.finditer(text)]
-        out, i = [], 0
+        cands: list[Candidate] = []
+        i = 0
         while i < len(toks):
             for n in range(min(self._max_tokens, len(toks) - i), 0, -1):
-                key = " ".join(t[2] for t in toks[i:i + n])
-                entries = self._table.get(key)
+                entries = self._table.get(" ".join(t[2] for t in toks[i:i + n]))
                 if entries:
                     start, end = toks[i][0], toks[i + n - 1][1]
-                    ids = _resolve(entries, text[start:end])
-                    if ids:
-                        out.append(Mention(start, end, ids))
+                    full, abbr = _resolve(entries, text[start:end])
+                    if full or abbr:
+                        cands.append((start, end, full, abbr))
                         i += n
                         break
             else:
                 i += 1
-        return out
+        return _leftmost_longest(cands)
 
 
 def find_all(matcher: Matcher | BaselineMatcher, texts: Iterable[str]) -> list[list[Mention]]:

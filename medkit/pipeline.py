@@ -56,6 +56,7 @@ class PeakMemory:
             self._stop.wait(self.interval)
 
     def __enter__(self) -> "PeakMemory":
+        self.peak_bytes = self._sample()
         self._thread.start()
         return self
 
@@ -117,20 +118,18 @@ def run_notebooks(profile: str, *, only: list[str] | None = None, report: list[d
 
 def run_pipeline(profile: str, echo: Callable[[str], None] = print) -> Path:
     """The main job: KB, model, every notebook; returns the stage report path."""
-    from .kb import build_kb
-
     check_profile(profile)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     report: list[dict[str, Any]] = []
     t0 = time.perf_counter()
     try:
+        # Data and model stages run in child processes, so that the memory they use is
+        # measured per stage and is not carried into the notebook stages.
         with stage(report, "build knowledge base"):
-            build_kb(progress=echo)
+            _run_child(["build-data"])
         if profile != "gpu":
-            from .model import ensure_small_model
-
             with stage(report, "fetch and convert model"):
-                echo(f"model ready at {ensure_small_model()}")
+                _run_child(["fetch-model"])
         run_notebooks(profile, report=report, echo=echo)
     finally:
         out = results_dir() / "bench" / f"pipeline_{profile}.json"
@@ -138,6 +137,15 @@ def run_pipeline(profile: str, echo: Callable[[str], None] = print) -> Path:
                              "stages": report, "machine": machine_facts()})
     echo(f"stage report: {out}")
     return out
+
+
+def _run_child(args: list[str]) -> None:
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "medkit", *args])
+    if proc.returncode != 0:
+        raise MedkitError(f"`python -m medkit {' '.join(args)}` failed with exit code {proc.returncode}")
 
 
 def machine_facts() -> dict[str, Any]:

@@ -83,3 +83,18 @@ def test_empty_inputs():
     surfaces = ner.build_surfaces(pd.DataFrame({"entity_id": ["X:1"], "name": ["Alpha syndrome"], "synonyms": [[]]}))
     m = ner.Matcher(surfaces)
     assert m.find("") == [] and _ids(m, "the alpha syndrome.") == [("alpha syndrome", ("X:1",))]
+
+
+def test_disease_abbreviations_need_the_full_name_in_the_passage(matcher):
+    # 'FCD' is listed for fleck corneal dystrophy only; focal cortical dysplasia texts reuse it.
+    assert _ids(matcher, "Focal cortical dysplasia (FCD) is a malformation; FCD causes it.") == [
+        ("Focal cortical dysplasia", ("HP:0032046",))]
+    found = _ids(matcher, "Fleck corneal dystrophy (FCD) is benign; FCD is bilateral.")
+    assert [s for s, _ in found] == ["Fleck corneal dystrophy", "FCD", "FCD"]
+    assert all(ids == ("MONDO:0007376",) for _, ids in found)
+
+
+def test_gene_symbols_win_over_other_entities_listed_under_them(entities):
+    s = ner.build_surfaces(entities)
+    assert set(s[s["surface"] == "PIK3CA"]["entity_id"]) == {"NCBIGene:5290"}
+    assert not s[s["entity_id"].str.startswith("NCBIGene:") & s["case_sensitive"]]["abbreviation"].any()
