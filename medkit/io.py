@@ -102,6 +102,23 @@ def append_jsonl(path: str | Path, record: dict[str, Any]) -> None:
         os.fsync(f.fileno())
 
 
+def repair_jsonl_tail(path: str | Path) -> int:
+    """Cut a torn last line (no final newline) left by an interrupted append; returns bytes removed.
+
+    Resumable stages call this before appending, so a torn line never ends up in the middle.
+    """
+    path = Path(path)
+    if not path.exists():
+        return 0
+    data = path.read_bytes()
+    if not data or data.endswith(b"\n"):
+        return 0
+    keep = data.rfind(b"\n") + 1
+    with open(path, "r+b") as f:
+        f.truncate(keep)
+    return len(data) - keep
+
+
 def read_jsonl(path: str | Path, *, required: Iterable[str] = (), allow_truncated_tail: bool = True) -> list[dict[str, Any]]:
     """Read a JSONL file, naming the line of any malformed record.
 

@@ -121,3 +121,61 @@ def save(fig: plt.Figure, path: str | Path, dpi: int = 120) -> Path:
     with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, dpi=dpi, format="png")
     return path
+
+
+def bar_counts(counts: pd.Series, title: str, ax: plt.Axes | None = None, xlabel: str = "questions") -> plt.Figure:
+    """Horizontal bars of a value_counts() series, largest on top, with the count at the end."""
+    fig, ax = _axis(ax, (6, max(2.5, 0.32 * len(counts) + 1)))
+    counts = counts.sort_values()
+    ax.barh([str(i) for i in counts.index], counts.values, color="#4c72b0")
+    for y, v in enumerate(counts.values):
+        ax.text(v, y, f" {v:,}", va="center", fontsize=8)
+    ax.set(xlabel=xlabel, title=title)
+    fig.tight_layout()
+    return fig
+
+
+def draw_chain(record: dict, ax: plt.Axes | None = None) -> plt.Figure:
+    """A question's reasoning chain left to right: masked placeholders above, real names below,
+    relation on each arrow, the number of clues under each node."""
+    cons = record["constraints"]
+    fig, ax = _axis(ax, (max(7, 2.3 * len(cons)), 2.6))
+    placeholders = [k for k in record["entity_mapping"] if not k.startswith("Clue_")]
+    for i, (c, ph) in enumerate(zip(cons, placeholders)):
+        ax.scatter([i], [0], s=900, color=TYPE_COLOURS.get(c["type"], "grey"), edgecolors="k", zorder=3)
+        ax.text(i, 0.32, ph, ha="center", fontsize=8, weight="bold")
+        ax.text(i, -0.38, _short(record["entity_mapping"][ph], 24), ha="center", fontsize=7)
+        ax.text(i, -0.58, f"{c['type']} · {len(c['clues'])} clue(s)", ha="center", fontsize=6, color="#555")
+        if i:
+            link = c["link"]
+            arrow = "→" if link["direction"] == "fwd" else "←"
+            ax.annotate("", xy=(i - 0.18, 0), xytext=(i - 0.82, 0), arrowprops={"arrowstyle": "-", "lw": 1.2})
+            ax.text(i - 0.5, 0.08, f"{link['relation']} {arrow}", ha="center", fontsize=7)
+    ax.set_xlim(-0.6, len(cons) - 0.4)
+    ax.set_ylim(-0.75, 0.55)
+    ax.axis("off")
+    ax.set_title(f"{record['hops']}-hop chain ({record['sampling_algorithm']}): answer = {record['answer']}",
+                 fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def calibration_bars(before: dict, after: dict, ax: plt.Axes | None = None) -> plt.Figure:
+    """Share of questions each solver answers, before and after calibration."""
+    fig, ax = _axis(ax, (6, 3.2))
+    solvers = [k for k in before if k != "n" and not k.startswith("judged_")]
+    x = np.arange(len(solvers))
+    b = [100 * before[s] for s in solvers]
+    a = [100 * after[s] for s in solvers]
+    ax.bar(x - 0.2, b, 0.4, label=f"first attempt (n={before['n']:,})", color="#dd8452")
+    ax.bar(x + 0.2, a, 0.4, label=f"after calibration (n={after['n']:,})", color="#55a868")
+    for xi, v in zip(x - 0.2, b):
+        ax.text(xi, v, f"{v:.1f}%", ha="center", va="bottom", fontsize=8)
+    for xi, v in zip(x + 0.2, a):
+        ax.text(xi, v, f"{v:.1f}%", ha="center", va="bottom", fontsize=8)
+    ax.axhline(10, color="k", ls="--", lw=0.8)
+    ax.set_xticks(x, solvers)
+    ax.set(ylabel="% of questions solved", title="Difficulty calibration (goal: ≤ 10% solved)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig

@@ -36,15 +36,32 @@ _BASE: dict[str, dict[str, Any]] = {
         "MAX_NEIGHBOURS": 40,          # per node and relation type, to keep hubs from swamping the graph
         "MIN_COOCCURRENCE": 1,         # passages two entities must share to add a co-occurrence edge
     },
+    "questions": {
+        "SEED": 13,
+        "N_SEEDS": None,               # KG seed entities to build questions from (None = all)
+        "STRATEGY": "mixed",           # subgraph sampler: max_chain | augmented_chain | community_core_path | dual_core_bridge | mixed
+        "K_MIN": 8,                    # subgraph size range (nodes)
+        "K_MAX": 12,
+        "MAX_HOPS": 6,                 # longest chain considered
+        "MIN_HOPS": 2,                 # shorter chains are dropped
+        "MAX_ATTEMPTS": 3,             # generation attempts per seed while a solver still answers
+        "TEST_SHARE": 0.15,            # share of source entities held out for evaluation
+        "SOLVER_MODEL": "local",       # no-tool solver: "local" (the profile's model), an endpoint spec, or None
+        "SOLVER_MAX_NEW_TOKENS": 24,
+        "SOLVER_BATCH": 16,
+        "POLISH_ENDPOINT": None,       # optional OpenAI-compatible endpoint that rewrites questions
+    },
 }
 
 _OVERRIDES: dict[str, dict[str, dict[str, Any]]] = {
     "smoke": {
         "entity_mining": {"MAX_PASSAGES": 4000, "BACKEND": "serial", "N_WORKERS": 1, "MAX_RARE": 300},
         "kg": {"N_SEEDS": 60, "HOPS": 1, "MAX_NEIGHBOURS": 15},
+        "questions": {"N_SEEDS": 40, "MAX_ATTEMPTS": 2, "SOLVER_MAX_NEW_TOKENS": 12},
     },
     "cpu": {
         "kg": {"N_SEEDS": 3000},
+        "questions": {"N_SEEDS": 2000},
     },
     "gpu": {
         "kg": {"N_SEEDS": 6000},

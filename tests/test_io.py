@@ -61,3 +61,12 @@ def test_write_json_is_sorted_and_stable(tmp_path):
     a = mio.write_json(tmp_path / "a.json", {"b": 1, "a": [1, 2]})
     assert json.loads(a.read_text()) == {"a": [1, 2], "b": 1}
     assert a.read_text().index('"a"') < a.read_text().index('"b"')
+
+
+def test_repair_jsonl_tail(tmp_path):
+    path = tmp_path / "r.jsonl"
+    path.write_text('{"a": 1}\n{"a": 2}\n{"a"')
+    assert mio.repair_jsonl_tail(path) == 4
+    mio.append_jsonl(path, {"a": 3})
+    assert [r["a"] for r in mio.read_jsonl(path, allow_truncated_tail=False)] == [1, 2, 3]
+    assert mio.repair_jsonl_tail(path) == 0 and mio.repair_jsonl_tail(tmp_path / "none.jsonl") == 0

@@ -17,7 +17,7 @@ NOTEBOOKS = pipeline.numbered_notebooks()
 
 def test_notebooks_exist_in_order():
     names = [p.name for p in NOTEBOOKS]
-    assert names[:2] == ["01_entity_mining.ipynb", "02_kg_construction.ipynb"]
+    assert names[:3] == ["01_entity_mining.ipynb", "02_kg_construction.ipynb", "03_question_generation.ipynb"]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
@@ -40,13 +40,13 @@ def test_notebook_hygiene(path):
 
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory, kb_tables):
-    """Run 01 and 02 with the smoke profile into a scratch data/results folder."""
+    """Run 01-03 with the smoke profile into a scratch data/results folder."""
     root = tmp_path_factory.mktemp("smoke")
     (root / "data").mkdir()
     os.symlink(kb_dir(), root / "data" / "kb")
     env = {**os.environ, "MEDKIT_DATA": str(root / "data"), "MEDKIT_RESULTS": str(root / "results")}
-    proc = subprocess.run([sys.executable, "-m", "medkit", "run-notebooks", "--profile", "smoke", "--only", "01", "02"],
-                          cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run([sys.executable, "-m", "medkit", "run-notebooks", "--profile", "smoke", "--only", "01", "02", "03"],
+                          cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=1500)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return root
 
@@ -79,6 +79,40 @@ def test_smoke_kg_outputs(smoke_run):
     assert {"disease", "phenotype"} <= set(summary["node_types"])
     assert {"has_phenotype", "co_mentioned"} <= set(summary["edge_types"])
     for fig in ("02_degree_distribution.png", "02_neighbourhood.png"):
+        assert (results / "figures" / fig).stat().st_size > 10_000
+
+
+@pytest.mark.notebook
+def test_smoke_question_outputs(smoke_run, entities, relations):
+    import datasets
+
+    from medkit import questions as Q
+
+    data, results = smoke_run / "data" / "smoke", smoke_run / "results" / "smoke"
+    allq = pd.read_json(data / "questions.jsonl", lines=True)
+    train = pd.read_json(data / "questions_train.jsonl", lines=True)
+    test = pd.read_json(data / "questions_test.jsonl", lines=True)
+    summary = json.loads((results / "03_questions.json").read_text())
+    assert len(allq) == summary["questions"] >= 15 and summary["mean_hops"] >= 3
+    assert len(test) >= 2 and len(train) + len(test) <= len(allq)
+    assert not (set(test["source_entity_id"]) | set(test["answer_id"])) & (set(train["source_entity_id"]) | set(train["answer_id"]))
+    for col in ("question", "answer", "reasoning_path", "entity_mapping", "sampling_algorithm", "source_entity",
+                "hops", "specialty", "calibration"):
+        assert col in allq.columns
+    ds = datasets.load_dataset("json", data_files=str(data / "questions_test.jsonl"))["train"]
+    assert ds.num_rows == len(test)
+    # verification and leak checks hold on what was written (uniqueness over the KB, corpus links included)
+    corpus = pd.read_parquet(data / "corpus_relations.parquet")
+    types = dict(zip(entities["entity_id"], entities["type"]))
+    drug = corpus[(corpus["relation"] == "definition_mentions")
+                  & (corpus["head_id"].map(types).eq("drug") | corpus["tail_id"].map(types).eq("drug"))]
+    index = Q.QuestionIndex(entities, pd.concat([relations, drug], ignore_index=True))
+    for rec in allq.to_dict("records"):
+        variables = Q.variables_from_record(rec)
+        assert Q.solve(index, variables) == {rec["answer_id"]}
+        assert Q.leaks(index, variables, [rec["question"], rec["reasoning_path"]]) == []
+        assert not any(rec["calibration"][s]["solved"] for s in rec["calibration"])
+    for fig in ("03_distributions.png", "03_calibration.png", "03_example_chain.png"):
         assert (results / "figures" / fig).stat().st_size > 10_000
 
 

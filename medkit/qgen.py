@@ -1,0 +1,168 @@
+"""Question generation runs: one seed -> one verified question, resumable, with attempt records.
+
+Scope: the per-seed procedure (sample a subgraph with a strategy, find the longest valid
+chain from the seed, orient it, build constraints, verify uniqueness over the whole KB,
+render, check leaks) and the resumable driver that appends one JSONL line per seed
+(a question or the reason there is none). A seed's randomness derives from
+``(SEED, seed id, attempt)`` only, so an interrupted run resumed later produces exactly
+the records an uninterrupted run would, without loss or duplicates.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import networkx as nx
+
+from . import io as mio
+from . import questions as Q
+from . import subgraph as S
+
+
+def orient(chain: list[str], types: dict[str, str]) -> list[str] | None:
+    """Seed-first chains; a gene seed becomes the answer (genes have few describable facts)."""
+    if len(chain) < 2:
+        return None
+    if types[chain[0]] == "gene":
+        rev = chain[::-1]
+        return rev if types[rev[0]] in ("disease", "drug") else None
+    return chain
+
+
+def generate_for_seed(index: Q.QuestionIndex, view: nx.Graph, seed: str, *, base_seed: int, attempt: int,
+                      strategy: str, k_range: tuple[int, int], max_hops: int, min_hops: int, level: int,
+                      specialty: str | None = None) -> dict[str, Any]:
+    """One attempt for one seed: a question record, or {'status': 'dropped', 'reason': ...}."""
+    rng = random.Random(f"{base_seed}:{seed}:{attempt}")
+    base = {"source_entity_id": seed, "attempt": attempt, "obfuscation_level": level}
+    if seed not in view:
+        return {**base, "status": "dropped", "reason": "seed has no chain relations"}
+    t0 = time.perf_counter()
+    k = rng.randint(*k_range)
+    sample = S.sample_subgraph(view, seed, strategy, k, rng)
+    sub = view.subgraph(sample.nodes)
+    types = index.type
+    valid_end = (lambda n: types.get(n) in S.ANSWER_TYPES) if types.get(seed) != "gene" else \
+        (lambda n: types.get(n) in ("disease", "drug"))
+    chain, expansions, exact = S.longest_path(sub, seed, max_len=max_hops, valid_end=valid_end)
+    search_ms = (time.perf_counter() - t0) * 1000
+    chain = orient(chain, types) if chain else None
+    meta = {"sampling_algorithm": sample.strategy, "requested_algorithm": sample.requested, "subgraph_k": k,
+            "subgraph_nodes": sample.nodes, "longest_path_exact": exact, "longest_path_expansions": expansions,
+            "chain_search_ms": round(search_ms, 2)}
+    if chain is None or len(chain) - 1 < min_hops:
+        return {**base, **meta, "status": "dropped", "reason": f"chain shorter than {min_hops} hops"}
+    variables, why = Q.build_constraints(index, chain, level, rng, S.CHAIN_RELATIONS)
+    if why:
+        return {**base, **meta, "status": "dropped", "reason": f"not unique: {why}"}
+    solutions = Q.solve(index, variables)
+    if solutions != {chain[-1]}:
+        return {**base, **meta, "status": "dropped", "reason": f"not unique: {len(solutions)} solutions"}
+    extra = {**meta, "attempt": attempt, "obfuscation_level": level, "specialty": specialty,
+             "uniqueness": {"verified": True, "solutions": 1}}
+    record = Q.make_record(index, variables, rng, seed_entity=seed, extra=extra)
+    found = Q.leaks(index, variables, [record["question"], record["reasoning_path"]])
+    if found:
+        return {**base, **meta, "status": "dropped", "reason": "leak: " + "; ".join(found[:3])}
+    return {**record, "status": "ok"}
+
+
+def processed(path: Path) -> dict[tuple[str, int], dict[str, Any]]:
+    """Records already written (key: source entity, attempt) — what a resumed run skips."""
+    if not path.exists():
+        return {}
+    return {(r["source_entity_id"], int(r["attempt"])): r for r in mio.read_jsonl(path)}
+
+
+def run(path: Path, jobs: Iterable[tuple[str, int, dict[str, Any]]],
+        make: Callable[[str, int, dict[str, Any]], dict[str, Any]], *, progress: bool = True,
+        desc: str = "questions") -> dict[tuple[str, int], dict[str, Any]]:
+    """Append one record per (seed, attempt) job not yet in ``path``; return all records."""
+    from tqdm.auto import tqdm
+
+    mio.repair_jsonl_tail(path)
+    done = processed(path)
+    todo = [(s, a, kw) for s, a, kw in jobs if (s, a) not in done]
+    for seed, attempt, kwargs in tqdm(todo, desc=desc, disable=not progress or not todo):
+        rec = make(seed, attempt, kwargs)
+        mio.append_jsonl(path, rec)
+        done[(seed, attempt)] = rec
+    return done
+
+
+def calibrate_pending(path: Path, records: list[dict[str, Any]],
+                      solvers: dict[str, Callable[[list[dict[str, Any]]], list[dict[str, Any]]]], *,
+                      batch_size: int = 64, progress: bool = True) -> dict[str, dict[str, Any]]:
+    """Run every solver on records not yet calibrated (resumable, one JSONL line per record)."""
+    from tqdm.auto import tqdm
+
+    mio.repair_jsonl_tail(path)
+    done = {r["id"]: r["calibration"] for r in mio.read_jsonl(path)} if path.exists() else {}
+    todo = [r for r in records if r["id"] not in done]
+    bar = tqdm(total=len(todo), desc="calibration", disable=not progress or not todo)
+    for i in range(0, len(todo), batch_size):
+        batch = todo[i:i + batch_size]
+        results = {name: solve(batch) for name, solve in solvers.items()}
+        for j, rec in enumerate(batch):
+            calib = {name: results[name][j] for name in solvers}
+            mio.append_jsonl(path, {"id": rec["id"], "calibration": calib})
+            done[rec["id"]] = calib
+        bar.update(len(batch))
+    bar.close()
+    return done
+
+
+def calibrated_questions(index: Q.QuestionIndex, view: nx.Graph, seeds: list[str], out_dir: Path, *,
+                         settings: dict[str, Any], max_attempts: int,
+                         solvers: dict[str, Callable[[list[dict[str, Any]]], list[dict[str, Any]]]],
+                         specialty_of: dict[str, str], progress: bool = True) -> dict[str, Any]:
+    """Generate, pre-test and regenerate until no solver answers (or attempts run out).
+
+    Returns {"final": [...], "attempts": [...], "before": {...}, "after": {...}, "dropped": {...}}.
+    """
+    from . import calibration as C
+
+    attempts_path, calib_path = out_dir / "questions_attempts.jsonl", out_dir / "calibration.jsonl"
+    base_seed = settings["seed"]
+    gen_keys = ("strategy", "k_range", "max_hops", "min_hops", "level")
+    all_recs: dict[tuple[str, int], dict[str, Any]] = {}
+    calib: dict[str, dict[str, Any]] = {}
+    active = list(seeds)
+    for attempt in range(max_attempts):
+        def make(seed: str, att: int, kw: dict[str, Any]) -> dict[str, Any]:
+            return generate_for_seed(index, view, seed, base_seed=base_seed, attempt=att,
+                                     specialty=specialty_of.get(seed), **{k: kw[k] for k in gen_keys})
+        jobs = []
+        for seed in active:
+            prev = all_recs.get((seed, attempt - 1))
+            kw = C.retry_settings(attempt, prev.get("hops", 0) if prev else 0, settings)
+            jobs.append((seed, attempt, kw))
+        all_recs.update(run(attempts_path, jobs, make, progress=progress, desc=f"questions (attempt {attempt})"))
+        ok = [all_recs[(s, attempt)] for s in active if all_recs[(s, attempt)]["status"] == "ok"]
+        calib.update(calibrate_pending(calib_path, ok, solvers, progress=progress))
+        active = [r["source_entity_id"] for r in ok if C.solved_by(calib[r["id"]])]
+        if not active:
+            break
+
+    def latest_ok(seed: str) -> dict[str, Any] | None:
+        recs = [all_recs[(seed, a)] for a in range(max_attempts) if (seed, a) in all_recs]
+        oks = [r for r in recs if r["status"] == "ok"]
+        return oks[-1] if oks else None
+
+    first = [dict(r, calibration=calib[r["id"]]) for (s, a), r in sorted(all_recs.items())
+             if a == 0 and r["status"] == "ok"]
+    latest = [dict(r, calibration=calib[r["id"]]) for s in seeds if (r := latest_ok(s)) is not None]
+    final = [r for r in latest if not C.solved_by(r["calibration"])]
+    dropped: dict[str, int] = {}
+    for s in seeds:
+        r0 = all_recs.get((s, 0))
+        if r0 is not None and r0["status"] != "ok":
+            key = r0["reason"].split(":")[0]
+            dropped[key] = dropped.get(key, 0) + 1
+    dropped["still solved after all attempts"] = len(latest) - len(final)
+    return {"final": final, "attempts": list(all_recs.values()), "before": C.summarise(first),
+            "after": C.summarise(latest), "dropped": dropped}

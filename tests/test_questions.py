@@ -1,0 +1,217 @@
+"""Subgraph sampling, longest chains, constraint building, uniqueness, rendering, leaks, splits, resume."""
+
+import json
+import random
+
+import networkx as nx
+import pandas as pd
+import pytest
+
+from medkit import qgen, questions as Q, subgraph as S
+from medkit.errors import InputError
+
+
+# ---------------------------------------------------------------- longest path on hand-made graphs
+
+def test_longest_path_is_exact_on_a_small_graph():
+    g = nx.Graph([("s", "a"), ("a", "b"), ("b", "c"), ("s", "d"), ("d", "c"), ("c", "e")])
+    path, expansions, exact = S.longest_path(g, "s")
+    # three simple paths of 5 nodes exist; the lexicographically smallest wins the tie
+    assert exact and path == ["s", "a", "b", "c", "d"] and expansions >= 7
+
+
+def test_longest_path_cycles_terminate_and_respect_valid_end_and_cap():
+    cycle = nx.cycle_graph(7)
+    path, _, exact = S.longest_path(cycle, 0)
+    assert exact and len(path) == 7
+    path, _, _ = S.longest_path(cycle, 0, valid_end=lambda n: n == 3)
+    assert path[-1] == 3 and len(path) == 5  # 0-6-5-4-3 is longer than 0-1-2-3
+    big = nx.complete_graph(12)
+    path, expansions, exact = S.longest_path(big, 0, max_expansions=500)
+    assert not exact and expansions == 500 and len(path) >= 2
+
+
+def test_longest_path_on_tiny_or_isolated_graphs():
+    g = nx.Graph()
+    g.add_node("alone")
+    assert S.longest_path(g, "alone")[0] == ["alone"]
+    assert S.longest_path(g, "alone", valid_end=lambda n: False)[0] == []
+
+
+# ---------------------------------------------------------------- real data fixtures
+
+@pytest.fixture(scope="module")
+def index(entities, relations):
+    return Q.QuestionIndex(entities, relations)
+
+
+@pytest.fixture(scope="module")
+def view(entities, relations):
+    """Chain view of a real neighbourhood: diseases around a few rare disorders."""
+    seeds = ["MONDO:0012648", "MONDO:0010526", "MONDO:0007376"]
+    keep = set(seeds)
+    rel = relations[relations["relation"].isin(["has_phenotype", "associated_with", "is_a"])]
+    for _ in range(2):
+        hit = rel[rel["head_id"].isin(keep) | rel["tail_id"].isin(keep)]
+        keep |= set(hit["head_id"].head(400)) | set(hit["tail_id"].head(400))
+    sub = rel[rel["head_id"].isin(keep) & rel["tail_id"].isin(keep)]
+    g = nx.MultiDiGraph()
+    types = dict(zip(entities["entity_id"], entities["type"]))
+    for h, r, t in zip(sub["head_id"], sub["relation"], sub["tail_id"]):
+        g.add_node(h, type=types[h])
+        g.add_node(t, type=types[t])
+        g.add_edge(h, t, key=r)
+    return S.chain_view(g)
+
+
+@pytest.mark.parametrize("strategy", [*S.STRATEGIES, "mixed"])
+def test_sampling_strategies_include_the_seed_and_record_what_ran(view, strategy):
+    smp = S.sample_subgraph(view, "MONDO:0012648", strategy, 10, random.Random(1))
+    assert "MONDO:0012648" in smp.nodes and 2 <= len(smp.nodes) <= 10 and len(set(smp.nodes)) == len(smp.nodes)
+    assert smp.requested == strategy and smp.strategy in S.STRATEGIES
+    if strategy != "mixed":
+        assert smp.strategy == strategy
+    again = S.sample_subgraph(view, "MONDO:0012648", strategy, 10, random.Random(1))
+    assert again.nodes == smp.nodes  # seeded
+
+
+def test_unknown_strategy_and_seed_without_edges(view):
+    with pytest.raises(ValueError, match="unknown sampling strategy"):
+        S.sample_subgraph(view, "MONDO:0012648", "random_walk", 10, random.Random(0))
+    smp = S.sample_subgraph(view, "NOT:1", "mixed", 10, random.Random(0))
+    assert smp.nodes == ["NOT:1"] and "error" in smp.notes
+
+
+def test_generated_question_is_unique_masked_and_well_formed(index, view):
+    recs = [qgen.generate_for_seed(index, view, s, base_seed=13, attempt=0, strategy="mixed", k_range=(8, 12),
+                                   max_hops=6, min_hops=2, level=0)
+            for s in ["MONDO:0012648", "MONDO:0010526", "MONDO:0007376"]]
+    ok = [r for r in recs if r["status"] == "ok"]
+    assert ok, [r.get("reason") for r in recs]
+    for rec in ok:
+        variables = Q.variables_from_record(rec)
+        assert Q.solve(index, variables) == {rec["answer_id"]}
+        assert Q.leaks(index, variables, [rec["question"], rec["reasoning_path"]]) == []
+        assert rec["hops"] == len(rec["chain"]) - 1 == len(rec["relation_types"]) >= 2
+        assert rec["question"].endswith((".", "?")) and rec["answer"] == index.name[rec["answer_id"]]
+        # the reasoning path carries placeholders only
+        for name in [index.name[e] for e in rec["chain"]]:
+            assert name.lower() not in rec["reasoning_path"].lower()
+        assert set(rec["entity_mapping"]) >= {"Entity_A", "Target_Entity"}
+        assert all(k.startswith(("Entity_", "Clue_", "Target_Entity")) for k in rec["entity_mapping"])
+        for field in ("question", "answer", "reasoning_path", "entity_mapping", "sampling_algorithm", "source_entity"):
+            assert field in rec
+        json.dumps(rec)  # serialisable
+
+
+def test_solve_detects_ambiguity(index, view):
+    rec = next(r for s in ["MONDO:0012648", "MONDO:0010526", "MONDO:0007376"]
+               if (r := qgen.generate_for_seed(index, view, s, base_seed=13, attempt=0, strategy="mixed",
+                                               k_range=(8, 12), max_hops=6, min_hops=2, level=0))["status"] == "ok")
+    variables = Q.variables_from_record(rec)
+    for v in variables:
+        v.clues = []  # without clues a multi-hop chain is ambiguous
+    assert len(Q.solve(index, variables)) > 1
+
+
+def test_leak_check_catches_names_synonyms_ids_and_overlapping_clues(index):
+    fabry = Q.Variable("MONDO:0010526", "disease", None, [])
+    assert Q.leaks(index, [fabry], ["A question about Anderson-Fabry disease."])
+    assert Q.leaks(index, [fabry], ["see MONDO:0010526"])
+    assert Q.leaks(index, [fabry], ["A lysosomal storage disease with angiokeratomas."]) == []
+    mild = Q.Variable("HP:0001256", "phenotype", None, [{"kind": "fact", "relation": "is_a", "value": "HP:0001249"}])
+    assert any("gives away" in x for x in Q.leaks(index, [mild], ["a kind of it"]))  # 'Intellectual disability'
+
+
+def test_obfuscation_replaces_phenotypes_by_their_parent(index):
+    plain = Q.candidate_clues(index, "MONDO:0010526", 0, set())
+    obf = Q.candidate_clues(index, "MONDO:0010526", 1, set())
+    assert any(c["kind"] == "fact" and c["relation"] == "has_phenotype" for c in plain)
+    unders = [c for c in obf if c["kind"] == "under"]
+    assert unders and not any(c["kind"] == "fact" and c["relation"] == "has_phenotype" for c in obf)
+    for c in unders:
+        assert c["via"] in index.below(c["value"]) and "MONDO:0010526" in index.holders(c)
+
+
+def test_split_by_source_keeps_seeds_and_answers_apart():
+    recs = [{"source_entity_id": f"S{i}", "answer_id": f"A{i % 7}"} for i in range(60)]
+    train, test = Q.split_by_source(recs, 0.2, seed=3)
+    held = {r["source_entity_id"] for r in test} | {r["answer_id"] for r in test}
+    assert test and train
+    assert not held & ({r["source_entity_id"] for r in train} | {r["answer_id"] for r in train})
+    assert Q.split_by_source(recs, 0.2, seed=3) == (train, test)
+
+
+def test_generation_resumes_without_loss_or_duplicates(tmp_path, index, view):
+    seeds = ["MONDO:0012648", "MONDO:0010526", "MONDO:0007376", "NOT:1"]
+    path = tmp_path / "attempts.jsonl"
+    calls = []
+
+    def make(seed, attempt, kw):
+        calls.append(seed)
+        if seed == "MONDO:0010526" and len(calls) == 2 and kw.get("crash"):
+            raise KeyboardInterrupt
+        return qgen.generate_for_seed(index, view, seed, base_seed=13, attempt=attempt, strategy="mixed",
+                                      k_range=(8, 12), max_hops=6, min_hops=2, level=0)
+
+    with pytest.raises(KeyboardInterrupt):
+        qgen.run(path, [(s, 0, {"crash": True}) for s in seeds], make, progress=False)
+    with open(path, "a") as f:
+        f.write('{"source_entity_id": "MONDO:00')  # a torn line from the interruption
+    done = qgen.run(path, [(s, 0, {}) for s in seeds], make, progress=False)
+    lines = [json.loads(x) for x in path.read_text().splitlines() if x.strip().endswith("}")]
+    assert sorted(r["source_entity_id"] for r in lines) == sorted(seeds)
+    assert set(done) == {(s, 0) for s in seeds}
+    fresh = tmp_path / "fresh.jsonl"
+    qgen.run(fresh, [(s, 0, {}) for s in seeds], make, progress=False)
+    a = {r["source_entity_id"]: r.get("question") for r in lines}
+    b = {json.loads(x)["source_entity_id"]: json.loads(x).get("question") for x in fresh.read_text().splitlines()}
+    assert a == b  # resumed output equals an uninterrupted run
+    assert done[("NOT:1", 0)]["reason"] == "seed has no chain relations"
+
+
+def test_polish_check_rejects_dropped_clues_and_leaks(index, view):
+    rec = next(r for s in ["MONDO:0012648", "MONDO:0010526", "MONDO:0007376"]
+               if (r := qgen.generate_for_seed(index, view, s, base_seed=13, attempt=0, strategy="mixed",
+                                               k_range=(8, 12), max_hops=6, min_hops=2, level=0))["status"] == "ok")
+    assert Q.polish_problem(index, rec, rec["question"]) is None
+    assert Q.polish_problem(index, rec, rec["question"] + " It is " + rec["answer"] + ".").startswith("leak")
+    first_clue = next(c for c in rec["constraints"][0]["clues"] if c["kind"] == "fact")
+    gone = rec["question"].replace(index.name[first_clue["value"]], "something", 1)
+    gone = gone.replace(index.name[first_clue["value"]][0].lower() + index.name[first_clue["value"]][1:], "something")
+    assert Q.polish_problem(index, rec, gone).startswith("clue dropped")
+
+
+class _FakeBackend:
+    name = "fake"
+
+    def __init__(self, texts):
+        self.texts = texts
+
+    def generate(self, conversations, *, max_new_tokens, temperature=0.0, **kw):
+        from medkit.llm import Completion
+        return [Completion.failed("endpoint down") if t is None else Completion(text=t, n_prompt_tokens=1,
+                n_completion_tokens=1, finish_reason="stop") for t in self.texts]
+
+
+def test_polish_records_keeps_only_faithful_rewrites(index, view):
+    rec = next(r for s in ["MONDO:0012648", "MONDO:0010526", "MONDO:0007376"]
+               if (r := qgen.generate_for_seed(index, view, s, base_seed=13, attempt=0, strategy="mixed",
+                                               k_range=(8, 12), max_hops=6, min_hops=2, level=0))["status"] == "ok")
+    faithful = "Puzzle: " + rec["question"]
+    leaky = rec["question"] + " (hint: " + rec["answer"] + ")"
+    out, stats = Q.polish_records(index, [rec, rec, rec], _FakeBackend([faithful, leaky, None]))
+    assert stats == {"polished": 1, "kept_original": 1, "errors": 1}
+    assert out[0]["question"] == faithful and out[0]["question_original"] == rec["question"]
+    assert out[1]["question"] == rec["question"] and out[1]["polish"]["reason"].startswith("leak")
+    assert out[2]["question"] == rec["question"]
+
+
+def test_model_solver_judges_leniently_and_never_mistakes_letters(index):
+    from medkit import calibration as C
+
+    recs = [{"question": "q", "answer_aliases": ["Hepatitis B", "HBV infection"]}] * 3
+    res = C.model_solver(_FakeBackend(["I think it is hepatitis B.", "B", None]), recs)
+    assert res[0]["solved"] is True and res[1]["solved"] is False and res[2]["solved"] is None
+    summary = C.summarise([{"calibration": {"no_tool_model": r, "bm25_top1": {"solved": False}}} for r in res])
+    assert summary["no_tool_model"] == 0.5 and summary["judged_no_tool_model"] == 2
