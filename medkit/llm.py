@@ -198,12 +198,19 @@ def _first_stop_prefix(ids: list[int], stop: list[str], decode: Any) -> int | No
 
 
 def finish_row(generated: list[int], *, n_prompt_tokens: int, eos_ids: set[int], stop: list[str],
-               decode: Any) -> Completion:
+               decode: Any, pad_id: int | None = None) -> Completion:
     """Turn one row of generated token ids (possibly padded after it finished) into a Completion.
 
     The row ends at the first EOS token or at the token that completed a stop string,
-    whichever comes first; the EOS token counts as generated, padding after the end does not.
+    whichever comes first; the EOS token counts as generated, padding after the end does not
+    (a ``pad_id`` other than EOS is stripped from the end of the row: a padded row had finished).
     """
+    padded = False
+    if pad_id is not None and pad_id not in eos_ids:
+        end = len(generated)
+        while end and generated[end - 1] == pad_id:
+            end -= 1
+        padded, generated = end < len(generated), generated[:end]
     eos_pos = next((i for i, t in enumerate(generated) if t in eos_ids), None)
     body = generated if eos_pos is None else generated[:eos_pos]
     k = _first_stop_prefix(body, stop, decode)
@@ -212,7 +219,7 @@ def finish_row(generated: list[int], *, n_prompt_tokens: int, eos_ids: set[int],
         return Completion(text, n_prompt_tokens, k, "stop")
     if eos_pos is not None:
         return Completion(decode(body), n_prompt_tokens, eos_pos + 1, "stop")
-    return Completion(decode(body), n_prompt_tokens, len(generated), "length")
+    return Completion(decode(body), n_prompt_tokens, len(generated), "stop" if padded else "length")
 
 
 class LocalTransformersBackend:
@@ -280,7 +287,7 @@ class LocalTransformersBackend:
             return tok.decode(ids, skip_special_tokens=True)
 
         return [finish_row(out[r, width:].tolist(), n_prompt_tokens=int(n_prompt[r]), eos_ids=eos_ids,
-                           stop=stop, decode=decode) for r in range(len(texts))]
+                           stop=stop, decode=decode, pad_id=tok.pad_token_id) for r in range(len(texts))]
 
     def generate(self, conversations: list[list[dict]], *, max_new_tokens: int, temperature: float = 0.0,
                  stop: list[str] | None = None, seed: int | None = None) -> list[Completion]:
@@ -589,10 +596,8 @@ def _openai_from_dict(spec: dict[str, Any]) -> OpenAICompatibleBackend:
         api_key = os.environ.get(env)
         if not api_key:
             raise ConfigError(f"environment variable {env} (api_key_env) is not set or empty")
-    options = {k: spec[k] for k in _OPENAI_KEYS[5:] if k in spec}
-    return OpenAICompatibleBackend(spec["base_url"], spec["model"], api_key=api_key,
-                                   timeout=spec.get("timeout", 60), max_retries=spec.get("max_retries", 2),
-                                   **options)
+    options = {k: v for k, v in spec.items() if k not in ("type", "base_url", "model", "api_key_env")}
+    return OpenAICompatibleBackend(spec["base_url"], spec["model"], api_key=api_key, **options)
 
 
 def parse_backend_spec(spec: str | dict[str, Any]) -> dict[str, Any]:

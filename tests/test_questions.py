@@ -215,3 +215,19 @@ def test_model_solver_judges_leniently_and_never_mistakes_letters(index):
     assert res[0]["solved"] is True and res[1]["solved"] is False and res[2]["solved"] is None
     summary = C.summarise([{"calibration": {"no_tool_model": r, "bm25_top1": {"solved": False}}} for r in res])
     assert summary["no_tool_model"] == 0.5 and summary["judged_no_tool_model"] == 2
+
+
+def test_bm25_solver_on_the_real_corpus(passages, matcher):
+    from medkit import calibration as C
+    from medkit import retriever as R
+
+    retr = R.BM25Retriever.build(passages[passages["source"].isin(["MONDO", "HPO"])])
+    fabry = passages.set_index("passage_id").loc["MONDO:0010526", "text"]
+    easy = {"question": fabry, "answer_id": "MONDO:0010526"}
+    named = {"question": "Which gene is mutated in Fabry disease, the lysosomal storage disease?",
+             "answer_id": "MONDO:0010526"}
+    hard = {"question": "A rare disorder shows a feature also seen in another disorder. Name it.",
+            "answer_id": "MONDO:0010526"}
+    res = C.bm25_solver(retr, matcher, [easy, named, hard])
+    assert res[0]["solved"] and res[0]["passage_id"] == "MONDO:0010526"
+    assert res[1]["solved"] and not res[2]["solved"]
