@@ -22,6 +22,9 @@ from . import io as mio
 from . import questions as Q
 from . import subgraph as S
 
+# Bump when generation logic changes: records of another version are regenerated on resume.
+GENERATOR_VERSION = 2
+
 
 def orient(chain: list[str], types: dict[str, str]) -> list[str] | None:
     """Seed-first chains; a gene seed becomes the answer (genes have few describable facts)."""
@@ -38,7 +41,8 @@ def generate_for_seed(index: Q.QuestionIndex, view: nx.Graph, seed: str, *, base
                       specialty: str | None = None) -> dict[str, Any]:
     """One attempt for one seed: a question record, or {'status': 'dropped', 'reason': ...}."""
     rng = random.Random(f"{base_seed}:{seed}:{attempt}")
-    base = {"source_entity_id": seed, "attempt": attempt, "obfuscation_level": level}
+    base = {"source_entity_id": seed, "attempt": attempt, "obfuscation_level": level,
+            "generator_version": GENERATOR_VERSION}
     if seed not in view:
         return {**base, "status": "dropped", "reason": "seed has no chain relations"}
     t0 = time.perf_counter()
@@ -48,7 +52,8 @@ def generate_for_seed(index: Q.QuestionIndex, view: nx.Graph, seed: str, *, base
     types = index.type
     valid_end = (lambda n: types.get(n) in S.ANSWER_TYPES) if types.get(seed) != "gene" else \
         (lambda n: types.get(n) in ("disease", "drug"))
-    chain, expansions, exact = S.longest_path(sub, seed, max_len=max_hops, valid_end=valid_end)
+    chain, expansions, exact = S.longest_path(sub, seed, max_len=max_hops, valid_end=valid_end,
+                                              prefer=S.type_diversity(sub))
     search_ms = (time.perf_counter() - t0) * 1000
     chain = orient(chain, types) if chain else None
     meta = {"sampling_algorithm": sample.strategy, "requested_algorithm": sample.requested, "subgraph_k": k,
@@ -63,6 +68,7 @@ def generate_for_seed(index: Q.QuestionIndex, view: nx.Graph, seed: str, *, base
     if solutions != {chain[-1]}:
         return {**base, **meta, "status": "dropped", "reason": f"not unique: {len(solutions)} solutions"}
     extra = {**meta, "attempt": attempt, "obfuscation_level": level, "specialty": specialty,
+             "generator_version": GENERATOR_VERSION,
              "uniqueness": {"verified": True, "solutions": 1}}
     record = Q.make_record(index, variables, rng, seed_entity=seed, extra=extra)
     found = Q.leaks(index, variables, [record["question"], record["reasoning_path"]])
@@ -72,10 +78,11 @@ def generate_for_seed(index: Q.QuestionIndex, view: nx.Graph, seed: str, *, base
 
 
 def processed(path: Path) -> dict[tuple[str, int], dict[str, Any]]:
-    """Records already written (key: source entity, attempt) — what a resumed run skips."""
+    """Records already written by this generator version (key: source entity, attempt): what a resumed run skips."""
     if not path.exists():
         return {}
-    return {(r["source_entity_id"], int(r["attempt"])): r for r in mio.read_jsonl(path)}
+    return {(r["source_entity_id"], int(r["attempt"])): r for r in mio.read_jsonl(path)
+            if r.get("generator_version") == GENERATOR_VERSION}
 
 
 def run(path: Path, jobs: Iterable[tuple[str, int, dict[str, Any]]],

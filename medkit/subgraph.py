@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import random
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import networkx as nx
@@ -51,20 +52,37 @@ def chain_view(g: nx.MultiDiGraph) -> nx.Graph:
 
 def local_pool(view: nx.Graph, seed: str, rng: random.Random, *, radius: int = 2, per_node: int = 12,
                max_nodes: int = 150) -> nx.Graph:
-    """The seed's neighbourhood, at most ``per_node`` random neighbours followed per node."""
+    """The seed's neighbourhood, at most ``per_node`` neighbours followed per node (types interleaved)."""
     seen = {seed: 0}
     queue = deque([seed])
     while queue and len(seen) < max_nodes:
         node = queue.popleft()
         if seen[node] >= radius:
             continue
-        nbrs = sorted(view.neighbors(node))
-        rng.shuffle(nbrs)
-        for n in nbrs[:per_node]:
+        for n in interleave_types(view, sorted(view.neighbors(node)), rng)[:per_node]:
             if n not in seen:
                 seen[n] = seen[node] + 1
                 queue.append(n)
     return view.subgraph(seen)
+
+
+def interleave_types(g: nx.Graph, nodes: list[str], rng: random.Random) -> list[str]:
+    """Nodes shuffled within each entity type, then taken round-robin across types.
+
+    A disease has dozens of phenotype neighbours and one or two genes; sampling
+    uniformly would almost never keep the gene, so every type gets its turn.
+    """
+    groups: dict[str, list[str]] = {}
+    for n in nodes:
+        groups.setdefault(str(g.nodes[n].get("type")), []).append(n)
+    for members in groups.values():
+        rng.shuffle(members)
+    order = sorted(groups)
+    rng.shuffle(order)
+    out: list[str] = []
+    for i in range(max((len(m) for m in groups.values()), default=0)):
+        out.extend(groups[t][i] for t in order if i < len(groups[t]))
+    return out
 
 
 @dataclass
@@ -76,10 +94,9 @@ class Sample:
 
 
 def _fill(pool: nx.Graph, core: list[str], k: int, rng: random.Random) -> list[str]:
-    """Core nodes first, then their neighbours (random order) until ``k`` nodes."""
+    """Core nodes first, then their neighbours (types interleaved, random within a type) until ``k`` nodes."""
     chosen = list(dict.fromkeys(core))[:k]
-    frontier = [n for c in chosen for n in sorted(pool.neighbors(c)) if n not in chosen]
-    rng.shuffle(frontier)
+    frontier = interleave_types(pool, sorted({n for c in chosen for n in pool.neighbors(c)} - set(chosen)), rng)
     for n in frontier:
         if len(chosen) >= k:
             break
@@ -154,30 +171,47 @@ def sample_subgraph(view: nx.Graph, seed: str, strategy: str, k: int, rng: rando
     return Sample(nodes, used, strategy, {"pool_size": pool.number_of_nodes()})
 
 
+def type_diversity(g: nx.Graph) -> Callable[[list[str]], int]:
+    """Tie-breaker for equally long chains: more distinct entity types (a gene or drug hop
+    makes a richer question than another disease -> phenotype -> disease detour), and an
+    entity rather than a clinical feature as the answer."""
+    return lambda path: (len({g.nodes[n].get("type") for n in path})
+                         + (g.nodes[path[-1]].get("type") != "phenotype"))
+
+
 def longest_path(g: nx.Graph, start: str, *, max_len: int = 11, max_expansions: int = 200_000,
-                 valid_end=None) -> tuple[list[str], int, bool]:
+                 valid_end: Callable[[str], bool] | None = None,
+                 prefer: Callable[[list[str]], int] | None = None) -> tuple[list[str], int, bool]:
     """Longest simple path from ``start`` in ``g`` (exact unless the expansion cap is hit).
 
-    ``valid_end(node) -> bool`` restricts where a chain may end. Ties go to the
-    lexicographically smallest path, so the result is deterministic.
-    Returns (path, expansions, exact).
+    ``valid_end(node) -> bool`` restricts where a chain may end. Among equally long
+    paths the highest ``prefer(path)`` wins, then the lexicographically smallest path,
+    so the result is deterministic. Returns (path, expansions, exact).
     """
     best: list[str] = [start] if (valid_end is None or valid_end(start)) else []
+    best_pref = prefer(best) if (prefer and best) else 0
     expansions = 0
     exact = True
     adj = {n: sorted(g.neighbors(n)) for n in g}
     path = [start]
     on_path = {start}
 
+    def better(pref: int) -> bool:
+        if len(path) != len(best):
+            return len(path) > len(best)
+        return pref > best_pref or (pref == best_pref and path < best)
+
     def dfs() -> None:
-        nonlocal best, expansions, exact
+        nonlocal best, best_pref, expansions, exact
         if expansions >= max_expansions:
             exact = False
             return
         expansions += 1
         node = path[-1]
-        if (valid_end is None or valid_end(node)) and (len(path) > len(best) or (len(path) == len(best) and path < best)):
-            best = list(path)
+        if valid_end is None or valid_end(node):
+            pref = prefer(path) if prefer and len(path) >= len(best) else 0
+            if better(pref):
+                best, best_pref = list(path), pref
         if len(path) > max_len:
             return
         for n in adj[node]:

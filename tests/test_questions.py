@@ -231,3 +231,15 @@ def test_bm25_solver_on_the_real_corpus(passages, matcher):
     res = C.bm25_solver(retr, matcher, [easy, named, hard])
     assert res[0]["solved"] and res[0]["passage_id"] == "MONDO:0010526"
     assert res[1]["solved"] and not res[2]["solved"]
+
+
+def test_records_of_an_older_generator_are_regenerated(tmp_path, index, view):
+    path = tmp_path / "attempts.jsonl"
+    path.write_text(json.dumps({"source_entity_id": "MONDO:0012648", "attempt": 0, "status": "ok",
+                                "generator_version": qgen.GENERATOR_VERSION - 1}) + "\n")
+    done = qgen.run(path, [("MONDO:0012648", 0, {})],
+                    lambda s, a, kw: qgen.generate_for_seed(index, view, s, base_seed=13, attempt=a, strategy="mixed",
+                                                            k_range=(8, 12), max_hops=6, min_hops=2, level=0),
+                    progress=False)
+    assert done[("MONDO:0012648", 0)]["generator_version"] == qgen.GENERATOR_VERSION
+    assert len(path.read_text().splitlines()) == 2
