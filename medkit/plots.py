@@ -9,15 +9,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
 
+import matplotlib.pyplot as plt
+import networkx as nx
+import numpy as np
+import pandas as pd
 
-import matplotlib.pyplot as plt  # noqa: E402
-import networkx as nx  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from .io import atomic_path  # noqa: E402
+from .io import atomic_path
 
 TYPE_COLOURS = {
     "disease": "#d62728", "phenotype": "#1f77b4", "gene": "#2ca02c", "drug": "#9467bd",

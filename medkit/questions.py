@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import random
-import re
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -32,8 +31,6 @@ import pandas as pd
 
 from .ner import surface_key
 
-CLUE_RELATIONS = ("has_phenotype", "has_inheritance", "has_onset", "has_clinical_course", "is_a", "has_role",
-                  "associated_with", "definition_mentions")
 MAX_CLUES = 4
 TYPE_NOUN = {"disease": "disorder", "gene": "gene", "drug": "drug", "drug_class": "pharmacological class",
              "phenotype": "clinical feature"}
@@ -403,9 +400,6 @@ def render(index: QuestionIndex, variables: list[Variable], rng: random.Random) 
 
 
 # --------------------------------------------------------------------------- leaks
-
-
-_WORDS = re.compile(r"\s+")
 
 
 def _contains(haystack_key: str, needle_key: str) -> bool:

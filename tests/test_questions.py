@@ -4,11 +4,9 @@ import json
 import random
 
 import networkx as nx
-import pandas as pd
 import pytest
 
 from medkit import qgen, questions as Q, subgraph as S
-from medkit.errors import InputError
 
 
 # ---------------------------------------------------------------- longest path on hand-made graphs
