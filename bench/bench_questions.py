@@ -29,11 +29,8 @@ def main(profile: str = "cpu", n: int = 500) -> dict:
     data = paths.profile_data_dir(profile)
     entities, relations, _ = kb.load_kb()
     corpus = mio.read_parquet(data / "corpus_relations.parquet")
-    types = dict(zip(entities["entity_id"], entities["type"]))
-    drug = corpus[(corpus["relation"] == "definition_mentions")
-                  & (corpus["head_id"].map(types).eq("drug") | corpus["tail_id"].map(types).eq("drug"))]
     t0 = time.perf_counter()
-    index = Q.QuestionIndex(entities, pd.concat([relations, drug], ignore_index=True))
+    index = Q.QuestionIndex(entities, Q.question_relations(entities, relations, corpus))
     graph = kg.load_graph(data / "kg.json.gz")
     view = S.chain_view(graph)
     setup = time.perf_counter() - t0

@@ -18,7 +18,6 @@ import os
 import platform
 import time
 from collections.abc import Callable
-from importlib import metadata
 
 import bm25s
 import numpy as np
@@ -150,20 +149,13 @@ def main() -> dict:
                                      "medkit_top1_in_rank_bm25_top3": round(source_top1, 3),
                                      "top10_overlap": round(overlap, 3)},
         "machine": {"cpu_count": os.cpu_count(), "python": platform.python_version(),
-                    "numba": _ver("numba"), "jax": _ver("jax")},
-        "versions": {"bm25s": bm25s.__version__, "rank-bm25": _ver("rank-bm25"), "numpy": np.__version__},
+                    "numba": mio.package_version("numba"), "jax": mio.package_version("jax")},
+        "versions": {"bm25s": bm25s.__version__, "rank-bm25": mio.package_version("rank-bm25"), "numpy": np.__version__},
     }
     out = results_dir() / "bench" / "retriever.json"
     mio.write_json(out, result)
     print(mio.read_json(out))
     return result
-
-
-def _ver(pkg: str) -> str | None:
-    try:
-        return metadata.version(pkg)
-    except metadata.PackageNotFoundError:
-        return None
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .ner import Matcher, surface_key
+from .questions import contains_words
 
 SOLVERS = ("no_tool_model", "bm25_top1")
 SYSTEM_PROMPT = ("You are a medical expert. Answer the question with the name of the entity only, "
@@ -27,8 +28,8 @@ SYSTEM_PROMPT = ("You are a medical expert. Answer the question with the name of
 
 def alias_in_text(aliases: Sequence[str], text: str) -> bool:
     """True if any alias (normalised, whole words, at least 3 characters) occurs in ``text``."""
-    tk = f" {surface_key(text)} "
-    return any(len(k) >= 3 and f" {k} " in tk for k in (surface_key(a) for a in aliases))
+    tk = surface_key(text)
+    return any(len(k) >= 3 and contains_words(tk, k) for k in (surface_key(a) for a in aliases))
 
 
 def model_solver(backend: Any, records: list[dict[str, Any]], *, max_new_tokens: int = 24) -> list[dict[str, Any]]:

@@ -151,22 +151,24 @@ def read_jsonl(path: str | Path, *, required: Iterable[str] = (), allow_truncate
     return records
 
 
-def provenance(**parameters: Any) -> dict[str, Any]:
-    """A provenance block: medkit version, python, package versions, time, parameters."""
+def package_version(package: str) -> str | None:
+    """Installed version of a distribution, or None if it is not installed."""
     from importlib import metadata
 
-    from . import __version__
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
 
-    def _ver(pkg: str) -> str | None:
-        try:
-            return metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            return None
+
+def provenance(**parameters: Any) -> dict[str, Any]:
+    """A provenance block: medkit version, python, package versions, time, parameters."""
+    from . import __version__
 
     return {
         "medkit_version": __version__,
         "python": platform.python_version(),
         "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "packages": {p: _ver(p) for p in ("pandas", "networkx", "pyahocorasick", "torch", "transformers")},
+        "packages": {p: package_version(p) for p in ("pandas", "networkx", "pyahocorasick", "torch", "transformers")},
         "parameters": parameters,
     }

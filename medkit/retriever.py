@@ -209,14 +209,6 @@ def _file_table(folder: Path) -> dict[str, dict[str, Any]]:
             for p in sorted(folder.rglob("*")) if p.is_file() and p.name != META_FILE}
 
 
-def _pystemmer_version() -> str | None:
-    from importlib import metadata
-    try:
-        return metadata.version("PyStemmer")
-    except metadata.PackageNotFoundError:
-        return None
-
-
 def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Indices and scores of the ``k`` best positive scores: score descending, then index ascending.
 
@@ -284,7 +276,7 @@ class BM25Retriever:
         model = bm25s.BM25(k1=params["k1"], b=params["b"], method=METHOD)
         model.index((ids, vocab), create_empty_token=False, show_progress=False)
         meta = {"format": INDEX_FORMAT, **corpus_checksums(docs), "params": params,
-                "bm25s_version": bm25s.__version__, "pystemmer_version": _pystemmer_version() if stemmer else None,
+                "bm25s_version": bm25s.__version__, "pystemmer_version": mio.package_version("PyStemmer") if stemmer else None,
                 "vocab_size": len(vocab)}
         return cls(model, docs, params, meta)
 

@@ -103,10 +103,7 @@ def test_smoke_question_outputs(smoke_run, entities, relations):
     assert ds.num_rows == len(test)
     # verification and leak checks hold on what was written (uniqueness over the KB, corpus links included)
     corpus = pd.read_parquet(data / "corpus_relations.parquet")
-    types = dict(zip(entities["entity_id"], entities["type"]))
-    drug = corpus[(corpus["relation"] == "definition_mentions")
-                  & (corpus["head_id"].map(types).eq("drug") | corpus["tail_id"].map(types).eq("drug"))]
-    index = Q.QuestionIndex(entities, pd.concat([relations, drug], ignore_index=True))
+    index = Q.QuestionIndex(entities, Q.question_relations(entities, relations, corpus))
     for rec in allq.to_dict("records"):
         variables = Q.variables_from_record(rec)
         assert Q.solve(index, variables) == {rec["answer_id"]}
