@@ -1,0 +1,498 @@
+"""The agent's tools over the kit's own knowledge base (the paper's medical tools).
+
+Scope: the tools a ReAct agent calls while researching a question, implemented over
+the tables of :mod:`medkit.kb` and the BM25 index of :mod:`medkit.retriever` only —
+no file paths, no network, no ``eval``. They stand in for the paper's *private medical
+retriever* (:meth:`MedicalToolbox.search`), *DocumentRead* (:meth:`MedicalToolbox.read`)
+and *ClinicalReasoningEngine* (:meth:`MedicalToolbox.diagnose`), plus two small graph
+helpers (:meth:`MedicalToolbox.lookup`, :meth:`MedicalToolbox.related`).
+
+Every tool is a typed method with a Google-style docstring (``Args:`` / ``Returns:``),
+so TRL / ``transformers.utils.get_json_schema`` can turn it into a tool schema. Tools
+return compact text with stable ids (``MONDO:…``, ``HP:…``, ``NCBIGene:…``) and never
+raise on bad input: unknown ids, empty or oversized queries and wrong types give a
+one-line text starting with ``"Error:"``. Output is capped at :data:`MAX_OUTPUT_CHARS`.
+
+Diagnosis model (:meth:`MedicalToolbox.diagnose`): a naive-Bayes likelihood with a
+uniform prior over every disease that has HPO phenotype annotations. For query
+phenotypes ``q`` and disease ``d``::
+
+    score(d) = sum_q log P(q | d)
+    P(q | d) = annotated frequency of q in d      (unknown frequency -> UNKNOWN_FREQUENCY)
+             = EXCLUDED_PROBABILITY               (annotated with frequency 0, i.e. excluded)
+             = FALSE_POSITIVE_PROBABILITY         (q not annotated to d)
+
+Only exact annotations count (no credit through the HPO is_a hierarchy).
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import math
+import typing
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .ner import surface_key
+
+MAX_OUTPUT_CHARS = 4_000
+MAX_QUERY_CHARS = 500
+MAX_K = 50
+MAX_PHENOTYPES = 50
+SNIPPET_CHARS = 200
+MAX_SYNONYMS = 8
+MAX_PER_RELATION = 15
+MAX_LOOKUP = 10
+FALSE_POSITIVE_PROBABILITY = 0.01  # P(phenotype | disease) when the disease lacks the annotation
+EXCLUDED_PROBABILITY = 0.001  # annotated with frequency 0 (HPO "excluded"): rarer than noise
+UNKNOWN_FREQUENCY = 0.5  # annotated without a frequency
+
+# Section titles in read(): (relation, direction) -> label; others are "<relation> (outgoing|incoming)".
+_LABELS = {
+    ("associated_with", "in"): "associated genes",
+    ("associated_with", "out"): "associated diseases",
+    ("has_inheritance", "out"): "inheritance",
+    ("has_onset", "out"): "onset",
+    ("has_clinical_course", "out"): "clinical course",
+    ("has_phenotype", "out"): "phenotypes",
+    ("has_phenotype", "in"): "diseases with this phenotype",
+    ("is_a", "out"): "parents (is_a)",
+    ("is_a", "in"): "children (is_a)",
+    ("has_role", "out"): "roles",
+    ("has_role", "in"): "drugs with this role",
+}
+_ORDER = ["associated_with", "has_inheritance", "has_onset", "has_clinical_course", "has_phenotype", "is_a"]
+
+
+def _err(message: str) -> str:
+    return "Error: " + " ".join(str(message).split())
+
+
+def _cap(text: str, limit: int = MAX_OUTPUT_CHARS) -> str:
+    """Cut ``text`` to ``limit`` characters (at a line break when possible) with a truncation note."""
+    if len(text) <= limit:
+        return text
+    note = f"\n[output truncated: {len(text):,} characters, showing the first part]"
+    head = text[: limit - len(note)]
+    if "\n" in head:
+        head = head.rsplit("\n", 1)[0]
+    return head + note
+
+
+def _safe(method: Callable[..., str]) -> Callable[..., str]:
+    """Never raise: turn any exception into an "Error:" line, and cap the output."""
+
+    @functools.wraps(method)
+    def wrapper(*args: Any, **kwargs: Any) -> str:
+        try:
+            return _cap(method(*args, **kwargs))
+        except Exception as e:  # noqa: BLE001 - a tool must answer, not raise
+            return _err(f"{method.__name__} failed: {type(e).__name__}: {e}")
+
+    return wrapper
+
+
+def _check_text(value: Any, what: str) -> str | None:
+    """An "Error:" line if ``value`` is not a usable text argument, else None."""
+    if not isinstance(value, str):
+        return _err(f"{what} must be a string, got {type(value).__name__}.")
+    if not value.strip():
+        return _err(f"{what} is empty.")
+    if len(value) > MAX_QUERY_CHARS:
+        return _err(f"{what} is too long ({len(value):,} characters; the limit is {MAX_QUERY_CHARS}).")
+    return None
+
+
+def _check_k(k: Any) -> str | None:
+    if isinstance(k, bool) or not isinstance(k, int):
+        return _err(f"k must be an integer, got {type(k).__name__}.")
+    if not 1 <= k <= MAX_K:
+        return _err(f"k must be between 1 and {MAX_K}, got {k}.")
+    return None
+
+
+def _pct(freq: float) -> str:
+    return "freq unknown" if freq is None or math.isnan(freq) else f"{100 * freq:.0f}%"
+
+
+def _more(n_total: int, n_shown: int) -> str:
+    return f" ... and {n_total - n_shown} more" if n_total > n_shown else ""
+
+
+class MedicalToolbox:
+    """The kit's knowledge base loaded once, exposing the agent's tools as methods."""
+
+    TOOL_NAMES = ("search", "read", "lookup", "related", "diagnose")
+
+    def __init__(self, entities: pd.DataFrame, relations: pd.DataFrame, passages: pd.DataFrame,
+                 retriever: Any) -> None:
+        self._retriever = retriever
+        ent = entities.drop_duplicates("entity_id").set_index("entity_id", drop=False)
+        self._entities = ent
+        self._names: dict[str, str] = dict(zip(ent["entity_id"], ent["name"].astype(str)))
+        self._types: dict[str, str] = dict(zip(ent["entity_id"], ent["type"].astype(str)))
+        pas = passages.drop_duplicates("passage_id")
+        self._passages = pas.set_index("passage_id", drop=False)
+        rel = relations[["head_id", "relation", "tail_id", "frequency"]].copy()
+        for col in ("head_id", "relation", "tail_id"):
+            rel[col] = rel[col].astype(str).astype(object)
+        rel["frequency"] = rel["frequency"].astype(float)
+        self._relations = rel
+        self._relation_names = tuple(sorted(rel["relation"].unique()))
+        # rows sorted by head (outgoing) and by tail (incoming), sliced with searchsorted
+        self._by = {}
+        for key in ("head_id", "tail_id"):
+            table = rel.sort_values([key, "relation"], kind="stable").reset_index(drop=True)
+            self._by[key] = (table, table[key].to_numpy())
+        self._in_kb = set(self._names) | set(rel["head_id"]) | set(rel["tail_id"])
+        self._build_lookup(ent)
+        self._build_diagnosis(rel)
+
+    @classmethod
+    def from_kb(cls, kb: Any = None) -> MedicalToolbox:
+        """Load entities, relations, passages and the BM25 index (data/kb, or ``kb``) once."""
+        from .kb import load_kb
+        from .paths import kb_dir
+        from .retriever import load_or_build
+
+        entities, relations, passages = load_kb(kb)
+        folder = (kb_dir() if kb is None else Path(kb)) / "bm25"
+        retriever = load_or_build(passages, folder, progress=lambda _: None)
+        return cls(entities, relations, passages, retriever)
+
+    # ------------------------------------------------------------------ indexes
+
+    def _build_lookup(self, ent: pd.DataFrame) -> None:
+        index: dict[str, dict[str, int]] = {}  # key -> entity id -> 0 (name) / 1 (synonym)
+        for eid, name, syns in zip(ent["entity_id"], ent["name"], ent["synonyms"]):
+            for rank, surface in [(0, name), *((1, s) for s in (syns if syns is not None else []))]:
+                if isinstance(surface, str) and (key := surface_key(surface)):
+                    slot = index.setdefault(key, {})
+                    slot[eid] = min(slot.get(eid, 1), rank)
+        self._lookup = index
+
+    def _build_diagnosis(self, rel: pd.DataFrame) -> None:
+        ann = rel[rel["relation"] == "has_phenotype"]
+        ann = ann.groupby(["tail_id", "head_id"], sort=True)["frequency"].mean().reset_index()
+        self._dis_ids = np.array(sorted(ann["head_id"].unique()), dtype=object)
+        dis_pos = {d: i for i, d in enumerate(self._dis_ids)}
+        self._phen_ids = list(dict.fromkeys(ann["tail_id"]))  # sorted (groupby sort=True)
+        self._phen_pos = {p: i for i, p in enumerate(self._phen_ids)}
+        freq = ann["frequency"].to_numpy(dtype=float)
+        prob = np.where(np.isnan(freq), UNKNOWN_FREQUENCY, np.where(freq <= 0, EXCLUDED_PROBABILITY, freq))
+        self._ann_dis = ann["head_id"].map(dis_pos).to_numpy(dtype=np.int64)
+        self._ann_delta = np.log(prob) - math.log(FALSE_POSITIVE_PROBABILITY)
+        self._ann_freq = freq
+        counts = ann["tail_id"].map(self._phen_pos).value_counts().sort_index()
+        self._indptr = np.zeros(len(self._phen_ids) + 1, dtype=np.int64)
+        self._indptr[1:] = np.cumsum(counts.reindex(range(len(self._phen_ids)), fill_value=0).to_numpy())
+
+    def _edges(self, eid: str, key: str) -> pd.DataFrame | None:
+        """Relations rows whose ``key`` column ('head_id' or 'tail_id') equals ``eid``."""
+        table, ids = self._by[key]
+        lo, hi = np.searchsorted(ids, eid, "left"), np.searchsorted(ids, eid, "right")
+        return table.iloc[lo:hi] if hi > lo else None
+
+    def _label(self, eid: str) -> str:
+        return f"{self._names.get(eid, '?')} ({eid})"
+
+    # ------------------------------------------------------------------ tools
+
+    @_safe
+    def search(self, query: str, k: int = 5) -> str:
+        """Search the private medical knowledge base (BM25 over definitions of diseases, phenotypes, genes, drugs, anatomy).
+
+        Args:
+            query: Keywords or a short question, e.g. "lysosomal storage angiokeratoma" (at most 500 characters).
+            k: Number of passages to return, between 1 and 50.
+
+        Returns:
+            One line per hit, "[passage_id] title (entity_id): first 200 characters", best first;
+            pass an entity id to read() for the full entry.
+        """
+        if (problem := _check_text(query, "query") or _check_k(k)):
+            return problem
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            hits = self._retriever.search(query, k=k)
+        if not hits:
+            return f"No passages match {query.strip()!r}; try other keywords."
+        lines = []
+        for h in hits:
+            snippet = " ".join(h.text.split())
+            if len(snippet) > SNIPPET_CHARS:
+                snippet = snippet[:SNIPPET_CHARS].rsplit(" ", 1)[0] + " ..."
+            ent = f" ({h.entity_id})" if h.entity_id else ""
+            lines.append(f"[{h.passage_id}] {h.title}{ent}: {snippet}")
+        return "\n".join(lines)
+
+    @_safe
+    def read(self, entity_id: str) -> str:
+        """Read the full entry of an entity (or the text of a passage) by id.
+
+        Args:
+            entity_id: An entity id such as "MONDO:0010526", "HP:0001014", "NCBIGene:2717" or
+                "DRUGBANK:DB00945", or a passage id returned by search().
+
+        Returns:
+            Name, type, definition, synonyms and the entity's typed relations grouped by relation
+            (names with ids, phenotype frequencies as percentages); for a passage id, its title and text.
+        """
+        if (problem := _check_text(entity_id, "entity_id")):
+            return problem
+        eid = entity_id.strip()
+        if eid not in self._names:
+            if eid in self._passages.index:
+                row = self._passages.loc[eid]
+                ent = row["entity_id"] if isinstance(row["entity_id"], str) else None
+                head = f"[{eid}] {row['title']} ({row['source']} passage" + (f", entity {ent})" if ent else ")")
+                return head + "\n" + " ".join(str(row["text"]).split())
+            return _err(f"unknown id {eid!r}; use lookup(name) or search(query) to find an id.")
+        row = self._entities.loc[eid]
+        lines = [f"{row['name']} ({eid}) — {row['type']}"]
+        definition = row["definition"] if isinstance(row["definition"], str) else None
+        if definition is None and eid in self._passages.index:
+            definition = str(self._passages.loc[eid, "text"])
+        if definition:
+            lines.append("Definition: " + " ".join(definition.split()))
+        syns = [s for s in (row["synonyms"] if row["synonyms"] is not None else []) if s != row["name"]]
+        if len(syns):
+            shown = list(syns[:MAX_SYNONYMS])
+            lines.append("Synonyms: " + "; ".join(shown) + _more(len(syns), len(shown)))
+        sections = self._sections(eid)
+        for label, items, n in sections:
+            lines.append(f"{label} ({n}): " + "; ".join(items) + _more(n, len(items)))
+        if not sections:
+            lines.append("No relations recorded.")
+        return "\n".join(lines)
+
+    def _sections(self, eid: str) -> list[tuple[str, list[str], int]]:
+        out = []
+        for direction, key, other in (("out", "head_id", "tail_id"), ("in", "tail_id", "head_id")):
+            g = self._edges(eid, key)
+            if g is None:
+                continue
+            for relation, rg in g.groupby("relation", sort=False):
+                if relation == "has_phenotype" and direction == "out":
+                    rg = rg.assign(_f=rg["frequency"].fillna(-1)).sort_values(["_f", other], ascending=[False, True])
+                else:
+                    rg = rg.sort_values(other)
+                ids = rg[other].tolist()
+                freqs = rg["frequency"].tolist()
+                items = []
+                for oid, f in zip(ids[:MAX_PER_RELATION], freqs[:MAX_PER_RELATION]):
+                    item = self._label(oid)
+                    if relation == "has_phenotype":
+                        item += f" {_pct(f)}"
+                    items.append(item)
+                label = _LABELS.get((relation, direction),
+                                    f"{relation} ({'outgoing' if direction == 'out' else 'incoming'})")
+                if (relation, direction) in _LABELS:
+                    label += f" [{relation}, {'outgoing' if direction == 'out' else 'incoming'}]"
+                rank = _ORDER.index(relation) if relation in _ORDER else len(_ORDER)
+                out.append((rank, direction == "in", label, items, len(ids)))
+        out.sort(key=lambda s: (s[0], s[1], s[2]))
+        return [(label, items, n) for _, _, label, items, n in out]
+
+    @_safe
+    def lookup(self, name: str) -> str:
+        """Resolve a name or synonym to entity ids (exact match after normalising case and punctuation).
+
+        Args:
+            name: A disease, phenotype, gene, drug or other entity name, e.g. "Fabry disease" or "GLA".
+
+        Returns:
+            One line per matching entity, "entity_id name (type)", exact-name matches first;
+            or a note that nothing matched (then try search()).
+        """
+        if (problem := _check_text(name, "name")):
+            return problem
+        hits = self._resolve(name)
+        if not hits:
+            return f"No entity is named {name.strip()!r}; try search({name.strip()!r})."
+        shown = hits[:MAX_LOOKUP]
+        lines = [f"{eid} {self._names[eid]} ({self._types[eid]})" + ("" if r == 0 else " [synonym]")
+                 for eid, r in shown]
+        if len(hits) > len(shown):
+            lines.append(f"... and {len(hits) - len(shown)} more")
+        return "\n".join(lines)
+
+    def _resolve(self, name: str) -> list[tuple[str, int]]:
+        slot = self._lookup.get(surface_key(name), {})
+        return sorted(slot.items(), key=lambda kv: (kv[1], kv[0]))
+
+    @_safe
+    def related(self, entity_id: str, relation: str) -> str:
+        """List the neighbours of an entity through one relation, in both directions.
+
+        Args:
+            entity_id: An entity id such as "NCBIGene:2717" or "MONDO:0010526".
+            relation: A relation name: associated_with (gene -> disease), has_phenotype, has_inheritance,
+                has_onset, has_clinical_course, is_a, has_role, predisposes_towards, disease_has_feature, ...
+
+        Returns:
+            Up to 25 neighbours per direction, "outgoing" (entity_id -relation-> neighbour) and
+            "incoming" (neighbour -relation-> entity_id), each "name (id)" with counts.
+        """
+        if (problem := _check_text(entity_id, "entity_id") or _check_text(relation, "relation")):
+            return problem
+        eid, relation = entity_id.strip(), relation.strip()
+        if relation not in self._relation_names:
+            return _err(f"unknown relation {relation!r}; choose one of {', '.join(self._relation_names)}.")
+        if eid not in self._in_kb:
+            return _err(f"unknown id {eid!r}; use lookup(name) or search(query) to find an id.")
+        cap = 25
+        lines = [f"{self._label(eid)} — {relation}"]
+        for direction, key, other, arrow in (("outgoing", "head_id", "tail_id", f"{eid} -{relation}-> X"),
+                                             ("incoming", "tail_id", "head_id", f"X -{relation}-> {eid}")):
+            g = self._edges(eid, key)
+            g = g[g["relation"] == relation] if g is not None else None
+            if g is None or g.empty:
+                continue
+            if relation == "has_phenotype" and direction == "outgoing":
+                g = g.assign(_f=g["frequency"].fillna(-1)).sort_values(["_f", other], ascending=[False, True])
+            else:
+                g = g.sort_values(other)
+            items = []
+            for oid, f in zip(g[other].tolist()[:cap], g["frequency"].tolist()[:cap]):
+                items.append(self._label(oid) + (f" {_pct(f)}" if relation == "has_phenotype" else ""))
+            lines.append(f"{direction} ({arrow}), {len(g)}: " + "; ".join(items) + _more(len(g), len(items)))
+        if len(lines) == 1:
+            lines.append(f"No {relation} relations in either direction.")
+        return "\n".join(lines)
+
+    @_safe
+    def diagnose(self, phenotypes: list[str], k: int = 10) -> str:
+        """Rank diseases for a set of observed phenotypes (Bayesian ClinicalReasoningEngine over HPO annotations).
+
+        Args:
+            phenotypes: Observed phenotypes as HPO ids ("HP:0001014") or names ("Angiokeratoma"), at most 50.
+            k: Number of candidate diseases to return, between 1 and 50.
+
+        Returns:
+            The candidates best first, "rank. name (id) score=log-likelihood matched=m/n" followed by the
+            matched query phenotypes with their annotated frequencies; unresolved phenotypes are listed first.
+            Uniform prior; P(phenotype | disease) is its annotated frequency (unknown 50%, excluded 0.1%)
+            and 1% when the disease lacks the annotation.
+        """
+        if not isinstance(phenotypes, (list, tuple)):
+            return _err(f"phenotypes must be a list of HPO ids or names, got {type(phenotypes).__name__}.")
+        if (problem := _check_k(k)):
+            return problem
+        if not phenotypes:
+            return _err("phenotypes is empty; give at least one HPO id or phenotype name.")
+        if len(phenotypes) > MAX_PHENOTYPES:
+            return _err(f"too many phenotypes ({len(phenotypes)}; the limit is {MAX_PHENOTYPES}).")
+        for p in phenotypes:
+            if (problem := _check_text(p, "each phenotype")):
+                return problem
+        resolved: dict[str, str] = {}  # HPO id -> how the user wrote it
+        unresolved: list[str] = []
+        for p in phenotypes:
+            hid = self._phenotype_id(p.strip())
+            if hid is None:
+                unresolved.append(p.strip())
+            else:
+                resolved.setdefault(hid, p.strip())
+        if not resolved:
+            return _err("no phenotype could be resolved to an HPO id: " + "; ".join(unresolved)
+                        + ". Use lookup(name) or search(query) to find HPO ids.")
+        scores, matches, qpos = self._scores(list(resolved))
+        order = np.lexsort((self._dis_ids, -matches, -scores))[:k]
+        lines = []
+        if unresolved:
+            lines.append("Unresolved (ignored): " + "; ".join(unresolved))
+        lines.append("Query: " + "; ".join(self._label(h) for h in resolved))
+        n = len(resolved)
+        for rank, d in enumerate(order, 1):
+            did = self._dis_ids[d]
+            ev = []
+            for h, pos in zip(resolved, qpos):
+                if pos is None:
+                    continue
+                lo, hi = self._indptr[pos], self._indptr[pos + 1]
+                j = lo + np.searchsorted(self._ann_dis[lo:hi], d)
+                if j < hi and self._ann_dis[j] == d:
+                    f = self._ann_freq[j]
+                    ev.append(f"{self._names.get(h, h)} ({h}) {_pct(f)}" + (" [excluded]" if f == 0 else ""))
+            lines.append(f"{rank}. {self._label(did)} score={scores[d]:.2f} matched={int(matches[d])}/{n}"
+                         + (": " + "; ".join(ev) if ev else ""))
+        return "\n".join(lines)
+
+    def _phenotype_id(self, text: str) -> str | None:
+        if text in self._phen_pos or (text.startswith("HP:") and self._types.get(text) == "phenotype"):
+            return text
+        for eid, _ in self._resolve(text):
+            if self._types.get(eid) == "phenotype":
+                return eid
+        return None
+
+    def _scores(self, hpo_ids: list[str]) -> tuple[np.ndarray, np.ndarray, list[int | None]]:
+        """Log-likelihood and number of annotated query phenotypes for every disease (vectorised)."""
+        qpos = [self._phen_pos.get(h) for h in hpo_ids]
+        parts = [slice(self._indptr[p], self._indptr[p + 1]) for p in qpos if p is not None]
+        n_dis = len(self._dis_ids)
+        base = len(hpo_ids) * math.log(FALSE_POSITIVE_PROBABILITY)
+        if not parts:
+            return np.full(n_dis, base), np.zeros(n_dis), qpos
+        idx = np.concatenate([self._ann_dis[s] for s in parts])
+        delta = np.concatenate([self._ann_delta[s] for s in parts])
+        scores = base + np.bincount(idx, weights=delta, minlength=n_dis)
+        matches = np.bincount(idx, minlength=n_dis).astype(float)
+        return scores, matches, qpos
+
+    # ------------------------------------------------------------------ dispatch
+
+    def tools(self) -> list[Callable[..., str]]:
+        """The bound tool callables, for TRL / the agent loop (schemas come from their docstrings)."""
+        return [getattr(self, name) for name in self.TOOL_NAMES]
+
+    def call(self, name: Any, arguments: Any = None) -> str:
+        """Dispatch a tool call by name with validated arguments; always returns text (capped)."""
+        try:
+            if not isinstance(name, str) or name not in self.TOOL_NAMES:
+                return _err(f"unknown tool {name!r}; available tools: {', '.join(self.TOOL_NAMES)}.")
+            arguments = {} if arguments is None else arguments
+            if not isinstance(arguments, dict):
+                return _err(f"arguments must be an object (dict), got {type(arguments).__name__}.")
+            method = getattr(self, name)
+            params = inspect.signature(method).parameters
+            hints = typing.get_type_hints(method)
+            extra = sorted(str(a) for a in arguments if a not in params)
+            if extra:
+                return _err(f"{name}() got unexpected argument(s) {', '.join(extra)}; it takes {', '.join(params)}.")
+            missing = [p for p, spec in params.items() if spec.default is inspect.Parameter.empty and p not in arguments]
+            if missing:
+                return _err(f"{name}() is missing required argument(s) {', '.join(missing)}.")
+            for arg, value in arguments.items():
+                if not _type_ok(value, hints.get(arg, Any)):
+                    return _err(f"{name}() argument {arg!r} must be {_type_name(hints.get(arg))}, "
+                                f"got {type(value).__name__}.")
+            return _cap(method(**arguments))
+        except Exception as e:  # noqa: BLE001
+            return _err(f"tool call failed: {type(e).__name__}: {e}")
+
+
+def _type_ok(value: Any, hint: Any) -> bool:
+    if hint is Any:
+        return True
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if typing.get_origin(hint) is list:
+        (item,) = typing.get_args(hint) or (Any,)
+        return isinstance(value, list) and all(_type_ok(v, item) for v in value)
+    return isinstance(value, hint) if isinstance(hint, type) else True
+
+
+def _type_name(hint: Any) -> str:
+    if typing.get_origin(hint) is list:
+        return "a list of " + _type_name(typing.get_args(hint)[0]) + "s"
+    return {int: "an integer", str: "a string"}.get(hint, str(hint))

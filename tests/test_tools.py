@@ -1,0 +1,170 @@
+"""The agent's tools (medkit.tools) on the real knowledge base."""
+
+from __future__ import annotations
+
+import inspect
+import time
+
+import pytest
+
+from medkit import tools as T
+
+FABRY = "MONDO:0010526"
+GLA = "NCBIGene:2717"
+
+
+@pytest.fixture(scope="module")
+def tb() -> T.MedicalToolbox:
+    return T.MedicalToolbox.from_kb()
+
+
+@pytest.fixture(scope="module")
+def fabry_phenotypes(tb) -> list[str]:
+    """Five real has_phenotype annotations of Fabry disease, most frequent first."""
+    rel = tb._relations
+    ph = rel[(rel["head_id"] == FABRY) & (rel["relation"] == "has_phenotype")]
+    ph = ph.sort_values(["frequency", "tail_id"], ascending=[False, True])
+    ids = ph["tail_id"].tolist()[:5]
+    assert len(ids) == 5
+    return ids
+
+
+def test_search_finds_fabry(tb):
+    out = tb.search("Fabry disease")
+    assert FABRY in out
+    first = out.splitlines()[0]
+    assert first.startswith("[") and "Fabry disease" in first
+    assert len(tb.search("Fabry disease", k=2).splitlines()) == 2
+
+
+def test_search_no_hits_is_not_an_error(tb):
+    out = tb.search("zzqxv")
+    assert not out.startswith("Error:") and "No passages" in out
+
+
+def test_read_fabry(tb):
+    out = tb.read(FABRY)
+    assert out.startswith("Fabry disease (MONDO:0010526)")
+    genes = next(line for line in out.splitlines() if line.startswith("associated genes"))
+    assert "GLA (NCBIGene:2717)" in genes
+    inheritance = next(line for line in out.splitlines() if line.startswith("inheritance"))
+    assert "X-linked recessive inheritance" in inheritance
+    phen = next(line for line in out.splitlines() if line.startswith("phenotypes"))
+    assert "%" in phen and "... and" in phen  # capped, with a count of the rest
+
+
+def test_read_passage_id(tb):
+    out = tb.read("UBERON:0000002")  # a passage without an entity
+    assert out.startswith("[UBERON:0000002] uterine cervix") and "uterus" in out
+
+
+def test_lookup(tb):
+    assert tb.lookup("Fabry disease").split()[0] == FABRY
+    assert tb.lookup("  fabry-DISEASE ").split()[0] == FABRY
+    assert GLA in tb.lookup("GLA")
+    assert FABRY in tb.lookup("Anderson-Fabry disease")
+    assert not tb.lookup("no such disease xyz").startswith("Error:")
+
+
+def test_related(tb):
+    out = tb.related(GLA, "associated_with")
+    assert "outgoing" in out and "Fabry disease (MONDO:0010526)" in out
+    back = tb.related(FABRY, "associated_with")
+    assert "incoming" in back and GLA in back
+
+
+def test_diagnose_ranks_fabry(tb, fabry_phenotypes):
+    out = tb.diagnose(fabry_phenotypes)
+    ranked = [line.split(". ", 1)[1] for line in out.splitlines() if line[:1].isdigit()]
+    assert any(FABRY in line for line in ranked[:3]), out
+    assert "score=" in out and "matched=5/5" in out
+    names = [tb._names[h] for h in fabry_phenotypes]
+    by_name = tb.diagnose(names)
+    assert [ln for ln in by_name.splitlines() if ln[:1].isdigit()] == [ln for ln in out.splitlines() if ln[:1].isdigit()]
+    mixed = tb.diagnose([*names[:3], "not a phenotype at all"], k=3)
+    assert mixed.startswith("Unresolved (ignored): not a phenotype at all")
+    assert len([ln for ln in mixed.splitlines() if ln[:1].isdigit()]) == 3
+
+
+def test_latency(tb, fabry_phenotypes):
+    t = time.perf_counter()
+    for _ in range(20):
+        tb.diagnose(fabry_phenotypes)
+    assert (time.perf_counter() - t) / 20 < 0.05
+    t = time.perf_counter()
+    for _ in range(20):
+        tb.search("lysosomal storage disease angiokeratoma")
+    assert (time.perf_counter() - t) / 20 < 0.5
+
+
+BAD_CALLS = [
+    ("read", {"entity_id": "MONDO:9999999"}),
+    ("read", {"entity_id": ""}),
+    ("read", {"entity_id": 42}),
+    ("search", {"query": ""}),
+    ("search", {"query": "   "}),
+    ("search", {"query": "x" * 10_000}),
+    ("search", {"query": "fabry", "k": 0}),
+    ("search", {"query": "fabry", "k": "5"}),
+    ("search", {"query": "fabry", "k": True}),
+    ("search", {"query": ["fabry"]}),
+    ("search", {}),
+    ("search", {"query": "fabry", "extra": 1}),
+    ("lookup", {"name": None}),
+    ("lookup", {"name": "a" * 501}),
+    ("related", {"entity_id": "MONDO:9999999", "relation": "is_a"}),
+    ("related", {"entity_id": FABRY, "relation": "treats"}),
+    ("related", {"entity_id": FABRY}),
+    ("diagnose", {"phenotypes": "HP:0001014"}),
+    ("diagnose", {"phenotypes": []}),
+    ("diagnose", {"phenotypes": [1, 2]}),
+    ("diagnose", {"phenotypes": ["no such phenotype"]}),
+    ("diagnose", {"phenotypes": ["HP:0001014"] * 51}),
+    ("diagnose", {"phenotypes": ["HP:0001014"], "k": -1}),
+    ("no_such_tool", {}),
+    (None, {}),
+    ("search", "fabry"),
+]
+
+
+@pytest.mark.parametrize("name,args", BAD_CALLS)
+def test_bad_calls_return_error_text(tb, name, args):
+    out = tb.call(name, args)
+    assert isinstance(out, str) and out.startswith("Error:") and "\n" not in out, out
+
+
+@pytest.mark.parametrize("name,args", [(n, a) for n, a in BAD_CALLS if n in T.MedicalToolbox.TOOL_NAMES
+                                       and isinstance(a, dict)])
+def test_bad_direct_calls_return_error_text(tb, name, args):
+    method = getattr(tb, name)
+    try:
+        out = method(**args)
+    except TypeError:  # missing / extra keyword arguments are Python's to reject on a direct call
+        params = inspect.signature(method).parameters
+        assert set(args) - set(params) or set(params) - set(args) - {"k"}
+        return
+    assert out.startswith("Error:"), out
+
+
+def test_call_dispatches(tb):
+    assert FABRY in tb.call("search", {"query": "Fabry disease", "k": 3})
+    assert tb.call("lookup", {"name": "Fabry disease"}).startswith(FABRY)
+
+
+def test_tools_have_docstrings_with_args_and_returns(tb):
+    funcs = tb.tools()
+    assert [f.__name__ for f in funcs] == list(T.MedicalToolbox.TOOL_NAMES)
+    for f in funcs:
+        doc = inspect.getdoc(f)
+        assert doc and "Args:" in doc and "Returns:" in doc, f.__name__
+        for param in inspect.signature(f).parameters:
+            assert f"{param}:" in doc.split("Args:")[1].split("Returns:")[0], (f.__name__, param)
+
+
+def test_output_cap(tb):
+    out = tb.call("related", {"entity_id": "HP:0001250", "relation": "has_phenotype"})  # seizure: many diseases
+    assert len(out) <= T.MAX_OUTPUT_CHARS
+    long = T._cap("line\n" * 2_000)
+    assert len(long) <= T.MAX_OUTPUT_CHARS and "[output truncated" in long
+    for name, args in [("read", {"entity_id": "HP:0000118"}), ("diagnose", {"phenotypes": ["HP:0001250"], "k": 50})]:
+        assert len(tb.call(name, args)) <= T.MAX_OUTPUT_CHARS
