@@ -24,33 +24,17 @@ import psutil
 
 from medkit import io as mio
 from medkit.paths import REPO_ROOT, results_dir
+from medkit.pipeline import PeakMemory
 
 
 def run_measured(cmd: list[str], cwd: Path, env: dict[str, str]) -> dict:
     t0 = time.perf_counter()
     proc = psutil.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    peak = 0
-    out_lines: list[str] = []
-    import threading
-
-    def reader() -> None:
-        for line in proc.stdout:  # type: ignore[union-attr]
-            out_lines.append(line)
-
-    th = threading.Thread(target=reader, daemon=True)
-    th.start()
-    while proc.poll() is None:
-        total = 0
-        try:
-            for p in [proc, *proc.children(recursive=True)]:
-                total += p.memory_info().rss
-        except psutil.Error:
-            pass
-        peak = max(peak, total)
-        time.sleep(0.25)
-    th.join()
+    with PeakMemory(interval=0.25, root=proc) as mem:
+        out_lines = list(proc.stdout)  # type: ignore[arg-type]  # read until the command closes its output
+        proc.wait()
     return {"command": " ".join(cmd), "exit_code": proc.returncode, "seconds": round(time.perf_counter() - t0, 1),
-            "peak_rss_mb": round(peak / 2**20, 1), "tail": "".join(out_lines[-5:])}
+            "peak_rss_mb": round(mem.peak_bytes / 2**20, 1), "tail": "".join(out_lines[-5:])}
 
 
 def main() -> None:

@@ -32,18 +32,24 @@ def numbered_notebooks(folder: Path | None = None) -> list[Path]:
 
 
 class PeakMemory:
-    """Samples the RSS of this process and all its children (e.g. a Jupyter kernel)."""
+    """Samples the RSS of a process tree: by default this process and all its children
+    (e.g. a Jupyter kernel), or the tree under ``root``."""
 
-    def __init__(self, interval: float = 0.2) -> None:
+    def __init__(self, interval: float = 0.2, root: psutil.Process | None = None) -> None:
         self.interval = interval
+        self.root = root
         self.peak_bytes = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _sample(self) -> int:
-        me = psutil.Process()
+        root = self.root or psutil.Process()
+        try:
+            tree = [root, *root.children(recursive=True)]
+        except psutil.Error:  # the root has exited
+            return 0
         total = 0
-        for p in [me, *me.children(recursive=True)]:
+        for p in tree:
             try:
                 total += p.memory_info().rss
             except psutil.Error:
