@@ -169,6 +169,7 @@ def provenance(**parameters: Any) -> dict[str, Any]:
         "medkit_version": __version__,
         "python": platform.python_version(),
         "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "packages": {p: package_version(p) for p in ("pandas", "networkx", "pyahocorasick", "torch", "transformers")},
+        "packages": {p: package_version(p) for p in ("pandas", "networkx", "pyahocorasick", "torch", "transformers",
+                                                     "trl", "peft", "datasets", "bm25s")},
         "parameters": parameters,
     }

@@ -370,6 +370,16 @@ def load_model(profile: str, *, for_training: bool = False,
                                  quantize_4bit=quantize, spec=spec)
 
 
+def load_tokenizer(profile: str) -> PreTrainedTokenizerBase:
+    """The tokenizer of ``profile``'s model alone (token counting, chat-template rendering)."""
+    from transformers import AutoTokenizer
+
+    spec = model_spec(profile)
+    if spec.device == "cuda":
+        return AutoTokenizer.from_pretrained(spec.name_or_path)
+    return AutoTokenizer.from_pretrained(str(ensure_small_model()))
+
+
 # --------------------------------------------------------------------------- memory
 
 

@@ -177,3 +177,16 @@ def calibration_bars(before: dict, after: dict, ax: plt.Axes | None = None) -> p
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def histogram(values: list[float], title: str, xlabel: str, *, bins: int | list[float] = 20,
+              reference: float | None = None, reference_label: str = "", ax: plt.Axes | None = None) -> plt.Figure:
+    """A histogram with an optional vertical reference line (a paper's figure or a limit)."""
+    fig, ax = _axis(ax)
+    ax.hist(values, bins=bins, color="#4477aa", edgecolor="white")
+    if reference is not None:
+        ax.axvline(reference, color="#cc3311", linestyle="--", label=reference_label)
+        ax.legend()
+    ax.set(title=title, xlabel=xlabel, ylabel="count")
+    fig.tight_layout()
+    return fig

@@ -51,6 +51,19 @@ _BASE: dict[str, dict[str, Any]] = {
         "SOLVER_BATCH": 16,
         "POLISH_ENDPOINT": None,       # optional OpenAI-compatible endpoint that rewrites questions
     },
+    "trajectories": {
+        "SEED": 13,
+        "N_QUESTIONS": None,           # training questions to synthesise for (None = all of notebook 03's train split)
+        "VARIANTS": 2,                 # KG-guided trajectories per question (variant 1 starts with a keyword search)
+        "MIN_TOOL_CALLS": 2,           # fewer tool calls -> rejected as too few turns
+        "MAX_TOKENS": 4096,            # longer trajectories (as the model sees them) are rejected
+        "FREE_QUESTIONS": 8,           # questions for free MTG rollouts by the teacher model (0 = skip)
+        "TEACHER": "local",            # "local" (the profile's model) or an OpenAI-compatible endpoint spec
+        "AGENT_MAX_CALLS": 10,         # model calls per free rollout (upstream uses 30)
+        "AGENT_MAX_NEW_TOKENS": 192,   # per assistant turn
+        "AGENT_BATCH": 8,              # conversations per local generate() batch
+        "REWRITE_ENDPOINT": None,      # optional endpoint that rewrites the KG-guided thoughts
+    },
 }
 
 _OVERRIDES: dict[str, dict[str, dict[str, Any]]] = {
@@ -58,6 +71,7 @@ _OVERRIDES: dict[str, dict[str, dict[str, Any]]] = {
         "entity_mining": {"MAX_PASSAGES": 4000, "BACKEND": "serial", "N_WORKERS": 1, "MAX_RARE": 300},
         "kg": {"N_SEEDS": 60, "HOPS": 1, "MAX_NEIGHBOURS": 15},
         "questions": {"N_SEEDS": 40, "MAX_ATTEMPTS": 2, "SOLVER_MAX_NEW_TOKENS": 12},
+        "trajectories": {"VARIANTS": 1, "FREE_QUESTIONS": 2, "AGENT_MAX_CALLS": 3, "AGENT_MAX_NEW_TOKENS": 48},
     },
     "cpu": {
         "kg": {"N_SEEDS": 3000},
@@ -65,6 +79,8 @@ _OVERRIDES: dict[str, dict[str, dict[str, Any]]] = {
     },
     "gpu": {
         "kg": {"N_SEEDS": 6000},
+        "trajectories": {"FREE_QUESTIONS": 300, "AGENT_MAX_CALLS": 30, "AGENT_MAX_NEW_TOKENS": 512,
+                         "AGENT_BATCH": 16, "MAX_TOKENS": 8192},
     },
 }
 

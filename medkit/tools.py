@@ -30,6 +30,7 @@ from __future__ import annotations
 import functools
 import inspect
 import math
+import re
 import typing
 import warnings
 from collections.abc import Callable
@@ -68,6 +69,15 @@ _LABELS = {
     ("has_role", "in"): "drugs with this role",
 }
 _ORDER = ["associated_with", "has_inheritance", "has_onset", "has_clinical_course", "has_phenotype", "is_a"]
+
+
+_MARKUP = re.compile(r"</?[A-Za-z][A-Za-z0-9_]*(?:\s[^<>]*)?/?>")
+
+
+def _plain(text: str) -> str:
+    """Source text without HTML-like markup (ChEBI definitions carry <em>, <sub>, ...); this also
+    keeps protocol tags such as <answer> or <tool_call> out of observations."""
+    return " ".join(_MARKUP.sub("", str(text)).split())
 
 
 def _err(message: str) -> str:
@@ -128,7 +138,7 @@ def _more(n_total: int, n_shown: int) -> str:
 class MedicalToolbox:
     """The kit's knowledge base loaded once, exposing the agent's tools as methods."""
 
-    TOOL_NAMES = ("search", "read", "lookup", "related", "diagnose")
+    TOOL_NAMES = ("search", "read", "lookup", "related", "common", "diagnose")
 
     def __init__(self, entities: pd.DataFrame, relations: pd.DataFrame, passages: pd.DataFrame,
                  retriever: Any) -> None:
@@ -155,13 +165,22 @@ class MedicalToolbox:
         self._build_diagnosis(rel)
 
     @classmethod
-    def from_kb(cls, kb: Any = None) -> MedicalToolbox:
-        """Load entities, relations, passages and the BM25 index (data/kb, or ``kb``) once."""
+    def from_kb(cls, kb: Any = None, extra_relations: pd.DataFrame | None = None) -> MedicalToolbox:
+        """Load entities, relations, passages and the BM25 index (data/kb, or ``kb``) once.
+
+        ``extra_relations`` (same columns as the KB's relations, ``frequency`` optional) are added
+        to what ``related`` / ``common`` / ``read`` expose, e.g. the corpus ``definition_mentions``
+        edges a profile's notebook 02 derived from the definitions.
+        """
         from .kb import load_kb
         from .paths import kb_dir
         from .retriever import load_or_build
 
         entities, relations, passages = load_kb(kb)
+        if extra_relations is not None and len(extra_relations):
+            extra = extra_relations[["head_id", "relation", "tail_id"]].copy()
+            extra["frequency"] = extra_relations["frequency"] if "frequency" in extra_relations else float("nan")
+            relations = pd.concat([relations, extra], ignore_index=True)
         folder = (kb_dir() if kb is None else Path(kb)) / "bm25"
         retriever = load_or_build(passages, folder, progress=lambda _: None)
         return cls(entities, relations, passages, retriever)
@@ -206,11 +225,11 @@ class MedicalToolbox:
 
     @_safe
     def search(self, query: str, k: int = 5) -> str:
-        """Search the private medical knowledge base (BM25 over definitions of diseases, phenotypes, genes, drugs, anatomy).
+        """Search the private medical knowledge base (BM25 over entity definitions).
 
         Args:
-            query: Keywords or a short question, e.g. "lysosomal storage angiokeratoma" (at most 500 characters).
-            k: Number of passages to return, between 1 and 50.
+            query: Keywords, e.g. "lysosomal storage angiokeratoma".
+            k: Number of hits (1-50).
 
         Returns:
             One line per hit, "[passage_id] title (entity_id): first 200 characters", best first;
@@ -225,7 +244,7 @@ class MedicalToolbox:
             return f"No passages match {query.strip()!r}; try other keywords."
         lines = []
         for h in hits:
-            snippet = " ".join(h.text.split())
+            snippet = _plain(h.text)
             if len(snippet) > SNIPPET_CHARS:
                 snippet = snippet[:SNIPPET_CHARS].rsplit(" ", 1)[0] + " ..."
             ent = f" ({h.entity_id})" if h.entity_id else ""
@@ -234,11 +253,10 @@ class MedicalToolbox:
 
     @_safe
     def read(self, entity_id: str) -> str:
-        """Read the full entry of an entity (or the text of a passage) by id.
+        """Read an entity's full entry: definition, synonyms, typed relations.
 
         Args:
-            entity_id: An entity id such as "MONDO:0010526", "HP:0001014", "NCBIGene:2717" or
-                "DRUGBANK:DB00945", or a passage id returned by search().
+            entity_id: Entity id (e.g. MONDO:0010526) or a passage id from search.
 
         Returns:
             Name, type, definition, synonyms and the entity's typed relations grouped by relation
@@ -252,7 +270,7 @@ class MedicalToolbox:
                 row = self._passages.loc[eid]
                 ent = row["entity_id"] if isinstance(row["entity_id"], str) else None
                 head = f"[{eid}] {row['title']} ({row['source']} passage" + (f", entity {ent})" if ent else ")")
-                return head + "\n" + " ".join(str(row["text"]).split())
+                return head + "\n" + _plain(row["text"])
             return _err(f"unknown id {eid!r}; use lookup(name) or search(query) to find an id.")
         row = self._entities.loc[eid]
         lines = [f"{row['name']} ({eid}) — {row['type']}"]
@@ -260,7 +278,7 @@ class MedicalToolbox:
         if definition is None and eid in self._passages.index:
             definition = str(self._passages.loc[eid, "text"])
         if definition:
-            lines.append("Definition: " + " ".join(definition.split()))
+            lines.append("Definition: " + _plain(definition))
         syns = [s for s in (row["synonyms"] if row["synonyms"] is not None else []) if s != row["name"]]
         if len(syns):
             shown = list(syns[:MAX_SYNONYMS])
@@ -302,10 +320,10 @@ class MedicalToolbox:
 
     @_safe
     def lookup(self, name: str) -> str:
-        """Resolve a name or synonym to entity ids (exact match after normalising case and punctuation).
+        """Find entity ids by exact name or synonym.
 
         Args:
-            name: A disease, phenotype, gene, drug or other entity name, e.g. "Fabry disease" or "GLA".
+            name: Entity name, e.g. Fabry disease.
 
         Returns:
             One line per matching entity, "entity_id name (type)", exact-name matches first;
@@ -327,14 +345,25 @@ class MedicalToolbox:
         slot = self._lookup.get(surface_key(name), {})
         return sorted(slot.items(), key=lambda kv: (kv[1], kv[0]))
 
+    def resolve_ids(self, name: str) -> list[str]:
+        """Entity ids a name or synonym denotes (exact match after normalisation); for judging."""
+        return [eid for eid, _ in self._resolve(name)] if isinstance(name, str) else []
+
+    def _entity_or_name(self, text: str) -> str | None:
+        """``text`` if it is a known id, else the id of the entity with that exact name (best first)."""
+        if text in self._in_kb:
+            return text
+        hits = self._resolve(text)
+        return hits[0][0] if hits else None
+
     @_safe
-    def related(self, entity_id: str, relation: str) -> str:
-        """List the neighbours of an entity through one relation, in both directions.
+    def related(self, entity_id: str, relation: str, direction: str = "both") -> str:
+        """List an entity's neighbours through one relation.
 
         Args:
-            entity_id: An entity id such as "NCBIGene:2717" or "MONDO:0010526".
-            relation: A relation name: associated_with (gene -> disease), has_phenotype, has_inheritance,
-                has_onset, has_clinical_course, is_a, has_role, predisposes_towards, disease_has_feature, ...
+            entity_id: Entity id or exact name.
+            relation: e.g. has_phenotype, associated_with, is_a, has_role, has_inheritance.
+            direction: "out" (entity -relation-> X), "in" (X -relation-> entity) or "both".
 
         Returns:
             Up to 25 neighbours per direction, "outgoing" (entity_id -relation-> neighbour) and
@@ -343,37 +372,45 @@ class MedicalToolbox:
         if (problem := _check_text(entity_id, "entity_id") or _check_text(relation, "relation")):
             return problem
         eid, relation = entity_id.strip(), relation.strip()
+        if direction not in ("out", "in", "both"):
+            return _err(f"direction must be 'out', 'in' or 'both', got {direction!r}.")
         if relation not in self._relation_names:
             return _err(f"unknown relation {relation!r}; choose one of {', '.join(self._relation_names)}.")
-        if eid not in self._in_kb:
-            return _err(f"unknown id {eid!r}; use lookup(name) or search(query) to find an id.")
+        resolved = self._entity_or_name(eid)
+        if resolved is None:
+            return _err(f"unknown id or name {eid!r}; use lookup(name) or search(query) to find an id.")
+        eid = resolved
         cap = 25
         lines = [f"{self._label(eid)} — {relation}"]
-        for direction, key, other, arrow in (("outgoing", "head_id", "tail_id", f"{eid} -{relation}-> X"),
-                                             ("incoming", "tail_id", "head_id", f"X -{relation}-> {eid}")):
+        sides = [side for side in (("outgoing", "head_id", "tail_id", f"{relation}-> X"),
+                                   ("incoming", "tail_id", "head_id", f"X -{relation}"))
+                 if direction == "both" or side[0].startswith(direction)]
+        for side, key, other, arrow in sides:
             g = self._edges(eid, key)
             g = g[g["relation"] == relation] if g is not None else None
             if g is None or g.empty:
                 continue
-            if relation == "has_phenotype" and direction == "outgoing":
+            if relation == "has_phenotype" and side == "outgoing":
                 g = g.assign(_f=g["frequency"].fillna(-1)).sort_values(["_f", other], ascending=[False, True])
             else:
                 g = g.sort_values(other)
             items = []
             for oid, f in zip(g[other].tolist()[:cap], g["frequency"].tolist()[:cap]):
                 items.append(self._label(oid) + (f" {_pct(f)}" if relation == "has_phenotype" else ""))
-            lines.append(f"{direction} ({arrow}), {len(g)}: " + "; ".join(items) + _more(len(g), len(items)))
+            lines.append(f"{side} ({arrow}), {len(g)}: " + "; ".join(items) + _more(len(g), len(items)))
         if len(lines) == 1:
-            lines.append(f"No {relation} relations in either direction.")
+            where = "in either direction" if direction == "both" else f"in direction {direction!r}"
+            lines.append(f"No {relation} relations {where}.")
         return "\n".join(lines)
 
     @_safe
-    def diagnose(self, phenotypes: list[str], k: int = 10) -> str:
-        """Rank diseases for a set of observed phenotypes (Bayesian ClinicalReasoningEngine over HPO annotations).
+    def diagnose(self, phenotypes: list[str], k: int = 10, within: str = "") -> str:
+        """Rank rare diseases for phenotypes (Bayesian reasoning over HPO annotation frequencies).
 
         Args:
-            phenotypes: Observed phenotypes as HPO ids ("HP:0001014") or names ("Angiokeratoma"), at most 50.
-            k: Number of candidate diseases to return, between 1 and 50.
+            phenotypes: HPO ids or phenotype names (at most 50).
+            k: Number of diseases (1-50).
+            within: Optional disease class (id or name): rank only it and its subtypes.
 
         Returns:
             The candidates best first, "rank. name (id) score=log-likelihood matched=m/n" followed by the
@@ -403,12 +440,25 @@ class MedicalToolbox:
         if not resolved:
             return _err("no phenotype could be resolved to an HPO id: " + "; ".join(unresolved)
                         + ". Use lookup(name) or search(query) to find HPO ids.")
+        if not isinstance(within, str):
+            return _err(f"within must be a string (a disease class id or name), got {type(within).__name__}.")
         scores, matches, qpos = self._scores(list(resolved))
-        order = np.lexsort((self._dis_ids, -matches, -scores))[:k]
+        order = np.lexsort((self._dis_ids, -matches, -scores))
+        scope = None
+        if within.strip():
+            cls_id = self._entity_or_name(within.strip())
+            if cls_id is None:
+                return _err(f"unknown disease class {within.strip()!r}; use lookup(name) to find its id.")
+            scope = self._descendants(cls_id)
+            order = order[np.isin(self._dis_ids[order], list(scope))]
+            if not len(order):
+                return _err(f"no disease with phenotype annotations lies within {self._label(cls_id)}.")
+        order = order[:k]
         lines = []
         if unresolved:
             lines.append("Unresolved (ignored): " + "; ".join(unresolved))
-        lines.append("Query: " + "; ".join(self._label(h) for h in resolved))
+        lines.append("Query: " + "; ".join(self._label(h) for h in resolved)
+                     + (f" | within {self._label(cls_id)} ({len(scope)} classes)" if scope is not None else ""))
         n = len(resolved)
         for rank, d in enumerate(order, 1):
             did = self._dis_ids[d]
@@ -420,10 +470,62 @@ class MedicalToolbox:
                 j = lo + np.searchsorted(self._ann_dis[lo:hi], d)
                 if j < hi and self._ann_dis[j] == d:
                     f = self._ann_freq[j]
-                    ev.append(f"{self._names.get(h, h)} ({h}) {_pct(f)}" + (" [excluded]" if f == 0 else ""))
+                    ev.append(f"{self._names.get(h, h)} {_pct(f)}" + (" [excluded]" if f == 0 else ""))
             lines.append(f"{rank}. {self._label(did)} score={scores[d]:.2f} matched={int(matches[d])}/{n}"
                          + (": " + "; ".join(ev) if ev else ""))
         return "\n".join(lines)
+
+    def _descendants(self, eid: str) -> set[str]:
+        """``eid`` and everything below it through is_a."""
+        seen, stack = {eid}, [eid]
+        while stack:
+            g = self._edges(stack.pop(), "tail_id")
+            if g is None:
+                continue
+            for child in g.loc[g["relation"] == "is_a", "head_id"]:
+                if child not in seen:
+                    seen.add(child)
+                    stack.append(child)
+        return seen
+
+    @_safe
+    def common(self, entity_ids: list[str], relation: str) -> str:
+        """List the neighbours shared by several entities through one relation.
+
+        Args:
+            entity_ids: 2-10 entity ids or exact names.
+            relation: e.g. has_phenotype.
+
+        Returns:
+            Up to 25 shared neighbours "name (id)", either direction of the relation counting for each entity.
+        """
+        if not isinstance(entity_ids, (list, tuple)) or not 2 <= len(entity_ids) <= 10:
+            return _err("entity_ids must be a list of 2 to 10 entity ids or names.")
+        if (problem := _check_text(relation, "relation")):
+            return problem
+        relation = relation.strip()
+        if relation not in self._relation_names:
+            return _err(f"unknown relation {relation!r}; choose one of {', '.join(self._relation_names)}.")
+        ids, shared = [], None
+        for text in entity_ids:
+            if (problem := _check_text(text, "each entity id")):
+                return problem
+            eid = self._entity_or_name(text.strip())
+            if eid is None:
+                return _err(f"unknown id or name {text.strip()!r}; use lookup(name) or search(query) to find an id.")
+            ids.append(eid)
+            nb: set[str] = set()
+            for key, other in (("head_id", "tail_id"), ("tail_id", "head_id")):
+                g = self._edges(eid, key)
+                if g is not None:
+                    nb.update(g.loc[g["relation"] == relation, other])
+            shared = nb if shared is None else shared & nb
+        found = sorted(shared or ())
+        head = f"{relation} neighbours shared by " + ", ".join(self._label(e) for e in ids)
+        if not found:
+            return head + ": none."
+        items = [self._label(e) for e in found[:25]]
+        return f"{head}, {len(found)}: " + "; ".join(items) + _more(len(found), len(items))
 
     def _phenotype_id(self, text: str) -> str | None:
         if text in self._phen_pos or (text.startswith("HP:") and self._types.get(text) == "phenotype"):

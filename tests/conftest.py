@@ -44,3 +44,61 @@ def matcher(entities):
 def passage_slice(passages) -> pd.DataFrame:
     """1,500 real passages from every source, sampled with a fixed seed."""
     return passages.sample(1500, random_state=7).sort_values("passage_id").reset_index(drop=True)
+
+
+# ---------------------------------------------------------------- question-building fixtures (real data)
+
+
+@pytest.fixture(scope="session")
+def index(entities, relations):
+    from medkit import questions as Q
+
+    return Q.QuestionIndex(entities, relations)
+
+
+@pytest.fixture(scope="session")
+def view(entities, relations):
+    """Chain view of a real neighbourhood: diseases around a few rare disorders."""
+    import networkx as nx
+
+    from medkit import subgraph as S
+
+    seeds = ["MONDO:0012648", "MONDO:0010526", "MONDO:0007376"]
+    keep = set(seeds)
+    rel = relations[relations["relation"].isin(["has_phenotype", "associated_with", "is_a"])]
+    for _ in range(2):
+        hit = rel[rel["head_id"].isin(keep) | rel["tail_id"].isin(keep)]
+        keep |= set(hit["head_id"].head(400)) | set(hit["tail_id"].head(400))
+    sub = rel[rel["head_id"].isin(keep) & rel["tail_id"].isin(keep)]
+    g = nx.MultiDiGraph()
+    types = dict(zip(entities["entity_id"], entities["type"]))
+    for h, r, t in zip(sub["head_id"], sub["relation"], sub["tail_id"]):
+        g.add_node(h, type=types[h])
+        g.add_node(t, type=types[t])
+        g.add_edge(h, t, key=r)
+    return S.chain_view(g)
+
+
+@pytest.fixture(scope="session")
+def toolbox(kb_tables):
+    """The agent's tools over the real knowledge base (BM25 index built once if missing)."""
+    from medkit import tools as T
+
+    return T.MedicalToolbox.from_kb()
+
+
+# ---------------------------------------------------------------- the small real model (SmolLM2-135M-Instruct)
+
+
+@pytest.fixture(scope="session")
+def smol_backend():
+    from medkit import llm
+
+    return llm.LocalTransformersBackend.from_profile("cpu", batch_size=4, progress=False)
+
+
+@pytest.fixture(scope="session")
+def small_tokenizer():
+    from medkit.model import load_tokenizer
+
+    return load_tokenizer("cpu")

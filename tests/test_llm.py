@@ -194,11 +194,6 @@ def test_truncate_at_stop() -> None:
 # --------------------------------------------------------------------------- the real small model
 
 
-@pytest.fixture(scope="session")
-def smol_backend() -> llm.LocalTransformersBackend:
-    return llm.LocalTransformersBackend.from_profile("cpu", batch_size=4, progress=False)
-
-
 def test_smollm2_short_greedy_reply(smol_backend) -> None:
     question = [{"role": "user", "content": "What is 2+2?"}]
     [reply] = smol_backend.generate([question], max_new_tokens=16)

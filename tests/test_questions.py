@@ -38,30 +38,6 @@ def test_longest_path_on_tiny_or_isolated_graphs():
 
 # ---------------------------------------------------------------- real data fixtures
 
-@pytest.fixture(scope="module")
-def index(entities, relations):
-    return Q.QuestionIndex(entities, relations)
-
-
-@pytest.fixture(scope="module")
-def view(entities, relations):
-    """Chain view of a real neighbourhood: diseases around a few rare disorders."""
-    seeds = ["MONDO:0012648", "MONDO:0010526", "MONDO:0007376"]
-    keep = set(seeds)
-    rel = relations[relations["relation"].isin(["has_phenotype", "associated_with", "is_a"])]
-    for _ in range(2):
-        hit = rel[rel["head_id"].isin(keep) | rel["tail_id"].isin(keep)]
-        keep |= set(hit["head_id"].head(400)) | set(hit["tail_id"].head(400))
-    sub = rel[rel["head_id"].isin(keep) & rel["tail_id"].isin(keep)]
-    g = nx.MultiDiGraph()
-    types = dict(zip(entities["entity_id"], entities["type"]))
-    for h, r, t in zip(sub["head_id"], sub["relation"], sub["tail_id"]):
-        g.add_node(h, type=types[h])
-        g.add_node(t, type=types[t])
-        g.add_edge(h, t, key=r)
-    return S.chain_view(g)
-
-
 @pytest.mark.parametrize("strategy", [*S.STRATEGIES, "mixed"])
 def test_sampling_strategies_include_the_seed_and_record_what_ran(view, strategy):
     smp = S.sample_subgraph(view, "MONDO:0012648", strategy, 10, random.Random(1))

@@ -14,8 +14,8 @@ GLA = "NCBIGene:2717"
 
 
 @pytest.fixture(scope="module")
-def tb() -> T.MedicalToolbox:
-    return T.MedicalToolbox.from_kb()
+def tb(toolbox) -> T.MedicalToolbox:
+    return toolbox
 
 
 @pytest.fixture(scope="module")
@@ -168,3 +168,44 @@ def test_output_cap(tb):
     assert len(long) <= T.MAX_OUTPUT_CHARS and "[output truncated" in long
     for name, args in [("read", {"entity_id": "HP:0000118"}), ("diagnose", {"phenotypes": ["HP:0001250"], "k": 50})]:
         assert len(tb.call(name, args)) <= T.MAX_OUTPUT_CHARS
+
+
+def test_related_by_name_and_direction(tb):
+    both = tb.related("Fabry disease", "associated_with")
+    assert both.startswith("Fabry disease (MONDO:0010526)") and GLA in both
+    assert "incoming" in tb.related(FABRY, "associated_with", direction="in")
+    assert "outgoing" not in tb.related(FABRY, "associated_with", direction="in")
+    assert "No associated_with relations in direction 'out'" in tb.related(FABRY, "associated_with", direction="out")
+    assert tb.call("related", {"entity_id": FABRY, "relation": "is_a", "direction": "up"}).startswith("Error: direction")
+    assert tb.related("no such disease name", "is_a").startswith("Error: unknown id or name")
+
+
+def test_common_lists_shared_neighbours(tb, fabry_phenotypes):
+    rel = tb._relations
+    holders = rel[(rel["relation"] == "has_phenotype") & (rel["tail_id"] == fabry_phenotypes[0])]["head_id"]
+    other = next(h for h in sorted(holders) if h != FABRY)
+    out = tb.common([FABRY, other], "has_phenotype")
+    assert fabry_phenotypes[0] in out and out.startswith("has_phenotype neighbours shared by Fabry disease")
+    assert tb.common([FABRY], "has_phenotype").startswith("Error: entity_ids must be a list of 2 to 10")
+    assert tb.common([FABRY, "MONDO:9999999"], "has_phenotype").startswith("Error: unknown id or name")
+    assert tb.call("common", {"entity_ids": [FABRY, other], "relation": "eats"}).startswith("Error: unknown relation")
+
+
+def test_diagnose_within_a_disease_class(tb, fabry_phenotypes):
+    parents = tb._relations
+    parent = parents[(parents["head_id"] == FABRY) & (parents["relation"] == "is_a")]["tail_id"].iloc[0]
+    out = tb.diagnose(fabry_phenotypes[:2], k=5, within=parent)
+    ranked = [line for line in out.splitlines() if line[:1].isdigit()]
+    assert FABRY in out and f"within {tb._label(parent)}" in out
+    assert all(any(d in line for d in tb._descendants(parent)) for line in ranked)
+    assert tb.diagnose(fabry_phenotypes[:2], within="not a class at all").startswith("Error: unknown disease class")
+    assert tb.call("diagnose", {"phenotypes": fabry_phenotypes[:2], "within": 7}).startswith("Error:")
+
+
+def test_observations_carry_no_markup_or_protocol_tags():
+    assert T._plain("<small>L</small>-Phe <em>N</em> <5% a<b <tool_call>{x}</tool_call> <answer>y</answer>") == \
+        "L-Phe N <5% a<b {x} y"
+
+
+def test_resolve_ids_for_the_judge(tb):
+    assert FABRY in tb.resolve_ids("Anderson-Fabry disease") and tb.resolve_ids(None) == []

@@ -1,0 +1,372 @@
+"""The ReAct agent: protocol, defensive parser and the batched think -> act -> observe loop.
+
+Scope:
+
+* **Protocol** (upstream's text protocol, which is also exactly what the Qwen2.5 chat
+  template renders for native tool calls): an assistant turn is ``<think>…</think>``
+  followed by either ``<tool_call>\\n{"name": …, "arguments": {…}}\\n</tool_call>`` or
+  ``<answer>…</answer>``; tool results come back as ``<tool_response>…</tool_response>``.
+* **Two views of one trajectory.** Trajectories are stored as TRL-ready chat messages —
+  assistant messages with ``tool_calls`` and ``role: "tool"`` messages — plus the tool
+  schemas. :func:`to_text_messages` renders them as plain system / user / assistant text
+  messages for any chat model or OpenAI-compatible endpoint. For a ChatML model both views
+  give the same token stream (tested), so what SFT trains on is what the agent sees.
+* :func:`parse_turn` never raises on any text: malformed JSON, unknown fields, unclosed
+  tags and text outside the tags become recorded format errors.
+* :func:`run_agent` runs many questions at once against one :class:`medkit.llm.ChatBackend`
+  (one batched ``generate`` per step over every unfinished conversation) and the kit's
+  tools (:class:`medkit.tools.MedicalToolbox`); stop rules: an answer, the maximum number
+  of model calls, the token budget, an identical repeated tool call, repeated format
+  errors, or a backend error.
+* Masked Trajectory Guidance hooks: an optional per-question guidance text is shown to the
+  model in its system prompt and never stored in the trajectory.
+
+Out of scope: judging answers (:mod:`medkit.judge`), KG-guided synthesis and filtering
+(:mod:`medkit.synthesis`, :mod:`medkit.trajectories`).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+SYSTEM_PROMPT = (
+    "You are a medical research agent with tools over a private medical knowledge base. "
+    "Each turn: reason in <think>...</think>, then call one tool in <tool_call>...</tool_call>, "
+    "or give the final answer (the entity's name only) in <answer>...</answer> once the evidence suffices."
+)
+
+TOOLS_HEADER = ("\n\n# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
+                "You are provided with function signatures within <tools></tools> XML tags:\n<tools>")
+TOOLS_FOOTER = ("\n</tools>\n\nFor each function call, return a json object with function name and arguments "
+                "within <tool_call></tool_call> XML tags:\n<tool_call>\n{\"name\": <function-name>, "
+                "\"arguments\": <args-json-object>}\n</tool_call>")
+GUIDANCE_HEADER = "\n\n# Search guidance (private; never mention it)\n"
+STOP_STRINGS = ["</tool_call>", "</answer>"]
+PROTOCOL_VERSION = 2  # bump when the prompt or the protocol changes: stored free rollouts are redone
+
+STOP_REASONS = ("answer", "max_calls", "token_budget", "repeated_call", "format_errors", "backend_error",
+                "length")
+
+_TAG = re.compile(r"<(/?)(think|tool_call|answer|tool_response)>")
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def tool_schemas(tools: Sequence[Callable[..., Any]]) -> list[dict[str, Any]]:
+    """JSON schemas (``{"type": "function", "function": {...}}``) from the tools' docstrings."""
+    from transformers.utils import get_json_schema
+
+    schemas = []
+    for t in tools:
+        schema = get_json_schema(t)
+        schema["function"].pop("return", None)  # the docstring's Returns section is for readers, not tokens
+        schemas.append(schema)
+    return schemas
+
+
+def tools_block(schemas: Sequence[dict[str, Any]]) -> str:
+    """The tool section the Qwen2.5 chat template appends to the system prompt (same bytes)."""
+    return TOOLS_HEADER + "".join("\n" + json.dumps(s, ensure_ascii=False) for s in schemas) + TOOLS_FOOTER
+
+
+def render_tool_call(name: str, arguments: Any) -> str:
+    """One call as the Qwen2.5 template renders it (``tojson`` = ``json.dumps(ensure_ascii=False)``)."""
+    return '<tool_call>\n{"name": "' + str(name) + '", "arguments": ' + json.dumps(arguments, ensure_ascii=False) \
+        + "}\n</tool_call>"
+
+
+def assistant_text(message: dict[str, Any]) -> str:
+    """An assistant message (with or without ``tool_calls``) as the text the model produces."""
+    content = message.get("content") or ""
+    calls = message.get("tool_calls") or []
+    if not calls:
+        return content
+    parts = [content] if content else []
+    for c in calls:
+        fn = c.get("function", c)
+        parts.append(render_tool_call(fn.get("name"), fn.get("arguments")))
+    return "\n".join(parts)
+
+
+def to_text_messages(messages: Sequence[dict[str, Any]], schemas: Sequence[dict[str, Any]] | None = None,
+                     guidance: str | None = None, demo: Sequence[dict[str, Any]] | None = None
+                     ) -> list[dict[str, str]]:
+    """Plain role/content messages of the text protocol (tools listed in the system prompt).
+
+    Consecutive tool results are joined in one user message, as the Qwen2.5 template does.
+    ``guidance`` (MTG) is appended to the system prompt and ``demo`` (an example trajectory's
+    messages after its system prompt) is put before the question — both for the model only.
+    """
+    out: list[dict[str, str]] = []
+    msgs = list(messages)
+    system = msgs[0]["content"] if msgs and msgs[0].get("role") == "system" else SYSTEM_PROMPT
+    if msgs and msgs[0].get("role") == "system":
+        msgs = msgs[1:]
+    msgs = [*(demo or []), *msgs]
+    if schemas:
+        system += tools_block(schemas)
+    if guidance:
+        system += GUIDANCE_HEADER + guidance
+    out.append({"role": "system", "content": system})
+    for m in msgs:
+        role = m.get("role")
+        if role == "tool":
+            block = "<tool_response>\n" + str(m.get("content", "")) + "\n</tool_response>"
+            if out[-1]["role"] == "user" and out[-1].get("_tool"):
+                out[-1]["content"] += "\n" + block
+            else:
+                out.append({"role": "user", "content": block, "_tool": "1"})
+        elif role == "assistant":
+            out.append({"role": "assistant", "content": assistant_text(m)})
+        else:
+            out.append({"role": str(role), "content": str(m.get("content", ""))})
+    return [{"role": m["role"], "content": m["content"]} for m in out]
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+@dataclass
+class ParsedTurn:
+    """What one assistant reply contains; ``errors`` lists every protocol violation found."""
+
+    text: str
+    think: str | None = None
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)
+    answer: str | None = None
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def content(self) -> str:
+        """The message content stored next to ``tool_calls`` (the reasoning, or reasoning + answer)."""
+        parts = []
+        if self.think is not None:
+            parts.append(f"<think>{self.think}</think>")
+        if self.answer is not None:
+            parts.append(f"<answer>{self.answer}</answer>")
+        return "\n".join(parts)
+
+
+def _blocks(text: str, tag: str) -> tuple[list[str], list[str]]:
+    """Contents of every ``<tag>…</tag>`` and the errors of unbalanced tags."""
+    found, errors = [], []
+    pos = 0
+    open_t, close_t = f"<{tag}>", f"</{tag}>"
+    while True:
+        i = text.find(open_t, pos)
+        if i < 0:
+            if text.find(close_t, pos) >= 0:
+                errors.append(f"{close_t} without {open_t}")
+            break
+        j = text.find(close_t, i + len(open_t))
+        nxt = text.find(open_t, i + len(open_t))
+        if j < 0 or (0 <= nxt < j):
+            errors.append(f"unclosed {open_t}")
+            pos = i + len(open_t)
+            if j < 0:
+                break
+            continue
+        found.append(text[i + len(open_t):j])
+        pos = j + len(close_t)
+    return found, errors
+
+
+def parse_tool_call(body: str) -> tuple[dict[str, Any] | None, str | None]:
+    """``{"name": str, "arguments": dict}`` from a tool-call body, or an error message."""
+    raw = body.strip()
+    if not raw:
+        return None, "empty <tool_call>"
+    try:
+        obj = json.loads(raw)
+    except (ValueError, RecursionError) as e:
+        return None, f"malformed tool-call JSON ({type(e).__name__}: {str(e)[:80]})"
+    if not isinstance(obj, dict):
+        return None, f"tool call must be a JSON object, got {type(obj).__name__}"
+    name = obj.get("name")
+    if not isinstance(name, str) or not name.strip():
+        return None, "tool call without a string 'name'"
+    args = obj.get("arguments", obj.get("parameters", {}))
+    if isinstance(args, str):  # OpenAI style: arguments as a JSON string
+        try:
+            args = json.loads(args) if args.strip() else {}
+        except (ValueError, RecursionError):
+            return None, "tool-call 'arguments' is a string that is not valid JSON"
+    if args is None:
+        args = {}
+    if not isinstance(args, dict):
+        return None, f"tool-call 'arguments' must be an object, got {type(args).__name__}"
+    return {"name": name.strip(), "arguments": args}, None
+
+
+def parse_turn(text: Any) -> ParsedTurn:
+    """Parse one assistant reply. Never raises; every violation is listed in ``errors``."""
+    try:
+        return _parse_turn(text if isinstance(text, str) else str(text))
+    except Exception as e:  # noqa: BLE001 - the parser must survive any text
+        return ParsedTurn(text=str(text)[:10_000], errors=[f"parser failure: {type(e).__name__}"])
+
+
+def _parse_turn(text: str) -> ParsedTurn:
+    turn = ParsedTurn(text=text)
+    thinks, errs = _blocks(text, "think")
+    turn.errors += errs
+    if thinks:
+        turn.think = "\n".join(t.strip() for t in thinks)
+        if len(thinks) > 1:
+            turn.errors.append(f"{len(thinks)} <think> blocks")
+    else:
+        turn.errors.append("no <think> block")
+    calls, errs = _blocks(text, "tool_call")
+    turn.errors += errs
+    for body in calls:
+        call, err = parse_tool_call(body)
+        if err:
+            turn.errors.append(err)
+        else:
+            turn.tool_calls.append(call)
+    answers, errs = _blocks(text, "answer")
+    turn.errors += errs
+    if answers:
+        turn.answer = answers[-1].strip()
+        if not turn.answer:
+            turn.errors.append("empty <answer>")
+    if "<tool_response>" in text:
+        turn.errors.append("the model wrote a <tool_response> itself")
+    if len(turn.tool_calls) > 1:
+        turn.errors.append(f"{len(turn.tool_calls)} tool calls in one turn; only the first is run")
+    if turn.tool_calls and turn.answer is not None:
+        turn.errors.append("both a tool call and an answer in one turn")
+    if not calls and not answers:
+        turn.errors.append("neither <tool_call> nor <answer>")
+    return turn
+
+
+def close_open_tag(text: str) -> str:
+    """Re-append the stop string a backend cut off (``…<tool_call>{…}`` -> ``…</tool_call>``)."""
+    for tag in ("tool_call", "answer"):
+        if text.rfind(f"<{tag}>") > text.rfind(f"</{tag}>"):
+            return text + f"</{tag}>"
+    return text
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+@dataclass
+class AgentConfig:
+    """Stop rules and decoding settings of :func:`run_agent`."""
+
+    max_calls: int = 30            # model calls per question (upstream: 30)
+    token_budget: int = 8192       # prompt + completion tokens of the last model call
+    max_new_tokens: int = 384      # per assistant turn
+    max_format_errors: int = 2     # consecutive turns without a usable call or answer
+    temperature: float = 0.0
+    seed: int | None = None
+
+
+def _call_key(call: dict[str, Any]) -> str:
+    return json.dumps([call["name"], call["arguments"]], sort_keys=True, default=str)
+
+
+def _new_state(q: dict[str, Any], system: str) -> dict[str, Any]:
+    return {"question_id": str(q.get("question_id") or q.get("id")), "question": q["question"],
+            "messages": [{"role": "system", "content": system}, {"role": "user", "content": q["question"]}],
+            "format_errors": [], "tool_errors": [], "n_model_calls": 0, "n_tool_calls": 0,
+            "n_tokens": 0, "prediction": None, "stop_reason": None, "_seen": set(), "_bad_turns": 0}
+
+
+def _act(state: dict[str, Any], turn: ParsedTurn, call_tool: Callable[[str, dict], str]) -> None:
+    """Apply one parsed reply to the conversation state (append messages, run the tool)."""
+    msgs = state["messages"]
+    if turn.errors:
+        state["format_errors"].append({"turn": state["n_model_calls"], "errors": turn.errors})
+    if turn.answer:
+        msgs.append({"role": "assistant", "content": turn.content})
+        state["prediction"], state["stop_reason"] = turn.answer, "answer"
+        return
+    if turn.tool_calls:
+        call = turn.tool_calls[0]  # one call per turn; extra calls are recorded as a format error
+        msgs.append({"role": "assistant", "content": turn.content,
+                     "tool_calls": [{"type": "function", "function": call}]})
+        key = _call_key(call)
+        if key in state["_seen"]:
+            msgs.append({"role": "tool", "name": call["name"],
+                         "content": "Error: identical to an earlier call; the run stops here."})
+            state["stop_reason"] = "repeated_call"
+            return
+        state["_seen"].add(key)
+        result = call_tool(call["name"], call["arguments"])
+        state["n_tool_calls"] += 1
+        if result.startswith("Error:"):
+            state["tool_errors"].append({"turn": state["n_model_calls"], "call": call, "error": result})
+        msgs.append({"role": "tool", "name": call["name"], "content": result})
+        state["_bad_turns"] = 0
+        return
+    # no usable call or answer: keep the raw text, tell the model, count it
+    msgs.append({"role": "assistant", "content": turn.text})
+    msgs.append({"role": "user", "content": "Error: " + "; ".join(turn.errors)
+                 + ". Reply with <think>...</think> then one <tool_call> or an <answer>."})
+    state["_bad_turns"] += 1
+
+
+def run_agent(backend: Any, toolbox: Any, questions: Sequence[dict[str, Any]], *, config: AgentConfig | None = None,
+              guidance: dict[str, str] | None = None, schemas: list[dict[str, Any]] | None = None,
+              system: str = SYSTEM_PROMPT, demo: Sequence[dict[str, Any]] | None = None,
+              progress: bool = True) -> list[dict[str, Any]]:
+    """Run the agent on every question (batched per step); one trajectory dict per question.
+
+    ``guidance`` maps question id (the record's ``id``) -> MTG text shown to the model only;
+    ``demo`` is an in-context example trajectory (messages without the system prompt), also
+    never stored. Each trajectory holds
+    TRL-ready ``messages`` (without guidance), ``prediction``, ``stop_reason``, counts of model
+    and tool calls, recorded ``format_errors`` / ``tool_errors`` and the last call's token count.
+    """
+    from tqdm.auto import tqdm
+
+    cfg = config or AgentConfig()
+    schemas = schemas if schemas is not None else tool_schemas(toolbox.tools())
+    guidance = guidance or {}
+    states = [_new_state(q, system) for q in questions]
+    bar = tqdm(total=len(states), desc="agent", unit="question", disable=not progress)
+    step = 0
+    while True:
+        active = [s for s in states if s["stop_reason"] is None]
+        if not active:
+            break
+        for s in active:
+            if s["n_model_calls"] >= cfg.max_calls:
+                s["stop_reason"] = "max_calls"
+            elif s["_bad_turns"] >= cfg.max_format_errors:
+                s["stop_reason"] = "format_errors"
+        active = [s for s in states if s["stop_reason"] is None]
+        if not active:
+            break
+        convs = [to_text_messages(s["messages"], schemas, guidance.get(s["question_id"]), demo) for s in active]
+        seed = None if cfg.seed is None else cfg.seed + step
+        outs = backend.generate(convs, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                                stop=STOP_STRINGS, seed=seed)
+        for s, out in zip(active, outs):
+            s["n_model_calls"] += 1
+            if not out.ok:
+                s["stop_reason"] = "backend_error"
+                s["format_errors"].append({"turn": s["n_model_calls"], "errors": [f"backend: {out.error}"]})
+                continue
+            s["n_tokens"] = out.n_prompt_tokens + out.n_completion_tokens
+            text = close_open_tag(out.text) if out.finish_reason == "stop" else out.text
+            _act(s, parse_turn(text), toolbox.call)
+            if s["stop_reason"] is None and s["n_tokens"] > cfg.token_budget:
+                s["stop_reason"] = "token_budget"
+            if s["stop_reason"] is None and out.finish_reason == "length" and s["_bad_turns"]:
+                s["format_errors"][-1]["errors"].append("reply cut at max_new_tokens")
+        bar.update(sum(1 for s in active if s["stop_reason"] is not None))
+        step += 1
+    bar.close()
+    for s in states:
+        s.pop("_seen"), s.pop("_bad_turns")
+        s["n_format_errors"] = len(s["format_errors"])
+    return states

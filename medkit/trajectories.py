@@ -1,0 +1,340 @@
+"""Trajectory collection: filters, Masked Trajectory Guidance, resumable runs and the TRL dataset.
+
+Scope:
+
+* :func:`filter_trajectory` applies the paper's rejection rules to one trajectory and says
+  why it was rejected: ``synthesis_failed`` (a KG hop never appeared in an observation),
+  ``unmatched_call_response``, ``format_error``, ``tool_error``, ``no_answer``,
+  ``wrong_answer`` (judged by :mod:`medkit.judge`), ``too_few_turns``, ``over_token_limit``
+  and ``guidance_leak`` (MTG text or placeholders surviving in the sample).
+* MTG: :func:`guidance_text` turns a record's masked reasoning path into search guidance for
+  a teacher; the agent loop shows it in the teacher's system prompt only, and
+  :func:`guidance_leaks` rejects any saved sample whose reasoning still refers to it
+  ("according to the hint", ``Entity_A``, ``Clue_2``, ...). :func:`rewrite_thoughts`
+  optionally lets an LLM rewrite every ``<think>`` (kept only if it passes the same checks).
+* :func:`collect` runs KG-guided synthesis (or takes agent rollouts), filters, and appends
+  to a JSONL log keyed by (question_id, variant, source): an interrupted run resumes without
+  losing or duplicating trajectories. :func:`accepted_records` gives TRL-ready rows
+  (``messages`` with ``tool_calls`` + ``tools`` as a JSON string); :func:`to_dataset` loads them
+  into a :class:`datasets.Dataset` that renders exactly like the raw rows.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from .agent import parse_turn, to_text_messages
+from .io import append_jsonl, read_jsonl, repair_jsonl_tail
+from .judge import judge
+
+FILTER_REASONS = ("synthesis_failed", "unmatched_call_response", "format_error", "tool_error", "no_answer",
+                  "wrong_answer", "too_few_turns", "over_token_limit", "guidance_leak")
+SOURCES = ("kg_guided", "free")
+
+_LEAK = re.compile(r"\b(?:hints?|guidance|guided|reasoning path|masked path|placeholder|"
+                   r"Entity_[A-Z]\b|Clue_\d+|Target_Entity)", re.I)
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def open_tools(data_dir: Path, kb: Any = None) -> tuple[Any, Any]:
+    """The question index and the agent's toolbox for one profile's data folder.
+
+    Both see the KB's curated relations plus the profile's corpus ``definition_mentions``
+    edges with a drug at one end (:func:`medkit.questions.question_relations`), so every hop a
+    question can use is reachable with a tool.
+    """
+    from .io import read_parquet
+    from .kb import load_kb
+    from .questions import QuestionIndex, question_relations
+    from .tools import MedicalToolbox
+
+    entities, relations, _ = load_kb(kb)
+    corpus = read_parquet(Path(data_dir) / "corpus_relations.parquet")
+    index = QuestionIndex(entities, question_relations(entities, relations, corpus))
+    drug_edges = question_relations(entities, relations.iloc[:0], corpus)
+    return index, MedicalToolbox.from_kb(kb, extra_relations=drug_edges)
+
+
+# --------------------------------------------------------------------------- MTG
+
+
+def guidance_text(record: dict[str, Any]) -> str:
+    """The masked reasoning path as search guidance for a teacher (placeholders only, no names)."""
+    steps = [s.strip() for s in str(record.get("reasoning_path", "")).split(";") if s.strip()]
+    return ("The question follows this masked chain of facts (placeholders stand for entities you must identify "
+            "with the tools; Target_Entity is the answer):\n" + "\n".join(f"- {s}" for s in steps)
+            + "\nUse it to decide what to look up next, but never mention it: reason only from the question "
+              "and the tool results.")
+
+
+def guidance_leaks(messages: Sequence[dict[str, Any]]) -> list[str]:
+    """Phrases in assistant turns that betray the guidance (empty list: clean)."""
+    found = []
+    for m in messages:
+        if m.get("role") == "assistant":
+            found += [x.group(0) for x in _LEAK.finditer(str(m.get("content") or ""))]
+    return found
+
+
+def rewrite_thoughts(messages: list[dict[str, Any]], backend: Any, *, max_new_tokens: int = 160
+                     ) -> tuple[list[dict[str, Any]], int]:
+    """Ask ``backend`` to rewrite every ``<think>`` so it justifies the action that follows.
+
+    A rewrite is kept only if it is non-empty, shorter than 1,200 characters, has no guidance
+    leak and names no id that the conversation has not shown yet; otherwise the original stays.
+    Returns the new messages and the number of thoughts rewritten. Backend errors keep originals.
+    """
+    prompts, where = [], []
+    seen_text = ""
+    for i, m in enumerate(messages):
+        if m.get("role") == "assistant":
+            turn = parse_turn(to_text_messages([m])[-1]["content"])
+            if turn.think:
+                action = json.dumps(m.get("tool_calls") or [], ensure_ascii=False) if m.get("tool_calls") \
+                    else f"answer: {turn.answer}"
+                prompts.append([{"role": "system", "content": "Rewrite the reasoning of a research agent as one or "
+                                 "two plain sentences that justify its next action from what it has seen. Output "
+                                 "the sentences only."},
+                                {"role": "user", "content": f"Seen so far (truncated):\n{seen_text[-1500:]}\n\n"
+                                 f"Reasoning: {turn.think}\nNext action: {action}"}])
+                where.append((i, turn.think, seen_text))
+        seen_text += "\n" + str(m.get("content") or "")
+    if not prompts:
+        return list(messages), 0
+    outs = backend.generate(prompts, max_new_tokens=max_new_tokens, temperature=0.0)
+    new = [dict(m) for m in messages]
+    n = 0
+    ids = re.compile(r"\b[A-Z][A-Za-z]*:[A-Za-z0-9_.]+")
+    for (i, old, seen), out in zip(where, outs):
+        text = " ".join(getattr(out, "text", "").split())
+        if not getattr(out, "ok", False) or not text or len(text) > 1200 or _LEAK.search(text):
+            continue
+        if any(x not in seen for x in ids.findall(text)) or "<" in text:
+            continue
+        new[i]["content"] = str(new[i]["content"]).replace(f"<think>{old}</think>", f"<think>{text}</think>", 1)
+        n += 1
+    return new, n
+
+
+# --------------------------------------------------------------------------- filtering
+
+
+def structure_problems(messages: Sequence[dict[str, Any]]) -> list[str]:
+    """Unmatched tool calls / responses and raw (unparsed) assistant turns."""
+    problems = []
+    pending = 0
+    for m in messages:
+        role = m.get("role")
+        if role == "assistant":
+            if pending:
+                problems.append("unmatched_call_response")
+            pending = len(m.get("tool_calls") or [])
+        elif role == "tool":
+            if pending == 0:
+                problems.append("unmatched_call_response")
+            else:
+                pending -= 1
+        elif role == "user" and pending:
+            problems.append("unmatched_call_response")
+    if pending:
+        problems.append("unmatched_call_response")
+    return problems
+
+
+def final_answer(messages: Sequence[dict[str, Any]]) -> str | None:
+    """The text of the last ``<answer>`` of the last assistant message, if any."""
+    for m in reversed(messages):
+        if m.get("role") == "assistant":
+            turn = parse_turn(str(m.get("content") or ""))
+            return turn.answer or None
+    return None
+
+
+def filter_trajectory(trajectory: dict[str, Any], record: dict[str, Any], *, min_tool_calls: int = 2,
+                      max_tokens: int | None = None, count_tokens: Callable[[list[dict]], int] | None = None,
+                      resolve: Callable[[str], Iterable[str]] | None = None) -> dict[str, Any]:
+    """``{"accepted", "reasons", "judge", "n_tokens", "prediction"}`` for one trajectory."""
+    messages = trajectory.get("messages") or []
+    reasons: list[str] = []
+    if trajectory.get("synthesis_failure"):
+        reasons.append("synthesis_failed")
+    if structure_problems(messages):
+        reasons.append("unmatched_call_response")
+    if trajectory.get("format_errors"):
+        reasons.append("format_error")
+    if any(m.get("role") == "tool" and str(m.get("content", "")).startswith("Error:") for m in messages):
+        reasons.append("tool_error")
+    prediction = final_answer(messages)
+    verdict = None
+    if not prediction:
+        reasons.append("no_answer")
+    else:
+        v = judge(prediction, record, resolve=resolve)
+        verdict = v.method
+        if not v.correct:
+            reasons.append("wrong_answer")
+    n_calls = sum(len(m.get("tool_calls") or []) for m in messages if m.get("role") == "assistant")
+    if n_calls < min_tool_calls:
+        reasons.append("too_few_turns")
+    n_tokens = count_tokens(messages) if count_tokens is not None else None
+    if max_tokens is not None and n_tokens is not None and n_tokens > max_tokens:
+        reasons.append("over_token_limit")
+    if guidance_leaks(messages):
+        reasons.append("guidance_leak")
+    return {"accepted": not reasons, "reasons": reasons, "judge": verdict, "n_tokens": n_tokens,
+            "prediction": prediction, "n_tool_calls": n_calls}
+
+
+def token_counter(tokenizer: Any, schemas: list[dict[str, Any]]) -> Callable[[list[dict]], int]:
+    """Tokens of a whole trajectory as the model sees it (text protocol, tools in the system prompt)."""
+    def count(messages: list[dict]) -> int:
+        text = tokenizer.apply_chat_template(to_text_messages(messages, schemas), tokenize=False)
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+    return count
+
+
+# --------------------------------------------------------------------------- resumable collection
+
+
+def question_id(record: dict[str, Any]) -> str:
+    """A question record's id (notebook 03 writes ``id``; trajectories carry ``question_id``)."""
+    return str(record.get("question_id") or record["id"])
+
+
+def _key(row: dict[str, Any]) -> tuple[str, int, str]:
+    return str(row["question_id"]), int(row.get("variant", 0)), str(row.get("source", "kg_guided"))
+
+
+def done_keys(path: Path, source: str | None = None, version: Any = None) -> set[tuple[str, int, str]]:
+    """Keys already in the log (a torn last line is cut first, so it is redone, not duplicated).
+
+    With ``source`` and ``version``, rows of that source made by another version of the
+    generator are dropped from the log first (atomically), so they are made again.
+    """
+    from .io import write_jsonl
+
+    path = Path(path)
+    if not path.exists():
+        return set()
+    repair_jsonl_tail(path)
+    rows = read_jsonl(path)
+    if source is not None:
+        stale = [r for r in rows if r.get("source") == source and r.get("version") != version]
+        if stale:
+            rows = [r for r in rows if not (r.get("source") == source and r.get("version") != version)]
+            write_jsonl(path, rows)
+    return {_key(r) for r in rows}
+
+
+def collect(path: Path, jobs: Iterable[tuple[dict[str, Any], int]], make: Callable[[dict[str, Any], int], dict],
+            judge_row: Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]], *, source: str,
+            version: Any = None, progress: bool = True, total: int | None = None) -> Counter:
+    """For each (record, variant) not yet in the log: ``make`` a trajectory, filter it, append it.
+
+    ``version`` (the generator's version) is stored in each row; rows of this source with another
+    version are regenerated. Returns counts of this call's outcomes ("accepted" and the first
+    reject reason).
+    """
+    from tqdm.auto import tqdm
+
+    path = Path(path)
+    done = done_keys(path, source, version)
+    counts: Counter = Counter()
+    for record, variant in tqdm(list(jobs), total=total, desc=f"trajectories ({source})", disable=not progress):
+        key = (question_id(record), int(variant), source)
+        if key in done:
+            counts["skipped (already done)"] += 1
+            continue
+        traj = make(record, variant)
+        traj.update({"question_id": key[0], "variant": variant, "source": source, "version": version})
+        traj["filter"] = judge_row(traj, record)
+        for field in ("specialty", "hops", "answer", "answer_type", "sampling_algorithm"):
+            traj.setdefault(field, record.get(field))
+        append_jsonl(path, traj)
+        done.add(key)
+        counts["accepted" if traj["filter"]["accepted"] else traj["filter"]["reasons"][0]] += 1
+    return counts
+
+
+def accepted_records(rows: Iterable[dict[str, Any]], schemas: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """TRL-ready rows of the accepted trajectories, in a stable order."""
+    tools = json.dumps(schemas, ensure_ascii=False)
+    out = []
+    for r in rows:
+        if not r.get("filter", {}).get("accepted"):
+            continue
+        out.append({"messages": r["messages"], "tools": tools, "question_id": r["question_id"],
+                    "variant": r["variant"], "source": r["source"], "specialty": r.get("specialty"),
+                    "hops": r.get("hops"), "answer": r.get("answer"), "n_tool_calls": r["filter"]["n_tool_calls"],
+                    "n_tokens": r["filter"]["n_tokens"]})
+    return sorted(out, key=lambda r: (r["question_id"], r["source"], r["variant"]))
+
+
+def to_dataset(rows: list[dict[str, Any]]) -> Any:
+    """A ``datasets.Dataset`` of TRL rows; ``messages`` stored as JSON so heterogeneous tool arguments
+    survive Arrow (no struct unification adding ``null`` keys)."""
+    import datasets
+
+    features = datasets.Features({"messages": datasets.List(datasets.Json()), "tools": datasets.Value("string"),
+                                  "question_id": datasets.Value("string")})
+    slim = [{"messages": r["messages"], "tools": r["tools"], "question_id": r["question_id"]} for r in rows]
+    return datasets.Dataset.from_list(slim, features=features)
+
+
+# --------------------------------------------------------------------------- reporting
+
+
+def summarise(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Acceptance, reject reasons (first reason per trajectory), tool use and coverage of a log."""
+    rows = list(rows)
+    acc = [r for r in rows if r["filter"]["accepted"]]
+    first = Counter(r["filter"]["reasons"][0] for r in rows if not r["filter"]["accepted"])
+    every = Counter(x for r in rows for x in r["filter"]["reasons"])
+    tools = Counter(c["function"]["name"] for r in acc for m in r["messages"] if m.get("role") == "assistant"
+                    for c in m.get("tool_calls") or [])
+    calls = [r["filter"]["n_tool_calls"] for r in acc]
+    tokens = [r["filter"]["n_tokens"] for r in acc if r["filter"]["n_tokens"] is not None]
+    return {"trajectories": len(rows), "accepted": len(acc),
+            "acceptance_rate": round(len(acc) / len(rows), 4) if rows else None,
+            "questions_covered": len({r["question_id"] for r in acc}),
+            "specialties": len({r.get("specialty") for r in acc if r.get("specialty")}),
+            "mean_tool_calls": round(sum(calls) / len(calls), 3) if calls else None,
+            "mean_tokens": round(sum(tokens) / len(tokens), 1) if tokens else None,
+            "max_tokens": max(tokens) if tokens else None,
+            "first_reject_reason": dict(first.most_common()), "any_reject_reason": dict(every.most_common()),
+            "tool_calls_by_tool": dict(tools.most_common())}
+
+
+def render_markdown(messages: Sequence[dict[str, Any]], max_observation_chars: int = 700) -> str:
+    """A trajectory turn by turn, for display in a notebook (observations shortened)."""
+    out = []
+    for i, m in enumerate(messages):
+        role = m.get("role")
+        if role == "system":
+            continue
+        if role == "user":
+            out.append(f"**{'Question' if i <= 1 else 'User'}:** {m.get('content')}")
+        elif role == "assistant":
+            turn = parse_turn(str(m.get("content") or ""))
+            if turn.think:
+                out.append(f"**Think:** {turn.think}")
+            for c in m.get("tool_calls") or []:
+                fn = c.get("function", c)
+                out.append(f"**Call:** `{fn.get('name')}({json.dumps(fn.get('arguments'), ensure_ascii=False)})`")
+            if turn.answer:
+                out.append(f"**Answer:** {turn.answer}")
+            if not (turn.think or m.get("tool_calls") or turn.answer):
+                out.append(f"**Assistant (unparsed):** {str(m.get('content'))[:300]}")
+        elif role == "tool":
+            text = str(m.get("content", ""))
+            if len(text) > max_observation_chars:
+                text = text[:max_observation_chars] + f" … [{len(text) - max_observation_chars} more characters]"
+            out.append("**Observation:**\n```\n" + text + "\n```")
+    return "\n\n".join(out)

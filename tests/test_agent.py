@@ -1,0 +1,188 @@
+"""The ReAct agent (medkit.agent): protocol rendering, the defensive parser, the loop's stop rules."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from medkit import agent as A
+from medkit.llm import Completion
+
+CALL = '<think>Rank them.</think>\n<tool_call>\n{"name": "diagnose", "arguments": {"phenotypes": ["Angiokeratoma"]}}\n</tool_call>'
+
+
+# ---------------------------------------------------------------- parser
+
+
+def test_parse_a_tool_call_and_an_answer():
+    t = A.parse_turn(CALL)
+    assert t.think == "Rank them." and t.errors == [] and t.answer is None
+    assert t.tool_calls == [{"name": "diagnose", "arguments": {"phenotypes": ["Angiokeratoma"]}}]
+    a = A.parse_turn("<think>Done.</think>\n<answer> Hepatitis B </answer>")
+    assert a.answer == "Hepatitis B" and a.tool_calls == [] and a.errors == []
+    assert a.content == "<think>Done.</think>\n<answer>Hepatitis B</answer>"
+
+
+@pytest.mark.parametrize("text, error", [
+    ('<think>x</think><tool_call>{"name": "search", "arguments": {"query": "a"</tool_call>', "malformed tool-call JSON"),
+    ("<think>x</think><tool_call>[1, 2]</tool_call>", "must be a JSON object"),
+    ('<think>x</think><tool_call>{"arguments": {}}</tool_call>', "without a string 'name'"),
+    ('<think>x</think><tool_call>{"name": "read", "arguments": [1]}</tool_call>', "'arguments' must be an object"),
+    ('<think>x</think><tool_call>{"name": "read", "arguments": "{oops"}</tool_call>', "not valid JSON"),
+    ("<think>x</think><tool_call>   </tool_call>", "empty <tool_call>"),
+    ("<think>x</think><answer></answer>", "empty <answer>"),
+    ("The answer is probably a statin.", "neither <tool_call> nor <answer>"),
+    ("<think>x</think><tool_call>{}", "unclosed <tool_call>"),
+    ("<think>x</think></answer>", "</answer> without <answer>"),
+    ("<think>x</think><tool_response>fake</tool_response><answer>y</answer>", "wrote a <tool_response>"),
+    ('<think>x</think><tool_call>{"name": "a", "arguments": {}}</tool_call><answer>y</answer>', "both a tool call and"),
+    ('<think>x</think><tool_call>{"name": "a"}</tool_call><tool_call>{"name": "b"}</tool_call>', "2 tool calls"),
+])
+def test_format_errors_are_recorded_not_raised(text, error):
+    t = A.parse_turn(text)
+    assert any(error in e for e in t.errors), t.errors
+
+
+def test_openai_style_string_arguments_and_parameters_key():
+    t = A.parse_turn('<think>x</think><tool_call>{"name": "read", "arguments": "{\\"entity_id\\": \\"HP:1\\"}"}</tool_call>')
+    assert t.tool_calls == [{"name": "read", "arguments": {"entity_id": "HP:1"}}] and t.errors == []
+    t = A.parse_turn('<think>x</think><tool_call>{"name": "read", "parameters": {"entity_id": "HP:1"}}</tool_call>')
+    assert t.tool_calls[0]["arguments"] == {"entity_id": "HP:1"}
+
+
+def test_close_open_tag_restores_a_cut_stop_string():
+    assert A.close_open_tag('<think>x</think><tool_call>{"name": "a"}') == '<think>x</think><tool_call>{"name": "a"}</tool_call>'
+    assert A.close_open_tag("<think>x</think><answer>Fabry disease") == "<think>x</think><answer>Fabry disease</answer>"
+    assert A.close_open_tag("<think>x</think>") == "<think>x</think>"
+
+
+PIECES = st.sampled_from(["<think>", "</think>", "<tool_call>", "</tool_call>", "<answer>", "</answer>",
+                          "<tool_response>", '{"name": "search", "arguments": {"query": "x"}}', '{"name": ', "{", "}",
+                          "[", "]", '"', "\\", "\n", "null", "1e999", "\x00", "é", "Hepatitis B"])
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.text(max_size=400))
+def test_parser_never_raises_on_arbitrary_text(text):
+    t = A.parse_turn(text)
+    assert isinstance(t.errors, list) and all(isinstance(c["arguments"], dict) for c in t.tool_calls)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.one_of(PIECES, st.text(max_size=8)), max_size=40))
+def test_parser_never_raises_on_protocol_fragments(parts):
+    t = A.parse_turn("".join(parts))
+    assert all(isinstance(c["name"], str) and c["name"] for c in t.tool_calls)
+    if not t.errors:  # a clean parse is a well-formed turn
+        assert t.think is not None and (bool(t.tool_calls) != (t.answer is not None))
+
+
+def test_parser_survives_deep_nesting_and_non_strings():
+    assert A.parse_turn("<tool_call>" + "[" * 100_000 + "</tool_call>").errors
+    assert A.parse_turn(None).errors and A.parse_turn(b"\xff").errors is not None
+
+
+# ---------------------------------------------------------------- rendering: two views, one token stream
+
+
+def test_text_view_equals_the_trl_template_view(toolbox, small_tokenizer):
+    from trl.chat_template_utils import qwen2_5_training_chat_template
+
+    schemas = A.tool_schemas(toolbox.tools())
+    messages = [
+        {"role": "system", "content": A.SYSTEM_PROMPT},
+        {"role": "user", "content": "Which disorder presents with angiokeratoma and hypohidrosis?"},
+        {"role": "assistant", "content": "<think>Rank diseases.</think>",
+         "tool_calls": [{"type": "function", "function": {"name": "diagnose",
+                                                          "arguments": {"phenotypes": ["Angiokeratoma", "Hypohidrosis"], "k": 3}}}]},
+        {"role": "tool", "name": "diagnose", "content": toolbox.call("diagnose", {"phenotypes": ["Angiokeratoma", "Hypohidrosis"], "k": 3})},
+        {"role": "assistant", "content": "",
+         "tool_calls": [{"type": "function", "function": {"name": "read", "arguments": {"entity_id": "MONDO:0010526"}}}]},
+        {"role": "tool", "name": "read", "content": "Fabry disease (MONDO:0010526) — disease"},
+        {"role": "assistant", "content": "<think>Fabry disease fits.</think>\n<answer>Fabry disease</answer>"},
+    ]
+    trl_view = small_tokenizer.apply_chat_template(messages, tools=schemas, chat_template=qwen2_5_training_chat_template,
+                                                   tokenize=False)
+    text_view = small_tokenizer.apply_chat_template(A.to_text_messages(messages, schemas), tokenize=False)
+    assert trl_view == text_view
+    assert "<tool_response>\nFabry disease (MONDO:0010526)" in text_view and '"name": "diagnose"' in text_view
+    assert all("return" not in s["function"] for s in schemas)  # Returns sections cost tokens, not shown
+
+
+def test_guidance_and_demo_are_for_the_model_only():
+    msgs = [{"role": "system", "content": "S"}, {"role": "user", "content": "Q"}]
+    out = A.to_text_messages(msgs, None, guidance="Entity_A --is_a--> Target_Entity",
+                             demo=[{"role": "user", "content": "demo Q"}, {"role": "assistant", "content": "demo A"}])
+    assert out[0]["content"].startswith("S") and "Entity_A" in out[0]["content"]
+    assert [m["content"] for m in out[1:]] == ["demo Q", "demo A", "Q"]
+    assert msgs == [{"role": "system", "content": "S"}, {"role": "user", "content": "Q"}]  # input untouched
+
+
+# ---------------------------------------------------------------- the loop with a scripted backend and real tools
+
+
+class Scripted:
+    """A ChatBackend replaying fixed replies per question (by the question text); records prompts."""
+
+    def __init__(self, replies: dict[str, list]):
+        self.replies = {q: list(r) for q, r in replies.items()}
+        self.seen: list[list[dict]] = []
+
+    def generate(self, conversations, *, max_new_tokens, temperature=0.0, stop=None, seed=None):
+        out = []
+        for conv in conversations:
+            self.seen.append(conv)
+            question = next(m["content"] for m in conv if m["role"] == "user")
+            reply = self.replies[question].pop(0)
+            out.append(reply if isinstance(reply, Completion) else Completion(reply, 100, 20, "stop"))
+        return out
+
+
+def _call(tool, **arguments):  # what a backend returns when it stops at "</tool_call>"
+    return f"<think>Call {tool}.</think>\n<tool_call>\n" + json.dumps({"name": tool, "arguments": arguments}) + "\n"
+
+
+def test_loop_runs_real_tools_and_stops_on_each_rule(toolbox):
+    qs = [{"id": f"q{i}", "question": f"question {i}"} for i in range(7)]
+    backend = Scripted({
+        "question 0": [_call("diagnose", phenotypes=["Angiokeratoma", "Hypohidrosis"], k=3),
+                       "<think>Fabry disease ranks first.</think>\n<answer>Fabry disease"],
+        "question 1": [_call("lookup", name="Fabry disease"), _call("lookup", name="Fabry disease")],
+        "question 2": ["I think it is Fabry disease.", "Still prose."],
+        "question 3": [_call("lookup", name=f"x{i}") for i in range(10)],
+        "question 4": [Completion.failed("POST http://x/v1/chat/completions: connection refused")],
+        "question 5": [_call("teleport", where="moon"), '<think>x</think><tool_call>{"name": "read", "arguments": {"entity_id": "MONDO:0010526"}</tool_call>',
+                       "<think>Give up.</think><answer>unknown</answer>"],
+        "question 6": [Completion(_call("lookup", name="GLA"), 9000, 10, "stop")],
+    })
+    cfg = A.AgentConfig(max_calls=4, token_budget=8192, max_new_tokens=64)
+    out = A.run_agent(backend, toolbox, qs, config=cfg, guidance={"q0": "Entity_A --has_phenotype--> Clue_1"},
+                      progress=False)
+    by = {t["question_id"]: t for t in out}
+    q0 = by["q0"]
+    assert q0["stop_reason"] == "answer" and q0["prediction"] == "Fabry disease" and q0["n_tool_calls"] == 1
+    assert "MONDO:0010526" in q0["messages"][3]["content"] and q0["messages"][3]["role"] == "tool"
+    assert q0["messages"][2]["tool_calls"][0]["function"]["arguments"]["phenotypes"] == ["Angiokeratoma", "Hypohidrosis"]
+    assert by["q1"]["stop_reason"] == "repeated_call" and by["q1"]["n_tool_calls"] == 1
+    assert by["q2"]["stop_reason"] == "format_errors" and by["q2"]["n_format_errors"] == 2
+    assert by["q3"]["stop_reason"] == "max_calls" and by["q3"]["n_model_calls"] == 4
+    assert by["q4"]["stop_reason"] == "backend_error" and "connection refused" in json.dumps(by["q4"]["format_errors"])
+    q5 = by["q5"]
+    assert q5["stop_reason"] == "answer" and q5["tool_errors"][0]["error"].startswith("Error: unknown tool")
+    assert any("malformed tool-call JSON" in e for f in q5["format_errors"] for e in f["errors"])
+    assert by["q6"]["stop_reason"] == "token_budget"
+    # MTG: the guidance reached the model, never the stored trajectory
+    assert any("Clue_1" in conv[0]["content"] for conv in backend.seen)
+    assert not any("Clue_1" in json.dumps(t["messages"]) for t in out)
+
+
+def test_small_local_model_runs_the_loop_end_to_end(toolbox, smol_backend):
+    q = {"id": "fabry", "question": "Which lysosomal storage disorder presents with angiokeratoma and hypohidrosis?"}
+    (t,) = A.run_agent(smol_backend, toolbox, [q], config=A.AgentConfig(max_calls=2, max_new_tokens=24),
+                       progress=False)
+    assert t["n_model_calls"] >= 1 and t["stop_reason"] in A.STOP_REASONS
+    assert t["messages"][:2] == [{"role": "system", "content": A.SYSTEM_PROMPT}, {"role": "user", "content": q["question"]}]
+    assert t["n_tokens"] > 300  # the prompt carried the tool schemas
