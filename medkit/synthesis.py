@@ -37,7 +37,7 @@ from .agent import SYSTEM_PROMPT
 from .ner import surface_key
 from .questions import TYPE_NOUN, QuestionIndex, Variable, clue_phrase, contains_words, variables_from_record
 
-SYNTHESIS_VERSION = 2  # bump when trajectories change (actions, thoughts, prompt): stale rows are redone
+SYNTHESIS_VERSION = 3  # bump when trajectories change (actions, thoughts, prompt): stale rows are redone
 DIAGNOSE_K = 3
 SEARCH_K = 5
 
@@ -177,8 +177,7 @@ def _clue_action(index: QuestionIndex, var: Variable, view: ToolView) -> Action 
     side = "in" if c["kind"] == "fact" else "out"
     return Action("related", {"entity_id": view.ref(index, c["value"]), "relation": c["relation"],
                               "direction": side},
-                  f"I will list what is linked to {cname} by {c['relation']} and look for a "
-                  f"{noun(index, var.type)} among them.", "clue")
+                  f"I will list what links to {cname} by {c['relation']}.", "clue")
 
 
 def _search_action(index: QuestionIndex, var: Variable, extra: list[str]) -> Action | None:
@@ -187,7 +186,7 @@ def _search_action(index: QuestionIndex, var: Variable, extra: list[str]) -> Act
         return None
     query = " ".join(words)[:300]
     return Action("search", {"query": query, "k": SEARCH_K},
-                  f"I will search the knowledge base for \"{query}\".", "search")
+                  "I will search the knowledge base.", "search")
 
 
 def start_actions(index: QuestionIndex, var: Variable, view: ToolView, *,
@@ -196,8 +195,7 @@ def start_actions(index: QuestionIndex, var: Variable, view: ToolView, *,
     actions: list[Action] = []
     phenos = _phenotype_names(index, var)
     if var.type == "disease" and phenos:
-        actions.append(_diagnose_action(index, view, phenos, var, "These are phenotypes, so I will rank rare diseases "
-                                        "for them with the clinical reasoning engine."))
+        actions.append(_diagnose_action(index, view, phenos, var, "I will rank diseases for these phenotypes."))
     if (a := _clue_action(index, var, view)) is not None:
         actions.append(a)
     if (a := _search_action(index, var, [])) is not None:
@@ -216,25 +214,24 @@ def hop_actions(index: QuestionIndex, prev: str, var: Variable, view: ToolView) 
     if var.type == "disease" and (via_phenotype or phenos):
         query = ([prev] if via_phenotype else []) + phenos
         actions.append(_diagnose_action(index, view, query, var, "I will rank diseases for "
-                                        + (f"{pname} together with the other features" if via_phenotype and phenos
-                                           else pname if via_phenotype else "the features the question gives")
-                                        + " with the clinical reasoning engine."))
+                                        + (f"{pname} and the other features" if via_phenotype and phenos
+                                           else pname if via_phenotype else "these features") + "."))
     shared = [c for c in var.clues if c["kind"] == "fact_rev" and c["relation"] == rel and rel in view.relations]
     if shared and direction == "fwd":
         other = name_of(index, shared[0]["value"])
         actions.append(Action("common", {"entity_ids": [prev, view.ref(index, shared[0]["value"])], "relation": rel},
-                              f"I will list the {rel} neighbours that {pname} and {other} share.", "common"))
+                              f"I will list the {rel} links {pname} and {other} share.", "common"))
     if rel in view.relations:
         actions.append(Action("related", {"entity_id": prev, "relation": rel,
                                           "direction": "out" if direction == "fwd" else "in"},
-                              f"I will list the {rel} relations of {pname} ({prev}).", "related"))
+                              f"I will list the {rel} links of {pname}.", "related"))
     elif rel == "definition_mentions" and direction == "fwd":
         actions.append(Action("read", {"entity_id": prev},
-                              f"I will read the entry of {pname} ({prev}) and look for the {n} its definition names.",
+                              f"I will read the entry of {pname}.",
                               "read"))
     elif rel == "definition_mentions":
         actions.append(Action("search", {"query": pname, "k": SEARCH_K},
-                              f"I will search for {n} definitions that mention {pname}.", "search"))
+                              f"I will search for {n}s that mention {pname}.", "search"))
     if (a := _clue_action(index, var, view)) is not None:
         actions.append(a)
     if (a := _search_action(index, var, [pname])) is not None and all(x.arguments != a.arguments for x in actions):
@@ -280,13 +277,13 @@ def found_phrase(index: QuestionIndex, step: Step, var: Variable, rng: random.Ra
     if kind == "diagnose":
         why = f"{label} {_rank_phrase(step.observation, eid)}"
     elif kind in ("related", "clue", "common"):
-        why = f"{label} is listed there"
+        why = f"{label} is there"
     elif kind == "read":
         why = f"the definition names {label}"
     else:
-        why = f"among the search results, {label} is the {noun(index, var.type)} that fits"
+        why = f"the search returns {label}"
     if var.clues and kind != "diagnose":
-        why += ", and it is the one that " + " and ".join(clue_phrase(index, eid, c, rng) for c in var.clues[:2])
+        why += " and fits the description"
     return why + "."
 
 
