@@ -46,10 +46,42 @@ def best_of(fn: Callable[[], object], repeats: int = 3) -> tuple[float, object]:
 
 def realistic_queries(passages: pd.DataFrame, n: int = N_QUERIES, seed: int = SEED) -> list[str]:
     """A passage title plus the first 3-8 words of its definition, for ``n`` seeded random passages."""
+    return [q for q, _ in queries_with_sources(passages, n, seed)]
+
+
+def queries_with_sources(passages: pd.DataFrame, n: int = N_QUERIES, seed: int = SEED) -> list[tuple[str, str]]:
+    """(query, id of the passage it was made from) pairs of :func:`realistic_queries`."""
     rng = np.random.default_rng(seed)
     rows = passages.iloc[rng.choice(len(passages), size=n, replace=False)]
     lengths = rng.integers(3, 9, size=n)
-    return [f"{title} {' '.join(text.split()[:m])}" for title, text, m in zip(rows["title"], rows["text"], lengths)]
+    return [(f"{title} {' '.join(text.split()[:m])}", pid)
+            for title, text, m, pid in zip(rows["title"], rows["text"], lengths, rows["passage_id"])]
+
+
+def dense_rerank_section(retriever: R.BM25Retriever, passages: pd.DataFrame, n: int = 100) -> dict:
+    """BM25 alone vs BM25 top 30 re-ranked by MiniLM: latency and how often the source passage comes first.
+
+    Two query sets: the lexical recipe above (title + first words, which favours BM25) and a
+    paraphrase-like one (the definition's words 4-16, without the title).
+    """
+    embed = R.minilm_embedder()
+    rng = np.random.default_rng(SEED + 1)
+    rows = passages.iloc[rng.choice(len(passages), size=n, replace=False)]
+    paraphrase = [(" ".join(t.split()[3:16]), pid) for t, pid in zip(rows["text"], rows["passage_id"])
+                  if len(t.split()) >= 10]
+    out = {}
+    for name, pairs in (("title_plus_first_words", queries_with_sources(passages, n)),
+                        ("definition_words_4_to_16", paraphrase)):
+        qs = [q for q, _ in pairs]
+        lat_bm25, bm25_hits = latencies(lambda q: retriever.search(q, k=K), qs)
+        lat_dense, dense_hits = latencies(lambda q: R.rerank(q, retriever.search(q, k=30), embed)[:K], qs)
+        def hit_at(hits: list, k: int) -> float:
+            return round(float(np.mean([src in [h.passage_id for h in hs[:k]] for hs, (_, src) in zip(hits, pairs)])), 3)
+        out[name] = {"queries": len(qs),
+                     "bm25": {"hit@1": hit_at(bm25_hits, 1), "hit@5": hit_at(bm25_hits, 5), **summary_ms(lat_bm25)},
+                     "bm25_top30_minilm_rerank": {"hit@1": hit_at(dense_hits, 1), "hit@5": hit_at(dense_hits, 5),
+                                                  **summary_ms(lat_dense)}}
+    return out
 
 
 def latencies(fn: Callable[[str], object], queries: list[str], warmup: int = 5) -> tuple[np.ndarray, list[object]]:
@@ -148,6 +180,7 @@ def main() -> dict:
         "agreement_with_rank_bm25": {"queries_compared": len(answered), "top1": round(top1, 3),
                                      "medkit_top1_in_rank_bm25_top3": round(source_top1, 3),
                                      "top10_overlap": round(overlap, 3)},
+        "dense_rerank (optional, offline all-MiniLM-L6-v2)": dense_rerank_section(retriever, passages),
         "machine": {"cpu_count": os.cpu_count(), "python": platform.python_version(),
                     "numba": mio.package_version("numba"), "jax": mio.package_version("jax")},
         "versions": {"bm25s": bm25s.__version__, "rank-bm25": mio.package_version("rank-bm25"), "numpy": np.__version__},

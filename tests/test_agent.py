@@ -186,3 +186,13 @@ def test_small_local_model_runs_the_loop_end_to_end(toolbox, smol_backend):
     assert t["n_model_calls"] >= 1 and t["stop_reason"] in A.STOP_REASONS
     assert t["messages"][:2] == [{"role": "system", "content": A.SYSTEM_PROMPT}, {"role": "user", "content": q["question"]}]
     assert t["n_tokens"] > 300  # the prompt carried the tool schemas
+
+
+def test_a_dead_endpoint_is_recorded_and_the_run_goes_on(toolbox):
+    from medkit.llm import OpenAICompatibleBackend
+
+    dead = OpenAICompatibleBackend("http://127.0.0.1:9/v1", "teacher", timeout=2, max_retries=0, progress=False)
+    qs = [{"id": "a", "question": "Which disorder presents with angiokeratoma?"}, {"id": "b", "question": "Name a gene."}]
+    out = A.run_agent(dead, toolbox, qs, config=A.AgentConfig(max_calls=3), progress=False)
+    assert [t["stop_reason"] for t in out] == ["backend_error", "backend_error"]
+    assert all("127.0.0.1:9" in t["format_errors"][0]["errors"][0] for t in out)

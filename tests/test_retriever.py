@@ -377,3 +377,26 @@ def test_rerank_can_promote_and_keeps_bm25_order_on_ties(retriever):
         R.rerank("Fabry disease", hits, lambda texts: np.zeros((len(texts) - 1, 4)))
     with pytest.raises(ValueError, match="NaN"):
         R.rerank("Fabry disease", hits, lambda texts: np.full((len(texts), 4), np.nan))
+
+
+def test_minilm_embedder_is_offline_real_and_cached():
+    embed = R.minilm_embedder()
+    vecs = embed(["Fabry disease", "alpha-galactosidase A deficiency", "a sunny day at the beach"])
+    assert vecs.shape == (3, 384) and np.allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-5)
+    sims = vecs @ vecs[0]
+    assert sims[1] > sims[2] + 0.1  # the synonym is closer than an unrelated sentence
+    assert R.minilm_embedder() is embed
+
+
+def test_toolbox_search_with_dense_reranking(toolbox):
+    from medkit.tools import MedicalToolbox
+
+    dense = MedicalToolbox(toolbox._entities, toolbox._relations, toolbox._passages, toolbox.retriever,
+                           reranker=R.minilm_embedder())
+    query = "a blood cancer of plasma cells producing monoclonal protein"
+    plain, reranked = toolbox.search(query, k=5), dense.search(query, k=5)
+    assert len(reranked.splitlines()) == 5 and reranked != plain
+    assert plain.splitlines()[0].split("] ")[1].startswith("monoclonal gammopathy")  # BM25: word overlap
+    assert reranked.splitlines()[0].split("] ")[1].startswith("plasma cell neoplasm")  # dense: the meaning
+    pool = {f"[{h.passage_id}" for h in toolbox.retriever.search(query, k=30)}
+    assert {line.split("]")[0] for line in reranked.splitlines()} <= pool  # re-ranks BM25's candidates only

@@ -1,0 +1,143 @@
+"""Evaluation harness: any backend through the agent with the real tools, k rollouts per question.
+
+Scope (reused by notebooks 05-07):
+
+* :func:`evaluate` runs :func:`medkit.agent.run_agent` ``k`` times over held-out questions
+  (rollout ``j`` samples with seed ``seed + 1000 j``; at temperature 0 every rollout is the same
+  greedy run, so ``k > 1`` needs ``temperature > 0``) and judges every prediction with
+  :func:`medkit.judge.judge` (KG synonyms through the toolbox's name index).
+* :func:`metrics` reports pass@1 as mean ± sd over rollouts (benchmarks with few questions
+  move in big steps, so a single number hides the noise), pass@k (any rollout right),
+  answer-termination rate, format-error rate, tool calls per question, and pass@1 per hop
+  count and per specialty.
+* :func:`read_medbrowsecomp` reads MedBrowseComp's CSV (``prompt, gold, task_name``; every
+  cell Unicode-shifted by +3 then base64-encoded) into question records, so a user with the
+  file (and a web-search tool) can score on it; the file itself cannot be shipped here.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import csv
+import statistics
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from .agent import AgentConfig, run_agent
+from .errors import InputError
+from .judge import judge
+
+SHIFT = 3  # MedBrowseComp's Unicode shift
+ROLLOUT_SEED_STRIDE = 1000  # rollout j samples with seed + 1000 j (+ the step number inside the agent loop)
+
+
+def evaluate(backend: Any, toolbox: Any, questions: Sequence[dict[str, Any]], *, k: int = 3,
+             config: AgentConfig | None = None, seed: int = 13,
+             resolve: Callable[[str], Iterable[str]] | None = None, progress: bool = True) -> list[dict[str, Any]]:
+    """One row per (question, rollout): prediction, verdict, stop reason and tool use."""
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    base = config or AgentConfig()
+    resolve = resolve if resolve is not None else getattr(toolbox, "resolve_ids", None)
+    rows = []
+    for j in range(k):
+        cfg = AgentConfig(**{**base.__dict__, "seed": seed + ROLLOUT_SEED_STRIDE * j})
+        for q, t in zip(questions, run_agent(backend, toolbox, questions, config=cfg, progress=progress)):
+            verdict = judge(t["prediction"], q, resolve=resolve)
+            rows.append({"question_id": t["question_id"], "rollout": j, "correct": verdict.correct,
+                         "judge": verdict.method, "prediction": t["prediction"], "answer": q.get("answer"),
+                         "stop_reason": t["stop_reason"], "n_tool_calls": t["n_tool_calls"],
+                         "n_model_calls": t["n_model_calls"], "n_format_errors": t["n_format_errors"],
+                         "n_tool_errors": len(t["tool_errors"]), "n_tokens": t["n_tokens"],
+                         "hops": q.get("hops"), "specialty": q.get("specialty"), "messages": t["messages"]})
+    return rows
+
+
+def _mean_sd(values: list[float]) -> dict[str, float]:
+    return {"mean": round(statistics.fmean(values), 4) if values else float("nan"),
+            "sd": round(statistics.stdev(values), 4) if len(values) > 1 else 0.0}
+
+
+def _pass1(rows: Sequence[dict[str, Any]]) -> dict[str, float]:
+    by_rollout: dict[int, list[bool]] = defaultdict(list)
+    for r in rows:
+        by_rollout[r["rollout"]].append(bool(r["correct"]))
+    return _mean_sd([sum(v) / len(v) for v in by_rollout.values()])
+
+
+def metrics(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Aggregate :func:`evaluate` rows (see the module docstring)."""
+    rows = list(rows)
+    if not rows:
+        return {"questions": 0}
+    by_q: dict[str, list[dict]] = defaultdict(list)
+    for r in rows:
+        by_q[r["question_id"]].append(r)
+    out: dict[str, Any] = {
+        "questions": len(by_q), "rollouts": len({r["rollout"] for r in rows}),
+        "pass@1": _pass1(rows),
+        "pass@k": round(sum(any(r["correct"] for r in rs) for rs in by_q.values()) / len(by_q), 4),
+        "answer_rate": round(sum(r["stop_reason"] == "answer" for r in rows) / len(rows), 4),
+        "format_error_rate": round(sum(r["n_format_errors"] for r in rows)
+                                   / max(sum(r["n_model_calls"] for r in rows), 1), 4),
+        "tool_calls_per_question": round(statistics.fmean(r["n_tool_calls"] for r in rows), 3),
+        "tool_error_rate": round(sum(r["n_tool_errors"] for r in rows) / max(sum(r["n_tool_calls"] for r in rows), 1), 4),
+        "stop_reasons": dict(sorted(_count(r["stop_reason"] for r in rows).items())),
+    }
+    for key in ("hops", "specialty"):
+        groups: dict[Any, list[dict]] = defaultdict(list)
+        for r in rows:
+            groups[r.get(key)].append(r)
+        out[f"pass@1_by_{key}"] = {str(g): {**_pass1(rs), "questions": len({r["question_id"] for r in rs})}
+                                   for g, rs in sorted(groups.items(), key=lambda kv: str(kv[0]))}
+    return out
+
+
+def _count(values: Iterable[Any]) -> dict[Any, int]:
+    out: dict[Any, int] = defaultdict(int)
+    for v in values:
+        out[v] += 1
+    return dict(out)
+
+
+# --------------------------------------------------------------------------- MedBrowseComp
+
+
+def decode_cell(cell: str) -> str:
+    """Undo MedBrowseComp's encoding: base64-decode, then shift every character back by 3."""
+    raw = base64.b64decode(cell.strip(), validate=True).decode("utf-8")
+    return "".join(chr(ord(c) - SHIFT) for c in raw)
+
+
+def encode_cell(text: str) -> str:
+    """MedBrowseComp's encoding (for tests and for writing fixtures)."""
+    shifted = "".join(chr(ord(c) + SHIFT) for c in text)
+    return base64.b64encode(shifted.encode("utf-8")).decode("ascii")
+
+
+def read_medbrowsecomp(path: str | Path) -> list[dict[str, Any]]:
+    """Question records (``id``, ``question``, ``answer``, ``answer_aliases``, ``task_name``) from the CSV."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(path, "file not found")
+    records = []
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        missing = {"prompt", "gold", "task_name"} - set(reader.fieldnames or [])
+        if missing:
+            raise InputError(path, f"missing column(s) {', '.join(sorted(missing))}", line=1)
+        for line, row in enumerate(reader, start=2):
+            decoded = {}
+            for col in ("prompt", "gold", "task_name"):
+                try:
+                    decoded[col] = decode_cell(row[col] or "")
+                except (binascii.Error, UnicodeDecodeError, ValueError) as e:
+                    raise InputError(path, f"cell is not shifted base64 ({type(e).__name__})", line=line,
+                                     field=col) from None
+            records.append({"id": f"medbrowsecomp-{line - 1}", "question": decoded["prompt"],
+                            "answer": decoded["gold"], "answer_aliases": [decoded["gold"]], "answer_id": None,
+                            "task_name": decoded["task_name"], "hops": None, "specialty": decoded["task_name"]})
+    return records

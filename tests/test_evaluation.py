@@ -1,0 +1,85 @@
+"""The evaluation harness (medkit.evaluation): k rollouts, metrics, MedBrowseComp's file format."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from medkit import agent as A
+from medkit import evaluation as E
+from medkit.errors import InputError
+from medkit.llm import Completion
+
+FABRY_Q = {"id": "q1", "question": "Which disorder presents with angiokeratoma and hypohidrosis?",
+           "answer": "Fabry disease", "answer_id": "MONDO:0010526", "answer_aliases": ["Fabry disease"],
+           "hops": 2, "specialty": "Nephrology"}
+GENE_Q = {"id": "q2", "question": "Which gene is linked to Fabry disease?", "answer": "GLA",
+          "answer_id": "NCBIGene:2717", "answer_aliases": ["GLA"], "hops": 3, "specialty": "Genetics"}
+
+
+class BySeed:
+    """Replies depend on the rollout seed: rollout 0 answers right, rollout 1 wrong, rollout 2 in prose."""
+
+    def generate(self, conversations, *, max_new_tokens, temperature=0.0, stop=None, seed=None):
+        out = []
+        for conv in conversations:
+            q = next(m["content"] for m in conv if m["role"] == "user")
+            answered = conv[-1]["role"] == "user" and conv[-1]["content"].startswith("<tool_response>")
+            right = "Fabry disease" if "angiokeratoma" in q else "GLA"
+            rollout = (seed - 13) // 1000
+            if rollout == 0:
+                text = (f"<think>Done.</think><answer>{right}" if answered else
+                        '<think>Look it up.</think><tool_call>{"name": "lookup", "arguments": {"name": "Fabry disease"}}')
+            elif rollout == 1:
+                text = "<think>Guess.</think><answer>Hepatitis B"
+            else:
+                text = "It is probably something rare."
+            out.append(Completion(text, 50, 10, "stop"))
+        return out
+
+
+def test_evaluate_and_metrics(toolbox):
+    rows = E.evaluate(BySeed(), toolbox, [FABRY_Q, GENE_Q], k=3, config=A.AgentConfig(max_calls=3), progress=False)
+    assert len(rows) == 6 and {r["rollout"] for r in rows} == {0, 1, 2}
+    m = E.metrics(rows)
+    assert m["questions"] == 2 and m["rollouts"] == 3
+    assert m["pass@1"]["mean"] == pytest.approx(1 / 3, abs=1e-4) and m["pass@1"]["sd"] == pytest.approx(0.5774, abs=1e-3)
+    assert m["pass@k"] == 1.0
+    assert m["answer_rate"] == pytest.approx(4 / 6, abs=1e-4)
+    assert m["stop_reasons"] == {"answer": 4, "format_errors": 2}
+    assert m["tool_calls_per_question"] == pytest.approx(2 / 6, abs=1e-3)
+    assert m["format_error_rate"] > 0
+    assert set(m["pass@1_by_hops"]) == {"2", "3"} and m["pass@1_by_specialty"]["Nephrology"]["questions"] == 1
+    json.dumps(m)
+    with pytest.raises(ValueError):
+        E.evaluate(BySeed(), toolbox, [FABRY_Q], k=0)
+
+
+def test_metrics_of_nothing():
+    assert E.metrics([]) == {"questions": 0}
+
+
+def test_medbrowsecomp_cells_round_trip_and_read(tmp_path):
+    for text in ["What is the FDA-approved dose of tafamidis?", "Ünïcode — 25 mg", ""]:
+        assert E.decode_cell(E.encode_cell(text)) == text
+    path = tmp_path / "medbrowsecomp.csv"
+    path.write_text("prompt,gold,task_name\n"
+                    f"{E.encode_cell('Which drug, approved in 2019, treats ATTR cardiomyopathy?')},"
+                    f"{E.encode_cell('Tafamidis')},{E.encode_cell('drug_approval')}\n", encoding="utf-8")
+    (rec,) = E.read_medbrowsecomp(path)
+    assert rec["question"].startswith("Which drug") and rec["answer"] == "Tafamidis"
+    assert rec["task_name"] == "drug_approval" and rec["id"] == "medbrowsecomp-1"
+
+
+def test_medbrowsecomp_bad_input_names_file_line_and_field(tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text(f"prompt,gold,task_name\n{E.encode_cell('q')},not base64!,{E.encode_cell('t')}\n", encoding="utf-8")
+    with pytest.raises(InputError, match=r"bad.csv.*line 2.*gold"):
+        E.read_medbrowsecomp(bad)
+    cols = tmp_path / "cols.csv"
+    cols.write_text("question,answer\nx,y\n", encoding="utf-8")
+    with pytest.raises(InputError, match="missing column"):
+        E.read_medbrowsecomp(cols)
+    with pytest.raises(InputError, match="file not found"):
+        E.read_medbrowsecomp(tmp_path / "nope.csv")
