@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -252,9 +253,11 @@ def collect(path: Path, jobs: Iterable[tuple[dict[str, Any], int]], make: Callab
         if key in done:
             counts["skipped (already done)"] += 1
             continue
+        t0 = time.perf_counter()
         traj = make(record, variant)
         traj.update({"question_id": key[0], "variant": variant, "source": source, "version": version})
         traj["filter"] = judge_row(traj, record)
+        traj.setdefault("seconds", round(time.perf_counter() - t0, 4))  # rollouts bring their own share
         for field in ("specialty", "hops", "answer", "answer_type", "sampling_algorithm"):
             traj.setdefault(field, record.get(field))
         append_jsonl(path, traj)
@@ -301,7 +304,9 @@ def summarise(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
                     for c in m.get("tool_calls") or [])
     calls = [r["filter"]["n_tool_calls"] for r in acc]
     tokens = [r["filter"]["n_tokens"] for r in acc if r["filter"]["n_tokens"] is not None]
-    return {"trajectories": len(rows), "accepted": len(acc),
+    seconds = sum(float(r.get("seconds") or 0) for r in rows)
+    return {"trajectories": len(rows), "accepted": len(acc), "seconds": round(seconds, 1),
+            "trajectories_per_second": round(len(rows) / seconds, 2) if seconds else None,
             "acceptance_rate": round(len(acc) / len(rows), 4) if rows else None,
             "questions_covered": len({r["question_id"] for r in acc}),
             "specialties": len({r.get("specialty") for r in acc if r.get("specialty")}),

@@ -79,6 +79,33 @@ def view(entities, relations):
     return S.chain_view(g)
 
 
+SEEDS = ["MONDO:0012648", "MONDO:0010526", "MONDO:0007376"]
+
+
+@pytest.fixture(scope="session")
+def records(index, view):
+    """Real questions generated from a real KB neighbourhood (a few seeds, several attempts)."""
+    from medkit import qgen
+
+    out = []
+    for seed in SEEDS:
+        for attempt in range(3):
+            r = qgen.generate_for_seed(index, view, seed, base_seed=13, attempt=attempt, strategy="mixed",
+                                       k_range=(8, 12), max_hops=6, min_hops=2, level=0)
+            if r["status"] == "ok":
+                out.append(r)
+    assert len(out) >= 3
+    return out
+
+
+@pytest.fixture(scope="session")
+def synthesised(records, index, toolbox):
+    """One KG-guided trajectory per record (real tool calls)."""
+    from medkit import synthesis as S
+
+    return [S.synthesise(r, index, toolbox) for r in records]
+
+
 @pytest.fixture(scope="session")
 def toolbox(kb_tables):
     """The agent's tools over the real knowledge base (BM25 index built once if missing)."""

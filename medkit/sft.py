@@ -1,0 +1,220 @@
+"""Supervised fine-tuning on the trajectories: QLoRA / LoRA with TRL, loss on assistant tokens only.
+
+Scope (notebook 05):
+
+* :func:`load_trajectories` reads notebook 04's TRL rows with clear errors (file, line,
+  field) for empty or malformed files.
+* :func:`training_template` is TRL's Qwen2.5 *training* chat template: the same rendering as
+  the agent's text protocol (tools in the system prompt, ``<tool_call>`` / ``<tool_response>``)
+  plus ``{% generation %}`` markers, so ``assistant_only_loss`` masks system, user and tool
+  turns. :func:`label_view` shows which tokens of a real rendered trajectory carry loss.
+* :func:`length_report` counts tokens per trajectory and how many exceed ``max_length``
+  (they are truncated by TRL — reported, never silent).
+* :func:`build_trainer` wires :class:`trl.SFTTrainer` with a peft LoRA adapter on the
+  profile's model: 4-bit nf4 QLoRA (bitsandbytes, CPU or CUDA), plain LoRA, or unsloth on a
+  CUDA machine where it is installed (:func:`medkit.model.select_backend`; never imported
+  otherwise). :func:`train` resumes from the last checkpoint in the output folder.
+* :func:`save_outputs` writes the adapter, a merged model (fp32/bf16 weights) and a model
+  card with data, parameters and metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError, InputError
+from .io import read_jsonl, write_json, write_text
+
+ROW_FIELDS = ("messages", "tools")
+
+
+# --------------------------------------------------------------------------- data
+
+
+def load_trajectories(path: str | Path, limit: int | None = None) -> list[dict[str, Any]]:
+    """TRL rows of ``trajectories.jsonl`` (validated), the first ``limit`` ones if given."""
+    path = Path(path)
+    rows = read_jsonl(path, required=ROW_FIELDS)
+    if not rows:
+        raise InputError(path, "no trajectories in the file (run notebook 04 first)")
+    for line, row in enumerate(rows, start=1):
+        msgs = row["messages"]
+        if not isinstance(msgs, list) or not msgs or not all(isinstance(m, dict) and "role" in m for m in msgs):
+            raise InputError(path, "messages must be a non-empty list of {role, content} objects",
+                             line=line, field="messages")
+        if not any(m["role"] == "assistant" for m in msgs):
+            raise InputError(path, "no assistant turn to learn from", line=line, field="messages")
+        if isinstance(row["tools"], str):
+            try:
+                json.loads(row["tools"])
+            except json.JSONDecodeError as e:
+                raise InputError(path, f"tools is not valid JSON ({e.msg})", line=line, field="tools") from None
+    return rows[:limit] if limit else rows
+
+
+def training_template() -> str:
+    """TRL's Qwen2.5 training template (``{% generation %}`` markers around assistant output)."""
+    from trl.chat_template_utils import qwen2_5_training_chat_template
+
+    return qwen2_5_training_chat_template
+
+
+def prepare_tokenizer(tokenizer: Any) -> Any:
+    """Give the tokenizer the training template and a pad token (ChatML tokenizers only)."""
+    if "<|im_start|>" not in tokenizer.get_vocab():
+        raise ConfigError("the kit's chat template is ChatML (<|im_start|> / <|im_end|>); this tokenizer lacks them")
+    tokenizer.chat_template = training_template()
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def _tools(row: dict[str, Any]) -> list[dict[str, Any]]:
+    return json.loads(row["tools"]) if isinstance(row["tools"], str) else row["tools"]
+
+
+def encode(tokenizer: Any, row: dict[str, Any]) -> dict[str, list[int]]:
+    """Token ids and the assistant mask of one row, exactly as TRL's SFT tokenisation makes them."""
+    out = tokenizer.apply_chat_template(row["messages"], tools=_tools(row), chat_template=training_template(),
+                                        tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
+    return {"input_ids": list(out["input_ids"]), "assistant_masks": list(out["assistant_masks"])}
+
+
+def label_view(tokenizer: Any, row: dict[str, Any]) -> tuple[str, str]:
+    """(text that carries loss, text that is masked) of one row, for inspection and tests."""
+    enc = encode(tokenizer, row)
+    trained = [t for t, m in zip(enc["input_ids"], enc["assistant_masks"]) if m]
+    masked = [t for t, m in zip(enc["input_ids"], enc["assistant_masks"]) if not m]
+    return tokenizer.decode(trained), tokenizer.decode(masked)
+
+
+def length_report(tokenizer: Any, rows: list[dict[str, Any]], max_length: int) -> dict[str, Any]:
+    """Tokens per row, trained (assistant) tokens, and how many rows ``max_length`` truncates."""
+    lengths, trained = [], []
+    for row in rows:
+        enc = encode(tokenizer, row)
+        lengths.append(len(enc["input_ids"]))
+        trained.append(sum(enc["assistant_masks"]))
+    over = [n for n in lengths if n > max_length]
+    return {"rows": len(rows), "tokens": sum(lengths), "mean_tokens": round(sum(lengths) / max(len(rows), 1), 1),
+            "max_tokens": max(lengths, default=0), "trained_tokens": sum(trained),
+            "trained_share": round(sum(trained) / max(sum(lengths), 1), 3), "max_length": max_length,
+            "truncated_rows": len(over), "truncated_tokens": sum(n - max_length for n in over)}
+
+
+def to_train_dataset(rows: list[dict[str, Any]]) -> Any:
+    """A datasets.Dataset with ``messages`` (JSON-typed, heterogeneous tool arguments intact) and ``tools``."""
+    from .trajectories import to_dataset
+
+    return to_dataset([{**r, "question_id": str(r.get("question_id", i))} for i, r in enumerate(rows)])
+
+
+# --------------------------------------------------------------------------- training
+
+
+def lora_config(params: dict[str, Any]) -> Any:
+    from peft import LoraConfig
+
+    return LoraConfig(r=int(params["LORA_R"]), lora_alpha=int(params["LORA_ALPHA"]),
+                      lora_dropout=float(params["LORA_DROPOUT"]), target_modules="all-linear",
+                      bias="none", task_type="CAUSAL_LM")
+
+
+def sft_config(params: dict[str, Any], output_dir: str | Path, *, use_cpu: bool) -> Any:
+    from trl import SFTConfig
+
+    return SFTConfig(
+        output_dir=str(output_dir), seed=int(params["SEED"]), data_seed=int(params["SEED"]),
+        num_train_epochs=float(params["EPOCHS"]), max_steps=int(params.get("MAX_STEPS") or -1),
+        per_device_train_batch_size=int(params["BATCH_SIZE"]),
+        gradient_accumulation_steps=int(params["GRAD_ACCUM"]), learning_rate=float(params["LEARNING_RATE"]),
+        lr_scheduler_type="cosine", warmup_steps=int(params.get("WARMUP_STEPS") or 0),
+        max_length=int(params["MAX_LENGTH"]), assistant_only_loss=True, packing=False,
+        gradient_checkpointing=not use_cpu,  # slow on CPU; saves memory on a GPU
+        use_cpu=use_cpu, bf16=not use_cpu, logging_steps=1, save_strategy="steps",
+        save_steps=int(params["SAVE_STEPS"]), save_total_limit=2, report_to="none",
+        dataloader_num_workers=0, dataset_num_proc=None, disable_tqdm=False,
+    )
+
+
+def build_trainer(model: Any, tokenizer: Any, rows: list[dict[str, Any]], params: dict[str, Any],
+                  output_dir: str | Path, *, use_cpu: bool = True, peft_config: Any = None) -> Any:
+    """An SFTTrainer over ``rows`` with a LoRA adapter (``peft_config`` None: from ``params``)."""
+    from trl import SFTTrainer
+
+    prepare_tokenizer(tokenizer)
+    return SFTTrainer(model=model, args=sft_config(params, output_dir, use_cpu=use_cpu),
+                      train_dataset=to_train_dataset(rows), processing_class=tokenizer,
+                      peft_config=peft_config if peft_config is not None else lora_config(params))
+
+
+def last_checkpoint(output_dir: str | Path) -> str | None:
+    """The newest complete ``checkpoint-N`` folder (with trainer state), or None."""
+    folder = Path(output_dir)
+    if not folder.is_dir():
+        return None
+    done = [p for p in folder.glob("checkpoint-*") if (p / "trainer_state.json").exists()]
+    return str(max(done, key=lambda p: int(p.name.split("-")[-1]))) if done else None
+
+
+def train(trainer: Any, *, resume: bool = True) -> dict[str, Any]:
+    """Train (resuming from the last checkpoint when there is one); wall time and loss curve."""
+    ckpt = last_checkpoint(trainer.args.output_dir) if resume else None
+    t0 = time.time()
+    try:
+        result = trainer.train(resume_from_checkpoint=ckpt)
+    except RuntimeError as e:
+        if "out of memory" in str(e).lower():
+            raise ConfigError("out of memory during training: lower BATCH_SIZE or MAX_LENGTH, or use QLoRA "
+                              "(QUANTIZE=nf4)") from None
+        raise
+    seconds = time.time() - t0
+    logs = [h for h in trainer.state.log_history if "loss" in h]
+    losses = [float(h["loss"]) for h in logs]
+    if any(math.isnan(x) for x in losses):
+        raise ConfigError("the training loss became NaN: lower LEARNING_RATE")
+    return {"seconds": round(seconds, 1), "resumed_from": ckpt, "steps": trainer.state.global_step,
+            "train_loss": round(float(result.training_loss), 4),
+            "loss_curve": [{"step": int(h["step"]), "loss": float(h["loss"])} for h in logs]}
+
+
+def save_outputs(trainer: Any, tokenizer: Any, out_dir: str | Path, card: dict[str, Any], *,
+                 merge: bool = True) -> dict[str, str]:
+    """Adapter (+ tokenizer), merged model and README model card under ``out_dir``."""
+    out = Path(out_dir)
+    adapter = out / "adapter"
+    trainer.model.save_pretrained(str(adapter))
+    tokenizer.save_pretrained(str(adapter))
+    paths = {"adapter": str(adapter)}
+    if merge:
+        merged_dir = out / "merged"
+        merged = merged_model(trainer.model)
+        merged.save_pretrained(str(merged_dir))
+        tokenizer.save_pretrained(str(merged_dir))
+        paths["merged"] = str(merged_dir)
+    write_json(out / "card.json", card)
+    write_text(out / "README.md", model_card(card))
+    return paths
+
+
+def merged_model(peft_model: Any) -> Any:
+    """The base model with the adapter folded in (a 4-bit base is dequantised first)."""
+    model = peft_model
+    if getattr(model.base_model.model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_4bit", False):
+        model = model.dequantize() if hasattr(model, "dequantize") else model
+    return model.merge_and_unload()
+
+
+def model_card(card: dict[str, Any]) -> str:
+    """A short markdown model card: what was trained on what, how, and how well."""
+    lines = [f"# {card.get('name', 'medkit SFT adapter')}", "",
+             card.get("summary", "LoRA adapter trained with medkit notebook 05 (TRL SFT, assistant-only loss)."), "",
+             "## Data", "", f"- {card.get('data', '')}", "", "## Parameters", ""]
+    lines += [f"- `{k}` = `{v}`" for k, v in sorted(card.get("parameters", {}).items())]
+    lines += ["", "## Metrics", ""]
+    lines += [f"- {k}: {json.dumps(v)}" for k, v in sorted(card.get("metrics", {}).items())]
+    return "\n".join(lines) + "\n"

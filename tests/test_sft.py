@@ -1,0 +1,104 @@
+"""Supervised fine-tuning (medkit.sft): the label mask on a real trajectory, data checks, a real short run."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from medkit import agent as A
+from medkit import sft
+from medkit import trajectories as TR
+from medkit.errors import InputError
+
+
+@pytest.fixture(scope="module")
+def rows(records, synthesised, toolbox):
+    """TRL rows of real KG-guided trajectories (the format notebook 04 writes)."""
+    schemas = A.tool_schemas(toolbox.tools())
+    out = []
+    for rec, syn in zip(records, synthesised):
+        row = {**syn.to_record(), "source": "kg_guided", "specialty": rec.get("specialty")}
+        row["filter"] = TR.filter_trajectory(row, rec, resolve=toolbox.resolve_ids)
+        out.append(row)
+    final = TR.accepted_records(out, schemas)
+    assert final
+    return final
+
+
+@pytest.fixture(scope="module")
+def tok(small_tokenizer):
+    import copy
+
+    return sft.prepare_tokenizer(copy.deepcopy(small_tokenizer))
+
+
+def test_loss_only_on_assistant_tokens_of_a_real_trajectory(tok, rows):
+    row = rows[0]
+    trained, masked = sft.label_view(tok, row)
+    assistant = [A.assistant_text(m) for m in row["messages"] if m["role"] == "assistant"]
+    tool_outputs = [m["content"] for m in row["messages"] if m["role"] == "tool"]
+    for text in assistant:  # every assistant turn is learned, tool calls included, each ends its turn
+        assert text in trained
+    assert trained.count("<|im_end|>") == len(assistant) and trained.count("<tool_call>") == len(assistant) - 1
+    for text in tool_outputs:  # observations, system prompt, tool schemas and the question are masked
+        assert text not in trained and text in masked
+    assert A.SYSTEM_PROMPT not in trained and row["messages"][1]["content"] not in trained
+    assert '"name": "diagnose", "description"' in masked and "<tool_response>" not in trained
+
+
+def test_trl_builds_the_same_labels(tok, rows, tmp_path):
+    """TRL's own SFT preprocessing (the real trainer) masks exactly what label_view says."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=8192))
+    params = dict(SEED=13, EPOCHS=1, MAX_STEPS=1, BATCH_SIZE=1, GRAD_ACCUM=1, LEARNING_RATE=1e-3, WARMUP_STEPS=0,
+                  MAX_LENGTH=8192, SAVE_STEPS=100, LORA_R=4, LORA_ALPHA=8, LORA_DROPOUT=0.0)
+    trainer = sft.build_trainer(model, tok, rows[:2], params, tmp_path / "run")
+    ex = trainer.train_dataset[0]
+    enc = sft.encode(tok, rows[0])
+    assert ex["input_ids"] == enc["input_ids"]  # no re-tokenisation drift
+    assert [lab != -100 for lab in ex["labels"]] == [bool(m) for m in enc["assistant_masks"]]
+    out = sft.train(trainer, resume=False)
+    assert out["steps"] == 1 and out["loss_curve"] and out["loss_curve"][0]["loss"] > 0
+
+
+def test_length_report_counts_truncation(tok, rows):
+    full = sft.length_report(tok, rows, max_length=100_000)
+    assert full["truncated_rows"] == 0 and full["trained_tokens"] < full["tokens"]
+    cut = sft.length_report(tok, rows, max_length=1000)
+    assert cut["truncated_rows"] == sum(1 for r in rows if len(sft.encode(tok, r)["input_ids"]) > 1000) > 0
+    assert cut["truncated_tokens"] > 0
+
+
+def test_bad_trajectory_files_name_file_line_and_field(tmp_path, rows):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("", encoding="utf-8")
+    with pytest.raises(InputError, match="no trajectories"):
+        sft.load_trajectories(empty)
+    bad = tmp_path / "bad.jsonl"
+    good = json.dumps(rows[0])
+    bad.write_text(good + "\n" + json.dumps({**rows[0], "messages": []}) + "\n", encoding="utf-8")
+    with pytest.raises(InputError, match=r"line 2, field 'messages'"):
+        sft.load_trajectories(bad)
+    no_tools = tmp_path / "no_tools.jsonl"
+    no_tools.write_text(json.dumps({"messages": rows[0]["messages"]}) + "\n", encoding="utf-8")
+    with pytest.raises(InputError, match="tools"):
+        sft.load_trajectories(no_tools)
+    assert len(sft.load_trajectories(_write(tmp_path, rows))) == len(rows)
+
+
+def _write(tmp_path, rows):
+    path = tmp_path / "ok.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
+    return path
+
+
+def test_last_checkpoint(tmp_path):
+    assert sft.last_checkpoint(tmp_path / "none") is None
+    for step in (5, 20, 10):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
+    (tmp_path / "checkpoint-30").mkdir()  # half-written: no trainer state
+    assert sft.last_checkpoint(tmp_path).endswith("checkpoint-20")
