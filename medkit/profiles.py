@@ -65,6 +65,28 @@ _BASE: dict[str, dict[str, Any]] = {
         "REWRITE_ENDPOINT": None,      # optional endpoint that rewrites the KG-guided thoughts
         "RERANK": False,               # dense re-ranking of search hits with the offline MiniLM embedder
     },
+    "sft": {
+        "SEED": 13,
+        "N_TRAIN": None,               # accepted trajectories to train on (None = all of notebook 04's)
+        "QUANTIZE": "nf4",             # nf4 = QLoRA (4-bit base, bitsandbytes); None = plain LoRA on the full-precision base
+        "MAX_LENGTH": 4096,            # tokens per trajectory; longer ones are truncated (and counted)
+        "EPOCHS": 1,
+        "MAX_STEPS": None,             # optimizer steps; None = EPOCHS over the data
+        "BATCH_SIZE": 1,               # trajectories per forward pass
+        "GRAD_ACCUM": 4,               # forward passes per optimizer step
+        "LEARNING_RATE": 5e-4,
+        "WARMUP_STEPS": 2,
+        "LORA_R": 16,
+        "LORA_ALPHA": 32,
+        "LORA_DROPOUT": 0.05,
+        "SAVE_STEPS": 10,              # checkpoint every N steps (training resumes from the last one)
+        "EVAL_QUESTIONS": None,        # held-out questions to evaluate on (None = all)
+        "EVAL_K": 3,                   # rollouts per question (pass@1 = mean +- sd over them)
+        "EVAL_TEMPERATURE": 0.7,       # sampling temperature of the rollouts (0 makes every rollout the same)
+        "EVAL_MAX_CALLS": 30,          # model calls per rollout
+        "EVAL_MAX_NEW_TOKENS": 192,    # tokens per assistant turn
+        "EVAL_BATCH": 16,              # conversations per generate() batch
+    },
 }
 
 _OVERRIDES: dict[str, dict[str, dict[str, Any]]] = {
@@ -73,15 +95,20 @@ _OVERRIDES: dict[str, dict[str, dict[str, Any]]] = {
         "kg": {"N_SEEDS": 60, "HOPS": 1, "MAX_NEIGHBOURS": 15},
         "questions": {"N_SEEDS": 40, "MAX_ATTEMPTS": 2, "SOLVER_MAX_NEW_TOKENS": 12},
         "trajectories": {"VARIANTS": 1, "FREE_QUESTIONS": 2, "AGENT_MAX_CALLS": 3, "AGENT_MAX_NEW_TOKENS": 48},
+        "sft": {"N_TRAIN": 8, "MAX_STEPS": 2, "MAX_LENGTH": 2048, "GRAD_ACCUM": 1, "SAVE_STEPS": 1,
+                "EVAL_QUESTIONS": 2, "EVAL_K": 1, "EVAL_MAX_CALLS": 3, "EVAL_MAX_NEW_TOKENS": 32},
     },
     "cpu": {
         "kg": {"N_SEEDS": 3000},
         "questions": {"N_SEEDS": 2000},
+        "sft": {"N_TRAIN": 160, "EVAL_QUESTIONS": 20, "EVAL_MAX_CALLS": 12},
     },
     "gpu": {
         "kg": {"N_SEEDS": 6000},
         "trajectories": {"FREE_QUESTIONS": 300, "AGENT_MAX_CALLS": 30, "AGENT_MAX_NEW_TOKENS": 512,
                          "AGENT_BATCH": 16, "MAX_TOKENS": 8192},
+        "sft": {"EPOCHS": 2, "BATCH_SIZE": 2, "GRAD_ACCUM": 8, "LEARNING_RATE": 2e-4, "MAX_LENGTH": 8192,
+                "SAVE_STEPS": 50, "EVAL_MAX_NEW_TOKENS": 512},
     },
 }
 

@@ -141,6 +141,45 @@ def sft_config(params: dict[str, Any], output_dir: str | Path, *, use_cpu: bool)
     )
 
 
+def with_adapter(model: Any, params: dict[str, Any], backend: str) -> tuple[Any, Any]:
+    """(model, peft_config for the trainer): unsloth wraps the model itself; otherwise TRL adds the adapter.
+
+    ``backend`` is :func:`medkit.model.select_backend`'s choice; unsloth is imported only for it.
+    """
+    from .model import BACKEND_UNSLOTH
+
+    if backend == BACKEND_UNSLOTH:
+        from unsloth import FastLanguageModel  # GPU only
+
+        wrapped = FastLanguageModel.get_peft_model(
+            model, r=int(params["LORA_R"]), lora_alpha=int(params["LORA_ALPHA"]),
+            lora_dropout=float(params["LORA_DROPOUT"]), bias="none", random_state=int(params["SEED"]),
+            target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+            use_gradient_checkpointing="unsloth")
+        return wrapped, None
+    return model, lora_config(params)
+
+
+def load_for_inference(profile: str, adapter_dir: str | Path | None = None) -> tuple[Any, Any]:
+    """(model, tokenizer) for generation: the profile's full-precision base with the adapter merged in.
+
+    A missing adapter folder is a clear error, not a stack trace from peft.
+    """
+    from .model import load_model
+
+    model, tokenizer = load_model(profile, quantize_4bit=False)
+    if adapter_dir is None:
+        return model, tokenizer
+    adapter_dir = Path(adapter_dir)
+    if not (adapter_dir / "adapter_config.json").exists():
+        raise InputError(adapter_dir, "no LoRA adapter here (adapter_config.json missing); train it in notebook 05")
+    from peft import PeftModel
+
+    merged = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
+    merged.eval()
+    return merged, tokenizer
+
+
 def build_trainer(model: Any, tokenizer: Any, rows: list[dict[str, Any]], params: dict[str, Any],
                   output_dir: str | Path, *, use_cpu: bool = True, peft_config: Any = None) -> Any:
     """An SFTTrainer over ``rows`` with a LoRA adapter (``peft_config`` None: from ``params``)."""
@@ -183,30 +222,26 @@ def train(trainer: Any, *, resume: bool = True) -> dict[str, Any]:
 
 
 def save_outputs(trainer: Any, tokenizer: Any, out_dir: str | Path, card: dict[str, Any], *,
-                 merge: bool = True) -> dict[str, str]:
-    """Adapter (+ tokenizer), merged model and README model card under ``out_dir``."""
+                 profile: str | None = None) -> dict[str, str]:
+    """Adapter (+ tokenizer), README model card and, with ``profile``, a merged model under ``out_dir``.
+
+    The merged model is the profile's full-precision base with the adapter folded in (a QLoRA
+    adapter is merged into the fp32/bf16 weights, not into the 4-bit ones).
+    """
     out = Path(out_dir)
     adapter = out / "adapter"
     trainer.model.save_pretrained(str(adapter))
     tokenizer.save_pretrained(str(adapter))
     paths = {"adapter": str(adapter)}
-    if merge:
+    if profile is not None:
         merged_dir = out / "merged"
-        merged = merged_model(trainer.model)
+        merged, _ = load_for_inference(profile, adapter)
         merged.save_pretrained(str(merged_dir))
         tokenizer.save_pretrained(str(merged_dir))
         paths["merged"] = str(merged_dir)
     write_json(out / "card.json", card)
     write_text(out / "README.md", model_card(card))
     return paths
-
-
-def merged_model(peft_model: Any) -> Any:
-    """The base model with the adapter folded in (a 4-bit base is dequantised first)."""
-    model = peft_model
-    if getattr(model.base_model.model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_4bit", False):
-        model = model.dequantize() if hasattr(model, "dequantize") else model
-    return model.merge_and_unload()
 
 
 def model_card(card: dict[str, Any]) -> str:

@@ -102,3 +102,33 @@ def test_last_checkpoint(tmp_path):
         (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
     (tmp_path / "checkpoint-30").mkdir()  # half-written: no trainer state
     assert sft.last_checkpoint(tmp_path).endswith("checkpoint-20")
+
+
+def test_adapter_backend_selection_without_importing_unsloth(monkeypatch):
+    import sys
+    import types
+
+    from medkit import model as M
+
+    params = dict(SEED=13, LORA_R=8, LORA_ALPHA=16, LORA_DROPOUT=0.0)
+    monkeypatch.delitem(sys.modules, "unsloth", raising=False)
+    model, cfg = sft.with_adapter("base-model", params, M.BACKEND_TRANSFORMERS_CPU)
+    assert model == "base-model" and cfg.r == 8 and cfg.target_modules == "all-linear"
+    assert "unsloth" not in sys.modules  # the CPU path never imports it
+    calls = {}
+
+    class FastLanguageModel:
+        @staticmethod
+        def get_peft_model(m, **kw):
+            calls.update(kw)
+            return ("wrapped", m)
+
+    monkeypatch.setitem(sys.modules, "unsloth", types.SimpleNamespace(FastLanguageModel=FastLanguageModel))
+    model, cfg = sft.with_adapter("base-model", params, M.BACKEND_UNSLOTH)
+    assert model == ("wrapped", "base-model") and cfg is None
+    assert calls["r"] == 8 and calls["use_gradient_checkpointing"] == "unsloth"
+
+
+def test_missing_adapter_is_a_clear_error(tmp_path):
+    with pytest.raises(InputError, match="adapter_config.json missing"):
+        sft.load_for_inference("cpu", tmp_path / "no-adapter")

@@ -1,0 +1,71 @@
+"""SFT throughput and peak memory on this machine: LoRA (fp32 base) vs QLoRA (4-bit nf4 base).
+
+Trains the profile's model (default cpu: SmolLM2-135M) with :mod:`medkit.sft` on ``N`` real
+accepted trajectories of notebook 04 for ``STEPS`` optimizer steps (one trajectory per step,
+``MAX_LENGTH`` tokens), each mode in its own process so peak memory is its own. Reports
+trained tokens per second (all tokens of the sequences, the forward/backward cost), seconds per
+step, peak RSS and the model's footprint, and the QLoRA / LoRA ratios. Baseline: plain LoRA.
+Writes ``results/bench/sft.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+import time
+
+from medkit import io as mio
+from medkit import paths
+
+STEPS = 4
+MAX_LENGTH = 4096
+
+
+def run_mode(mode: str, profile: str = "cpu") -> dict:
+    import torch
+
+    from medkit import model as M
+    from medkit import sft
+
+    torch.manual_seed(0)
+    rows = sft.load_trajectories(paths.profile_data_dir(profile) / "trajectories.jsonl", limit=STEPS)
+    model, tok = M.load_model(profile, for_training=True, quantize_4bit=mode == "qlora")
+    footprint = model.get_memory_footprint() / 2**20
+    params = dict(SEED=13, EPOCHS=1, MAX_STEPS=STEPS, BATCH_SIZE=1, GRAD_ACCUM=1, LEARNING_RATE=5e-4,
+                  WARMUP_STEPS=0, MAX_LENGTH=MAX_LENGTH, SAVE_STEPS=10_000, LORA_R=16, LORA_ALPHA=32, LORA_DROPOUT=0.05)
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = sft.build_trainer(model, tok, rows, params, tmp)
+        tokens = [len(trainer.train_dataset[i]["input_ids"]) for i in range(len(trainer.train_dataset))]
+        t0 = time.perf_counter()
+        out = sft.train(trainer, resume=False)
+        seconds = time.perf_counter() - t0
+    return {"mode": mode, "steps": out["steps"], "seconds": round(seconds, 1),
+            "seconds_per_step": round(seconds / out["steps"], 2), "tokens": sum(tokens),
+            "tokens_per_second": round(sum(tokens) / seconds, 1), "model_footprint_mb": round(footprint, 1),
+            "peak_rss_mb": M.memory_report()["peak_rss_mb"], "final_loss": out["loss_curve"][-1]["loss"],
+            "torch_threads": torch.get_num_threads()}
+
+
+def main(profile: str = "cpu") -> dict:
+    results = {}
+    for mode in ("lora", "qlora"):
+        proc = subprocess.run([sys.executable, __file__, "--mode", mode, profile], capture_output=True, text=True,
+                              check=True)
+        results[mode] = json.loads(proc.stdout.strip().splitlines()[-1])
+    lora, qlora = results["lora"], results["qlora"]
+    result = {"profile": profile, "max_length": MAX_LENGTH, "steps": STEPS, "baseline": "lora", **results,
+              "qlora_over_lora": {"tokens_per_second": round(qlora["tokens_per_second"] / lora["tokens_per_second"], 2),
+                                  "peak_rss": round(qlora["peak_rss_mb"] / lora["peak_rss_mb"], 2),
+                                  "model_footprint": round(qlora["model_footprint_mb"] / lora["model_footprint_mb"], 2)}}
+    mio.write_json(paths.results_dir() / "bench" / "sft.json", result)
+    print(result)
+    return result
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["--mode"]:
+        print(json.dumps(run_mode(sys.argv[2], *(sys.argv[3:4] or ["cpu"]))))
+    else:
+        main(*(sys.argv[1:2] or ["cpu"]))

@@ -1,0 +1,321 @@
+import nbformat as nbf
+from pathlib import Path
+OUT_PATH = Path(__file__).resolve().parents[1] / "04_trajectories.ipynb"
+nb = nbf.v4.new_notebook()
+C = []
+def md(s): C.append(nbf.v4.new_markdown_cell(s.strip("\n")))
+def code(s, tags=None):
+    c = nbf.v4.new_code_cell(s.strip("\n"))
+    if tags: c.metadata["tags"] = tags
+    C.append(c)
+
+md(r'''
+# 04 · Tools, the ReAct agent and knowledge-informed trajectories (with Masked Trajectory Guidance)
+
+The model learns from trajectories: *think → call a tool → read the result → … → answer*. This
+notebook builds them offline over the kit's own medical data. It introduces the agent's tools (a
+private BM25 medical retriever, entity read, relation lookups and a Bayesian clinical reasoning
+engine over HPO annotation frequencies), the upstream text protocol (`<think>`, `<tool_call>`,
+`<tool_response>`, `<answer>`) which is exactly what the Qwen2.5 chat template renders for TRL, and
+a defensive parser. Then, for every training question of notebook 03, it **walks the question's
+knowledge-graph chain with real tool calls** — a hop counts only if the entity shows up in the
+observation — and writes thoughts that justify each action. A teacher model can also roll out
+freely with the **masked reasoning path as guidance** (MTG): the guidance is in its prompt, never in
+the saved sample. Every trajectory goes through the paper's filters; the accepted ones are saved
+as chat messages with tool calls, ready for TRL SFT (notebook 05).
+
+**Expected results**
+
+| profile | questions | KG-guided trajectories | accepted | mean tool calls | free rollouts (teacher) | wall time (2 CPU cores) |
+|---|---|---|---|---|---|---|
+| `smoke` | ~22 train | 1 per question | ~50–70% (long 6-hop chains hit the token limit) | ~6 | 2, small model | ~1 min |
+| `cpu` | 1,093 train | 2 per question (2,186) | ~1,800 (≈ 83%) over ~970 questions, 18 specialties | ~6.8 (paper: 4.2) | 8 with SmolLM2-135M: 0 accepted | ~5 min |
+| `gpu` | all train | 2 per question | as `cpu` | as `cpu` | 300 with the 7B teacher | ~20 min |
+
+The base 135M model does not follow the tool protocol (it writes prose): its free rollouts end
+with format errors. That is the point of notebook 05, which fine-tunes it on these trajectories.
+''')
+md(r'''
+## 0 Parameters
+
+`None` means *use the profile's default* (see `medkit/profiles.py`).
+''')
+code(r'''
+PROFILE = "cpu"               # smoke | cpu | gpu; selects every default below
+SEED = None                   # base random seed (default 13); the same seed gives the same trajectories
+N_QUESTIONS = None            # training questions to synthesise for, None takes the whole train split of notebook 03
+VARIANTS = None               # KG-guided trajectories per question (cpu 2; variant 1 starts with a keyword search)
+MIN_TOOL_CALLS = None         # fewer tool calls than this rejects a trajectory as too few turns (default 2)
+MAX_TOKENS = None             # longer trajectories (tokens as the model sees them) are rejected (cpu 4096)
+FREE_QUESTIONS = None         # questions for free MTG rollouts by the teacher (cpu 8, smoke 2, 0 skips)
+TEACHER = None                # local for the profile model, or an endpoint spec dict (type openai, base_url, model)
+AGENT_MAX_CALLS = None        # model calls per free rollout (cpu 10; upstream uses 30)
+AGENT_MAX_NEW_TOKENS = None   # tokens per assistant turn in free rollouts
+AGENT_BATCH = None            # conversations per local generate batch
+REWRITE_ENDPOINT = None       # optional endpoint spec dict whose model rewrites the KG-guided thoughts
+RERANK = None                 # True re-ranks search hits with the offline MiniLM embedder (default False, slower)
+''', tags=["parameters"])
+md("## 0 Global settings")
+code(r'''
+import json, time
+import pandas as pd
+from IPython.display import Markdown, display
+from medkit import (agent as A, judge as J, plots, profiles, paths, synthesis as S, trajectories as TR,
+                    io as mio, model as M)
+
+P = profiles.resolve(PROFILE, "trajectories", SEED=SEED, N_QUESTIONS=N_QUESTIONS, VARIANTS=VARIANTS,
+                     MIN_TOOL_CALLS=MIN_TOOL_CALLS, MAX_TOKENS=MAX_TOKENS, FREE_QUESTIONS=FREE_QUESTIONS,
+                     TEACHER=TEACHER, AGENT_MAX_CALLS=AGENT_MAX_CALLS, AGENT_MAX_NEW_TOKENS=AGENT_MAX_NEW_TOKENS,
+                     AGENT_BATCH=AGENT_BATCH, REWRITE_ENDPOINT=REWRITE_ENDPOINT, RERANK=RERANK)
+OUT = paths.profile_data_dir(PROFILE)
+FIG = paths.results_dir(PROFILE) / "figures"; FIG.mkdir(parents=True, exist_ok=True)
+P
+''')
+md(r'''
+## 1 The tools
+
+Six typed Python functions over the kit's knowledge base and the profile's drug–disease
+definition links; their docstrings become the JSON schemas the model sees. They never raise:
+bad input comes back as a one-line `Error: …` observation, and outputs are capped at 4,000
+characters.
+''')
+code(r'''
+t0 = time.time()
+index, toolbox = TR.open_tools(OUT, rerank=P["RERANK"])
+schemas = A.tool_schemas(toolbox.tools())
+train = mio.read_jsonl(OUT / "questions_train.jsonl")
+print(f"tools loaded in {time.time() - t0:.1f} s; {len(train):,} training questions")
+pd.DataFrame([{"tool": s["function"]["name"], "description": s["function"]["description"],
+               "arguments": ", ".join(s["function"]["parameters"]["properties"])} for s in schemas])
+''')
+code(r'''
+fabry = "MONDO:0010526"
+print(toolbox.call("lookup", {"name": "Fabry disease"}), end="\n\n")
+print(toolbox.call("diagnose", {"phenotypes": ["Angiokeratoma", "Hypohidrosis", "Acroparesthesia", "Corneal opacity"], "k": 3}), end="\n\n")
+print(toolbox.call("related", {"entity_id": fabry, "relation": "associated_with"}), end="\n\n")
+print(toolbox.call("search", {"query": "alpha-galactosidase deficiency angiokeratoma", "k": 3}), end="\n\n")
+for bad in [("read", {"entity_id": "MONDO:9999999"}), ("search", {"query": ""}), ("diagnose", {"phenotypes": "fever"}),
+            ("teleport", {}), ("related", {"entity_id": fabry})]:
+    print(bad[0], "->", toolbox.call(*bad))
+''')
+md(r'''
+The private retriever is BM25 (bm25s); dense re-ranking of a wider BM25 candidate set with the
+offline MiniLM embedder is optional (`RERANK`). Below, one paraphrased query both ways.
+''')
+code(r'''
+from medkit import retriever as R
+query = "inherited enzyme deficiency with angiokeratomas, burning pain in the hands and kidney failure"
+t0 = time.time(); bm25_hits = toolbox.retriever.search(query, k=5); bm25_ms = (time.time() - t0) * 1000
+embed = R.minilm_embedder()
+t0 = time.time(); dense_hits = R.rerank(query, toolbox.retriever.search(query, k=30), embed)[:5]; dense_ms = (time.time() - t0) * 1000
+print(f"BM25 {bm25_ms:.1f} ms; BM25 top 30 + MiniLM re-rank {dense_ms:.0f} ms")
+pd.DataFrame({"BM25": [f"{h.title} ({h.entity_id})" for h in bm25_hits],
+              "BM25 + MiniLM re-rank": [f"{h.title} ({h.entity_id})" for h in dense_hits]}, index=range(1, 6))
+''')
+md(r'''
+## 2 The protocol, two views of one trajectory, and a parser that never raises
+
+Trajectories are stored as TRL chat messages (assistant `tool_calls`, `role: "tool"` results) plus
+the tool schemas. `to_text_messages` gives the upstream text protocol for any chat model or
+endpoint. For a ChatML model (SmolLM2, Qwen) the two views are **the same token stream** — checked
+below with TRL's Qwen2.5 training template — so what SFT trains on is exactly what the agent sees.
+''')
+code(r'''
+for text in ['<think>Rank diseases for the phenotypes.</think>\n<tool_call>\n{"name": "diagnose", "arguments": {"phenotypes": ["Angiokeratoma"]}}\n</tool_call>',
+             '<think>Done.</think>\n<answer>Hepatitis B</answer>',
+             '<tool_call>{"name": "search", "arguments": {"query": "x"</tool_call>',
+             'The answer is probably a statin.',
+             '<think><think>nested</think><tool_call>[1, 2]</tool_call><answer></answer>']:
+    t = A.parse_turn(text)
+    print(repr(text[:60]), "->", {"calls": t.tool_calls, "answer": t.answer, "errors": t.errors})
+''')
+md(r'''
+## 3 One question, one knowledge-informed trajectory
+
+The synthesiser reads the question's verifiable constraints (notebook 03), picks for every hop the
+tool that exposes that relation (`diagnose` for a disease described by phenotypes, `related` /
+`common` for a typed relation, a keyword `search` otherwise), executes it, and keeps the step only
+if the next chain entity is in the observation. Thoughts use only the question and what has been
+observed so far; the last call verifies the answer from the other side.
+''')
+code(r'''
+example_record = next(r for r in train if r["hops"] >= 3 and r["answer_type"] == "disease")
+example = S.synthesise(example_record, index, toolbox, seed=P["SEED"])
+print("masked path (never shown to the agent):", example_record["reasoning_path"])
+print("chain:", " -> ".join(index.name[e] for e in example_record["chain"]), "| failure:", example.failure)
+display(Markdown(TR.render_markdown(example.messages)))
+''')
+code(r'''
+tok = M.load_tokenizer(PROFILE)
+from trl.chat_template_utils import qwen2_5_training_chat_template
+as_trl = tok.apply_chat_template(example.messages, tools=schemas, chat_template=qwen2_5_training_chat_template, tokenize=False)
+as_text = tok.apply_chat_template(A.to_text_messages(example.messages, schemas), tokenize=False)
+assert as_trl == as_text, "the TRL view and the text-protocol view differ"
+count_tokens = TR.token_counter(tok, schemas)
+print(f"identical renderings: {len(as_trl):,} characters, {count_tokens(example.messages):,} tokens")
+''')
+md(r'''
+## 4 KG-guided synthesis for every training question
+
+Resumable: each (question, variant) is appended to `trajectories_all.jsonl` as soon as it is
+filtered; a rerun skips what is there (a torn last line is cut and redone). The filters are the
+paper's: synthesis failed (a hop never observed), unmatched call/response, format error, tool
+error, no answer, wrong answer (judge: exact / id / normalised / KG synonym — never a
+multiple-choice letter), too few turns, over the token limit, guidance leak.
+''')
+code(r'''
+questions = train if P["N_QUESTIONS"] is None else train[: P["N_QUESTIONS"]]
+by_id = {TR.question_id(r): r for r in questions}
+log = OUT / "trajectories_all.jsonl"
+
+def judge_row(traj, record):
+    return TR.filter_trajectory(traj, record, min_tool_calls=P["MIN_TOOL_CALLS"], max_tokens=P["MAX_TOKENS"],
+                                count_tokens=count_tokens, resolve=toolbox.resolve_ids)
+
+def make(record, variant):
+    return S.synthesise(record, index, toolbox, variant=variant, seed=P["SEED"]).to_record()
+
+jobs = [(r, v) for r in questions for v in range(P["VARIANTS"])]
+t0 = time.time()
+counts = TR.collect(log, jobs, make, judge_row, source="kg_guided", version=S.SYNTHESIS_VERSION)
+synth_seconds = time.time() - t0
+made = sum(v for k, v in counts.items() if not k.startswith("skipped"))
+print(dict(counts))
+print(f"this run made {made:,} trajectories in {synth_seconds:.1f} s (the rest were already in the log)")
+''')
+md(r'''
+## 5 Acceptance by filter reason, and the judge
+
+Bars show the *first* reason each rejected trajectory failed on (a trajectory whose hop was
+never observed also has no answer, and so on).
+''')
+code(r'''
+rows = [r for r in mio.read_jsonl(log) if r["source"] == "kg_guided" and r["question_id"] in by_id]
+summary = TR.summarise(rows)
+reasons = pd.Series({"accepted": summary["accepted"], **summary["first_reject_reason"]})
+fig = plots.bar_counts(reasons, f"KG-guided trajectories by outcome ({PROFILE})", xlabel="trajectories")
+plots.save(fig, FIG / "04_filter_reasons.png")
+print(f"acceptance {summary['acceptance_rate']:.1%} ({summary['accepted']:,} of {summary['trajectories']:,}); "
+      f"{summary['trajectories_per_second']} trajectories per second of synthesis + filtering (summed over runs)")
+''')
+code(r'''
+hep_b = {"answer": "Hepatitis B", "answer_id": "MONDO:0005344", "answer_aliases": ["Hepatitis B", "HBV infection"]}
+for pred in ["Hepatitis B", "B", "The answer is **hepatitis b**.", "HBV infection", "Hepatitis B (MONDO:0005344)",
+             "Hepatitis B or hepatitis C", "Hepatitis C"]:
+    v = J.judge(pred, hep_b)
+    print(f"{pred!r:40} -> correct={v.correct} ({v.method})")
+''')
+md("## 6 Tool use, length and coverage of the accepted trajectories")
+code(r'''
+acc = [r for r in rows if r["filter"]["accepted"]]
+tools_used = pd.Series(summary["tool_calls_by_tool"])
+plots.save(plots.bar_counts(tools_used, "Tool calls in accepted trajectories", xlabel="calls"), FIG / "04_tool_calls.png")
+calls = [r["filter"]["n_tool_calls"] for r in acc]
+fig = plots.histogram(calls, "Tool calls per accepted trajectory", "tool calls", bins=range(0, max(calls) + 2),
+                      reference=4.2, reference_label="paper mean 4.2")
+plots.save(fig, FIG / "04_calls_per_trajectory.png")
+tokens = [r["filter"]["n_tokens"] for r in acc]
+plots.save(plots.histogram(tokens, "Tokens per accepted trajectory", "tokens", reference=P["MAX_TOKENS"],
+                           reference_label="token limit"), FIG / "04_tokens.png")
+spec = pd.Series([r["specialty"] for r in acc]).value_counts()
+plots.save(plots.bar_counts(spec, "Accepted trajectories by specialty", xlabel="trajectories"), FIG / "04_specialties.png")
+print(f"mean tool calls {summary['mean_tool_calls']} (paper 4.2); mean tokens {summary['mean_tokens']}; "
+      f"{summary['specialties']} specialties; {summary['questions_covered']:,} questions covered")
+''')
+md(r'''
+## 7 Free rollouts with Masked Trajectory Guidance
+
+The teacher (the profile's local model, or any OpenAI-compatible endpoint in `TEACHER`) runs the
+same agent loop on questions, with the masked reasoning path in its system prompt. The saved
+messages never contain it; a sample whose thoughts still refer to it ("hint", `Entity_A`, …) is
+rejected. Stop rules: an answer, `AGENT_MAX_CALLS` model calls, the token budget, an identical
+repeated call, two format errors in a row, or a backend error.
+''')
+code(r'''
+free_rows, free_summary = [], None
+if P["FREE_QUESTIONS"]:
+    from medkit import llm
+    picked = questions[: P["FREE_QUESTIONS"]]
+    cfg = A.AgentConfig(max_calls=P["AGENT_MAX_CALLS"], max_new_tokens=P["AGENT_MAX_NEW_TOKENS"],
+                        token_budget=P["MAX_TOKENS"], seed=P["SEED"])
+    done = TR.done_keys(log, "free", A.PROTOCOL_VERSION)
+    pending = [r for r in picked if (TR.question_id(r), 0, "free") not in done]
+    t0 = time.time()
+    if pending:  # a resumed run with every rollout done does not even load the teacher
+        teacher = (llm.LocalTransformersBackend.from_profile(PROFILE, batch_size=P["AGENT_BATCH"])
+                   if P["TEACHER"] == "local" else llm.backend_from_config(P["TEACHER"]))
+        rollouts = {t["question_id"]: t for t in A.run_agent(
+            teacher, toolbox, pending, config=cfg, schemas=schemas,
+            guidance={TR.question_id(r): TR.guidance_text(r) for r in pending})}
+        for t in rollouts.values():  # batched: each rollout gets its share of the wall time
+            t["seconds"] = round((time.time() - t0) / len(pending), 2)
+        TR.collect(log, [(r, 0) for r in pending], lambda r, v: rollouts[TR.question_id(r)], judge_row,
+                   source="free", version=A.PROTOCOL_VERSION, progress=False)
+    free_rows = [r for r in mio.read_jsonl(log) if r["source"] == "free" and r["question_id"] in by_id]
+    assert not any("Search guidance" in str(m.get("content")) for r in free_rows for m in r["messages"])
+    free_summary = {**TR.summarise(free_rows),
+                    "stop_reasons": pd.Series([r["stop_reason"] for r in free_rows]).value_counts().to_dict(),
+                    "mean_model_calls": float(pd.Series([r["n_model_calls"] for r in free_rows]).mean()),
+                    "mean_format_errors": float(pd.Series([r["n_format_errors"] for r in free_rows]).mean())}
+    display(Markdown(TR.render_markdown(free_rows[0]["messages"], 400)))
+free_summary
+''')
+md(r'''
+## 8 Optional: rewrite the thoughts with an LLM
+
+With `REWRITE_ENDPOINT` set, every `<think>` of the accepted KG-guided trajectories is rewritten
+by that model to justify its action in freer language. A rewrite is kept only if it leaks no
+guidance and names no id the conversation has not shown yet; the rewritten set is saved beside
+the original (`trajectories_rewritten.jsonl`).
+''')
+code(r'''
+rewrite_stats = None
+if P["REWRITE_ENDPOINT"]:
+    from medkit import llm
+    rw = llm.backend_from_config(P["REWRITE_ENDPOINT"])
+    ok_, msg = rw.check(); print(msg)
+    if ok_:
+        rewritten, kept = [], 0
+        for r in acc:
+            msgs, n = TR.rewrite_thoughts(r["messages"], rw)
+            kept += n
+            rewritten.append({**r, "messages": msgs})
+        mio.write_jsonl(OUT / "trajectories_rewritten.jsonl", TR.accepted_records(rewritten, schemas))
+        rewrite_stats = {"trajectories": len(rewritten), "thoughts_rewritten": kept}
+rewrite_stats
+''')
+md(r'''
+## 9 Save the TRL dataset and read it back
+
+`trajectories.jsonl` holds the accepted trajectories (KG-guided and free) as `messages` with tool
+calls plus `tools` (the schemas as a JSON string), which TRL's `SFTTrainer` takes directly; the
+provenance file records sources, versions, seed and parameters.
+''')
+code(r'''
+all_rows = [r for r in mio.read_jsonl(log) if r["question_id"] in by_id]
+final = TR.accepted_records(all_rows, schemas)
+mio.write_jsonl(OUT / "trajectories.jsonl", final)
+metrics = {"kg_guided": summary, "free": free_summary, "rewrite": rewrite_stats,
+           "synthesis_seconds_this_run": round(synth_seconds, 1), "accepted_total": len(final),
+           "synthesis_version": S.SYNTHESIS_VERSION}
+mio.write_json(OUT / "trajectories.provenance.json",
+               {**mio.provenance(**P), "questions": f"data/{PROFILE}/questions_train.jsonl", "kb": "data/kb",
+                "corpus_relations": f"data/{PROFILE}/corpus_relations.parquet", "tools": schemas, "stats": metrics})
+mio.write_json(paths.results_dir(PROFILE) / "04_trajectories.json", metrics)
+import datasets
+ds = TR.to_dataset(final)
+back = tok.apply_chat_template(ds[0]["messages"], tools=json.loads(final[0]["tools"]),
+                               chat_template=qwen2_5_training_chat_template, tokenize=False)
+assert back == tok.apply_chat_template(final[0]["messages"], tools=json.loads(final[0]["tools"]),
+                                       chat_template=qwen2_5_training_chat_template, tokenize=False)
+print(ds); print(pd.read_json(OUT / "trajectories.jsonl", lines=True)[["question_id", "source", "specialty", "n_tool_calls", "n_tokens"]].head())
+{k: metrics["kg_guided"][k] for k in ("accepted", "acceptance_rate", "mean_tool_calls", "specialties")}
+''')
+nb["cells"] = C
+nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+nbf.write(nb, str(OUT_PATH))
+# stable cell ids keep diffs readable
+nb2 = nbf.read(str(OUT_PATH), as_version=4)
+for i, c in enumerate(nb2.cells):
+    c.id = f"cell-{i:02d}"
+nbf.write(nb2, str(OUT_PATH))

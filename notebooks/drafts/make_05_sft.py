@@ -1,0 +1,232 @@
+import nbformat as nbf
+from pathlib import Path
+nb = nbf.v4.new_notebook()
+C = []
+def md(s): C.append(nbf.v4.new_markdown_cell(s.strip("\n")))
+def code(s, tags=None):
+    c = nbf.v4.new_code_cell(s.strip("\n"))
+    if tags: c.metadata["tags"] = tags
+    C.append(c)
+
+md(r'''
+# 05 · QLoRA SFT on the trajectories, and the evaluation harness that shows whether it helps
+
+Stage one of the paper's training — the "knowledge-anchored" cold start — is supervised
+fine-tuning on the trajectories of notebook 04. The authors released no training code; here it is
+TRL's `SFTTrainer` with a peft LoRA adapter on a 4-bit nf4 base (QLoRA; bitsandbytes runs it on
+CPU too), loss on the assistant's tokens only (thoughts, tool calls, answers — never the tool
+responses, the system prompt or the question), then the **evaluation harness**: the base model
+and the fine-tuned model run the same agent loop with the same real tools on held-out questions,
+`k` sampled rollouts each, scored by the KG-aware judge.
+
+**Expected results**
+
+| profile | model | trained on | training | held-out evaluation | wall time (2 CPU cores) |
+|---|---|---|---|---|---|
+| `smoke` | SmolLM2-135M, QLoRA | 8 trajectories, 2 steps | seconds | 2 questions × 1 rollout | ~2 min |
+| `cpu` | SmolLM2-135M, QLoRA nf4 | 160 trajectories, 1 epoch (40 steps) | ~10 min | 20 questions × 3 rollouts, base vs SFT | ~25 min |
+| `gpu` | Qwen2.5-7B-Instruct, QLoRA (unsloth if installed) | all accepted, 2 epochs | ~1 h on one 24 GB GPU | all held-out, 3 rollouts | ~2 h |
+
+On `cpu`, expect the base model to score 0 (it never calls a tool: format errors), and the SFT
+model to follow the protocol and call the tools; how often a 135M model then reaches the right
+answer is what the table in section 6 measures.
+''')
+md(r'''
+## 0 Parameters
+
+`None` means *use the profile's default* (see `medkit/profiles.py`).
+''')
+code(r'''
+PROFILE = "cpu"               # smoke | cpu | gpu; selects every default below
+SEED = None                   # random seed of data order, adapter init and rollouts (default 13)
+N_TRAIN = None                # accepted trajectories to train on (cpu 160 to fit 2 cores, None for all)
+QUANTIZE = None               # nf4 for QLoRA (default), or none for plain LoRA on the full-precision base
+MAX_LENGTH = None             # tokens per trajectory (default 4096); longer ones are truncated and counted
+EPOCHS = None                 # passes over the data (default 1)
+MAX_STEPS = None              # optimizer steps, overrides EPOCHS (smoke 2)
+BATCH_SIZE = None             # trajectories per forward pass (default 1; raise on a GPU)
+GRAD_ACCUM = None             # forward passes per optimizer step (default 4)
+LEARNING_RATE = None          # adapter learning rate (default 5e-4; lower it if the loss spikes)
+WARMUP_STEPS = None           # linear warm-up steps (default 2)
+LORA_R = None                 # adapter rank (default 16); higher learns more, costs memory
+LORA_ALPHA = None             # adapter scaling (default 32)
+LORA_DROPOUT = None           # adapter dropout (default 0.05)
+SAVE_STEPS = None             # checkpoint interval; a rerun resumes from the last checkpoint
+EVAL_QUESTIONS = None         # held-out questions evaluated (cpu 20, None for all)
+EVAL_K = None                 # rollouts per question (default 3); pass@1 is mean and sd over them
+EVAL_TEMPERATURE = None       # sampling temperature of the rollouts (default 0.7)
+EVAL_MAX_CALLS = None         # model calls per rollout (cpu 12, upstream 30)
+EVAL_MAX_NEW_TOKENS = None    # tokens per assistant turn (default 192)
+EVAL_BATCH = None             # conversations per generate batch (default 16)
+''', tags=["parameters"])
+md("## 0 Global settings")
+code(r'''
+import json, time
+import pandas as pd
+import matplotlib.pyplot as plt
+from IPython.display import Markdown, display
+from medkit import (agent as A, evaluation as E, llm, model as M, paths, plots, profiles, sft,
+                    trajectories as TR, io as mio)
+
+P = profiles.resolve(PROFILE, "sft", SEED=SEED, N_TRAIN=N_TRAIN, QUANTIZE=QUANTIZE, MAX_LENGTH=MAX_LENGTH,
+                     EPOCHS=EPOCHS, MAX_STEPS=MAX_STEPS, BATCH_SIZE=BATCH_SIZE, GRAD_ACCUM=GRAD_ACCUM,
+                     LEARNING_RATE=LEARNING_RATE, WARMUP_STEPS=WARMUP_STEPS, LORA_R=LORA_R, LORA_ALPHA=LORA_ALPHA,
+                     LORA_DROPOUT=LORA_DROPOUT, SAVE_STEPS=SAVE_STEPS, EVAL_QUESTIONS=EVAL_QUESTIONS, EVAL_K=EVAL_K,
+                     EVAL_TEMPERATURE=EVAL_TEMPERATURE, EVAL_MAX_CALLS=EVAL_MAX_CALLS,
+                     EVAL_MAX_NEW_TOKENS=EVAL_MAX_NEW_TOKENS, EVAL_BATCH=EVAL_BATCH)
+QLORA = str(P["QUANTIZE"]).lower() == "nf4"
+DATA = paths.profile_data_dir(PROFILE)
+RUN = DATA / "sft"                     # checkpoints, adapter, merged model, model card
+RES = paths.results_dir(PROFILE); FIG = RES / "figures"; FIG.mkdir(parents=True, exist_ok=True)
+backend_name = M.select_backend(PROFILE)
+print("training backend:", backend_name, "| QLoRA" if QLORA else "| LoRA")
+P
+''')
+md(r'''
+## 1 The training data
+
+The accepted trajectories of notebook 04, in the order TRL will see them (a seeded shuffle, so a
+subset mixes specialties and variants). Every row is rendered with TRL's Qwen2.5 *training* chat
+template — identical to the agent's prompt, plus `{% generation %}` markers around assistant
+output.
+''')
+code(r'''
+import random
+rows = sft.load_trajectories(DATA / "trajectories.jsonl")
+random.Random(P["SEED"]).shuffle(rows)
+rows = rows[: P["N_TRAIN"]] if P["N_TRAIN"] else rows
+tok = sft.prepare_tokenizer(M.load_tokenizer(PROFILE))
+lengths = sft.length_report(tok, rows, P["MAX_LENGTH"])
+print(f"{len(rows)} trajectories, {pd.Series([r['specialty'] for r in rows]).nunique()} specialties")
+lengths
+''')
+md(r'''
+## 2 What carries loss
+
+Green: tokens the model is trained to produce (thoughts, tool calls, the answer, each turn's end
+token). Grey: masked — system prompt with the tool schemas, the question, and every tool response.
+''')
+code(r'''
+import html
+enc = sft.encode(tok, rows[0])
+spans, cur, buf = [], None, []
+for t, m in zip(enc["input_ids"], enc["assistant_masks"]):
+    if m != cur and buf:
+        spans.append((cur, tok.decode(buf))); buf = []
+    cur = m; buf.append(t)
+spans.append((cur, tok.decode(buf)))
+def short(text, n=500):
+    return text if len(text) <= n else text[:n // 2] + " … " + text[-n // 2:]
+display(Markdown("<pre style='white-space:pre-wrap;font-size:11px'>" + "".join(
+    f"<span style='background:{'#c8f7c5' if m else '#eeeeee'}'>{html.escape(short(s))}</span>" for m, s in spans)
+    + "</pre>"))
+trained, masked = sft.label_view(tok, rows[0])
+assert all(m["content"] not in trained for m in rows[0]["messages"] if m["role"] == "tool")
+print(f"trained tokens {sum(enc['assistant_masks'])} of {len(enc['input_ids'])}")
+''')
+md(r'''
+## 3 Train
+
+QLoRA: the base is loaded in 4-bit nf4 (double quantisation, fp32 compute on CPU), an r=16 LoRA
+adapter on every linear projection is trained in fp32. Memory before and after, the loss curve,
+and a checkpoint every `SAVE_STEPS` — rerunning the notebook resumes from the last checkpoint.
+''')
+code(r'''
+print("memory before loading:", M.memory_report())
+model, _ = M.load_model(PROFILE, for_training=True, quantize_4bit=QLORA)
+model, peft_config = sft.with_adapter(model, P, backend_name)
+import torch
+trainer = sft.build_trainer(model, tok, rows, P, RUN / "checkpoints", use_cpu=not torch.cuda.is_available(),
+                            peft_config=peft_config)
+trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+print(f"trainable parameters: {trainable:,}; memory before training:", M.memory_report())
+train_out = sft.train(trainer)
+tokens_seen = sum(min(len(sft.encode(tok, r)["input_ids"]), P["MAX_LENGTH"]) for r in rows) * (
+    train_out["steps"] * P["BATCH_SIZE"] * P["GRAD_ACCUM"] / max(len(rows), 1))
+train_out["tokens_per_second"] = round(tokens_seen / max(train_out["seconds"], 1e-9), 1)
+print("memory after training:", M.memory_report())
+{k: v for k, v in train_out.items() if k != "loss_curve"}
+''')
+code(r'''
+curve = pd.DataFrame(train_out["loss_curve"])
+fig, ax = plt.subplots(figsize=(7, 3.5))
+ax.plot(curve["step"], curve["loss"], marker="o", ms=3)
+ax.set(xlabel="optimizer step", ylabel="training loss (assistant tokens)", title=f"SFT loss ({PROFILE}, {'QLoRA' if QLORA else 'LoRA'})")
+fig.tight_layout(); plots.save(fig, FIG / "05_sft_loss.png")
+''')
+md("## 4 Save: adapter, merged model and model card")
+code(r'''
+card = {"name": f"medkit SFT adapter ({PROFILE})", "base_model": M.model_spec(PROFILE).name_or_path,
+        "summary": "LoRA adapter trained by medkit notebook 05 with TRL SFT (assistant-only loss) on KG-guided "
+                   "tool-use trajectories over the kit's medical knowledge base.",
+        "data": f"{len(rows)} accepted trajectories from data/{PROFILE}/trajectories.jsonl (notebook 04)",
+        "parameters": {k: v for k, v in P.items() if not k.startswith("EVAL")},
+        "metrics": {**{k: v for k, v in train_out.items() if k != "loss_curve"}, "lengths": lengths}}
+saved = sft.save_outputs(trainer, tok, RUN, card, profile=PROFILE)
+del trainer, model
+saved
+''')
+md(r'''
+## 5 Evaluate base vs SFT on held-out questions
+
+The harness (`medkit.evaluation`) runs each model through the agent loop with the real tools on
+held-out questions (notebook 03's test split: no source entity or answer seen in training), `k`
+sampled rollouts each: pass@1 as mean ± sd over rollouts, pass@k, how often a rollout ends with an
+answer, format-error rate and tool calls per question. Both models run from full-precision
+weights (the adapter merged in).
+''')
+code(r'''
+test_q = mio.read_jsonl(DATA / "questions_test.jsonl")
+test_q = test_q[: P["EVAL_QUESTIONS"]] if P["EVAL_QUESTIONS"] else test_q
+index, toolbox = TR.open_tools(DATA)
+cfg = A.AgentConfig(max_calls=P["EVAL_MAX_CALLS"], max_new_tokens=P["EVAL_MAX_NEW_TOKENS"],
+                    token_budget=P["MAX_LENGTH"] + 2048, temperature=P["EVAL_TEMPERATURE"])
+evals = {}
+for name, adapter in (("base", None), ("sft", saved["adapter"])):
+    m_, t_ = sft.load_for_inference(PROFILE, adapter)  # the merged folder holds the same weights
+    backend = llm.LocalTransformersBackend(m_, t_, batch_size=P["EVAL_BATCH"], name=f"{name}:{PROFILE}")
+    t0 = time.time()
+    eval_rows = E.evaluate(backend, toolbox, test_q, k=P["EVAL_K"], config=cfg, seed=P["SEED"])
+    evals[name] = {"rows": eval_rows, "metrics": {**E.metrics(eval_rows), "seconds": round(time.time() - t0, 1)}}
+    mio.write_jsonl(RES / f"05_eval_{name}.jsonl", [{k: v for k, v in r.items() if k != "messages"} for r in eval_rows])
+    print(name, {k: evals[name]["metrics"][k] for k in ("pass@1", "pass@k", "answer_rate", "format_error_rate",
+                                                      "tool_calls_per_question", "seconds")})
+    del m_, backend
+''')
+md("## 6 Results")
+code(r'''
+table = pd.DataFrame({name: {"pass@1 mean": e["metrics"]["pass@1"]["mean"], "pass@1 sd": e["metrics"]["pass@1"]["sd"],
+                             f"pass@{P['EVAL_K']}": e["metrics"]["pass@k"], "answer rate": e["metrics"]["answer_rate"],
+                             "format-error rate": e["metrics"]["format_error_rate"],
+                             "tool calls / question": e["metrics"]["tool_calls_per_question"],
+                             "tool-error rate": e["metrics"]["tool_error_rate"]}
+                      for name, e in evals.items()}).T
+fig, axes = plt.subplots(1, 3, figsize=(11, 3.4))
+names = list(evals)
+axes[0].bar(names, table["pass@1 mean"], yerr=table["pass@1 sd"], capsize=6, color=["#999999", "#4477aa"])
+axes[0].set(title=f"held-out pass@1 (k={P['EVAL_K']}, mean ± sd)", ylim=(0, 1))
+axes[1].bar(names, table["answer rate"], color=["#999999", "#4477aa"]); axes[1].set(title="rollouts ending with an answer", ylim=(0, 1))
+axes[2].bar(names, table["tool calls / question"], color=["#999999", "#4477aa"]); axes[2].set(title="tool calls per rollout")
+fig.tight_layout(); plots.save(fig, FIG / "05_base_vs_sft.png")
+table
+''')
+code(r'''
+by_hops = pd.DataFrame({n: {h: v["mean"] for h, v in e["metrics"]["pass@1_by_hops"].items()} for n, e in evals.items()})
+by_spec = pd.DataFrame({n: {s: v["mean"] for s, v in e["metrics"]["pass@1_by_specialty"].items()} for n, e in evals.items()})
+display(by_hops.rename_axis("hops")); display(by_spec.rename_axis("specialty"))
+best = max(evals["sft"]["rows"], key=lambda r: (r["correct"], r["n_tool_calls"] > 0, -r["n_format_errors"]))
+print(f"one SFT rollout (correct={best['correct']}, answer {best['answer']!r}):")
+display(Markdown(TR.render_markdown(best["messages"], 400)))
+''')
+code(r'''
+summary = {"profile": PROFILE, "qlora": QLORA, "train": {k: v for k, v in train_out.items() if k != "loss_curve"},
+           "lengths": lengths, "eval": {n: e["metrics"] for n, e in evals.items()}, "saved": saved,
+           "questions": len(test_q), "k": P["EVAL_K"]}
+mio.write_json(RES / "05_sft.json", summary)
+{n: (e["metrics"]["pass@1"], e["metrics"]["answer_rate"]) for n, e in evals.items()}
+''')
+nb["cells"] = C
+for i, c in enumerate(nb.cells):
+    c.id = f"cell-{i:02d}"
+nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+nbf.write(nb, str(Path(__file__).resolve().parent / "05_sft.ipynb"))
