@@ -21,7 +21,7 @@ import base64
 import binascii
 import csv
 import statistics
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -85,7 +85,7 @@ def metrics(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
                                    / max(sum(r["n_model_calls"] for r in rows), 1), 4),
         "tool_calls_per_question": round(statistics.fmean(r["n_tool_calls"] for r in rows), 3),
         "tool_error_rate": round(sum(r["n_tool_errors"] for r in rows) / max(sum(r["n_tool_calls"] for r in rows), 1), 4),
-        "stop_reasons": dict(sorted(_count(r["stop_reason"] for r in rows).items())),
+        "stop_reasons": dict(sorted(Counter(r["stop_reason"] for r in rows).items())),
     }
     for key in ("hops", "specialty"):
         groups: dict[Any, list[dict]] = defaultdict(list)
@@ -94,13 +94,6 @@ def metrics(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
         out[f"pass@1_by_{key}"] = {str(g): {**_pass1(rs), "questions": len({r["question_id"] for r in rs})}
                                    for g, rs in sorted(groups.items(), key=lambda kv: str(kv[0]))}
     return out
-
-
-def _count(values: Iterable[Any]) -> dict[Any, int]:
-    out: dict[Any, int] = defaultdict(int)
-    for v in values:
-        out[v] += 1
-    return dict(out)
 
 
 # --------------------------------------------------------------------------- MedBrowseComp

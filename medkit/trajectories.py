@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .agent import parse_turn, to_text_messages
+from .agent import assistant_text, parse_turn, to_text_messages
 from .io import append_jsonl, read_jsonl, repair_jsonl_tail
 from .judge import judge
 
@@ -96,7 +96,7 @@ def rewrite_thoughts(messages: list[dict[str, Any]], backend: Any, *, max_new_to
     seen_text = ""
     for i, m in enumerate(messages):
         if m.get("role") == "assistant":
-            turn = parse_turn(to_text_messages([m])[-1]["content"])
+            turn = parse_turn(assistant_text(m))
             if turn.think:
                 action = json.dumps(m.get("tool_calls") or [], ensure_ascii=False) if m.get("tool_calls") \
                     else f"answer: {turn.answer}"

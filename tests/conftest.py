@@ -107,6 +107,19 @@ def synthesised(records, index, toolbox):
 
 
 @pytest.fixture(scope="session")
+def judged(records, synthesised, toolbox):
+    """The synthesised trajectories as notebook 04 logs them: source, specialty and filter verdict."""
+    from medkit import trajectories as TR
+
+    rows = []
+    for rec, syn in zip(records, synthesised):
+        row = {**syn.to_record(), "source": "kg_guided", "specialty": rec.get("specialty")}
+        row["filter"] = TR.filter_trajectory(row, rec, resolve=toolbox.resolve_ids)
+        rows.append(row)
+    return rows
+
+
+@pytest.fixture(scope="session")
 def toolbox(kb_tables):
     """The agent's tools over the real knowledge base (BM25 index built once if missing)."""
     from medkit import tools as T

@@ -13,15 +13,9 @@ from medkit.errors import InputError
 
 
 @pytest.fixture(scope="module")
-def rows(records, synthesised, toolbox):
+def rows(judged, toolbox):
     """TRL rows of real KG-guided trajectories (the format notebook 04 writes)."""
-    schemas = A.tool_schemas(toolbox.tools())
-    out = []
-    for rec, syn in zip(records, synthesised):
-        row = {**syn.to_record(), "source": "kg_guided", "specialty": rec.get("specialty")}
-        row["filter"] = TR.filter_trajectory(row, rec, resolve=toolbox.resolve_ids)
-        out.append(row)
-    final = TR.accepted_records(out, schemas)
+    final = TR.accepted_records(judged, A.tool_schemas(toolbox.tools()))
     assert final
     return final
 

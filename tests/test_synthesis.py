@@ -174,15 +174,11 @@ def test_collection_resumes_without_loss_or_duplicates(tmp_path, records, index,
     assert all(r["seconds"] >= 0 for r in rows)
 
 
-def test_trl_rows_load_into_datasets_and_render_identically(records, synthesised, toolbox, small_tokenizer):
+def test_trl_rows_load_into_datasets_and_render_identically(judged, toolbox, small_tokenizer):
     from trl.chat_template_utils import qwen2_5_training_chat_template
 
     schemas = A.tool_schemas(toolbox.tools())
-    rows = []
-    for rec, syn in zip(records, synthesised):
-        row = {**syn.to_record(), "source": "kg_guided", "specialty": rec.get("specialty")}
-        row["filter"] = TR.filter_trajectory(row, rec, resolve=toolbox.resolve_ids)
-        rows.append(row)
+    rows = judged
     final = TR.accepted_records(rows, schemas)
     assert final and all(json.loads(r["tools"]) == schemas for r in final)
     ds = TR.to_dataset(final)

@@ -1,13 +1,12 @@
-import nbformat as nbf
+"""Writes 04_trajectories.ipynb (without outputs); run it after editing the cells below."""
+import sys
 from pathlib import Path
-OUT_PATH = Path(__file__).resolve().parents[1] / "04_trajectories.ipynb"
-nb = nbf.v4.new_notebook()
-C = []
-def md(s): C.append(nbf.v4.new_markdown_cell(s.strip("\n")))
-def code(s, tags=None):
-    c = nbf.v4.new_code_cell(s.strip("\n"))
-    if tags: c.metadata["tags"] = tags
-    C.append(c)
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from nbbuild import Builder  # noqa: E402
+
+B = Builder()
+md, code = B.md, B.code
 
 md(r'''
 # 04 · Tools, the ReAct agent and knowledge-informed trajectories (with Masked Trajectory Guidance)
@@ -311,11 +310,4 @@ assert back == tok.apply_chat_template(final[0]["messages"], tools=json.loads(fi
 print(ds); print(pd.read_json(OUT / "trajectories.jsonl", lines=True)[["question_id", "source", "specialty", "n_tool_calls", "n_tokens"]].head())
 {k: metrics["kg_guided"][k] for k in ("accepted", "acceptance_rate", "mean_tool_calls", "specialties")}
 ''')
-nb["cells"] = C
-nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-nbf.write(nb, str(OUT_PATH))
-# stable cell ids keep diffs readable
-nb2 = nbf.read(str(OUT_PATH), as_version=4)
-for i, c in enumerate(nb2.cells):
-    c.id = f"cell-{i:02d}"
-nbf.write(nb2, str(OUT_PATH))
+B.write(Path(__file__).resolve().parents[1] / "04_trajectories.ipynb")

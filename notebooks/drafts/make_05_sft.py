@@ -1,12 +1,12 @@
-import nbformat as nbf
+"""Writes 05_sft.ipynb (without outputs); run it after editing the cells below."""
+import sys
 from pathlib import Path
-nb = nbf.v4.new_notebook()
-C = []
-def md(s): C.append(nbf.v4.new_markdown_cell(s.strip("\n")))
-def code(s, tags=None):
-    c = nbf.v4.new_code_cell(s.strip("\n"))
-    if tags: c.metadata["tags"] = tags
-    C.append(c)
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from nbbuild import Builder  # noqa: E402
+
+B = Builder()
+md, code = B.md, B.code
 
 md(r'''
 # 05 · QLoRA SFT on the trajectories, and the evaluation harness that shows whether it helps
@@ -141,7 +141,7 @@ trainer = sft.build_trainer(model, tok, rows, P, RUN / "checkpoints", use_cpu=no
 trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
 print(f"trainable parameters: {trainable:,}; memory before training:", M.memory_report())
 train_out = sft.train(trainer)
-tokens_seen = sum(min(len(sft.encode(tok, r)["input_ids"]), P["MAX_LENGTH"]) for r in rows) * (
+tokens_seen = (lengths["tokens"] - lengths["truncated_tokens"]) * (  # tokens per epoch, from section 1
     train_out["steps"] * P["BATCH_SIZE"] * P["GRAD_ACCUM"] / max(len(rows), 1))
 train_out["tokens_per_second"] = round(tokens_seen / max(train_out["seconds"], 1e-9), 1)
 print("memory after training:", M.memory_report())
@@ -225,8 +225,4 @@ summary = {"profile": PROFILE, "qlora": QLORA, "train": {k: v for k, v in train_
 mio.write_json(RES / "05_sft.json", summary)
 {n: (e["metrics"]["pass@1"], e["metrics"]["answer_rate"]) for n, e in evals.items()}
 ''')
-nb["cells"] = C
-for i, c in enumerate(nb.cells):
-    c.id = f"cell-{i:02d}"
-nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-nbf.write(nb, str(Path(__file__).resolve().parent / "05_sft.ipynb"))
+B.write(Path(__file__).resolve().parent / "05_sft.ipynb")
