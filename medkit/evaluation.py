@@ -34,10 +34,22 @@ SHIFT = 3  # MedBrowseComp's Unicode shift
 ROLLOUT_SEED_STRIDE = 1000  # rollout j samples with seed + 1000 j (+ the step number inside the agent loop)
 
 
+def select_questions(records: Sequence[dict[str, Any]], n: int | None = None,
+                     max_hops: int | None = None) -> list[dict[str, Any]]:
+    """The first ``n`` records (file order) with at most ``max_hops`` hops; None means no limit."""
+    kept = [r for r in records if max_hops is None or int(r.get("hops") or 0) <= max_hops]
+    return kept[:n] if n else kept
+
+
 def evaluate(backend: Any, toolbox: Any, questions: Sequence[dict[str, Any]], *, k: int = 3,
              config: AgentConfig | None = None, seed: int = 13,
-             resolve: Callable[[str], Iterable[str]] | None = None, progress: bool = True) -> list[dict[str, Any]]:
-    """One row per (question, rollout): prediction, verdict, stop reason and tool use."""
+             resolve: Callable[[str], Iterable[str]] | None = None, schemas: list[dict[str, Any]] | None = None,
+             progress: bool = True) -> list[dict[str, Any]]:
+    """One row per (question, rollout): prediction, verdict, stop reason and tool use.
+
+    ``schemas`` are the tool schemas shown in the system prompt (None: all of the toolbox's;
+    ``[]``: none, for a model fine-tuned without them — see ``TOOLS_IN_PROMPT`` in notebook 05).
+    """
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     base = config or AgentConfig()
@@ -45,7 +57,8 @@ def evaluate(backend: Any, toolbox: Any, questions: Sequence[dict[str, Any]], *,
     rows = []
     for j in range(k):
         cfg = AgentConfig(**{**base.__dict__, "seed": seed + ROLLOUT_SEED_STRIDE * j})
-        for q, t in zip(questions, run_agent(backend, toolbox, questions, config=cfg, progress=progress)):
+        for q, t in zip(questions, run_agent(backend, toolbox, questions, config=cfg, schemas=schemas,
+                                                       progress=progress)):
             verdict = judge(t["prediction"], q, resolve=resolve)
             rows.append({"question_id": t["question_id"], "rollout": j, "correct": verdict.correct,
                          "judge": verdict.method, "prediction": t["prediction"], "answer": q.get("answer"),

@@ -69,7 +69,10 @@ _BASE: dict[str, dict[str, Any]] = {
         "SEED": 13,
         "N_TRAIN": None,               # accepted trajectories to train on (None = all of notebook 04's)
         "QUANTIZE": "nf4",             # nf4 = QLoRA (4-bit base, bitsandbytes); None = plain LoRA on the full-precision base
-        "MAX_LENGTH": 4096,            # tokens per trajectory; longer ones are truncated (and counted)
+        "MAX_LENGTH": 4096,            # tokens per trajectory; longer ones are truncated (and counted) or dropped
+        "DROP_LONGER": False,          # True: train only on trajectories that fit MAX_LENGTH (a cut one loses its answer)
+        "TOOLS_IN_PROMPT": True,       # False: no tool-schema block in the system prompt, in training and evaluation
+        "BF16": None,                  # bf16 autocast; None = where the hardware computes bf16 natively
         "EPOCHS": 1,
         "MAX_STEPS": None,             # optimizer steps; None = EPOCHS over the data
         "BATCH_SIZE": 1,               # trajectories per forward pass
@@ -81,6 +84,7 @@ _BASE: dict[str, dict[str, Any]] = {
         "LORA_DROPOUT": 0.05,
         "SAVE_STEPS": 10,              # checkpoint every N steps (training resumes from the last one)
         "EVAL_QUESTIONS": None,        # held-out questions to evaluate on (None = all)
+        "EVAL_MAX_HOPS": None,         # only held-out questions with at most this many hops (None = all)
         "EVAL_K": 3,                   # rollouts per question (pass@1 = mean +- sd over them)
         "EVAL_TEMPERATURE": 0.7,       # sampling temperature of the rollouts (0 makes every rollout the same)
         "EVAL_MAX_CALLS": 30,          # model calls per rollout
@@ -96,12 +100,16 @@ _OVERRIDES: dict[str, dict[str, dict[str, Any]]] = {
         "questions": {"N_SEEDS": 40, "MAX_ATTEMPTS": 2, "SOLVER_MAX_NEW_TOKENS": 12},
         "trajectories": {"VARIANTS": 1, "FREE_QUESTIONS": 2, "AGENT_MAX_CALLS": 3, "AGENT_MAX_NEW_TOKENS": 48},
         "sft": {"N_TRAIN": 8, "MAX_STEPS": 2, "MAX_LENGTH": 2048, "GRAD_ACCUM": 1, "SAVE_STEPS": 1,
+                "DROP_LONGER": True, "TOOLS_IN_PROMPT": False,
                 "EVAL_QUESTIONS": 2, "EVAL_K": 1, "EVAL_MAX_CALLS": 3, "EVAL_MAX_NEW_TOKENS": 32},
     },
     "cpu": {
         "kg": {"N_SEEDS": 3000},
         "questions": {"N_SEEDS": 2000},
-        "sft": {"N_TRAIN": 160, "EVAL_QUESTIONS": 20, "EVAL_MAX_CALLS": 12},
+        "sft": {"N_TRAIN": 64, "MAX_LENGTH": 2048, "DROP_LONGER": True, "TOOLS_IN_PROMPT": False,
+                "GRAD_ACCUM": 1, "LEARNING_RATE": 2e-3, "WARMUP_STEPS": 4, "SAVE_STEPS": 8,
+                "EVAL_QUESTIONS": 12, "EVAL_MAX_HOPS": 4, "EVAL_TEMPERATURE": 0.3, "EVAL_MAX_CALLS": 10,
+                "EVAL_MAX_NEW_TOKENS": 160},
     },
     "gpu": {
         "kg": {"N_SEEDS": 6000},

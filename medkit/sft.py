@@ -106,6 +106,37 @@ def length_report(tokenizer: Any, rows: list[dict[str, Any]], max_length: int) -
             "truncated_rows": len(over), "truncated_tokens": sum(n - max_length for n in over)}
 
 
+def without_tool_schemas(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows with an empty tool list: the system prompt keeps its instructions, not the schemas.
+
+    A small model learns the tools' names and arguments from the calls in the trajectories; the
+    ~880-token schema block would otherwise be a quarter of every training sequence. The agent
+    must then run with ``schemas=[]`` too, so it sees the prompt it was trained on.
+    """
+    return [{**r, "tools": "[]"} for r in rows]
+
+
+def select_rows(tokenizer: Any, rows: list[dict[str, Any]], n: int | None, max_length: int, *,
+                drop_longer: bool) -> tuple[list[dict[str, Any]], int]:
+    """The first ``n`` rows (all if None), skipping those over ``max_length`` tokens if ``drop_longer``.
+
+    Returns (rows, number skipped). Truncating a trajectory cuts off its answer, so on a tight
+    length budget it is better to train on the trajectories that fit; without ``drop_longer`` the
+    long ones stay and are truncated by TRL (counted by :func:`length_report`).
+    """
+    if not drop_longer:
+        return (rows[:n] if n else list(rows)), 0
+    kept, skipped = [], 0
+    for row in rows:
+        if n and len(kept) >= n:
+            break
+        if len(encode(tokenizer, row)["input_ids"]) > max_length:
+            skipped += 1
+        else:
+            kept.append(row)
+    return kept, skipped
+
+
 def to_train_dataset(rows: list[dict[str, Any]]) -> Any:
     """A datasets.Dataset with ``messages`` (JSON-typed, heterogeneous tool arguments intact) and ``tools``."""
     from .trajectories import to_dataset
@@ -125,7 +156,10 @@ def lora_config(params: dict[str, Any]) -> Any:
 
 
 def sft_config(params: dict[str, Any], output_dir: str | Path, *, use_cpu: bool) -> Any:
+    """TRL's SFTConfig from the notebook parameters (``BF16`` None: where the hardware has it)."""
     from trl import SFTConfig
+
+    from .model import use_bf16
 
     return SFTConfig(
         output_dir=str(output_dir), seed=int(params["SEED"]), data_seed=int(params["SEED"]),
@@ -135,7 +169,7 @@ def sft_config(params: dict[str, Any], output_dir: str | Path, *, use_cpu: bool)
         lr_scheduler_type="cosine", warmup_steps=int(params.get("WARMUP_STEPS") or 0),
         max_length=int(params["MAX_LENGTH"]), assistant_only_loss=True, packing=False,
         gradient_checkpointing=not use_cpu,  # slow on CPU; saves memory on a GPU
-        use_cpu=use_cpu, bf16=not use_cpu, logging_steps=1, save_strategy="steps",
+        use_cpu=use_cpu, bf16=use_bf16(params.get("BF16"), on_cuda=not use_cpu), logging_steps=1, save_strategy="steps",
         save_steps=int(params["SAVE_STEPS"]), save_total_limit=2, report_to="none",
         dataloader_num_workers=0, dataset_num_proc=None, disable_tqdm=False,
     )
@@ -160,24 +194,30 @@ def with_adapter(model: Any, params: dict[str, Any], backend: str) -> tuple[Any,
     return model, lora_config(params)
 
 
-def load_for_inference(profile: str, adapter_dir: str | Path | None = None) -> tuple[Any, Any]:
+def load_for_inference(profile: str, adapter_dir: str | Path | None = None, *,
+                       bf16: bool | None = False) -> tuple[Any, Any]:
     """(model, tokenizer) for generation: the profile's full-precision base with the adapter merged in.
 
-    A missing adapter folder is a clear error, not a stack trace from peft.
+    ``bf16`` casts the merged weights to bfloat16 (None: where the hardware computes bf16; the
+    dev machine's CPU generates 1.7x faster so). A missing adapter folder is a clear error, not a
+    stack trace from peft.
     """
-    from .model import load_model
+    from .model import load_model, use_bf16
 
     model, tokenizer = load_model(profile, quantize_4bit=False)
-    if adapter_dir is None:
-        return model, tokenizer
-    adapter_dir = Path(adapter_dir)
-    if not (adapter_dir / "adapter_config.json").exists():
-        raise InputError(adapter_dir, "no LoRA adapter here (adapter_config.json missing); train it in notebook 05")
-    from peft import PeftModel
+    if adapter_dir is not None:
+        adapter_dir = Path(adapter_dir)
+        if not (adapter_dir / "adapter_config.json").exists():
+            raise InputError(adapter_dir, "no LoRA adapter here (adapter_config.json missing); train it in notebook 05")
+        from peft import PeftModel
 
-    merged = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
-    merged.eval()
-    return merged, tokenizer
+        model = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
+    if use_bf16(bf16, on_cuda=model.device.type == "cuda"):
+        import torch
+
+        model = model.to(torch.bfloat16)
+    model.eval()
+    return model, tokenizer
 
 
 def build_trainer(model: Any, tokenizer: Any, rows: list[dict[str, Any]], params: dict[str, Any],
@@ -200,24 +240,62 @@ def last_checkpoint(output_dir: str | Path) -> str | None:
     return str(max(done, key=lambda p: int(p.name.split("-")[-1]))) if done else None
 
 
+def target_steps(trainer: Any) -> int:
+    """Optimizer steps the run will take (``max_steps``, or epochs x update steps per epoch)."""
+    args = trainer.args
+    if args.max_steps and args.max_steps > 0:
+        return int(args.max_steps)
+    batches = math.ceil(len(trainer.train_dataset) / args.per_device_train_batch_size)
+    per_epoch = max(math.ceil(batches / args.gradient_accumulation_steps), 1)
+    return int(math.ceil(per_epoch * args.num_train_epochs))
+
+
+def _checkpoint_step(ckpt: str) -> int:
+    return int(Path(ckpt).name.split("-")[-1])
+
+
+def _restore_finished(trainer: Any, ckpt: str) -> None:
+    """Load a finished run's adapter weights and trainer state instead of training again."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+    from transformers import TrainerState
+
+    weights = Path(ckpt) / "adapter_model.safetensors"
+    if not weights.exists():
+        raise InputError(weights, "the last checkpoint has no adapter weights; delete the folder and train again")
+    set_peft_model_state_dict(trainer.model, load_file(str(weights)))
+    trainer.state = TrainerState.load_from_json(str(Path(ckpt) / "trainer_state.json"))
+
+
 def train(trainer: Any, *, resume: bool = True) -> dict[str, Any]:
-    """Train (resuming from the last checkpoint when there is one); wall time and loss curve."""
+    """Train (resuming from the last checkpoint when there is one); wall time and loss curve.
+
+    A checkpoint that already reached the run's last step is loaded, not trained further (the
+    HF Trainer would otherwise take one more step on resume), so rerunning a finished notebook
+    changes nothing.
+    """
     ckpt = last_checkpoint(trainer.args.output_dir) if resume else None
     t0 = time.time()
-    try:
-        result = trainer.train(resume_from_checkpoint=ckpt)
-    except RuntimeError as e:
-        if "out of memory" in str(e).lower():
-            raise ConfigError("out of memory during training: lower BATCH_SIZE or MAX_LENGTH, or use QLoRA "
-                              "(QUANTIZE=nf4)") from None
-        raise
+    finished = ckpt is not None and _checkpoint_step(ckpt) >= target_steps(trainer)
+    if finished:
+        _restore_finished(trainer, ckpt)
+    else:
+        try:
+            trainer.train(resume_from_checkpoint=ckpt)
+        except RuntimeError as e:
+            if "out of memory" in str(e).lower():
+                raise ConfigError("out of memory during training: lower BATCH_SIZE or MAX_LENGTH, or use QLoRA "
+                                  "(QUANTIZE=nf4)") from None
+            raise
     seconds = time.time() - t0
     logs = [h for h in trainer.state.log_history if "loss" in h]
     losses = [float(h["loss"]) for h in logs]
     if any(math.isnan(x) for x in losses):
         raise ConfigError("the training loss became NaN: lower LEARNING_RATE")
-    return {"seconds": round(seconds, 1), "resumed_from": ckpt, "steps": trainer.state.global_step,
-            "train_loss": round(float(result.training_loss), 4),
+    return {"seconds": round(seconds, 1), "resumed_from": ckpt, "already_finished": finished,
+            "steps": trainer.state.global_step,
+            "steps_this_run": trainer.state.global_step - (_checkpoint_step(ckpt) if ckpt else 0),
+            "train_loss": round(sum(losses) / len(losses), 4) if losses else None,
             "loss_curve": [{"step": int(h["step"]), "loss": float(h["loss"])} for h in logs]}
 
 
@@ -235,7 +313,7 @@ def save_outputs(trainer: Any, tokenizer: Any, out_dir: str | Path, card: dict[s
     paths = {"adapter": str(adapter)}
     if profile is not None:
         merged_dir = out / "merged"
-        merged, _ = load_for_inference(profile, adapter)
+        merged, _ = load_for_inference(profile, adapter, bf16=False)
         merged.save_pretrained(str(merged_dir))
         tokenizer.save_pretrained(str(merged_dir))
         paths["merged"] = str(merged_dir)

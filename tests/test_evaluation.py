@@ -83,3 +83,10 @@ def test_medbrowsecomp_bad_input_names_file_line_and_field(tmp_path):
         E.read_medbrowsecomp(cols)
     with pytest.raises(InputError, match="file not found"):
         E.read_medbrowsecomp(tmp_path / "nope.csv")
+
+
+def test_select_questions_keeps_file_order_and_the_hop_limit():
+    recs = [{"id": str(i), "hops": h} for i, h in enumerate([6, 2, 4, 3, 5, 2])]
+    assert [r["id"] for r in E.select_questions(recs, max_hops=3)] == ["1", "3", "5"]
+    assert [r["id"] for r in E.select_questions(recs, 2, max_hops=4)] == ["1", "2"]
+    assert E.select_questions(recs) == recs and E.select_questions(recs, 1) == recs[:1]

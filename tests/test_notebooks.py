@@ -17,8 +17,8 @@ NOTEBOOKS = pipeline.numbered_notebooks()
 
 def test_notebooks_exist_in_order():
     names = [p.name for p in NOTEBOOKS]
-    assert names[:4] == ["01_entity_mining.ipynb", "02_kg_construction.ipynb", "03_question_generation.ipynb",
-                         "04_trajectories.ipynb"]
+    assert names[:5] == ["01_entity_mining.ipynb", "02_kg_construction.ipynb", "03_question_generation.ipynb",
+                         "04_trajectories.ipynb", "05_sft.ipynb"]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
@@ -41,13 +41,13 @@ def test_notebook_hygiene(path):
 
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory, kb_tables):
-    """Run 01-04 with the smoke profile into a scratch data/results folder."""
+    """Run 01-05 with the smoke profile into a scratch data/results folder."""
     root = tmp_path_factory.mktemp("smoke")
     (root / "data").mkdir()
     os.symlink(kb_dir(), root / "data" / "kb")
     env = {**os.environ, "MEDKIT_DATA": str(root / "data"), "MEDKIT_RESULTS": str(root / "results")}
-    proc = subprocess.run([sys.executable, "-m", "medkit", "run-notebooks", "--profile", "smoke", "--only", "01", "02", "03", "04"],
-                          cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=1500)
+    proc = subprocess.run([sys.executable, "-m", "medkit", "run-notebooks", "--profile", "smoke", "--only", "01", "02", "03", "04",
+                           "05"], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return root
 
@@ -149,6 +149,26 @@ def test_smoke_trajectory_outputs(smoke_run, small_tokenizer):
                    cwd=REPO_ROOT, env=env, check=True, capture_output=True, timeout=900)
     again = [json.loads(line) for line in (data / "trajectories_all.jsonl").read_text().splitlines()]
     assert again == rows
+
+
+@pytest.mark.notebook
+def test_smoke_sft_outputs(smoke_run):
+    data, results = smoke_run / "data" / "smoke", smoke_run / "results" / "smoke"
+    summary = json.loads((results / "05_sft.json").read_text())
+    assert summary["train"]["steps"] == 2 and summary["train"]["train_loss"] > 0
+    assert summary["lengths"]["rows"] <= 8 and summary["lengths"]["truncated_rows"] == 0  # DROP_LONGER in smoke
+    for name in ("base", "sft"):
+        m = summary["eval"][name]
+        assert m["rollouts"] == summary["k"] and m["questions"] == summary["questions"] and 0 <= m["pass@1"]["mean"] <= 1
+        rows = pd.read_json(results / f"05_eval_{name}.jsonl", lines=True)
+        assert len(rows) == m["questions"] * m["rollouts"] and set(rows["stop_reason"]) == set(m["stop_reasons"])
+    run = data / "sft"
+    assert (run / "adapter" / "adapter_config.json").exists() and (run / "merged" / "config.json").exists()
+    card = json.loads((run / "card.json").read_text())
+    assert card["parameters"]["PROFILE"] == "smoke" and card["metrics"]["steps"] == 2
+    assert "## Metrics" in (run / "README.md").read_text()
+    for fig in ("05_sft_loss.png", "05_base_vs_sft.png"):
+        assert (results / "figures" / fig).stat().st_size > 10_000
 
 
 @pytest.mark.notebook

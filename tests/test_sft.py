@@ -58,6 +58,63 @@ def test_trl_builds_the_same_labels(tok, rows, tmp_path):
     assert out["steps"] == 1 and out["loss_curve"] and out["loss_curve"][0]["loss"] > 0
 
 
+def _tiny_trainer(tok, rows, out, **overrides):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=8192))
+    params = dict(SEED=13, EPOCHS=1, MAX_STEPS=None, BATCH_SIZE=1, GRAD_ACCUM=1, LEARNING_RATE=1e-2, WARMUP_STEPS=0,
+                  MAX_LENGTH=8192, SAVE_STEPS=1, LORA_R=4, LORA_ALPHA=8, LORA_DROPOUT=0.0, BF16=False)
+    return sft.build_trainer(model, tok, rows, {**params, **overrides}, out)
+
+
+def test_resume_continues_and_a_finished_run_is_not_trained_again(tok, rows, tmp_path):
+    import torch
+
+    run = tmp_path / "run"
+    first = sft.train(_tiny_trainer(tok, rows[:2], run, MAX_STEPS=1), resume=False)
+    assert first["steps"] == 1 and first["steps_this_run"] == 1
+    resumed = sft.train(_tiny_trainer(tok, rows[:2], run, MAX_STEPS=2))  # interrupted run picks up at step 1
+    assert resumed["resumed_from"].endswith("checkpoint-1") and resumed["steps"] == 2
+    assert resumed["steps_this_run"] == 1 and not resumed["already_finished"]
+    assert [p["step"] for p in resumed["loss_curve"]] == [1, 2]  # the first step's log survives the resume
+    trainer = _tiny_trainer(tok, rows[:2], run, MAX_STEPS=2)
+    again = sft.train(trainer)  # finished: load, do not step again
+    assert again["already_finished"] and again["steps"] == 2 and again["steps_this_run"] == 0
+    from safetensors.torch import load_file
+
+    saved = load_file(str(run / "checkpoint-2" / "adapter_model.safetensors"))
+    live = {k: v for k, v in trainer.model.state_dict().items() if "lora_" in k}
+    assert len(live) == len(saved) and all(
+        torch.equal(live[k.replace(".weight", ".default.weight")], v) for k, v in saved.items())
+
+
+def test_rows_that_fit_and_prompts_without_tool_schemas(tok, rows):
+    bare = sft.without_tool_schemas(rows)
+    full_len = len(sft.encode(tok, rows[0])["input_ids"])
+    bare_enc = sft.encode(tok, bare[0])
+    assert len(bare_enc["input_ids"]) < full_len - 500  # the schema block is gone ...
+    text = tok.decode(bare_enc["input_ids"])
+    assert A.SYSTEM_PROMPT in text and '"name": "diagnose", "description"' not in text
+    assert sum(bare_enc["assistant_masks"]) == sum(sft.encode(tok, rows[0])["assistant_masks"])  # ... not the calls
+    lengths = [len(sft.encode(tok, r)["input_ids"]) for r in bare]
+    cap = sorted(lengths)[len(lengths) // 2]
+    kept, skipped = sft.select_rows(tok, bare, None, cap, drop_longer=True)
+    assert skipped == sum(n > cap for n in lengths) > 0 and len(kept) == len(bare) - skipped
+    assert all(len(sft.encode(tok, r)["input_ids"]) <= cap for r in kept)
+    two, _ = sft.select_rows(tok, bare, 2, cap, drop_longer=True)
+    assert two == kept[:2]
+    assert sft.select_rows(tok, bare, 3, cap, drop_longer=False) == (bare[:3], 0)
+
+
+def test_bf16_follows_the_cpu_flags():
+    from medkit import model as M
+
+    assert M.cpu_has_bf16("processor : 0\nflags\t\t: fpu sse2 avx512f avx512_bf16 amx_tile\n")
+    assert not M.cpu_has_bf16("processor : 0\nflags\t\t: fpu sse2 avx2\n")
+    assert M.use_bf16(False, on_cuda=False) is False and M.use_bf16(True, on_cuda=False) is True
+
+
 def test_length_report_counts_truncation(tok, rows):
     full = sft.length_report(tok, rows, max_length=100_000)
     assert full["truncated_rows"] == 0 and full["trained_tokens"] < full["tokens"]

@@ -1,0 +1,105 @@
+"""The composite GRPO reward: task accuracy + expert preference - efficiency penalty.
+
+Scope (notebook 06): each term is a separate function of one agent rollout (the dict
+:func:`medkit.agent.run_agent` returns: ``messages``, ``prediction``, ``format_errors``,
+``n_model_calls``, ``n_tool_calls``, ``n_tokens``) and, for accuracy, the question record, so
+each can be logged on its own and unit-tested on hand-made trajectories.
+
+* :func:`accuracy` — 1 if the final answer is judged correct (:func:`medkit.judge.judge`,
+  the evaluation harness's judge), else 0.
+* :func:`preference` — the paper's "expert preference" made checkable, mean of three parts
+  (:func:`preference_parts`): *well-formed* (share of model turns that parse cleanly),
+  *grounded* (the answer was seen in a tool response before it was given: evidence retrieved,
+  not guessed) and *verified* (at least one further tool call after the first observation
+  that shows the answer: the search-verify-synthesise pattern). A rollout without an answer
+  can still earn the well-formed part.
+* :func:`efficiency_penalty` — in [0, 1]: tool calls above ``call_budget`` and tokens above
+  ``token_budget``, each scaled by its budget and capped, averaged.
+* :func:`composite` — ``w_acc * accuracy + w_pref * preference - w_eff * penalty`` with every
+  term reported; :class:`RewardWeights` holds the weights of notebook 06's ``parameters`` cell.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from .judge import clean_prediction, judge
+from .ner import surface_key
+
+TERMS = ("accuracy", "preference", "efficiency")
+
+
+@dataclass(frozen=True)
+class RewardWeights:
+    accuracy: float = 1.0
+    preference: float = 0.3
+    efficiency: float = 0.2
+
+
+def accuracy(rollout: dict[str, Any], record: dict[str, Any], *,
+             resolve: Callable[[str], Iterable[str]] | None = None) -> float:
+    """1.0 when the rollout's final answer is the record's answer (KG-aware judge), else 0.0."""
+    return 1.0 if judge(rollout.get("prediction"), record, resolve=resolve).correct else 0.0
+
+
+def _turns(rollout: dict[str, Any]) -> list[dict[str, Any]]:
+    return [m for m in rollout.get("messages") or [] if isinstance(m, dict)]
+
+
+def _answer_index(messages: list[dict[str, Any]]) -> int:
+    """Index of the assistant message that gave the answer (or len(messages) if none did)."""
+    for i in range(len(messages) - 1, -1, -1):
+        m = messages[i]
+        if m.get("role") == "assistant" and "<answer>" in str(m.get("content") or ""):
+            return i
+    return len(messages)
+
+
+def _mentions(text: str, key: str) -> bool:
+    return bool(key) and f" {key} " in f" {surface_key(text)} "
+
+
+def preference_parts(rollout: dict[str, Any]) -> dict[str, float]:
+    """``well_formed``, ``grounded`` and ``verified``, each in [0, 1] (see the module docstring)."""
+    calls = int(rollout.get("n_model_calls") or 0)
+    bad = len(rollout.get("format_errors") or [])
+    well_formed = max(0.0, 1.0 - bad / calls) if calls else 0.0
+    key = surface_key(clean_prediction(rollout.get("prediction")))
+    messages = _turns(rollout)
+    end = _answer_index(messages)
+    first_seen = next((i for i, m in enumerate(messages[:end])
+                       if m.get("role") == "tool" and _mentions(str(m.get("content") or ""), key)), None)
+    grounded = 1.0 if rollout.get("prediction") and first_seen is not None else 0.0
+    verified = 0.0
+    if grounded:
+        later_calls = [m for m in messages[first_seen + 1:end] if m.get("role") == "assistant" and m.get("tool_calls")]
+        verified = 1.0 if later_calls else 0.0
+    return {"well_formed": round(well_formed, 4), "grounded": grounded, "verified": verified}
+
+
+def preference(rollout: dict[str, Any]) -> float:
+    """Mean of :func:`preference_parts`."""
+    parts = preference_parts(rollout)
+    return round(sum(parts.values()) / len(parts), 4)
+
+
+def efficiency_penalty(rollout: dict[str, Any], *, call_budget: int = 8, token_budget: int = 3072) -> float:
+    """Penalty in [0, 1] for tool calls above ``call_budget`` and tokens above ``token_budget``."""
+    if call_budget < 1 or token_budget < 1:
+        raise ValueError("call_budget and token_budget must be >= 1")
+    extra_calls = max(0, int(rollout.get("n_tool_calls") or 0) - call_budget) / call_budget
+    extra_tokens = max(0, int(rollout.get("n_tokens") or 0) - token_budget) / token_budget
+    return round((min(1.0, extra_calls) + min(1.0, extra_tokens)) / 2, 4)
+
+
+def composite(rollout: dict[str, Any], record: dict[str, Any], weights: RewardWeights = RewardWeights(), *,
+              call_budget: int = 8, token_budget: int = 3072,
+              resolve: Callable[[str], Iterable[str]] | None = None) -> dict[str, float]:
+    """Every term, the preference parts and the weighted ``total``."""
+    terms = {"accuracy": accuracy(rollout, record, resolve=resolve), "preference": preference(rollout),
+             "efficiency": efficiency_penalty(rollout, call_budget=call_budget, token_budget=token_budget)}
+    w = asdict(weights)
+    total = w["accuracy"] * terms["accuracy"] + w["preference"] * terms["preference"] - w["efficiency"] * terms["efficiency"]
+    return {**terms, **preference_parts(rollout), "total": round(total, 4)}

@@ -1,0 +1,97 @@
+"""The composite GRPO reward (medkit.rewards) on hand-made trajectories, one behaviour per test."""
+
+from __future__ import annotations
+
+import pytest
+
+from medkit import rewards as R
+
+RECORD = {"answer": "Fabry disease", "answer_id": "MONDO:0010526", "answer_aliases": ["Anderson-Fabry disease"]}
+
+
+def _call(name: str, think: str = "I check.") -> dict:
+    return {"role": "assistant", "content": f"<think>{think}</think>",
+            "tool_calls": [{"type": "function", "function": {"name": name, "arguments": {"entity_id": "X"}}}]}
+
+
+def _tool(content: str) -> dict:
+    return {"role": "tool", "name": "related", "content": content}
+
+
+def _answer(text: str) -> dict:
+    return {"role": "assistant", "content": f"<think>Done.</think>\n<answer>{text}</answer>"}
+
+
+def rollout(messages, prediction, *, n_model_calls=None, format_errors=(), n_tokens=1500):
+    calls = sum(1 for m in messages if m.get("tool_calls"))
+    return {"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "q"}, *messages],
+            "prediction": prediction, "format_errors": list(format_errors), "n_tool_calls": calls,
+            "n_model_calls": n_model_calls if n_model_calls is not None else calls + (1 if prediction else 0),
+            "n_tokens": n_tokens}
+
+
+SEARCH_VERIFY = rollout([_call("diagnose"), _tool("1. Fabry disease (MONDO:0010526) score=-0.7"),
+                         _call("related", "To verify, I check its phenotypes."), _tool("Fabry disease — has_phenotype: ..."),
+                         _answer("Fabry disease")], "Fabry disease")
+
+
+def test_accuracy_uses_the_harness_judge():
+    assert R.accuracy(SEARCH_VERIFY, RECORD) == 1.0
+    assert R.accuracy({**SEARCH_VERIFY, "prediction": "Anderson-Fabry disease"}, RECORD) == 1.0  # KG synonym
+    assert R.accuracy({**SEARCH_VERIFY, "prediction": "Fabry disease or Gaucher disease"}, RECORD) == 0.0  # hedged
+    assert R.accuracy({**SEARCH_VERIFY, "prediction": None}, RECORD) == 0.0
+    resolve = {"GLA deficiency": ["MONDO:0010526"]}.get
+    assert R.accuracy({**SEARCH_VERIFY, "prediction": "GLA deficiency"}, RECORD, resolve=lambda s: resolve(s, [])) == 1.0
+
+
+def test_search_then_verify_earns_the_full_preference():
+    assert R.preference_parts(SEARCH_VERIFY) == {"well_formed": 1.0, "grounded": 1.0, "verified": 1.0}
+    assert R.preference(SEARCH_VERIFY) == 1.0
+
+
+def test_answer_right_after_the_first_candidate_is_not_verified():
+    r = rollout([_call("diagnose"), _tool("1. Fabry disease (MONDO:0010526)"), _answer("Fabry disease")], "Fabry disease")
+    assert R.preference_parts(r) == {"well_formed": 1.0, "grounded": 1.0, "verified": 0.0}
+
+
+def test_a_guess_never_seen_in_a_tool_response_is_not_grounded():
+    r = rollout([_call("diagnose"), _tool("1. Gaucher disease (MONDO:0018150)"), _call("related"),
+                 _tool("nothing useful"), _answer("Fabry disease")], "Fabry disease")
+    parts = R.preference_parts(r)
+    assert parts["grounded"] == 0.0 and parts["verified"] == 0.0
+    # the question text itself does not count as evidence; only tool responses do
+    r["messages"][1]["content"] = "Which disease, like Fabry disease, ...?"
+    assert R.preference_parts(r)["grounded"] == 0.0
+    # matching is on whole words: "Fabryx disease" does not mention "Fabry disease"
+    partial = rollout([_call("search"), _tool("Fabryx disease (X:1)"), _answer("Fabry disease")], "Fabry disease")
+    assert R.preference_parts(partial)["grounded"] == 0.0
+
+
+def test_format_errors_lower_well_formed_and_no_answer_keeps_only_that_part():
+    r = rollout([_call("search"), _tool("..."), {"role": "assistant", "content": "prose"},
+                 {"role": "user", "content": "Error: no <think> block"}], None, n_model_calls=2,
+                format_errors=[{"turn": 2, "errors": ["no <think> block"]}])
+    assert R.preference_parts(r) == {"well_formed": 0.5, "grounded": 0.0, "verified": 0.0}
+    assert R.preference(r) == pytest.approx(0.5 / 3, abs=1e-4)
+    assert R.preference(rollout([], None, n_model_calls=0)) == 0.0
+
+
+def test_efficiency_penalty_counts_calls_and_tokens_over_budget():
+    assert R.efficiency_penalty(SEARCH_VERIFY, call_budget=8, token_budget=3072) == 0.0
+    many = {**SEARCH_VERIFY, "n_tool_calls": 12}
+    assert R.efficiency_penalty(many, call_budget=8) == pytest.approx(0.25)  # (4/8) / 2
+    long = {**SEARCH_VERIFY, "n_tokens": 4608}
+    assert R.efficiency_penalty(long, token_budget=3072) == pytest.approx(0.25)  # (1536/3072) / 2
+    worst = {**SEARCH_VERIFY, "n_tool_calls": 100, "n_tokens": 100_000}
+    assert R.efficiency_penalty(worst) == 1.0  # capped
+    with pytest.raises(ValueError):
+        R.efficiency_penalty(SEARCH_VERIFY, call_budget=0)
+
+
+def test_composite_weights_each_term_and_switches_terms_off():
+    full = R.composite(SEARCH_VERIFY, RECORD)
+    assert full["total"] == pytest.approx(1.0 + 0.3 * 1.0 - 0.0)
+    wrong_slow = {**SEARCH_VERIFY, "prediction": "Gaucher disease", "n_tool_calls": 16}
+    out = R.composite(wrong_slow, RECORD, R.RewardWeights(accuracy=1.0, preference=0.0, efficiency=0.5))
+    assert out["accuracy"] == 0.0 and out["efficiency"] == 0.5 and out["total"] == pytest.approx(-0.25)
+    assert set(R.TERMS) <= set(out) and {"well_formed", "grounded", "verified"} <= set(out)
