@@ -14,7 +14,8 @@ Scope (notebook 05):
   profile's model: 4-bit nf4 QLoRA (bitsandbytes, CPU or CUDA), plain LoRA, or unsloth on a
   CUDA machine where it is installed (:func:`medkit.model.select_backend`; never imported
   otherwise). :func:`train` resumes from the last checkpoint in the output folder.
-* :func:`save_outputs` writes the adapter, a merged model (fp32/bf16 weights) and a model
+* :func:`save_outputs` writes the adapter, a merged full-precision model (a QLoRA adapter folded
+  into the dequantized 4-bit weights it was trained on, :func:`merge_adapter`) and a model
   card with data, parameters and metrics.
 """
 
@@ -194,24 +195,52 @@ def with_adapter(model: Any, params: dict[str, Any], backend: str) -> tuple[Any,
     return model, lora_config(params)
 
 
+ADAPTER_META = "medkit_adapter.json"  # written next to the adapter: which base it was trained on
+
+
+def merge_adapter(model: Any, adapter_dir: str | Path) -> Any:
+    """The adapter folded into ``model``'s weights; a 4-bit base is dequantized first.
+
+    A QLoRA adapter learned its correction on top of the *quantized* weights. Merged into the
+    original full-precision weights instead, it no longer fits: measured on the cpu run, SmolLM2
+    wrote valid first tool calls for 6 of 6 training questions with its nf4 base and for 1 of 6
+    merged into the fp32 base. Merging into the dequantized nf4 weights keeps the trained model.
+    """
+    from peft import PeftModel
+
+    if getattr(model, "is_loaded_in_4bit", False) or getattr(model, "quantization_method", None):
+        model = model.dequantize()
+    merged = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
+    merged.eval()
+    return merged
+
+
+def adapter_base(adapter_dir: str | Path) -> dict[str, Any]:
+    """What :func:`save_outputs` recorded about the adapter's base (``{}`` for a foreign adapter)."""
+    meta = Path(adapter_dir) / ADAPTER_META
+    return json.loads(meta.read_text(encoding="utf-8")) if meta.exists() else {}
+
+
 def load_for_inference(profile: str, adapter_dir: str | Path | None = None, *,
                        bf16: bool | None = False) -> tuple[Any, Any]:
-    """(model, tokenizer) for generation: the profile's full-precision base with the adapter merged in.
+    """(model, tokenizer) for generation: the profile's base with the adapter merged in.
 
-    ``bf16`` casts the merged weights to bfloat16 (None: where the hardware computes bf16; the
-    dev machine's CPU generates 1.7x faster so). A missing adapter folder is a clear error, not a
-    stack trace from peft.
+    An adapter trained with QLoRA (recorded in its folder) is merged into the dequantized 4-bit
+    base it was trained on (:func:`merge_adapter`). ``bf16`` casts the result to bfloat16 (None:
+    where the hardware computes bf16; the dev machine's CPU generates 1.7x faster so). A missing
+    adapter folder is a clear error, not a stack trace from peft.
     """
     from .model import load_model, use_bf16
 
-    model, tokenizer = load_model(profile, quantize_4bit=False)
+    quantized = False
     if adapter_dir is not None:
         adapter_dir = Path(adapter_dir)
         if not (adapter_dir / "adapter_config.json").exists():
             raise InputError(adapter_dir, "no LoRA adapter here (adapter_config.json missing); train it in notebook 05")
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
+        quantized = str(adapter_base(adapter_dir).get("quantize") or "").lower() == "nf4"
+    model, tokenizer = load_model(profile, quantize_4bit=quantized)
+    if adapter_dir is not None:
+        model = merge_adapter(model, adapter_dir)
     if use_bf16(bf16, on_cuda=model.device.type == "cuda"):
         import torch
 
@@ -303,13 +332,16 @@ def save_outputs(trainer: Any, tokenizer: Any, out_dir: str | Path, card: dict[s
                  profile: str | None = None) -> dict[str, str]:
     """Adapter (+ tokenizer), README model card and, with ``profile``, a merged model under ``out_dir``.
 
-    The merged model is the profile's full-precision base with the adapter folded in (a QLoRA
-    adapter is merged into the fp32/bf16 weights, not into the 4-bit ones).
+    The merged model is full precision: a QLoRA adapter is folded into the dequantized 4-bit
+    weights it was trained on (:func:`merge_adapter`), a LoRA adapter into the original weights.
     """
     out = Path(out_dir)
     adapter = out / "adapter"
     trainer.model.save_pretrained(str(adapter))
     tokenizer.save_pretrained(str(adapter))
+    params = card.get("parameters", {})
+    write_json(adapter / ADAPTER_META, {"profile": params.get("PROFILE", profile), "base_model": card.get("base_model"),
+                                        "quantize": params.get("QUANTIZE")})
     paths = {"adapter": str(adapter)}
     if profile is not None:
         merged_dir = out / "merged"

@@ -183,3 +183,33 @@ def test_adapter_backend_selection_without_importing_unsloth(monkeypatch):
 def test_missing_adapter_is_a_clear_error(tmp_path):
     with pytest.raises(InputError, match="adapter_config.json missing"):
         sft.load_for_inference("cpu", tmp_path / "no-adapter")
+
+
+def test_a_qlora_adapter_is_merged_into_the_weights_it_was_trained_on(tmp_path):
+    """Merged into the fp32 base a QLoRA adapter is a different model; into the dequantized nf4 base it is the same."""
+    import torch
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    from medkit import model as M
+
+    base4, tok = M.load_model("smoke", quantize_4bit=True)
+    trained = get_peft_model(base4, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear",
+                                               init_lora_weights=False))  # random B: a real correction
+    adapter = tmp_path / "adapter"
+    trained.save_pretrained(str(adapter))
+    (adapter / sft.ADAPTER_META).write_text(json.dumps({"profile": "smoke", "quantize": "nf4"}))
+    ids = tok("A patient is diagnosed with a rare disorder that presents with", return_tensors="pt")
+    with torch.no_grad():
+        want = trained(**ids).logits
+        merged, _ = sft.load_for_inference("smoke", adapter)
+        got = merged(**ids).logits
+        fp32, _ = M.load_model("smoke")
+        naive = PeftModel.from_pretrained(fp32, str(adapter)).merge_and_unload()(**ids).logits
+    assert not any("Linear4bit" in type(m).__name__ for m in merged.modules())  # full precision, no 4-bit kernels
+    # bitsandbytes' CPU 4-bit matmul is not bit-exact with dequantize + fp32 matmul (measured: max logit
+    # difference 0.8 vs 10.8 for the fp32 base), so compare distances, and the predicted tokens
+    err, naive_err = (got - want).abs().max().item(), (naive - want).abs().max().item()
+    assert naive_err > 5 * err, (err, naive_err)
+    same = (got.argmax(-1) == want.argmax(-1)).float().mean().item()
+    assert same >= 0.9 and same > (naive.argmax(-1) == want.argmax(-1)).float().mean().item()
+    assert sft.adapter_base(adapter)["quantize"] == "nf4" and sft.adapter_base(tmp_path) == {}

@@ -160,10 +160,10 @@ trainer = sft.build_trainer(model, tok, rows, P, RUN / "checkpoints", use_cpu=no
                             peft_config=peft_config)
 trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
 print(f"trainable parameters: {trainable:,}; memory before training:", M.memory_report())
-train_out = sft.train(trainer)
+train_out = sft.train(trainer)  # a finished run in RUN is loaded, not trained again
 tokens_seen = (lengths["tokens"] - lengths["truncated_tokens"]) * (  # tokens per epoch, from section 1
-    train_out["steps"] * P["BATCH_SIZE"] * P["GRAD_ACCUM"] / max(len(rows), 1))
-train_out["tokens_per_second"] = round(tokens_seen / max(train_out["seconds"], 1e-9), 1)
+    train_out["steps_this_run"] * P["BATCH_SIZE"] * P["GRAD_ACCUM"] / max(len(rows), 1))
+train_out["tokens_per_second"] = round(tokens_seen / train_out["seconds"], 1) if train_out["steps_this_run"] else None
 print("memory after training:", M.memory_report())
 {k: v for k, v in train_out.items() if k != "loss_curve"}
 ''')
