@@ -79,10 +79,13 @@ def preference_parts(rollout: dict[str, Any]) -> dict[str, float]:
     return {"well_formed": round(well_formed, 4), "grounded": grounded, "verified": verified}
 
 
+def _mean(parts: dict[str, float]) -> float:
+    return round(sum(parts.values()) / len(parts), 4)
+
+
 def preference(rollout: dict[str, Any]) -> float:
     """Mean of :func:`preference_parts`."""
-    parts = preference_parts(rollout)
-    return round(sum(parts.values()) / len(parts), 4)
+    return _mean(preference_parts(rollout))
 
 
 def efficiency_penalty(rollout: dict[str, Any], *, call_budget: int = 8, token_budget: int = 3072) -> float:
@@ -98,8 +101,9 @@ def composite(rollout: dict[str, Any], record: dict[str, Any], weights: RewardWe
               call_budget: int = 8, token_budget: int = 3072,
               resolve: Callable[[str], Iterable[str]] | None = None) -> dict[str, float]:
     """Every term, the preference parts and the weighted ``total``."""
-    terms = {"accuracy": accuracy(rollout, record, resolve=resolve), "preference": preference(rollout),
+    parts = preference_parts(rollout)
+    terms = {"accuracy": accuracy(rollout, record, resolve=resolve), "preference": _mean(parts),
              "efficiency": efficiency_penalty(rollout, call_budget=call_budget, token_budget=token_budget)}
     w = asdict(weights)
     total = w["accuracy"] * terms["accuracy"] + w["preference"] * terms["preference"] - w["efficiency"] * terms["efficiency"]
-    return {**terms, **preference_parts(rollout), "total": round(total, 4)}
+    return {**terms, **parts, "total": round(total, 4)}
