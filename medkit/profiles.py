@@ -91,6 +91,38 @@ _BASE: dict[str, dict[str, Any]] = {
         "EVAL_MAX_NEW_TOKENS": 192,    # tokens per assistant turn
         "EVAL_BATCH": 16,              # conversations per generate() batch
     },
+    "grpo": {
+        "SEED": 13,
+        "START": "sft",                # sft = continue the SFT adapter (the paper's recipe); base = a fresh adapter on the base model
+        "N_QUESTIONS": 64,             # training questions in the GRPO pool (notebook 03's train split)
+        "MAX_HOPS": 3,                 # only training questions with at most this many hops (None = all)
+        "QUESTIONS_PER_STEP": 2,       # distinct questions per optimizer step
+        "NUM_GENERATIONS": 4,          # rollouts per question (the GRPO group)
+        "MAX_STEPS": 8,                # optimizer steps
+        "LEARNING_RATE": 1e-4,
+        "BETA": 0.04,                  # KL coefficient against the starting adapter (0 = no reference model, no KL)
+        "LOSS_TYPE": "dapo",           # TRL loss: dapo | grpo | dr_grpo | bnpo
+        "SCALE_REWARDS": "group",      # advantage scaling: group | batch | none
+        "TEMPERATURE": 0.7,            # sampling temperature of the rollouts
+        "MAX_COMPLETION_LENGTH": 1536, # completion tokens per rollout: assistant turns + tool responses
+        "TURN_MAX_NEW_TOKENS": 160,    # tokens per assistant turn
+        "MAX_CALLS": 8,                # model calls per rollout
+        "W_ACCURACY": 1.0,             # composite reward weights: accuracy + preference - efficiency
+        "W_PREFERENCE": 0.3,
+        "W_EFFICIENCY": 0.2,
+        "CALL_BUDGET": 8,              # tool calls above this are penalised
+        "TOKEN_BUDGET": 3072,          # tokens above this are penalised
+        "BF16": None,                  # bf16 autocast; None = where the hardware computes bf16 natively
+        "QUANTIZE": "nf4",             # base precision for a fresh adapter (START=base); an SFT adapter keeps its own
+        "LORA_R": 16,                  # fresh adapter only (START=base)
+        "LORA_ALPHA": 32,
+        "LORA_DROPOUT": 0.05,
+        "SAVE_STEPS": 2,               # checkpoint interval; a rerun resumes from the last checkpoint
+    },
+    "evaluation": {
+        "ABLATIONS": ["grpo_from_base", "grpo_accuracy_only"],  # extra GRPO runs: from the base model; accuracy reward only
+        "ABLATION_STEPS": None,        # optimizer steps of each ablation run (None = notebook 06's MAX_STEPS)
+    },
 }
 
 _OVERRIDES: dict[str, dict[str, dict[str, Any]]] = {
@@ -102,6 +134,9 @@ _OVERRIDES: dict[str, dict[str, dict[str, Any]]] = {
         "sft": {"N_TRAIN": 8, "MAX_STEPS": 2, "MAX_LENGTH": 2048, "GRAD_ACCUM": 1, "SAVE_STEPS": 1,
                 "DROP_LONGER": True, "TOOLS_IN_PROMPT": False,
                 "EVAL_QUESTIONS": 2, "EVAL_K": 1, "EVAL_MAX_CALLS": 3, "EVAL_MAX_NEW_TOKENS": 32},
+        "grpo": {"N_QUESTIONS": 4, "MAX_HOPS": None, "QUESTIONS_PER_STEP": 1, "NUM_GENERATIONS": 2, "MAX_STEPS": 2,
+                 "MAX_COMPLETION_LENGTH": 256, "TURN_MAX_NEW_TOKENS": 48, "MAX_CALLS": 3, "SAVE_STEPS": 1},
+        "evaluation": {"ABLATION_STEPS": 1},
     },
     "cpu": {
         "kg": {"N_SEEDS": 3000},
@@ -110,6 +145,7 @@ _OVERRIDES: dict[str, dict[str, dict[str, Any]]] = {
                 "GRAD_ACCUM": 1, "LEARNING_RATE": 2e-3, "WARMUP_STEPS": 4, "SAVE_STEPS": 8,
                 "EVAL_QUESTIONS": 12, "EVAL_MAX_HOPS": 4, "EVAL_TEMPERATURE": 0.3, "EVAL_MAX_CALLS": 10,
                 "EVAL_MAX_NEW_TOKENS": 160},
+        "evaluation": {"ABLATIONS": ["grpo_from_base"]},
     },
     "gpu": {
         "kg": {"N_SEEDS": 6000},
@@ -117,6 +153,9 @@ _OVERRIDES: dict[str, dict[str, dict[str, Any]]] = {
                          "AGENT_BATCH": 16, "MAX_TOKENS": 8192},
         "sft": {"EPOCHS": 2, "BATCH_SIZE": 2, "GRAD_ACCUM": 8, "LEARNING_RATE": 2e-4, "MAX_LENGTH": 8192,
                 "SAVE_STEPS": 50, "EVAL_MAX_NEW_TOKENS": 512},
+        "grpo": {"N_QUESTIONS": 2000, "MAX_HOPS": None, "QUESTIONS_PER_STEP": 4, "NUM_GENERATIONS": 8, "MAX_STEPS": 250,
+                 "LEARNING_RATE": 1e-5, "MAX_COMPLETION_LENGTH": 8192, "TURN_MAX_NEW_TOKENS": 512, "MAX_CALLS": 30,
+                 "SAVE_STEPS": 25},
     },
 }
 

@@ -1,0 +1,529 @@
+"""GRPO on the agent: token-level multi-turn rollouts against the real tools, the composite reward.
+
+Scope (notebooks 06-07):
+
+* :class:`AgentRollouts` is TRL's ``rollout_func``: for every prompt of a generation batch it
+  runs the agent loop (the same protocol, parser and stop rules as :func:`medkit.agent.run_agent`)
+  **at the token level** with the policy being trained. A rollout's completion is the generated
+  token ids of every assistant turn, joined by the chat template's continuation after each turn
+  (tool responses, error notes, the next assistant header) tokenised on its own. Nothing is ever
+  re-tokenised after generation, so the ids TRL computes the loss on are the ids the policy
+  sampled; ``env_mask`` is 1 on the policy's tokens and 0 on every tool-response token, which
+  TRL then keeps out of the loss. Each rollout (messages, prediction, counts, stop reason) is
+  forwarded to the reward functions and kept in :attr:`AgentRollouts.history` for plots.
+* :func:`reward_functions` turns the terms of :mod:`medkit.rewards` into separate TRL reward
+  functions (``accuracy``, ``preference``, ``efficiency``; weights ``w_acc, w_pref, -w_eff`` in
+  :func:`grpo_config`), so TRL logs each one on its own. A term that raises on one rollout gives
+  ``None`` for it (TRL treats it as missing), is counted under ``reward_errors/<term>`` and
+  training goes on. Tool-call and tool-failure frequency, answer rate and the preference parts
+  are logged as metrics too.
+* :func:`load_policy` loads the policy: the profile's base (4-bit nf4 when the SFT adapter was
+  trained with QLoRA) with the SFT adapter trainable, or the bare base with a fresh LoRA adapter
+  (the "GRPO from base" ablation); :func:`build_trainer` wires :class:`trl.GRPOTrainer`;
+  training, resuming from checkpoints and NaN handling reuse :func:`medkit.sft.train` plus
+  :class:`StopOnNaN`.
+
+Out of scope: the reward terms themselves (:mod:`medkit.rewards`), evaluation
+(:mod:`medkit.evaluation`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import statistics
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import agent as A
+from . import rewards as R
+from .errors import ConfigError, InputError
+
+log = logging.getLogger(__name__)
+
+_MARK = "\x00medkit-turn\x00"  # placeholder assistant content used to cut the template's continuation
+
+
+# --------------------------------------------------------------------------- the chat template's joins
+
+
+def turn_close_and_continuation(tokenizer: Any, after: Sequence[dict[str, str]]) -> tuple[str, str]:
+    """(closing, continuation) the chat template renders after an assistant turn's text.
+
+    ``closing`` ends the assistant turn (the EOS token, ``<|im_end|>`` for ChatML), and
+    ``continuation`` is everything the template puts between it and the next assistant turn's
+    text: ``after`` (text-protocol messages: tool responses as user turns, error notes) and the
+    next assistant header. Taken from the tokenizer's own template with a placeholder turn, so
+    the joined rollout is byte for byte the conversation the template would render.
+    """
+    base = [{"role": "system", "content": "s"}, {"role": "user", "content": "q"},
+            {"role": "assistant", "content": _MARK}]
+    full = tokenizer.apply_chat_template([*base, *after], add_generation_prompt=bool(after), tokenize=False)
+    tail = full[full.index(_MARK) + len(_MARK):]
+    eos = tokenizer.eos_token or ""
+    if not eos or not tail.startswith(eos):
+        raise ConfigError(f"the chat template does not end an assistant turn with the EOS token {eos!r} "
+                          f"(it renders {tail[:40]!r}); token-level rollouts need a template that does")
+    return eos, tail[len(eos):]
+
+
+def text_messages_after_last_assistant(messages: Sequence[dict[str, Any]],
+                                       schemas: list[dict[str, Any]] | None) -> list[dict[str, str]]:
+    """The text-protocol messages that follow the newest assistant turn."""
+    text = A.to_text_messages(messages, schemas)
+    last = max(i for i, m in enumerate(text) if m["role"] == "assistant")
+    return text[last + 1:]
+
+
+# --------------------------------------------------------------------------- rollouts
+
+
+@dataclass
+class RolloutConfig:
+    """Stop rules and sampling of the GRPO rollouts (the agent's, plus the completion budget)."""
+
+    max_calls: int = 10                # model calls per rollout
+    max_new_tokens: int = 160          # per assistant turn
+    max_completion_length: int = 1536  # all completion tokens: assistant turns + tool responses (TRL counts both)
+    max_format_errors: int = 2         # consecutive turns without a usable call or answer
+    temperature: float = 0.7
+    seed: int = 13
+    batch_size: int = 16               # conversations per generate() call
+
+
+@dataclass
+class TokenRollout:
+    """One rollout: the agent's state (as :func:`medkit.agent.run_agent` returns it) and its tokens."""
+
+    state: dict[str, Any]
+    prompt_ids: list[int]
+    completion_ids: list[int]
+    env_mask: list[int]
+    turn_ids: list[list[int]]          # ids the policy generated, one list per turn
+    turn_texts: list[str]              # their text (special tokens kept)
+
+    def summary(self) -> dict[str, Any]:
+        """The rollout dict the reward terms read, plus token counts."""
+        s = self.state
+        return {"question_id": s["question_id"], "messages": s["messages"], "prediction": s["prediction"],
+                "stop_reason": s["stop_reason"], "format_errors": s["format_errors"],
+                "tool_errors": s["tool_errors"], "n_model_calls": s["n_model_calls"],
+                "n_tool_calls": s["n_tool_calls"], "n_format_errors": len(s["format_errors"]),
+                "n_tokens": len(self.prompt_ids) + len(self.completion_ids),
+                "n_completion_tokens": len(self.completion_ids), "n_policy_tokens": sum(self.env_mask)}
+
+
+def _question_of(prompt: Sequence[dict[str, Any]]) -> str:
+    users = [m for m in prompt if m.get("role") == "user"]
+    if not users:
+        raise InputError("GRPO prompt", "a prompt has no user message (the question)")
+    return str(users[-1]["content"])
+
+
+def prompt_messages(record: dict[str, Any], schemas: list[dict[str, Any]] | None,
+                    system: str = A.SYSTEM_PROMPT) -> list[dict[str, str]]:
+    """The prompt the agent starts from (system prompt, optional tool block, the question)."""
+    return A.to_text_messages([{"role": "system", "content": system}, {"role": "user", "content": record["question"]}],
+                              schemas)
+
+
+def prompt_dataset(records: Sequence[dict[str, Any]], schemas: list[dict[str, Any]] | None) -> Any:
+    """A datasets.Dataset with ``prompt`` (chat messages) and ``question_id`` for GRPOTrainer."""
+    from datasets import Dataset
+
+    if not records:
+        raise InputError("GRPO questions", "no questions to train on")
+    rows = []
+    for i, r in enumerate(records):
+        if not r.get("question") or not r.get("answer"):
+            raise InputError("GRPO questions", "record has no question or answer", line=i + 1,
+                             field="question" if not r.get("question") else "answer")
+        rows.append({"prompt": prompt_messages(r, schemas), "question_id": str(r.get("id") or i)})
+    return Dataset.from_list(rows)
+
+
+def generate_turns(model: Any, tokenizer: Any, inputs: list[list[int]], *, max_new_tokens: list[int],
+                   temperature: float, seed: int | None, eos_ids: set[int]) -> list[tuple[list[int], Any]]:
+    """One assistant turn for each input id list: (generated ids up to the stop, Completion)."""
+    import torch
+
+    from .llm import finish_row
+
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    width = max(len(x) for x in inputs)
+    ids = torch.tensor([[pad] * (width - len(x)) + x for x in inputs], dtype=torch.long, device=model.device)
+    mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in inputs], dtype=torch.long,
+                        device=model.device)
+    sampling: dict[str, Any] = ({"do_sample": False} if temperature == 0 else
+                                {"do_sample": True, "temperature": float(temperature), "top_p": 1.0, "top_k": 0})
+    with torch.random.fork_rng(devices=[]), torch.inference_mode():
+        if seed is not None:
+            torch.manual_seed(seed)
+        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max(max_new_tokens),
+                             pad_token_id=pad, use_cache=True, stop_strings=A.STOP_STRINGS, tokenizer=tokenizer,
+                             repetition_penalty=1.0, **sampling)
+
+    def decode(x: list[int]) -> str:
+        return tokenizer.decode(x, skip_special_tokens=True)
+
+    rows = []
+    for r, limit in enumerate(max_new_tokens):
+        row = out[r, width:].tolist()[:limit]
+        done = finish_row(row, n_prompt_tokens=len(inputs[r]), eos_ids=eos_ids, stop=A.STOP_STRINGS,
+                          decode=decode, pad_id=pad)
+        rows.append((row[:done.n_completion_tokens], done))
+    return rows
+
+
+class AgentRollouts:
+    """TRL ``rollout_func``: token-level multi-turn agent rollouts with the policy being trained.
+
+    ``records`` are the question records the prompts were built from (matched by question
+    text); ``schemas`` the tool schemas shown in the prompt (``[]``: none, as the cpu SFT model
+    was trained). Call it as TRL does, ``rollouts(prompts, trainer)``, or directly with a model
+    and tokenizer through :meth:`run`.
+    """
+
+    def __init__(self, toolbox: Any, records: Iterable[dict[str, Any]], config: RolloutConfig | None = None,
+                 schemas: list[dict[str, Any]] | None = None) -> None:
+        self.toolbox = toolbox
+        self.records = {str(r["question"]): r for r in records}
+        self.config = config or RolloutConfig()
+        self.schemas = schemas
+        self.history: list[dict[str, Any]] = []   # one entry per rollout, with its step and (later) rewards
+        self.calls = 0
+
+    # -- TRL's interface
+    def __call__(self, prompts: list[list[dict[str, Any]]], trainer: Any) -> dict[str, Any]:
+        from .llm import eval_mode
+
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        tokenizer = trainer.processing_class
+        step = int(trainer.state.global_step)
+        with eval_mode(model), _autocast(bool(getattr(trainer.args, "bf16", False)), model):
+            rollouts = self.run(model, tokenizer, prompts, step=step)
+        return {"prompt_ids": [r.prompt_ids for r in rollouts],
+                "completion_ids": [r.completion_ids for r in rollouts],
+                "logprobs": None,  # no sampling log-probs: TRL computes the old policy's in its own forward pass
+                "env_mask": [r.env_mask for r in rollouts],
+                "rollout": [self._remember(r, step) for r in rollouts]}
+
+    def _remember(self, r: TokenRollout, step: int) -> dict[str, Any]:
+        summary = {**r.summary(), "step": step, "record": self.records.get(r.state["question"]), "rewards": {}}
+        self.history.append(summary)
+        return summary
+
+    # -- the loop
+    def run(self, model: Any, tokenizer: Any, prompts: Sequence[Sequence[dict[str, Any]]], *,
+            step: int = 0) -> list[TokenRollout]:
+        """Roll out every prompt to the end (answer or a stop rule); results in input order."""
+        from .llm import _eos_ids
+
+        cfg = self.config
+        eos_ids = _eos_ids(model, tokenizer)
+        eos_id = tokenizer.convert_tokens_to_ids(tokenizer.eos_token)
+        rollouts = []
+        for prompt in prompts:
+            question = _question_of(prompt)
+            record = self.records.get(question, {"question": question, "id": None})
+            state = A._new_state(record, prompt[0]["content"] if prompt[0].get("role") == "system" else A.SYSTEM_PROMPT)
+            prompt_ids = tokenizer.apply_chat_template(list(prompt), add_generation_prompt=True, tokenize=True,
+                                                       return_dict=False)
+            if hasattr(prompt_ids, "keys"):  # some tokenizers return a BatchEncoding
+                prompt_ids = prompt_ids["input_ids"]
+            rollouts.append(TokenRollout(state, list(prompt_ids), [], [], [], []))
+        seed0 = cfg.seed + 7919 * self.calls + 104_729 * step
+        self.calls += 1
+        turn = 0
+        while True:
+            active = [r for r in rollouts if self._still_going(r)]
+            if not active:
+                break
+            for lo in range(0, len(active), cfg.batch_size):
+                batch = active[lo:lo + cfg.batch_size]
+                budgets = [min(cfg.max_new_tokens, cfg.max_completion_length - len(r.completion_ids) - 1)
+                           for r in batch]
+                outs = generate_turns(model, tokenizer, [r.prompt_ids + r.completion_ids for r in batch],
+                                      max_new_tokens=budgets, temperature=cfg.temperature,
+                                      seed=seed0 + 1000 * turn + lo, eos_ids=eos_ids)
+                for r, (ids, done) in zip(batch, outs):
+                    self._apply(r, ids, done, tokenizer, eos_ids, eos_id)
+            turn += 1
+        for r in rollouts:
+            r.state.setdefault("n_format_errors", len(r.state["format_errors"]))
+        return rollouts
+
+    def _still_going(self, r: TokenRollout) -> bool:
+        s, cfg = r.state, self.config
+        if s["stop_reason"] is not None:
+            return False
+        if s["n_model_calls"] >= cfg.max_calls:
+            s["stop_reason"] = "max_calls"
+        elif s["_bad_turns"] >= cfg.max_format_errors:
+            s["stop_reason"] = "format_errors"
+        elif len(r.completion_ids) >= cfg.max_completion_length - 1:
+            s["stop_reason"] = "token_budget"
+        return s["stop_reason"] is None
+
+    def _apply(self, r: TokenRollout, ids: list[int], done: Any, tokenizer: Any, eos_ids: set[int],
+               eos_id: int) -> None:
+        """Append one generated turn (and, if the rollout goes on, the template's continuation)."""
+        s, cfg = r.state, self.config
+        s["n_model_calls"] += 1
+        ended_with_eos = bool(ids) and ids[-1] in eos_ids
+        r.turn_ids.append(list(ids))
+        r.turn_texts.append(tokenizer.decode(ids, skip_special_tokens=False))
+        r.completion_ids += ids
+        r.env_mask += [1] * len(ids)
+        text = A.close_open_tag(done.text) if done.finish_reason == "stop" else done.text
+        n_before = len(s["messages"])
+        A._act(s, A.parse_turn(text), self.toolbox.call)
+        if done.finish_reason == "length" and s["stop_reason"] is None and s["_bad_turns"]:
+            s["format_errors"][-1]["errors"].append("reply cut at max_new_tokens")
+        if not ended_with_eos:  # the turn ended at a stop string (or its budget): close it as the template does
+            r.completion_ids.append(eos_id)
+            r.env_mask.append(1 if done.finish_reason == "stop" else 0)
+        if s["stop_reason"] is not None or len(s["messages"]) == n_before:
+            return
+        if s["n_model_calls"] >= cfg.max_calls or s["_bad_turns"] >= cfg.max_format_errors:
+            return  # the loop stops it before the next turn: no continuation to append
+        _, continuation = turn_close_and_continuation(
+            tokenizer, text_messages_after_last_assistant(s["messages"], self.schemas))
+        more = tokenizer(continuation, add_special_tokens=False)["input_ids"]
+        if len(r.completion_ids) + len(more) + 8 > cfg.max_completion_length:
+            s["stop_reason"] = "token_budget"  # the tool response does not fit: stop here, the rollout is kept
+            return
+        r.completion_ids += more
+        r.env_mask += [0] * len(more)
+
+
+class _autocast:
+    """bf16 autocast on CPU around generation when the trainer trains in bf16 (a no-op otherwise)."""
+
+    def __init__(self, enabled: bool, model: Any) -> None:
+        import torch
+
+        device = getattr(model, "device", None)
+        self.ctx = (torch.autocast(device_type=getattr(device, "type", "cpu"), dtype=torch.bfloat16)
+                    if enabled else None)
+
+    def __enter__(self) -> None:
+        if self.ctx is not None:
+            self.ctx.__enter__()
+
+    def __exit__(self, *exc: object) -> None:
+        if self.ctx is not None:
+            self.ctx.__exit__(*exc)
+
+
+# --------------------------------------------------------------------------- rewards
+
+
+def reward_functions(*, call_budget: int = 8, token_budget: int = 3072,
+                     resolve: Callable[[str], Iterable[str]] | None = None) -> list[Callable[..., list[float | None]]]:
+    """TRL reward functions ``accuracy``, ``preference``, ``efficiency`` over forwarded rollouts.
+
+    Each returns one value per rollout (``None`` where the term raised), stores it in the
+    rollout's ``rewards`` dict (so :attr:`AgentRollouts.history` has every term per rollout) and
+    logs ``reward_errors/<term>``; ``preference`` also logs its parts and the tool statistics.
+    """
+
+    def acc(r: dict[str, Any]) -> float:
+        if not r.get("record"):
+            raise InputError("GRPO rollout", "no question record for this prompt", field="record")
+        return R.accuracy(r, r["record"], resolve=resolve)
+
+    def eff(r: dict[str, Any]) -> float:
+        return R.efficiency_penalty(r, call_budget=call_budget, token_budget=token_budget)
+
+    terms: dict[str, Callable[[dict[str, Any]], float]] = {"accuracy": acc, "preference": R.preference,
+                                                           "efficiency": eff}
+    funcs = []
+    for name, term in terms.items():
+        funcs.append(_reward_func(name, term, extra_metrics=(name == "preference")))
+    return funcs
+
+
+def _reward_func(name: str, term: Callable[[dict[str, Any]], float], *,
+                 extra_metrics: bool = False) -> Callable[..., list[float | None]]:
+    def reward(prompts: Any = None, completions: Any = None, rollout: list[dict[str, Any]] | None = None,
+               log_metric: Callable[[str, float], None] | None = None, **_: Any) -> list[float | None]:
+        if rollout is None:
+            raise ConfigError("the GRPO reward functions need the rollouts that AgentRollouts forwards "
+                              "(pass rollout_func=AgentRollouts(...) to the trainer)")
+        values: list[float | None] = []
+        errors = 0
+        for r in rollout:
+            try:
+                v = float(term(r))
+                if math.isnan(v):
+                    raise ValueError("NaN")
+            except Exception as e:  # a broken term must not stop training: it becomes a missing value
+                errors += 1
+                log.warning("reward term %s failed on question %s: %s: %s", name, r.get("question_id"),
+                            type(e).__name__, e)
+                v = None
+            values.append(v)
+            r.setdefault("rewards", {})[name] = v
+        if log_metric is not None:
+            log_metric(f"reward_errors/{name}", float(errors))
+            if extra_metrics:
+                for key, value in rollout_metrics(rollout).items():
+                    log_metric(key, value)
+        return values
+
+    reward.__name__ = name
+    return reward
+
+
+def rollout_metrics(rollouts: Sequence[dict[str, Any]]) -> dict[str, float]:
+    """Tool-call / tool-failure frequency, answer and length-limit rates, preference parts."""
+    n = max(len(rollouts), 1)
+    calls = sum(int(r.get("n_tool_calls") or 0) for r in rollouts)
+    failures = sum(len(r.get("tool_errors") or []) for r in rollouts)
+    out = {"tools/call_frequency": calls / n, "tools/failure_frequency": failures / calls if calls else 0.0,
+           "rollout/answer_rate": sum(r.get("stop_reason") == "answer" for r in rollouts) / n,
+           "rollout/token_budget_rate": sum(r.get("stop_reason") == "token_budget" for r in rollouts) / n,
+           "rollout/format_errors": sum(int(r.get("n_format_errors") or 0) for r in rollouts) / n}
+    parts = [R.preference_parts(r) for r in rollouts]
+    for key in ("well_formed", "grounded", "verified"):
+        out[f"preference/{key}"] = statistics.fmean(p[key] for p in parts) if parts else 0.0
+    return out
+
+
+def history_frame(history: Sequence[dict[str, Any]]) -> Any:
+    """One row per rollout of :attr:`AgentRollouts.history`: step, stop reason, counts, each reward term."""
+    import pandas as pd
+
+    rows = []
+    for h in history:
+        row = {k: h.get(k) for k in ("step", "question_id", "stop_reason", "prediction", "n_tool_calls",
+                                     "n_model_calls", "n_format_errors", "n_completion_tokens", "n_policy_tokens")}
+        row["n_tool_errors"] = len(h.get("tool_errors") or [])
+        row["answer"] = (h.get("record") or {}).get("answer")
+        row.update({f"reward_{k}": v for k, v in (h.get("rewards") or {}).items()})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------- the trainer
+
+
+def grpo_config(params: dict[str, Any], output_dir: str | Path, *, use_cpu: bool) -> Any:
+    """TRL's GRPOConfig from notebook 06's parameters (one optimizer step = QUESTIONS_PER_STEP x NUM_GENERATIONS)."""
+    from trl import GRPOConfig
+
+    from .model import use_bf16
+
+    g = int(params["NUM_GENERATIONS"])
+    if g < 2:
+        raise ConfigError(f"NUM_GENERATIONS must be >= 2 (GRPO compares rollouts of one question), got {g}")
+    return GRPOConfig(
+        output_dir=str(output_dir), seed=int(params["SEED"]), data_seed=int(params["SEED"]),
+        max_steps=int(params["MAX_STEPS"]), learning_rate=float(params["LEARNING_RATE"]),
+        lr_scheduler_type="constant", warmup_steps=0,
+        per_device_train_batch_size=g, gradient_accumulation_steps=int(params["QUESTIONS_PER_STEP"]),
+        num_generations=g, max_completion_length=int(params["MAX_COMPLETION_LENGTH"]),
+        beta=float(params["BETA"]), loss_type=str(params["LOSS_TYPE"]), scale_rewards=str(params["SCALE_REWARDS"]),
+        reward_weights=[float(params["W_ACCURACY"]), float(params["W_PREFERENCE"]), -float(params["W_EFFICIENCY"])],
+        temperature=float(params["TEMPERATURE"]), mask_truncated_completions=False,
+        gradient_checkpointing=not use_cpu, use_cpu=use_cpu, bf16=use_bf16(params.get("BF16"), on_cuda=not use_cpu),
+        logging_steps=1, save_strategy="steps", save_steps=int(params["SAVE_STEPS"]), save_total_limit=2,
+        report_to="none", dataloader_num_workers=0, disable_tqdm=False, log_completions=False,
+    )
+
+
+def load_policy(profile: str, adapter_dir: str | Path | None, params: dict[str, Any]) -> tuple[Any, Any, Any]:
+    """(model, tokenizer, peft_config): the SFT adapter on its base, trainable; or the base and a new adapter.
+
+    The base is 4-bit nf4 when the SFT adapter was trained with QLoRA (recorded in its folder;
+    for a fresh adapter, when ``QUANTIZE`` is nf4), so GRPO continues on the weights SFT saw.
+    """
+    from peft import PeftModel
+
+    from .model import load_model
+    from .sft import adapter_base, lora_config
+
+    if adapter_dir is not None:
+        adapter_dir = Path(adapter_dir)
+        if not (adapter_dir / "adapter_config.json").exists():
+            raise InputError(adapter_dir, "no LoRA adapter here (adapter_config.json missing); run notebook 05 first")
+        quantized = str(adapter_base(adapter_dir).get("quantize") or "").lower() == "nf4"
+    else:
+        quantized = str(params.get("QUANTIZE") or "").lower() == "nf4"
+    model, tokenizer = load_model(profile, for_training=True, quantize_4bit=quantized)
+    if adapter_dir is None:
+        return model, tokenizer, lora_config(params)
+    return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=True), tokenizer, None
+
+
+class StopOnNaN:
+    """Trainer callback: a NaN loss stops training at once (the run then fails with a clear message)."""
+
+    def __new__(cls) -> Any:
+        from transformers import TrainerCallback
+
+        class _StopOnNaN(TrainerCallback):
+            seen_nan = False
+
+            def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kw: Any) -> Any:
+                loss = (logs or {}).get("loss")
+                if isinstance(loss, float) and math.isnan(loss):
+                    self.seen_nan = True
+                    control.should_training_stop = True
+                return control
+
+        return _StopOnNaN()
+
+
+def build_trainer(model: Any, tokenizer: Any, records: Sequence[dict[str, Any]], rollouts: AgentRollouts,
+                  params: dict[str, Any], output_dir: str | Path, *, use_cpu: bool = True,
+                  peft_config: Any = None, resolve: Callable[[str], Iterable[str]] | None = None) -> Any:
+    """A GRPOTrainer over ``records`` whose rollouts come from ``rollouts`` (see the module docstring)."""
+    import os
+
+    from trl import GRPOTrainer
+
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+    from .sft import prepare_tokenizer
+
+    prepare_tokenizer(tokenizer)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    funcs = reward_functions(call_budget=int(params["CALL_BUDGET"]), token_budget=int(params["TOKEN_BUDGET"]),
+                             resolve=resolve)
+    trainer = GRPOTrainer(model=model, reward_funcs=funcs, args=grpo_config(params, output_dir, use_cpu=use_cpu),
+                          train_dataset=prompt_dataset(records, rollouts.schemas), processing_class=tokenizer,
+                          peft_config=peft_config, rollout_func=rollouts, callbacks=[StopOnNaN()])
+    return trainer
+
+
+def train(trainer: Any) -> dict[str, Any]:
+    """:func:`medkit.sft.train` (resume, finished runs loaded) plus GRPO's logged curves and timing."""
+    from .sft import train as train_any
+
+    t0 = time.time()
+    out = train_any(trainer)
+    logs = [h for h in trainer.state.log_history if "loss" in h and "step" in h]
+    out["log"] = [{k: v for k, v in h.items() if isinstance(v, (int, float))} for h in logs]
+    steps = out["steps_this_run"]
+    out["seconds_per_step"] = round((time.time() - t0) / steps, 1) if steps else None
+    return out
+
+
+def select_training_questions(records: Sequence[dict[str, Any]], n: int, *, max_hops: int | None,
+                              seed: int) -> list[dict[str, Any]]:
+    """``n`` training questions (at most ``max_hops`` hops), a seeded shuffle mixing hop counts."""
+    import random
+
+    kept = [r for r in records if max_hops is None or int(r.get("hops") or 0) <= max_hops]
+    random.Random(seed).shuffle(kept)
+    return kept[:n]
+
+
+def stop_reason_counts(history: Sequence[dict[str, Any]]) -> dict[str, int]:
+    return dict(sorted(Counter(h.get("stop_reason") for h in history).items()))

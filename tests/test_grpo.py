@@ -1,0 +1,208 @@
+"""GRPO (medkit.grpo): token-level rollouts, the tool-token mask, reward functions, a real TRL step."""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import pytest
+
+from medkit import agent as A
+from medkit import grpo as G
+from medkit import profiles
+from medkit.errors import ConfigError, InputError
+
+RECORD = {"id": "q-fabry", "question": "Which lysosomal disease shows angiokeratomas and acroparesthesia?",
+          "answer": "Fabry disease", "answer_id": "MONDO:0010526", "answer_aliases": ["Anderson-Fabry disease"]}
+CALL = ('<think>I search the knowledge base.</think>\n<tool_call>\n{"name": "search", "arguments": '
+        '{"query": "Fabry disease angiokeratoma"}}\n</tool_call>')
+ANSWER = "<think>The search shows it.</think>\n<answer>Fabry disease</answer>"
+
+
+class ScriptedModel:
+    """Stands in for a causal LM: ``generate`` appends the next scripted token ids to every row."""
+
+    def __init__(self, turns: list[list[int]], eos_id: int) -> None:
+        import torch
+
+        self.turns, self.calls, self.device = turns, 0, torch.device("cpu")
+        self.generation_config = SimpleNamespace(eos_token_id=eos_id)
+        self.seen_inputs: list[list[int]] = []
+
+    def generate(self, input_ids, attention_mask, max_new_tokens, pad_token_id, **_):
+        import torch
+
+        ids = self.turns[min(self.calls, len(self.turns) - 1)][:max_new_tokens]
+        self.calls += 1
+        rows = []
+        for r in range(input_ids.shape[0]):
+            self.seen_inputs.append([t for t, m in zip(input_ids[r].tolist(), attention_mask[r].tolist()) if m])
+            rows.append(input_ids[r].tolist() + ids + [pad_token_id] * (max_new_tokens - len(ids)))
+        return torch.tensor(rows)
+
+
+def _odd_ids(tok, text: str) -> list[int]:
+    """``text`` tokenised the way no tokenizer would: its closing tag spelled one character per token."""
+    head, tag, tail = text.rpartition("</tool_call>") if "</tool_call>" in text else text.rpartition("</answer>")
+    ids = tok(head, add_special_tokens=False)["input_ids"]
+    for ch in tag + tail:
+        ids += tok(ch, add_special_tokens=False)["input_ids"]
+    return ids
+
+
+def test_the_joins_are_the_chat_template(small_tokenizer):
+    """Closing + continuation pieces rebuild exactly what the template renders for a whole conversation."""
+    tok = small_tokenizer
+    msgs = [{"role": "system", "content": A.SYSTEM_PROMPT}, {"role": "user", "content": RECORD["question"]},
+            {"role": "assistant", "content": "<think>x</think>", "tool_calls": [
+                {"type": "function", "function": {"name": "search", "arguments": {"query": "Fabry"}}}]},
+            {"role": "tool", "name": "search", "content": "1. Fabry disease (MONDO:0010526): a lysosomal ..."},
+            {"role": "assistant", "content": "no tags here"},
+            {"role": "user", "content": "Error: no <think> block. Reply with ..."},
+            {"role": "assistant", "content": ANSWER}]
+    text = A.to_text_messages(msgs, [])
+    expected = tok.apply_chat_template(text, tokenize=False)
+    built = tok.apply_chat_template(text[:2], add_generation_prompt=True, tokenize=False)
+    for i in (2, 4, 6):
+        built += text[i]["content"]
+        close, cont = G.turn_close_and_continuation(tok, text[i + 1:i + 2])
+        built += close + cont
+    assert built == expected
+    assert G.text_messages_after_last_assistant(msgs[:4], []) == [text[3]]
+
+
+@pytest.fixture()
+def scripted(small_tokenizer, toolbox):
+    tok = small_tokenizer
+    eos = tok.convert_tokens_to_ids(tok.eos_token)
+    turns = [_odd_ids(tok, CALL), _odd_ids(tok, ANSWER)]
+    model = ScriptedModel(turns, eos)
+    rollouts = G.AgentRollouts(toolbox, [RECORD], G.RolloutConfig(max_calls=4, max_new_tokens=96,
+                                                                  max_completion_length=1800, temperature=0.7))
+    [r] = rollouts.run(model, tok, [G.prompt_messages(RECORD, [])])
+    return SimpleNamespace(tok=tok, eos=eos, turns=turns, model=model, rollout=r, rollouts=rollouts)
+
+
+def test_rollout_trains_on_the_ids_the_policy_generated(scripted):
+    tok, r, turns = scripted.tok, scripted.rollout, scripted.turns
+    assert r.state["stop_reason"] == "answer" and r.state["prediction"] == "Fabry disease"
+    assert r.turn_ids == turns  # every generated id kept, in order, nothing re-encoded
+    assert r.completion_ids[:len(turns[0])] == turns[0]
+    canonical = tok(tok.decode(turns[0]), add_special_tokens=False)["input_ids"]
+    assert canonical != turns[0]  # re-tokenising would have changed the ids (the drift TRL issue 5144 is about)
+    # the second turn's input is exactly prompt + the first turn's ids + closing + continuation
+    second_input = scripted.model.seen_inputs[1]
+    assert second_input[:len(r.prompt_ids)] == r.prompt_ids
+    assert second_input[len(r.prompt_ids):] == r.completion_ids[:len(second_input) - len(r.prompt_ids)]
+    assert r.completion_ids[-1] == scripted.eos  # the rollout ends its last turn: not counted as truncated
+
+
+def test_tool_response_tokens_are_masked_and_nothing_else(scripted):
+    tok, r = scripted.tok, scripted.rollout
+    assert len(r.env_mask) == len(r.completion_ids)
+    masked = tok.decode([t for t, m in zip(r.completion_ids, r.env_mask) if m == 0], skip_special_tokens=False)
+    trained = tok.decode([t for t, m in zip(r.completion_ids, r.env_mask) if m == 1], skip_special_tokens=False)
+    observation = next(m["content"] for m in r.state["messages"] if m["role"] == "tool")
+    assert "Fabry" in observation and observation in masked and "<tool_response>" in masked
+    assert "<tool_response>" not in trained and observation[:40] not in trained
+    assert sum(r.env_mask) == sum(len(t) for t in r.turn_ids) + 2  # the policy's ids + the 2 turn-closing tokens
+
+
+def test_rollout_renders_as_the_agent_conversation(scripted):
+    """Decoded, the token stream is the chat template's rendering of the rollout (raw turn texts)."""
+    tok, r = scripted.tok, scripted.rollout
+    text = A.to_text_messages(r.state["messages"], [])
+    raw = iter(r.turn_texts)
+    text = [{**m, "content": next(raw)} if m["role"] == "assistant" else m for m in text]
+    rendered = tok.apply_chat_template(text, tokenize=False)
+    assert tok.decode(r.prompt_ids + r.completion_ids, skip_special_tokens=False) + "\n" == rendered  # the
+    # template's newline after the very last turn is outside the completion
+
+
+def test_a_rollout_that_hits_the_length_limit_stops_and_is_kept(small_tokenizer, toolbox):
+    tok = small_tokenizer
+    eos = tok.convert_tokens_to_ids(tok.eos_token)
+    model = ScriptedModel([_odd_ids(tok, CALL)] * 2 + [tok("I keep talking " * 40, add_special_tokens=False)["input_ids"]],
+                          eos)
+    rollouts = G.AgentRollouts(toolbox, [RECORD], G.RolloutConfig(max_calls=6, max_new_tokens=64,
+                                                                  max_completion_length=300, temperature=0.7))
+    [r] = rollouts.run(model, tok, [G.prompt_messages(RECORD, [])])
+    assert r.state["stop_reason"] in {"token_budget", "repeated_call"}
+    assert len(r.completion_ids) <= 300 and len(r.env_mask) == len(r.completion_ids)
+
+
+def _rollout(prediction, record=RECORD, n_tool_calls=1, tool_errors=()):
+    msgs = [{"role": "system", "content": "s"}, {"role": "user", "content": "q"},
+            {"role": "assistant", "content": "<think>.</think>", "tool_calls": [
+                {"type": "function", "function": {"name": "search", "arguments": {"query": "x"}}}]},
+            {"role": "tool", "name": "search", "content": "1. Fabry disease (MONDO:0010526)"},
+            {"role": "assistant", "content": f"<think>.</think>\n<answer>{prediction}</answer>"}]
+    return {"question_id": "q", "messages": msgs, "prediction": prediction, "stop_reason": "answer",
+            "format_errors": [], "tool_errors": list(tool_errors), "n_model_calls": 2, "n_tool_calls": n_tool_calls,
+            "n_format_errors": 0, "n_tokens": 900, "record": record}
+
+
+def test_reward_functions_are_separate_logged_and_survive_a_broken_term():
+    acc, pref, eff = G.reward_functions(call_budget=2, token_budget=1000)
+    assert [f.__name__ for f in (acc, pref, eff)] == ["accuracy", "preference", "efficiency"]
+    rollouts = [_rollout("Fabry disease"), _rollout("Gaucher disease"), _rollout("Fabry disease", record=None),
+                _rollout("Fabry disease", n_tool_calls=4)]
+    logged: dict[str, float] = {}
+    out = acc(rollout=rollouts, log_metric=logged.__setitem__)
+    assert out == [1.0, 0.0, None, 1.0]  # a term that raises gives a missing value, not a crash
+    assert logged["reward_errors/accuracy"] == 1.0
+    assert pref(rollout=rollouts, log_metric=logged.__setitem__)[0] == pytest.approx(2 / 3, abs=1e-3)  # well-formed, grounded, not verified
+    assert logged["tools/call_frequency"] == pytest.approx(7 / 4) and "preference/verified" in logged
+    assert eff(rollout=rollouts)[:1] == [0.0] and eff(rollout=rollouts)[3] == pytest.approx(0.5)
+    assert rollouts[0]["rewards"] == {"accuracy": 1.0, "preference": pytest.approx(2 / 3, abs=1e-3), "efficiency": 0.0}
+    with pytest.raises(ConfigError, match="AgentRollouts"):
+        acc(prompts=["p"], completions=["c"])
+
+
+def test_grpo_config_from_the_profile():
+    p = profiles.resolve("smoke", "grpo")
+    cfg = G.grpo_config(p, "/tmp/unused-grpo", use_cpu=True)
+    assert cfg.num_generations == 2 and cfg.per_device_train_batch_size == 2
+    assert cfg.reward_weights == [1.0, 0.3, -0.2] and cfg.gradient_checkpointing is False
+    with pytest.raises(ConfigError, match="NUM_GENERATIONS"):
+        G.grpo_config({**p, "NUM_GENERATIONS": 1}, "/tmp/unused-grpo", use_cpu=True)
+
+
+def test_bad_questions_are_named():
+    with pytest.raises(InputError, match="line 2.*answer"):
+        G.prompt_dataset([RECORD, {"question": "q?", "answer": ""}], [])
+    with pytest.raises(InputError, match="no questions"):
+        G.prompt_dataset([], [])
+
+
+def test_nan_loss_stops_training():
+    cb = G.StopOnNaN()
+    control = SimpleNamespace(should_training_stop=False)
+    cb.on_log(None, None, control, logs={"loss": 0.3})
+    assert not control.should_training_stop
+    cb.on_log(None, None, control, logs={"loss": math.nan})
+    assert control.should_training_stop and cb.seen_nan
+
+
+@pytest.mark.notebook
+def test_one_real_grpo_step_with_trl(tmp_path, toolbox):
+    """(slow) SmolLM2 + a fresh LoRA adapter, one GRPOTrainer step over real tool-calling rollouts."""
+    from medkit import model as M
+
+    p = {**profiles.resolve("smoke", "grpo", MAX_STEPS=1, MAX_COMPLETION_LENGTH=96, TURN_MAX_NEW_TOKENS=24,
+                            MAX_CALLS=2, QUANTIZE="none", BETA=0.04), "SAVE_STEPS": 1}
+    model, tok, peft_config = G.load_policy("cpu", None, p)
+    rollouts = G.AgentRollouts(toolbox, [RECORD], G.RolloutConfig(
+        max_calls=2, max_new_tokens=24, max_completion_length=96, temperature=1.0, batch_size=4))
+    trainer = G.build_trainer(model, tok, [RECORD], rollouts, p, tmp_path / "run", peft_config=peft_config)
+    out = G.train(trainer)
+    assert out["steps"] == 1 and len(rollouts.history) == 2  # one question x NUM_GENERATIONS
+    logged = out["log"][-1]
+    for key in ("rewards/accuracy/mean", "rewards/preference/mean", "rewards/efficiency/mean", "kl",
+                "tools/call_frequency", "reward_errors/accuracy"):
+        assert key in logged, key
+    assert all(set(h["rewards"]) == {"accuracy", "preference", "efficiency"} for h in rollouts.history)
+    assert (tmp_path / "run" / "checkpoint-1" / "adapter_model.safetensors").exists()
+    again = G.train(G.build_trainer(*G.load_policy("cpu", None, p)[:2], [RECORD], rollouts, p, tmp_path / "run",
+                                    peft_config=peft_config))
+    assert again["already_finished"] and again["steps_this_run"] == 0  # a finished run is loaded, not retrained
