@@ -196,6 +196,8 @@ class AgentRollouts:
         self.schemas = schemas
         self.history: list[dict[str, Any]] = []   # one entry per rollout, with its step and (later) rewards
         self.calls = 0
+        self.seconds = 0.0                         # wall time spent rolling out (generation + tools)
+        self.n_rollouts = 0
 
     # -- TRL's interface
     def __call__(self, prompts: list[list[dict[str, Any]]], trainer: Any) -> dict[str, Any]:
@@ -204,8 +206,11 @@ class AgentRollouts:
         model = trainer.accelerator.unwrap_model(trainer.model)
         tokenizer = trainer.processing_class
         step = int(trainer.state.global_step)
+        t0 = time.perf_counter()
         with eval_mode(model), _autocast(bool(getattr(trainer.args, "bf16", False)), model):
             rollouts = self.run(model, tokenizer, prompts, step=step)
+        self.seconds += time.perf_counter() - t0
+        self.n_rollouts += len(rollouts)
         return {"prompt_ids": [r.prompt_ids for r in rollouts],
                 "completion_ids": [r.completion_ids for r in rollouts],
                 "logprobs": None,  # no sampling log-probs: TRL computes the old policy's in its own forward pass
@@ -527,3 +532,49 @@ def select_training_questions(records: Sequence[dict[str, Any]], n: int, *, max_
 
 def stop_reason_counts(history: Sequence[dict[str, Any]]) -> dict[str, int]:
     return dict(sorted(Counter(h.get("stop_reason") for h in history).items()))
+
+
+# --------------------------------------------------------------------------- one whole run (notebooks 06 and 07)
+
+
+def rollout_config(params: dict[str, Any]) -> RolloutConfig:
+    return RolloutConfig(max_calls=int(params["MAX_CALLS"]), max_new_tokens=int(params["TURN_MAX_NEW_TOKENS"]),
+                         max_completion_length=int(params["MAX_COMPLETION_LENGTH"]),
+                         temperature=float(params["TEMPERATURE"]), seed=int(params["SEED"]))
+
+
+def run_grpo(profile: str, params: dict[str, Any], *, adapter_dir: str | Path | None,
+             questions: Sequence[dict[str, Any]], toolbox: Any, out_dir: str | Path,
+             schemas: list[dict[str, Any]] | None, use_cpu: bool = True,
+             resolve: Callable[[str], Iterable[str]] | None = None) -> dict[str, Any]:
+    """Train GRPO from ``adapter_dir`` (None: a fresh adapter on the base) and save the adapter.
+
+    ``out_dir`` gets ``checkpoints/`` (a rerun resumes; a finished run is loaded, not retrained),
+    ``adapter/`` (with the base it needs, for :func:`medkit.sft.load_for_inference`) and
+    ``rollouts.jsonl`` (every training rollout with its step and reward terms, kept from the run
+    that trained, so a rerun that only loads still has them).
+    """
+    from .io import read_jsonl, write_json, write_jsonl
+    from .sft import ADAPTER_META, adapter_base
+
+    out = Path(out_dir)
+    model, tokenizer, peft_config = load_policy(profile, adapter_dir, params)
+    rollouts = AgentRollouts(toolbox, questions, rollout_config(params), schemas=schemas)
+    trainer = build_trainer(model, tokenizer, questions, rollouts, params, out / "checkpoints", use_cpu=use_cpu,
+                            peft_config=peft_config, resolve=resolve if resolve is not None
+                            else getattr(toolbox, "resolve_ids", None))
+    result = train(trainer)
+    result["rollout_seconds"] = round(rollouts.seconds, 1)
+    result["rollouts_per_second"] = round(rollouts.n_rollouts / rollouts.seconds, 4) if rollouts.seconds else None
+    history_path = out / "rollouts.jsonl"
+    if rollouts.history:
+        write_jsonl(history_path, [{k: v for k, v in h.items()} for h in rollouts.history])
+    history = read_jsonl(history_path) if history_path.exists() else []
+    adapter = out / "adapter"
+    trainer.model.save_pretrained(str(adapter), selected_adapters=["default"])
+    tokenizer.save_pretrained(str(adapter))
+    quantize = (adapter_base(adapter_dir).get("quantize") if adapter_dir is not None else params.get("QUANTIZE"))
+    write_json(adapter / ADAPTER_META, {"profile": profile, "quantize": quantize,
+                                        "started_from": str(adapter_dir) if adapter_dir else "base"})
+    del trainer, model
+    return {"train": result, "history": history, "adapter": str(adapter)}

@@ -190,3 +190,61 @@ def histogram(values: list[float], title: str, xlabel: str, *, bins: int | list[
     ax.set(title=title, xlabel=xlabel, ylabel="count")
     fig.tight_layout()
     return fig
+
+
+STAGE_COLOURS = {"base": "#999999", "sft": "#4477aa", "grpo": "#228833"}
+
+
+def stage_bars(table: pd.DataFrame, column: str, title: str, *, sd: str | None = None,
+               ax: plt.Axes | None = None, ylim: tuple[float, float] | None = (0, 1)) -> plt.Figure:
+    """One bar per model (the table's index), coloured by stage, with optional error bars and values."""
+    fig, ax = _axis(ax, (5, 3.2))
+    names = [str(i) for i in table.index]
+    colours = [next((c for k, c in STAGE_COLOURS.items() if k in n.lower()), "#ee7733") for n in names]
+    err = table[sd].values if sd else None
+    ax.bar(names, table[column].values, yerr=err, capsize=5 if sd else 0, color=colours)
+    for x, v in enumerate(table[column].values):
+        ax.text(x, v, f"{v:.3g}", ha="center", va="bottom", fontsize=8)
+    ax.set(title=title)
+    if ylim:
+        ax.set_ylim(*ylim)
+    ax.tick_params(axis="x", labelrotation=20)
+    fig.tight_layout()
+    return fig
+
+
+def reported_vs_measured(frame: pd.DataFrame, ax: plt.Axes | None = None) -> plt.Figure:
+    """Horizontal bars of pass@1 (%) grouped by benchmark; reported ones hatched, measured ones solid with sd."""
+    fig, ax = _axis(ax, (8, max(3.5, 0.34 * len(frame) + 1.5)))
+    frame = frame.reset_index(drop=True)
+    labels, y = [], []
+    for i, row in frame.iterrows():
+        measured = row["kind"] == "measured"
+        ax.barh(i, row["pass@1"], xerr=row["sd"] if measured else None, capsize=3,
+                color="#228833" if measured else "#cccccc", hatch=None if measured else "//", edgecolor="#555555")
+        ax.text(row["pass@1"], i, f" {row['pass@1']:.1f}", va="center", fontsize=7)
+        labels.append(f"{row['benchmark']} · {row['system']} [{row['kind']}]")
+        y.append(i)
+    ax.set_yticks(y, labels, fontsize=7)
+    ax.invert_yaxis()
+    ax.set(xlabel="pass@1 (%)", title="Reported (hatched; paper / benchmark repos) vs measured here (solid)")
+    fig.tight_layout()
+    return fig
+
+
+def benchmark_bars(name: str, bench: dict) -> tuple[dict[str, float], str]:
+    """(bars, y label) of one ``results/bench/<name>.json``: the headline figure of each mode it measured."""
+    if name == "sft":
+        modes = {k: v for k, v in bench.items() if isinstance(v, dict) and "mode" in v and "tokens_per_second" in v}
+        return {k: float(v["tokens_per_second"]) for k, v in modes.items()}, "training tokens / s"
+    if name == "grpo":
+        return ({k: float(v["seconds_per_step"]) for k, v in (bench.get("runs") or {}).items() if "seconds_per_step" in v},
+                "seconds / GRPO step")
+    if name == "generation":
+        return ({f"batch {r['batch_size']}": float(r["tokens_per_s"]) for r in bench.get("runs") or [] if "tokens_per_s" in r},
+                "generated tokens / s")
+    if name == "retriever":
+        lat = bench.get("latency_ms") or {}
+        return ({k.split(" ")[0]: float(v["p50"]) for k, v in lat.items() if isinstance(v, dict) and "p50" in v},
+                "query latency p50 (ms)")
+    raise ValueError(f"no bar view for benchmark {name!r}")

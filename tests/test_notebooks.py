@@ -17,8 +17,8 @@ NOTEBOOKS = pipeline.numbered_notebooks()
 
 def test_notebooks_exist_in_order():
     names = [p.name for p in NOTEBOOKS]
-    assert names[:5] == ["01_entity_mining.ipynb", "02_kg_construction.ipynb", "03_question_generation.ipynb",
-                         "04_trajectories.ipynb", "05_sft.ipynb"]
+    assert names == ["01_entity_mining.ipynb", "02_kg_construction.ipynb", "03_question_generation.ipynb",
+                     "04_trajectories.ipynb", "05_sft.ipynb", "06_grpo.ipynb", "07_evaluation.ipynb"]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
@@ -41,13 +41,13 @@ def test_notebook_hygiene(path):
 
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory, kb_tables):
-    """Run 01-05 with the smoke profile into a scratch data/results folder."""
+    """Run 01-07 with the smoke profile into a scratch data/results folder."""
     root = tmp_path_factory.mktemp("smoke")
     (root / "data").mkdir()
     os.symlink(kb_dir(), root / "data" / "kb")
     env = {**os.environ, "MEDKIT_DATA": str(root / "data"), "MEDKIT_RESULTS": str(root / "results")}
     proc = subprocess.run([sys.executable, "-m", "medkit", "run-notebooks", "--profile", "smoke", "--only", "01", "02", "03", "04",
-                           "05"], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=1800)
+                           "05", "06", "07"], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return root
 
@@ -168,6 +168,42 @@ def test_smoke_sft_outputs(smoke_run):
     assert card["parameters"]["PROFILE"] == "smoke" and card["metrics"]["steps"] == 2
     assert "## Metrics" in (run / "README.md").read_text()
     for fig in ("05_sft_loss.png", "05_base_vs_sft.png"):
+        assert (results / "figures" / fig).stat().st_size > 10_000
+
+
+@pytest.mark.notebook
+def test_smoke_grpo_outputs(smoke_run):
+    data, results = smoke_run / "data" / "smoke", smoke_run / "results" / "smoke"
+    summary = json.loads((results / "06_grpo.json").read_text())
+    p = summary["parameters"]
+    assert summary["train"]["steps"] == p["MAX_STEPS"] == 2
+    assert summary["training_rollouts"] == p["MAX_STEPS"] * p["QUESTIONS_PER_STEP"] * p["NUM_GENERATIONS"]
+    logged = summary["train"]["log"][-1]
+    for key in ("rewards/accuracy/mean", "rewards/preference/mean", "rewards/efficiency/mean", "kl", "loss",
+                "tools/call_frequency", "tools/failure_frequency"):
+        assert key in logged, key
+    history = [json.loads(line) for line in (data / "grpo" / "rollouts.jsonl").read_text().splitlines()]
+    assert len(history) == summary["training_rollouts"]
+    assert all(set(h["rewards"]) == {"accuracy", "preference", "efficiency"} for h in history)
+    assert all(h["n_completion_tokens"] <= p["MAX_COMPLETION_LENGTH"] for h in history)
+    m = summary["eval"]["grpo"]
+    rows = pd.read_json(results / "06_eval_grpo.jsonl", lines=True)
+    assert len(rows) == m["questions"] * m["rollouts"] == summary["questions"] * summary["k"]
+    assert (data / "grpo" / "adapter" / "adapter_config.json").exists()
+    for fig in ("06_grpo_curves.png", "06_sft_vs_grpo.png"):
+        assert (results / "figures" / fig).stat().st_size > 10_000
+
+
+@pytest.mark.notebook
+def test_smoke_evaluation_outputs(smoke_run):
+    results = smoke_run / "results" / "smoke"
+    summary = json.loads((results / "07_evaluation.json").read_text())
+    assert set(summary["stages"]) == {"base", "sft", "sft+grpo", "grpo_from_base", "grpo_accuracy_only"}
+    assert all(m["questions"] == summary["questions"] for m in summary["stages"].values())
+    assert summary["ablations"]["grpo_accuracy_only"]["train"]["steps"] == 1
+    assert any(r["pass@1"] == 27.5 for r in summary["reported"])
+    for fig in ("07_stages.png", "07_by_hops_specialty.png", "07_ablations.png", "07_reported_vs_measured.png",
+                "07_benchmarks.png"):
         assert (results / "figures" / fig).stat().st_size > 10_000
 
 

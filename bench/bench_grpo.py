@@ -1,0 +1,80 @@
+"""GRPO cost on this machine: seconds per step, rollouts per second and peak memory.
+
+Runs :func:`medkit.grpo.run_grpo` for ``STEPS`` optimizer steps with the cpu profile's GRPO
+settings from notebook 05's SFT adapter (SmolLM2-135M on its nf4 base), each mode in its own
+process so peak memory is its own: ``qlora_fp32`` (the baseline: fp32 compute) and
+``qlora_bf16`` (bf16 autocast for rollouts and training, the cpu profile's setting on a CPU with
+native bf16). Reports seconds per step, the share spent rolling out (multi-turn generation +
+tool calls) vs the policy update, rollouts per second, policy tokens per rollout, and the ratios
+to the baseline. Writes ``results/bench/grpo.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+import time
+
+from medkit import io as mio
+from medkit import paths
+
+STEPS = 2
+MODES = {"qlora_fp32": False, "qlora_bf16": True}  # bf16 autocast
+
+
+def run_mode(mode: str, profile: str = "cpu") -> dict:
+    import torch
+
+    from medkit import grpo as G
+    from medkit import model as M
+    from medkit import profiles
+    from medkit import trajectories as TR
+
+    data = paths.profile_data_dir(profile)
+    params = {**profiles.resolve(profile, "grpo"), "MAX_STEPS": STEPS, "BF16": MODES[mode], "SAVE_STEPS": 10_000}
+    questions = G.select_training_questions(mio.read_jsonl(data / "questions_train.jsonl"), params["N_QUESTIONS"],
+                                            max_hops=params["MAX_HOPS"], seed=params["SEED"])
+    _, toolbox = TR.open_tools(data)
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        run = G.run_grpo(profile, params, adapter_dir=data / "sft" / "adapter", questions=questions, toolbox=toolbox,
+                         out_dir=tmp, schemas=[])
+        seconds = time.perf_counter() - t0
+    out, hist = run["train"], run["history"]
+    n = len(hist)
+    return {"mode": mode, "bf16": MODES[mode], "steps": out["steps"], "rollouts": n,
+            "seconds": round(seconds, 1), "seconds_per_step": round(out["seconds"] / max(out["steps"], 1), 1),
+            "rollout_seconds": out["rollout_seconds"], "rollout_share": round(out["rollout_seconds"] / out["seconds"], 3),
+            "rollouts_per_second": out["rollouts_per_second"],
+            "policy_tokens_per_rollout": round(sum(h["n_policy_tokens"] for h in hist) / max(n, 1), 1),
+            "completion_tokens_per_rollout": round(sum(h["n_completion_tokens"] for h in hist) / max(n, 1), 1),
+            "tool_calls_per_rollout": round(sum(h["n_tool_calls"] for h in hist) / max(n, 1), 2),
+            "peak_rss_mb": M.memory_report()["peak_rss_mb"], "torch_threads": torch.get_num_threads()}
+
+
+def main(profile: str = "cpu") -> dict:
+    runs = {}
+    for mode in MODES:
+        proc = subprocess.run([sys.executable, __file__, "--mode", mode, profile], capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise SystemExit(f"bench_grpo {mode} failed:\n{proc.stderr[-3000:]}")
+        runs[mode] = json.loads(proc.stdout.strip().splitlines()[-1])
+    base = runs["qlora_fp32"]
+    result = {"benchmark": "GRPO steps with token-level multi-turn tool rollouts (medkit.grpo.run_grpo)",
+              "profile": profile, "steps": STEPS, "baseline": "qlora_fp32", "runs": runs,
+              "qlora_bf16_over_qlora_fp32": {
+                  "seconds_per_step": round(runs["qlora_bf16"]["seconds_per_step"] / base["seconds_per_step"], 2),
+                  "rollouts_per_second": round(runs["qlora_bf16"]["rollouts_per_second"] / base["rollouts_per_second"], 2),
+                  "peak_rss": round(runs["qlora_bf16"]["peak_rss_mb"] / base["peak_rss_mb"], 2)}}
+    mio.write_json(paths.results_dir() / "bench" / "grpo.json", result)
+    print(result)
+    return result
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["--mode"]:
+        print(json.dumps(run_mode(sys.argv[2], *(sys.argv[3:4] or ["cpu"]))))
+    else:
+        main(*(sys.argv[1:2] or ["cpu"]))

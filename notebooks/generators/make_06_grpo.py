@@ -1,0 +1,264 @@
+"""Writes notebooks/06_grpo.ipynb (without outputs); run it after editing the cells below."""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from nbbuild import Builder  # noqa: E402
+
+B = Builder()
+md, code = B.md, B.code
+
+md(r'''
+# 06 · GRPO with the composite reward: online RL against the real tools
+
+Stage two of the paper's training. Starting from notebook 05's SFT adapter, the agent answers
+training questions with the kit's real tools, several rollouts per question, and TRL's
+`GRPOTrainer` pushes the policy toward the rollouts that score above their group's mean under the
+paper's **composite reward** — task accuracy + expert preference − efficiency penalty — each term a
+separate function, logged on its own. Rollouts are generated *token by token* by the policy being
+trained (`medkit.grpo.AgentRollouts`, TRL's `rollout_func`): the ids the loss sees are the ids the
+policy sampled, and every tool-response token is masked out of the loss (`env_mask`).
+
+**Expected results**
+
+| profile | policy | GRPO run | wall time (2 CPU cores) |
+|---|---|---|---|
+| `smoke` | SmolLM2-135M + smoke SFT adapter (QLoRA) | 2 steps × 1 question × 2 rollouts, 48-token turns | ~3 min |
+| `cpu` | SmolLM2-135M + the cpu SFT adapter (nf4, bf16 autocast) | 8 steps × 2 questions × 4 rollouts (≤ 3-hop training questions), then the held-out evaluation of notebook 05 | ~30 min |
+| `gpu` | Qwen2.5-7B-Instruct + its SFT adapter (4-bit, unsloth if installed) | 250 steps × 4 questions × 8 rollouts | several hours on one 24 GB GPU |
+
+On `cpu` expect a noisy, short run: 64 rollouts in all is far too few for RL to move a 135M model
+much. What the curves show is the mechanics — per-term rewards, tool-call and tool-failure
+frequency, KL to the SFT adapter — and the last table says honestly whether held-out pass@1 moved.
+''')
+md(r'''
+## 0 Parameters
+
+`None` means *use the profile's default* (see `medkit/profiles.py`, stage `grpo`). The held-out
+evaluation uses notebook 05's `EVAL_*` settings of the same profile, so SFT and SFT+GRPO are scored
+on the same questions with the same harness.
+''')
+code(r'''
+PROFILE = "cpu"               # smoke | cpu | gpu; selects every default below
+SEED = None                   # seed of question order, rollouts and the trainer (default 13)
+START = None                  # sft: continue the adapter of notebook 05, the paper recipe; base: a fresh adapter on the base model
+N_QUESTIONS = None            # training questions in the GRPO pool (cpu 64)
+MAX_HOPS = None               # only training questions with at most this many hops (cpu 3: the SFT model answers some of them)
+QUESTIONS_PER_STEP = None     # distinct questions per optimizer step (cpu 2)
+NUM_GENERATIONS = None        # rollouts per question, the GRPO group (cpu 4; at least 2)
+MAX_STEPS = None              # optimizer steps (cpu 8; each takes a few minutes on 2 cores)
+LEARNING_RATE = None          # adapter learning rate (cpu 1e-4; lower it if the KL explodes)
+BETA = None                   # KL coefficient against the starting adapter (0.04; 0 skips the reference pass and the KL)
+LOSS_TYPE = None              # TRL loss: dapo (default) | grpo | dr_grpo | bnpo
+SCALE_REWARDS = None          # advantage scaling: group (default) | batch | none
+TEMPERATURE = None            # sampling temperature of the rollouts (0.7; small models break the format when hotter)
+MAX_COMPLETION_LENGTH = None  # completion tokens per rollout incl. tool responses (cpu 1536); longer rollouts stop and are kept
+TURN_MAX_NEW_TOKENS = None    # tokens per assistant turn (cpu 160)
+MAX_CALLS = None              # model calls per rollout (cpu 8)
+W_ACCURACY = None             # reward weight of task accuracy (1.0)
+W_PREFERENCE = None           # reward weight of expert preference: well-formed, grounded, verified (0.3)
+W_EFFICIENCY = None           # weight of the efficiency penalty, subtracted (0.2)
+CALL_BUDGET = None            # tool calls above this are penalised (8)
+TOKEN_BUDGET = None           # rollout tokens above this are penalised (3072)
+BF16 = None                   # bf16 autocast, True or False; None uses it where the hardware computes bf16
+QUANTIZE = None               # base precision of a fresh adapter when START is base: nf4 or none; an SFT adapter keeps its own
+LORA_R = None                 # rank of a fresh adapter, when START is base
+LORA_ALPHA = None             # scaling of a fresh adapter
+LORA_DROPOUT = None           # dropout of a fresh adapter
+SAVE_STEPS = None             # checkpoint interval; a rerun resumes from the last checkpoint (a finished run is loaded)
+''', tags=["parameters"])
+md("## 0 Global settings")
+code(r'''
+import json, time
+import pandas as pd
+import matplotlib.pyplot as plt
+from IPython.display import Markdown, display
+from medkit import (evaluation as E, grpo as G, model as M, paths, plots, profiles, rewards as R,
+                    trajectories as TR, io as mio)
+
+P = profiles.resolve(PROFILE, "grpo", SEED=SEED, START=START, N_QUESTIONS=N_QUESTIONS, MAX_HOPS=MAX_HOPS,
+                     QUESTIONS_PER_STEP=QUESTIONS_PER_STEP, NUM_GENERATIONS=NUM_GENERATIONS, MAX_STEPS=MAX_STEPS,
+                     LEARNING_RATE=LEARNING_RATE, BETA=BETA, LOSS_TYPE=LOSS_TYPE, SCALE_REWARDS=SCALE_REWARDS,
+                     TEMPERATURE=TEMPERATURE, MAX_COMPLETION_LENGTH=MAX_COMPLETION_LENGTH,
+                     TURN_MAX_NEW_TOKENS=TURN_MAX_NEW_TOKENS, MAX_CALLS=MAX_CALLS, W_ACCURACY=W_ACCURACY,
+                     W_PREFERENCE=W_PREFERENCE, W_EFFICIENCY=W_EFFICIENCY, CALL_BUDGET=CALL_BUDGET,
+                     TOKEN_BUDGET=TOKEN_BUDGET, BF16=BF16, QUANTIZE=QUANTIZE, LORA_R=LORA_R, LORA_ALPHA=LORA_ALPHA,
+                     LORA_DROPOUT=LORA_DROPOUT, SAVE_STEPS=SAVE_STEPS)
+EVAL = profiles.resolve(PROFILE, "sft")          # notebook 05's evaluation settings, unchanged
+DATA = paths.profile_data_dir(PROFILE)
+SFT_ADAPTER = DATA / "sft" / "adapter"
+RUN = DATA / "grpo"                              # checkpoints, adapter, training rollouts
+RES = paths.results_dir(PROFILE); FIG = RES / "figures"; FIG.mkdir(parents=True, exist_ok=True)
+import torch
+ON_CUDA = torch.cuda.is_available()
+SCHEMAS = None if EVAL["TOOLS_IN_PROMPT"] else []   # the prompt the SFT model was trained on
+print("training backend:", M.select_backend(PROFILE), "| start:", P["START"],
+      "| bf16 autocast" if M.use_bf16(P["BF16"], on_cuda=ON_CUDA) else "| fp32")
+P
+''')
+md(r'''
+## 1 The composite reward, term by term
+
+Each term is a function of one finished rollout (`medkit.rewards`), and each is its own TRL reward
+function, so TRL logs `rewards/accuracy`, `rewards/preference` and `rewards/efficiency` separately
+and sums them with the weights `W_ACCURACY`, `W_PREFERENCE`, `−W_EFFICIENCY`:
+
+| term | what it checks | range |
+|---|---|---|
+| accuracy | the final answer is the question's answer (the evaluation harness's KG-aware judge) | 0 / 1 |
+| preference | mean of *well-formed* (share of turns that parse), *grounded* (the answer appeared in a tool response before it was given), *verified* (a further tool call after the first observation that showed the answer: search → verify → synthesise) | 0 … 1 |
+| efficiency | penalty for tool calls above `CALL_BUDGET` and tokens above `TOKEN_BUDGET`, each capped | 0 … 1 |
+
+Below, the terms on three real cases: a KG-guided trajectory of notebook 04 (the behaviour the
+reward is meant to favour), the same trajectory answering right after its first observation (no
+verification), and one answering with a guess that no tool ever showed.
+''')
+code(r'''
+index, toolbox = TR.open_tools(DATA)
+weights = R.RewardWeights(P["W_ACCURACY"], P["W_PREFERENCE"], P["W_EFFICIENCY"])
+good = mio.read_jsonl(DATA / "trajectories.jsonl")[0]   # an accepted trajectory, as SFT trained on it
+rec = next(q for q in mio.read_jsonl(DATA / "questions_train.jsonl") if TR.question_id(q) == good["question_id"])
+def as_rollout(messages):
+    answer = TR.final_answer(messages)
+    calls = sum(1 for m in messages if m.get("tool_calls"))
+    return {"messages": messages, "prediction": answer, "format_errors": [], "n_tool_calls": calls,
+            "n_model_calls": calls + 1, "n_tokens": good.get("n_tokens") or 0}
+msgs = good["messages"]
+first_obs = next(i for i, m in enumerate(msgs) if m["role"] == "tool")
+cases = {"KG-guided trajectory (04)": as_rollout(msgs),
+         "answers after the first observation": as_rollout(msgs[:first_obs + 1] + [msgs[-1]]),
+         "a guess no tool showed": as_rollout(msgs[:first_obs + 1] + [{"role": "assistant",
+                                        "content": "<think>I guess.</think>\n<answer>Marfan syndrome</answer>"}])}
+pd.DataFrame({name: R.composite(r, rec, weights, call_budget=P["CALL_BUDGET"], token_budget=P["TOKEN_BUDGET"],
+                                resolve=toolbox.resolve_ids) for name, r in cases.items()}).T
+''')
+md(r'''
+## 2 Training questions and the policy
+
+GRPO learns only from groups whose rollouts score differently, so the pool favours questions the
+SFT model can sometimes answer: training questions (never the held-out split) of at most
+`MAX_HOPS` hops. The policy is the base model with notebook 05's adapter loaded *trainable* — on
+the same 4-bit nf4 weights it was trained on — and, with `BETA > 0`, TRL keeps a frozen copy of
+that adapter as the reference for the KL term.
+''')
+code(r'''
+train_q = G.select_training_questions(mio.read_jsonl(DATA / "questions_train.jsonl"), P["N_QUESTIONS"],
+                                      max_hops=P["MAX_HOPS"], seed=P["SEED"])
+print(f"{len(train_q)} training questions; hops:", dict(sorted(pd.Series([q['hops'] for q in train_q]).value_counts().items())),
+      f"| {P['MAX_STEPS']} steps x {P['QUESTIONS_PER_STEP']} questions x {P['NUM_GENERATIONS']} rollouts "
+      f"= {P['MAX_STEPS'] * P['QUESTIONS_PER_STEP'] * P['NUM_GENERATIONS']} rollouts")
+start = SFT_ADAPTER if P["START"] == "sft" else None
+print("policy starts from:", start or "the base model with a fresh adapter")
+pd.DataFrame([{k: q[k] for k in ("question", "answer", "hops", "specialty")} for q in train_q[:5]])
+''')
+md(r'''
+## 3 Train
+
+Each optimizer step: `QUESTIONS_PER_STEP` questions × `NUM_GENERATIONS` rollouts generated by the
+current policy (batched, multi-turn, real tool calls), scored term by term, group-normalised
+advantages, one update on the policy's own tokens. A reward term that raises on a rollout becomes a
+missing value for it (counted in `reward_errors/*`), a rollout that reaches
+`MAX_COMPLETION_LENGTH` stops and is kept, and a NaN loss stops the run with a clear message.
+Checkpoints every `SAVE_STEPS`: rerunning resumes, and a finished run is loaded, not retrained.
+''')
+code(r'''
+print("memory before:", M.memory_report())
+t0 = time.time()
+run = G.run_grpo(PROFILE, P, adapter_dir=start, questions=train_q, toolbox=toolbox, out_dir=RUN,
+                 schemas=SCHEMAS, use_cpu=not ON_CUDA)
+train_out, hist = run["train"], G.history_frame(run["history"])
+print("memory after:", M.memory_report())
+print(f"{train_out['steps']} steps ({train_out['steps_this_run']} this run) in {train_out['seconds']} s; "
+      f"{train_out['seconds_per_step']} s/step; {len(hist)} training rollouts")
+{k: v for k, v in train_out.items() if k not in ("loss_curve", "log")}
+''')
+md(r'''
+## 4 Training curves
+
+Per step: the mean of each reward term over that step's rollouts (TRL's `rewards/*` logs), tool
+calls per rollout and the share of tool calls that returned an error, the KL to the starting
+adapter and the loss.
+''')
+code(r'''
+log = pd.DataFrame(train_out["log"])
+def col(name):
+    return log[name] if name in log else pd.Series([float("nan")] * len(log))
+fig, axes = plt.subplots(2, 3, figsize=(13, 6.5))
+for term, c in (("accuracy", "#228833"), ("preference", "#4477aa"), ("efficiency", "#cc3311")):
+    axes[0, 0].plot(log["step"], col(f"rewards/{term}/mean"), marker="o", ms=3, label=term, color=c)
+axes[0, 0].set(title="reward terms (mean per step)", xlabel="step", ylim=(-0.05, 1.05)); axes[0, 0].legend(fontsize=8)
+axes[0, 1].plot(log["step"], col("reward"), marker="o", ms=3, color="k")
+axes[0, 1].fill_between(log["step"], col("reward") - col("reward_std"), col("reward") + col("reward_std"), alpha=0.15, color="k")
+axes[0, 1].set(title="composite reward (mean ± sd)", xlabel="step")
+for key, c in (("preference/well_formed", "#66ccee"), ("preference/grounded", "#aa3377"), ("preference/verified", "#ccbb44")):
+    axes[0, 2].plot(log["step"], col(key), marker="o", ms=3, label=key.split("/")[1], color=c)
+axes[0, 2].set(title="preference parts", xlabel="step", ylim=(-0.05, 1.05)); axes[0, 2].legend(fontsize=8)
+axes[1, 0].plot(log["step"], col("tools/call_frequency"), marker="o", ms=3, label="tool calls / rollout")
+axes[1, 0].set(title="tool-call frequency", xlabel="step")
+axes[1, 1].plot(log["step"], col("tools/failure_frequency"), marker="o", ms=3, color="#cc3311", label="tool failures")
+axes[1, 1].plot(log["step"], col("rollout/answer_rate"), marker="s", ms=3, color="#228833", label="answer rate")
+axes[1, 1].set(title="tool-failure frequency, answer rate", xlabel="step", ylim=(-0.05, 1.05)); axes[1, 1].legend(fontsize=8)
+axes[1, 2].plot(log["step"], col("kl"), marker="o", ms=3, color="#ee7733", label="KL")
+ax2 = axes[1, 2].twinx(); ax2.plot(log["step"], col("loss"), marker="x", ms=3, color="#555555", label="loss")
+axes[1, 2].set(title="KL to the start (orange) and loss (grey)", xlabel="step")
+fig.tight_layout(); plots.save(fig, FIG / "06_grpo_curves.png")
+log[[c for c in ("step", "reward", "rewards/accuracy/mean", "rewards/preference/mean", "rewards/efficiency/mean",
+                 "tools/call_frequency", "tools/failure_frequency", "kl", "loss") if c in log]].round(4)
+''')
+md(r'''
+## 5 Before and after: rollouts of the first and the last step
+
+Every training rollout is kept with its reward terms (`data/<profile>/grpo/rollouts.jsonl`). Below,
+stop reasons and mean terms at the first and the last step, then the best-scoring rollout of each.
+''')
+code(r'''
+if len(hist):
+    hist["total"] = (P["W_ACCURACY"] * hist["reward_accuracy"].fillna(0) + P["W_PREFERENCE"] * hist["reward_preference"].fillna(0)
+                     - P["W_EFFICIENCY"] * hist["reward_efficiency"].fillna(0))
+    first, last = hist["step"].min(), hist["step"].max()
+    display(hist.groupby("step")[["reward_accuracy", "reward_preference", "reward_efficiency", "total", "n_tool_calls",
+                                  "n_tool_errors", "n_policy_tokens"]].mean().round(3))
+    display(pd.crosstab(hist["step"], hist["stop_reason"]))
+    for label, step in (("first step", first), ("last step", last)):
+        i = hist[hist["step"] == step]["total"].idxmax()
+        h = run["history"][i]
+        display(Markdown(f"**{label} ({step}), best rollout**: total reward {hist.loc[i, 'total']:.3f}, "
+                         f"answer {h['prediction']!r} (expected {hist.loc[i, 'answer']!r}), stop: {h['stop_reason']}"))
+        display(Markdown(TR.render_markdown(h["messages"], 300)))
+''')
+md(r'''
+## 6 Held-out evaluation: SFT vs SFT+GRPO
+
+The GRPO adapter merged into the same nf4 base, through the same harness, questions, `k`,
+temperature and seeds as notebook 05 (its results are read back from `results/<profile>/05_sft.json`).
+''')
+code(r'''
+all_test = mio.read_jsonl(DATA / "questions_test.jsonl")
+test_q = E.select_questions(all_test, EVAL["EVAL_QUESTIONS"], EVAL["EVAL_MAX_HOPS"])
+grpo_eval = E.evaluate_adapter(PROFILE, run["adapter"], test_q, toolbox, EVAL, name="grpo", schemas=SCHEMAS)
+mio.write_jsonl(RES / "06_eval_grpo.jsonl", [{k: v for k, v in r.items() if k != "messages"} for r in grpo_eval["rows"]])
+before = json.loads((RES / "05_sft.json").read_text())["eval"]
+stages = {"base": before["base"], "sft": before["sft"], "sft+grpo": grpo_eval["metrics"]}
+table = pd.DataFrame({n: {"pass@1 mean": m["pass@1"]["mean"], "pass@1 sd": m["pass@1"]["sd"], f"pass@{EVAL['EVAL_K']}": m["pass@k"],
+                          "answer rate": m["answer_rate"], "format-error rate": m["format_error_rate"],
+                          "tool calls / rollout": m["tool_calls_per_question"], "tool-error rate": m["tool_error_rate"]}
+                      for n, m in stages.items()}).T
+fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
+plots.stage_bars(table, "pass@1 mean", f"held-out pass@1 (k={EVAL['EVAL_K']}, mean ± sd)", sd="pass@1 sd", ax=axes[0])
+plots.stage_bars(table, "answer rate", "rollouts ending with an answer", ax=axes[1])
+plots.stage_bars(table, "tool calls / rollout", "tool calls per rollout", ax=axes[2], ylim=None)
+fig.tight_layout(); plots.save(fig, FIG / "06_sft_vs_grpo.png")
+delta = 100 * (stages["sft+grpo"]["pass@1"]["mean"] - stages["sft"]["pass@1"]["mean"])
+print(f"SFT+GRPO - SFT: {delta:+.1f} points of held-out pass@1 ({len(test_q)} questions x {EVAL['EVAL_K']} rollouts)")
+table
+''')
+code(r'''
+summary = {"profile": PROFILE, "parameters": P, "start": str(start or "base"),
+           "train": {k: v for k, v in train_out.items() if k != "loss_curve"},
+           "training_rollouts": len(hist), "stop_reasons": G.stop_reason_counts(run["history"]),
+           "eval": {"grpo": grpo_eval["metrics"]}, "delta_pass@1_points": round(delta, 2),
+           "questions": len(test_q), "k": EVAL["EVAL_K"], "adapter": run["adapter"]}
+mio.write_json(RES / "06_grpo.json", summary)
+{k: summary[k] for k in ("training_rollouts", "stop_reasons", "delta_pass@1_points")}
+''')
+B.write(Path(__file__).resolve().parents[1] / "06_grpo.ipynb")

@@ -1,0 +1,47 @@
+"""Reported vs measured figures (medkit.reported) and the benchmark bar views (medkit.plots)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from medkit import plots, reported
+from medkit.paths import REPO_ROOT
+
+
+def test_reported_figures_are_the_papers_and_labelled():
+    frame = reported.reported_frame()
+    assert set(frame["kind"]) == {"reported"} and frame["source"].str.len().min() > 20
+    row = frame[(frame["benchmark"] == "MedBrowseComp") & (frame["system"] == "MedResearcher-R1-32B")]
+    assert row["pass@1"].tolist() == [27.5]
+    assert frame.set_index(["benchmark", "system"]).loc[("xBench-DeepSearch", "WebSailor-32B"), "pass@1"] == 53.3
+
+
+def test_measured_rows_carry_percent_sd_and_what_they_were_measured_on():
+    m = {"sft": {"pass@1": {"mean": 0.0278, "sd": 0.0481}, "questions": 12, "rollouts": 3}}
+    rows = reported.measured_rows(m, benchmark="kit held-out KG questions (cpu)", model="SmolLM2-135M")
+    [r] = rows.to_dict("records")
+    assert r["kind"] == "measured" and r["pass@1"] == pytest.approx(2.78) and r["sd"] == pytest.approx(4.81)
+    assert r["system"] == "SmolLM2-135M sft" and "12 questions x 3 rollouts" in r["source"]
+
+
+def test_benchmark_bars_read_the_committed_results():
+    sft = json.loads((REPO_ROOT / "results" / "bench" / "sft.json").read_text())
+    bars, label = plots.benchmark_bars("sft", sft)
+    assert set(bars) == {"lora", "qlora", "qlora_bf16"} and "tokens" in label  # ratios are not modes
+    gen = json.loads((REPO_ROOT / "results" / "bench" / "generation.json").read_text())
+    bars, _ = plots.benchmark_bars("generation", gen)
+    assert bars["batch 16"] > bars["batch 1"]
+    with pytest.raises(ValueError):
+        plots.benchmark_bars("nonsense", {})
+
+
+def test_reported_vs_measured_plot_draws_every_row():
+    m = {"sft": {"pass@1": {"mean": 0.03, "sd": 0.05}, "questions": 12, "rollouts": 3}}
+    frame = reported.reported_frame()
+    import pandas as pd
+
+    frame = pd.concat([frame, reported.measured_rows(m, benchmark="kit", model="m")], ignore_index=True)
+    fig = plots.reported_vs_measured(frame)
+    assert len(fig.axes[0].patches) == len(frame)
