@@ -215,7 +215,7 @@ def stage_bars(table: pd.DataFrame, column: str, title: str, *, sd: str | None =
 
 def reported_vs_measured(frame: pd.DataFrame, ax: plt.Axes | None = None) -> plt.Figure:
     """Horizontal bars of pass@1 (%) grouped by benchmark; reported ones hatched, measured ones solid with sd."""
-    fig, ax = _axis(ax, (8, max(3.5, 0.34 * len(frame) + 1.5)))
+    fig, ax = _axis(ax, (10, max(3.5, 0.34 * len(frame) + 1.5)))
     frame = frame.reset_index(drop=True)
     labels, y = [], []
     for i, row in frame.iterrows():
@@ -227,7 +227,8 @@ def reported_vs_measured(frame: pd.DataFrame, ax: plt.Axes | None = None) -> plt
         y.append(i)
     ax.set_yticks(y, labels, fontsize=7)
     ax.invert_yaxis()
-    ax.set(xlabel="pass@1 (%)", title="Reported (hatched; paper / benchmark repos) vs measured here (solid)")
+    ax.set(xlabel="pass@1 (%)")
+    ax.set_title("pass@1: reported by the paper / benchmark repos (hatched) vs measured here (solid)", fontsize=9)
     fig.tight_layout()
     return fig
 

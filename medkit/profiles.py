@@ -145,7 +145,9 @@ _OVERRIDES: dict[str, dict[str, dict[str, Any]]] = {
                 "GRAD_ACCUM": 1, "LEARNING_RATE": 2e-3, "WARMUP_STEPS": 4, "SAVE_STEPS": 8,
                 "EVAL_QUESTIONS": 12, "EVAL_MAX_HOPS": 4, "EVAL_TEMPERATURE": 0.3, "EVAL_MAX_CALLS": 10,
                 "EVAL_MAX_NEW_TOKENS": 160},
-        "evaluation": {"ABLATIONS": ["grpo_from_base"]},
+        "grpo": {"QUESTIONS_PER_STEP": 1, "MAX_STEPS": 6, "LEARNING_RATE": 3e-4, "MAX_COMPLETION_LENGTH": 1024,
+                 "MAX_CALLS": 6},
+        "evaluation": {"ABLATIONS": ["grpo_from_base"], "ABLATION_STEPS": 2},
     },
     "gpu": {
         "kg": {"N_SEEDS": 6000},

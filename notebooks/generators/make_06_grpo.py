@@ -24,10 +24,10 @@ policy sampled, and every tool-response token is masked out of the loss (`env_ma
 | profile | policy | GRPO run | wall time (2 CPU cores) |
 |---|---|---|---|
 | `smoke` | SmolLM2-135M + smoke SFT adapter (QLoRA) | 2 steps × 1 question × 2 rollouts, 48-token turns | ~3 min |
-| `cpu` | SmolLM2-135M + the cpu SFT adapter (nf4, bf16 autocast) | 8 steps × 2 questions × 4 rollouts (≤ 3-hop training questions), then the held-out evaluation of notebook 05 | ~30 min |
+| `cpu` | SmolLM2-135M + the cpu SFT adapter (nf4, bf16 autocast) | 6 steps × 1 question × 4 rollouts (≤ 3-hop training questions, ≤ 1,024 completion tokens), then the held-out evaluation of notebook 05 | ~25 min |
 | `gpu` | Qwen2.5-7B-Instruct + its SFT adapter (4-bit, unsloth if installed) | 250 steps × 4 questions × 8 rollouts | several hours on one 24 GB GPU |
 
-On `cpu` expect a noisy, short run: 64 rollouts in all is far too few for RL to move a 135M model
+On `cpu` expect a noisy, short run: 24 rollouts in all is far too few for RL to move a 135M model
 much. What the curves show is the mechanics — per-term rewards, tool-call and tool-failure
 frequency, KL to the SFT adapter — and the last table says honestly whether held-out pass@1 moved.
 ''')
@@ -44,17 +44,17 @@ SEED = None                   # seed of question order, rollouts and the trainer
 START = None                  # sft: continue the adapter of notebook 05, the paper recipe; base: a fresh adapter on the base model
 N_QUESTIONS = None            # training questions in the GRPO pool (cpu 64)
 MAX_HOPS = None               # only training questions with at most this many hops (cpu 3: the SFT model answers some of them)
-QUESTIONS_PER_STEP = None     # distinct questions per optimizer step (cpu 2)
+QUESTIONS_PER_STEP = None     # distinct questions per optimizer step (cpu 1, default 2)
 NUM_GENERATIONS = None        # rollouts per question, the GRPO group (cpu 4; at least 2)
-MAX_STEPS = None              # optimizer steps (cpu 8; each takes a few minutes on 2 cores)
-LEARNING_RATE = None          # adapter learning rate (cpu 1e-4; lower it if the KL explodes)
+MAX_STEPS = None              # optimizer steps (cpu 6, each a few minutes on 2 cores; default 8)
+LEARNING_RATE = None          # adapter learning rate (cpu 3e-4 for so few steps, default 1e-4; lower it if the KL explodes)
 BETA = None                   # KL coefficient against the starting adapter (0.04; 0 skips the reference pass and the KL)
 LOSS_TYPE = None              # TRL loss: dapo (default) | grpo | dr_grpo | bnpo
 SCALE_REWARDS = None          # advantage scaling: group (default) | batch | none
 TEMPERATURE = None            # sampling temperature of the rollouts (0.7; small models break the format when hotter)
-MAX_COMPLETION_LENGTH = None  # completion tokens per rollout incl. tool responses (cpu 1536); longer rollouts stop and are kept
+MAX_COMPLETION_LENGTH = None  # completion tokens per rollout incl. tool responses (cpu 1024, default 1536); longer rollouts stop and are kept
 TURN_MAX_NEW_TOKENS = None    # tokens per assistant turn (cpu 160)
-MAX_CALLS = None              # model calls per rollout (cpu 8)
+MAX_CALLS = None              # model calls per rollout (cpu 6, default 8)
 W_ACCURACY = None             # reward weight of task accuracy (1.0)
 W_PREFERENCE = None           # reward weight of expert preference: well-formed, grounded, verified (0.3)
 W_EFFICIENCY = None           # weight of the efficiency penalty, subtracted (0.2)

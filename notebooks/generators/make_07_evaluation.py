@@ -23,7 +23,7 @@ labelled *reported* or *measured*. It ends with the kit's benchmark results (`re
 | profile | what runs here | wall time (2 CPU cores) |
 |---|---|---|
 | `smoke` | tables and plots from notebooks 05-06; both ablations with 1 GRPO step each, 2 questions × 1 rollout | ~3 min |
-| `cpu` | tables and plots; ablation *GRPO from base* (8 steps), evaluated on the 12 held-out questions × 3 rollouts; the accuracy-only ablation is off (another ~25 min) | ~20 min |
+| `cpu` | tables and plots; ablation *GRPO from base* (2 steps), evaluated on the 12 held-out questions × 3 rollouts; the accuracy-only ablation is off (another ~25 min: set `ABLATIONS`) | ~10 min |
 | `gpu` | both ablations with notebook 06's settings | hours |
 
 The reported numbers come from a 32B model with web search on public benchmarks; the measured ones
@@ -39,7 +39,7 @@ notebook 06's, evaluation settings notebook 05's).
 code(r'''
 PROFILE = "cpu"               # smoke | cpu | gpu; selects every default below
 ABLATIONS = None              # extra GRPO runs: grpo_from_base (no SFT), grpo_accuracy_only (preference and efficiency weights 0); [] for none
-ABLATION_STEPS = None         # optimizer steps of each ablation run (None = notebook 06's MAX_STEPS)
+ABLATION_STEPS = None         # optimizer steps of each ablation run; None means MAX_STEPS of notebook 06
 ''', tags=["parameters"])
 md("## 0 Global settings")
 code(r'''
@@ -174,7 +174,9 @@ Throughput and latency measured by `make bench` (`bench/*.py` → `results/bench
 against a named baseline in the same run.
 ''')
 code(r'''
-BENCH = paths.results_dir() / "bench"
+BENCH = next((d for d in (paths.results_dir() / "bench", paths.REPO_ROOT / "results" / "bench")
+              if any(d.glob("*.json"))), paths.REPO_ROOT / "results" / "bench")   # a scratch run reads the committed ones
+print("benchmark results from", BENCH)
 def load(name):
     p = BENCH / f"{name}.json"
     return json.loads(p.read_text()) if p.exists() else None
