@@ -11,14 +11,12 @@ to the baseline. Writes ``results/bench/grpo.json``.
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 import tempfile
 import time
 
 from medkit import io as mio
 from medkit import paths
+from medkit.pipeline import bench_entry, run_modes
 
 STEPS = 2
 MODES = {"qlora_fp32": False, "qlora_bf16": True}  # bf16 autocast
@@ -55,12 +53,7 @@ def run_mode(mode: str, profile: str = "cpu") -> dict:
 
 
 def main(profile: str = "cpu") -> dict:
-    runs = {}
-    for mode in MODES:
-        proc = subprocess.run([sys.executable, __file__, "--mode", mode, profile], capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise SystemExit(f"bench_grpo {mode} failed:\n{proc.stderr[-3000:]}")
-        runs[mode] = json.loads(proc.stdout.strip().splitlines()[-1])
+    runs = run_modes(__file__, MODES, profile)
     base = runs["qlora_fp32"]
     result = {"benchmark": "GRPO steps with token-level multi-turn tool rollouts (medkit.grpo.run_grpo)",
               "profile": profile, "steps": STEPS, "baseline": "qlora_fp32", "runs": runs,
@@ -74,7 +67,4 @@ def main(profile: str = "cpu") -> dict:
 
 
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["--mode"]:
-        print(json.dumps(run_mode(sys.argv[2], *(sys.argv[3:4] or ["cpu"]))))
-    else:
-        main(*(sys.argv[1:2] or ["cpu"]))
+    bench_entry(run_mode, main)

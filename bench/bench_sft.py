@@ -11,14 +11,12 @@ Writes ``results/bench/sft.json``.
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 import tempfile
 import time
 
 from medkit import io as mio
 from medkit import paths
+from medkit.pipeline import bench_entry, run_modes
 
 STEPS = 4
 MAX_LENGTH = 4096
@@ -52,11 +50,7 @@ def run_mode(mode: str, profile: str = "cpu") -> dict:
 
 
 def main(profile: str = "cpu") -> dict:
-    results = {}
-    for mode in MODES:
-        proc = subprocess.run([sys.executable, __file__, "--mode", mode, profile], capture_output=True, text=True,
-                              check=True)
-        results[mode] = json.loads(proc.stdout.strip().splitlines()[-1])
+    results = run_modes(__file__, MODES, profile)
     base = results["lora"]
 
     def ratios(r: dict) -> dict:
@@ -72,7 +66,4 @@ def main(profile: str = "cpu") -> dict:
 
 
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["--mode"]:
-        print(json.dumps(run_mode(sys.argv[2], *(sys.argv[3:4] or ["cpu"]))))
-    else:
-        main(*(sys.argv[1:2] or ["cpu"]))
+    bench_entry(run_mode, main)

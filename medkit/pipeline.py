@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -159,3 +159,31 @@ def machine_facts() -> dict[str, Any]:
 
     return {"cpu_count": os.cpu_count(), "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
             "python": platform.python_version(), "machine": platform.machine()}
+
+
+def run_modes(script: str, modes: Iterable[str], *args: str) -> dict[str, dict[str, Any]]:
+    """Run ``python script --mode M *args`` once per mode, each in a fresh process (so peak memory is
+    its own); each run prints its result as JSON on its last line. A failed run is a clear error."""
+    import json
+    import subprocess
+    import sys
+
+    results = {}
+    for mode in modes:
+        proc = subprocess.run([sys.executable, script, "--mode", mode, *args], capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise MedkitError(f"{Path(script).name} --mode {mode} failed:\n{proc.stderr[-3000:]}")
+        results[mode] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return results
+
+
+def bench_entry(run_mode: Callable[..., dict[str, Any]], main: Callable[..., Any]) -> None:
+    """``__main__`` of a per-mode benchmark: ``--mode M [profile]`` runs one mode and prints its JSON,
+    otherwise ``main([profile])`` runs them all."""
+    import json
+    import sys
+
+    if sys.argv[1:2] == ["--mode"]:
+        print(json.dumps(run_mode(sys.argv[2], *(sys.argv[3:4] or ["cpu"]))))
+    else:
+        main(*(sys.argv[1:2] or ["cpu"]))

@@ -187,7 +187,6 @@ def test_nan_loss_stops_training():
 @pytest.mark.notebook
 def test_one_real_grpo_step_with_trl(tmp_path, toolbox):
     """(slow) SmolLM2 + a fresh LoRA adapter, one GRPOTrainer step over real tool-calling rollouts."""
-    from medkit import model as M
 
     p = {**profiles.resolve("smoke", "grpo", MAX_STEPS=1, MAX_COMPLETION_LENGTH=96, TURN_MAX_NEW_TOKENS=24,
                             MAX_CALLS=2, QUANTIZE="none", BETA=0.04), "SAVE_STEPS": 1}
