@@ -183,8 +183,8 @@ class AgentRollouts:
     """TRL ``rollout_func``: token-level multi-turn agent rollouts with the policy being trained.
 
     ``records`` are the question records the prompts were built from (matched by question
-    text); ``schemas`` the tool schemas shown in the prompt (``[]``: none, as the cpu SFT model
-    was trained). Call it as TRL does, ``rollouts(prompts, trainer)``, or directly with a model
+    text); ``schemas`` the tool schemas shown in the prompt (``None``: all of the toolbox's, as
+    :func:`medkit.evaluation.evaluate` does; ``[]``: none, as the cpu SFT model was trained). Call it as TRL does, ``rollouts(prompts, trainer)``, or directly with a model
     and tokenizer through :meth:`run`.
     """
 
@@ -193,7 +193,7 @@ class AgentRollouts:
         self.toolbox = toolbox
         self.records = {str(r["question"]): r for r in records}
         self.config = config or RolloutConfig()
-        self.schemas = schemas
+        self.schemas = schemas if schemas is not None else A.tool_schemas(toolbox.tools())
         self.history: list[dict[str, Any]] = []   # one entry per rollout, with its step and (later) rewards
         self.calls = 0
         self.seconds = 0.0                         # wall time spent rolling out (generation + tools)

@@ -205,3 +205,24 @@ def test_one_real_grpo_step_with_trl(tmp_path, toolbox):
     again = G.train(G.build_trainer(*G.load_policy("cpu", None, p)[:2], [RECORD], rollouts, p, tmp_path / "run",
                                     peft_config=peft_config))
     assert again["already_finished"] and again["steps_this_run"] == 0  # a finished run is loaded, not retrained
+
+
+def test_a_missing_sft_adapter_is_a_clear_error(tmp_path):
+    with pytest.raises(InputError, match="run notebook 05 first"):
+        G.load_policy("cpu", tmp_path / "nowhere", profiles.resolve("cpu", "grpo"))
+
+
+def test_training_questions_respect_the_hop_limit_and_the_seed():
+    records = [{"id": str(i), "question": f"q{i}?", "answer": "a", "hops": 2 + i % 4} for i in range(40)]
+    a = G.select_training_questions(records, 10, max_hops=3, seed=13)
+    assert len(a) == 10 and all(r["hops"] <= 3 for r in a)
+    assert a == G.select_training_questions(records, 10, max_hops=3, seed=13)
+    assert a != G.select_training_questions(records, 10, max_hops=3, seed=14)
+
+
+def test_no_schemas_means_every_tool_in_the_prompt_as_in_evaluation(toolbox):
+    full = G.AgentRollouts(toolbox, [RECORD], schemas=None)
+    bare = G.AgentRollouts(toolbox, [RECORD], schemas=[])
+    assert [s["function"]["name"] for s in full.schemas] == [t.__name__ for t in toolbox.tools()]
+    with_tools = G.prompt_dataset([RECORD], full.schemas)[0]["prompt"][0]["content"]
+    assert "<tools>" in with_tools and "<tools>" not in G.prompt_dataset([RECORD], bare.schemas)[0]["prompt"][0]["content"]
