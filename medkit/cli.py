@@ -58,7 +58,11 @@ def main(argv: list[str] | None = None) -> int:
                 if args.names and not any(n in script.stem for n in args.names):
                     continue
                 print(f"== {script.name}")
-                runpy.run_path(str(script), run_name="__main__")
+                argv, sys.argv = sys.argv, [str(script)]  # the script sees its own command line, not medkit's
+                try:
+                    runpy.run_path(str(script), run_name="__main__")
+                finally:
+                    sys.argv = argv
     except MedkitError as e:
         print(f"medkit: error: {e}", file=sys.stderr)
         return 2

@@ -192,7 +192,7 @@ def histogram(values: list[float], title: str, xlabel: str, *, bins: int | list[
     return fig
 
 
-STAGE_COLOURS = {"base": "#999999", "sft": "#4477aa", "grpo": "#228833"}
+STAGE_COLOURS = {"grpo": "#228833", "sft": "#4477aa", "base": "#999999"}  # first match wins: "sft+grpo" is grpo
 
 
 def stage_bars(table: pd.DataFrame, column: str, title: str, *, sd: str | None = None,

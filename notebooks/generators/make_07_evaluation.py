@@ -22,8 +22,8 @@ labelled *reported* or *measured*. It ends with the kit's benchmark results (`re
 
 | profile | what runs here | wall time (2 CPU cores) |
 |---|---|---|
-| `smoke` | tables and plots from notebooks 05-06; both ablations with 1 GRPO step each, 2 questions × 1 rollout | ~3 min |
-| `cpu` | tables and plots; ablation *GRPO from base* (2 steps), evaluated on the 12 held-out questions × 3 rollouts; the accuracy-only ablation is off (another ~25 min: set `ABLATIONS`) | ~10 min |
+| `smoke` | tables and plots from notebooks 05-06; both ablations with 1 GRPO step each, 2 questions × 1 rollout | ~1 min |
+| `cpu` | tables and plots; ablation *GRPO from base* (2 steps), evaluated on the 12 held-out questions × 3 rollouts; the accuracy-only ablation is off (another ~15 min: set `ABLATIONS`) | ~7 min |
 | `gpu` | both ablations with notebook 06's settings | hours |
 
 The reported numbers come from a 32B model with web search on public benchmarks; the measured ones
