@@ -184,8 +184,9 @@ class AgentRollouts:
 
     ``records`` are the question records the prompts were built from (matched by question
     text); ``schemas`` the tool schemas shown in the prompt (``None``: all of the toolbox's, as
-    :func:`medkit.evaluation.evaluate` does; ``[]``: none, as the cpu SFT model was trained). Call it as TRL does, ``rollouts(prompts, trainer)``, or directly with a model
-    and tokenizer through :meth:`run`.
+    :func:`medkit.evaluation.evaluate` does; ``[]``: none, as the cpu SFT model was trained).
+    Call it as TRL does, ``rollouts(prompts, trainer)``, or directly with a model and tokenizer
+    through :meth:`run`.
     """
 
     def __init__(self, toolbox: Any, records: Iterable[dict[str, Any]], config: RolloutConfig | None = None,
