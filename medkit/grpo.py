@@ -512,12 +512,11 @@ def train(trainer: Any) -> dict[str, Any]:
     """:func:`medkit.sft.train` (resume, finished runs loaded) plus GRPO's logged curves and timing."""
     from .sft import train as train_any
 
-    t0 = time.time()
     out = train_any(trainer)
     logs = [h for h in trainer.state.log_history if "loss" in h and "step" in h]
     out["log"] = [{k: v for k, v in h.items() if isinstance(v, (int, float))} for h in logs]
     steps = out["steps_this_run"]
-    out["seconds_per_step"] = round((time.time() - t0) / steps, 1) if steps else None
+    out["seconds_per_step"] = round(out["seconds"] / steps, 1) if steps else None
     return out
 
 
@@ -569,7 +568,7 @@ def run_grpo(profile: str, params: dict[str, Any], *, adapter_dir: str | Path | 
     result["rollouts_per_second"] = round(rollouts.n_rollouts / rollouts.seconds, 4) if rollouts.seconds else None
     history_path = out / "rollouts.jsonl"
     if rollouts.history:
-        write_jsonl(history_path, [{k: v for k, v in h.items()} for h in rollouts.history])
+        write_jsonl(history_path, rollouts.history)
     history = read_jsonl(history_path) if history_path.exists() else []
     adapter = out / "adapter"
     trainer.model.save_pretrained(str(adapter), selected_adapters=["default"])

@@ -23,7 +23,7 @@ policy sampled, and every tool-response token is masked out of the loss (`env_ma
 
 | profile | policy | GRPO run | wall time (2 CPU cores) |
 |---|---|---|---|
-| `smoke` | SmolLM2-135M + smoke SFT adapter (QLoRA) | 2 steps × 1 question × 2 rollouts, 48-token turns | ~2-4 min |
+| `smoke` | SmolLM2-135M + smoke SFT adapter (QLoRA) | 2 steps × 1 question × 2 rollouts, 48-token turns | ~1 min |
 | `cpu` | SmolLM2-135M + the cpu SFT adapter (nf4, bf16 autocast) | 6 steps × 1 question × 4 rollouts (≤ 3-hop training questions, ≤ 1,024 completion tokens, ~85 s/step), then the held-out evaluation of notebook 05 | ~12 min |
 | `gpu` | Qwen2.5-7B-Instruct + its SFT adapter (4-bit, unsloth if installed) | 250 steps × 4 questions × 8 rollouts | several hours on one 24 GB GPU |
 
