@@ -154,22 +154,24 @@ def evaluate_adapter(profile: str, adapter_dir: str | Path | None, questions: Se
                      progress: bool = True) -> dict[str, Any]:
     """The profile's base with ``adapter_dir`` merged in (None: the base alone), through :func:`evaluate`.
 
-    ``params`` are the ``EVAL_*`` settings of notebook 05's stage (with ``SEED``, ``BF16`` and
-    ``MAX_LENGTH``), so notebooks 05-07 score every model under the same harness settings.
+    ``params`` are the ``EVAL_*`` settings of notebook 05's stage (with ``SEED``, ``BF16``,
+    ``MAX_LENGTH``, ``ENGINE`` and ``ENGINE_PRECISION``), so notebooks 05-07 score every model under
+    the same harness settings; the backend comes from :func:`medkit.engine.inference_backend`.
     Returns the rows and their :func:`metrics` with the wall time.
     """
     import time
 
-    from .llm import LocalTransformersBackend
-    from .sft import load_for_inference
+    from .engine import DEFAULT_COMPUTE_TYPE, DEFAULT_ENGINE, inference_backend
 
-    model, tokenizer = load_for_inference(profile, adapter_dir, bf16=params.get("BF16"))
-    backend = LocalTransformersBackend(model, tokenizer, batch_size=int(params["EVAL_BATCH"]), name=f"{name}:{profile}",
-                                       progress=progress)
+    backend = inference_backend(profile, adapter_dir, engine=str(params.get("ENGINE") or DEFAULT_ENGINE),
+                                precision=str(params.get("ENGINE_PRECISION") or DEFAULT_COMPUTE_TYPE),
+                                bf16=params.get("BF16"), batch_size=int(params["EVAL_BATCH"]), name=f"{name}:{profile}",
+                                progress=progress)
     cfg = AgentConfig(max_calls=int(params["EVAL_MAX_CALLS"]), max_new_tokens=int(params["EVAL_MAX_NEW_TOKENS"]),
                       token_budget=int(params["MAX_LENGTH"]) + 2048, temperature=float(params["EVAL_TEMPERATURE"]))
     t0 = time.time()
     rows = evaluate(backend, toolbox, questions, k=int(params["EVAL_K"]), config=cfg, seed=int(params["SEED"]),
                     schemas=schemas, progress=progress)
-    del backend, model
-    return {"rows": rows, "metrics": {**metrics(rows), "seconds": round(time.time() - t0, 1)}}
+    engine = type(backend).__name__
+    del backend
+    return {"rows": rows, "metrics": {**metrics(rows), "seconds": round(time.time() - t0, 1), "engine": engine}}

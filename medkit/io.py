@@ -15,8 +15,10 @@ import datetime as _dt
 import json
 import os
 import platform
+import shutil
 import tempfile
-from collections.abc import Iterable, Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,7 @@ from .errors import InputError
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
+STALE_TEMP_SECONDS = 3600  # temp folders older than this belong to dead runs
 
 
 @contextlib.contextmanager
@@ -43,6 +46,50 @@ def atomic_path(target: str | Path, suffix: str = "") -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def _temp_prefix(target: Path) -> str:
+    return f".{target.name}.tmp-"
+
+
+def build_folder(target: str | Path, build: Callable[[Path], None], is_complete: Callable[[Path], bool], *,
+                 stale_after: float = STALE_TEMP_SECONDS) -> Path:
+    """``target`` built once by ``build(tmp)`` in a temp folder beside it, then renamed into place.
+
+    A complete ``target`` is returned as it is; an incomplete one (a killed run's) is replaced. A
+    failed build leaves nothing behind, a build that ``is_complete`` rejects is an error, and
+    temp folders of dead runs older than ``stale_after`` seconds are removed. When a concurrent run
+    published first, its folder is kept and ours is discarded.
+    """
+    target = Path(target)
+    if is_complete(target):
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    now = time.time()
+    for leftover in target.parent.glob(_temp_prefix(target) + "*"):
+        if leftover.is_dir() and now - leftover.stat().st_mtime > stale_after:
+            shutil.rmtree(leftover, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(target), dir=target.parent))
+    try:
+        build(tmp)
+        if is_complete(target):
+            return target
+        if target.exists():
+            stale = Path(tempfile.mkdtemp(prefix=_temp_prefix(target), dir=target.parent))
+            os.replace(target, stale / "incomplete")
+            shutil.rmtree(stale, ignore_errors=True)
+        os.chmod(tmp, 0o777 & ~_UMASK)  # mkdtemp makes it 0700; the cache may be shared between clones
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            if not is_complete(target):
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    if not is_complete(target):
+        raise InputError(target, "the build finished but the folder is incomplete; delete it and retry")
+    return target
 
 
 def write_text(target: str | Path, text: str) -> Path:

@@ -17,7 +17,8 @@ Scope:
   ``finish_reason="error"`` and a one-line ``error`` naming the URL and the reason.
   :meth:`OpenAICompatibleBackend.check` probes the endpoint for a one-line status.
   The API key is never logged, printed or put into an error message.
-* :func:`backend_from_config` builds either from ``"local:<profile>"`` or a dict.
+* :func:`backend_from_config` builds either from ``"local:<profile>"`` (through the engine
+  :mod:`medkit.engine` picks: CTranslate2 or this transformers backend) or a dict.
 
 Out of scope: prompts, answer parsing, tool calling and the agent loop (their own modules).
 torch and transformers are imported lazily so that ``import medkit.llm`` stays cheap.
@@ -573,7 +574,7 @@ class OpenAICompatibleBackend:
 
 # --------------------------------------------------------------------------- configuration
 
-_LOCAL_KEYS = ("type", "profile", "batch_size", "name", "progress")
+_LOCAL_KEYS = ("type", "profile", "batch_size", "name", "progress", "engine", "precision")
 _OPENAI_KEYS = ("type", "base_url", "model", "api_key_env", "timeout", "max_retries", "name", "concurrency",
                 "retry_backoff", "max_consecutive_failures", "progress")
 
@@ -621,6 +622,9 @@ def parse_backend_spec(spec: str | dict[str, Any]) -> dict[str, Any]:
 def backend_from_config(spec: str | dict[str, Any]) -> ChatBackend:
     """A backend from ``"local:<profile>"`` or ``{"type": "local" | "openai", ...}``.
 
+    A local spec takes ``engine`` (``auto`` by default: CTranslate2 where it runs, else
+    transformers; see :mod:`medkit.engine`) and ``precision`` (``float32`` | ``int8``).
+
     ``{"type": "openai", "base_url": "http://127.0.0.1:8000/v1", "model": "...",
     "api_key_env": "OPENAI_API_KEY"}`` reads the key from that environment variable.
     The spec is validated before any model is loaded.
@@ -632,5 +636,9 @@ def backend_from_config(spec: str | dict[str, Any]) -> ChatBackend:
         return _openai_from_dict(parsed)
     _check_keys(parsed, _LOCAL_KEYS)
     profile = check_profile(parsed.get("profile", DEFAULT_LOCAL_PROFILE))
-    return LocalTransformersBackend.from_profile(profile, batch_size=parsed.get("batch_size", 8),
-                                                 progress=parsed.get("progress", True), name=parsed.get("name"))
+    from .engine import DEFAULT_COMPUTE_TYPE, DEFAULT_ENGINE, inference_backend
+
+    return inference_backend(profile, engine=parsed.get("engine", DEFAULT_ENGINE),
+                             precision=parsed.get("precision", DEFAULT_COMPUTE_TYPE),
+                             batch_size=parsed.get("batch_size", 8), progress=parsed.get("progress", True),
+                             name=parsed.get("name") or f"local:{profile}")

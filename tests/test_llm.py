@@ -428,7 +428,8 @@ def test_backend_from_config_errors(monkeypatch) -> None:
 def test_backend_from_config_local_profile(smol_backend) -> None:
     assert llm.parse_backend_spec("local") == {"type": "local", "profile": "cpu"}
     assert llm.parse_backend_spec("local:smoke") == {"type": "local", "profile": "smoke"}
-    backend = llm.backend_from_config({"type": "local", "profile": "smoke", "batch_size": 2, "progress": False})
+    backend = llm.backend_from_config({"type": "local", "profile": "smoke", "batch_size": 2, "progress": False,
+                                       "engine": "transformers"})
     assert isinstance(backend, llm.LocalTransformersBackend)
     assert backend.name == "local:smoke" and backend.batch_size == 2
     assert backend.model.config.num_hidden_layers == smol_backend.model.config.num_hidden_layers

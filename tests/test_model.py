@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from medkit import io as mio
 from medkit import model as mm
 from medkit.errors import ConfigError, MedkitError
 from medkit.io import write_json
@@ -189,7 +190,7 @@ def test_leftover_temp_folder_is_not_treated_as_converted(cache: Path, monkeypat
     assert len(calls) == 1 and calls[0] != leftover
     assert leftover.exists()                    # fresh: may belong to a running conversion
 
-    old = time.time() - 2 * mm.STALE_TEMP_SECONDS
+    old = time.time() - 2 * mio.STALE_TEMP_SECONDS
     os.utime(leftover, (old, old))
     (target / "config.json").unlink()
     mm.ensure_small_model()

@@ -53,6 +53,8 @@ AGENT_MAX_NEW_TOKENS = None   # tokens per assistant turn in free rollouts
 AGENT_BATCH = None            # conversations per local generate batch
 REWRITE_ENDPOINT = None       # optional endpoint spec dict whose model rewrites the KG-guided thoughts
 RERANK = None                 # True re-ranks search hits with the offline MiniLM embedder (default False, slower)
+ENGINE = None                 # local teacher's engine: auto (CTranslate2 where it runs, default), ctranslate2 or transformers
+ENGINE_PRECISION = None       # float32 (default; same greedy output as transformers) or int8 (faster, approximate)
 ''', tags=["parameters"])
 md("## 0 Global settings")
 code(r'''
@@ -65,7 +67,8 @@ from medkit import (agent as A, judge as J, plots, profiles, paths, synthesis as
 P = profiles.resolve(PROFILE, "trajectories", SEED=SEED, N_QUESTIONS=N_QUESTIONS, VARIANTS=VARIANTS,
                      MIN_TOOL_CALLS=MIN_TOOL_CALLS, MAX_TOKENS=MAX_TOKENS, FREE_QUESTIONS=FREE_QUESTIONS,
                      TEACHER=TEACHER, AGENT_MAX_CALLS=AGENT_MAX_CALLS, AGENT_MAX_NEW_TOKENS=AGENT_MAX_NEW_TOKENS,
-                     AGENT_BATCH=AGENT_BATCH, REWRITE_ENDPOINT=REWRITE_ENDPOINT, RERANK=RERANK)
+                     AGENT_BATCH=AGENT_BATCH, REWRITE_ENDPOINT=REWRITE_ENDPOINT, RERANK=RERANK,
+                     ENGINE=ENGINE, ENGINE_PRECISION=ENGINE_PRECISION)
 OUT = paths.profile_data_dir(PROFILE)
 FIG = paths.results_dir(PROFILE) / "figures"; FIG.mkdir(parents=True, exist_ok=True)
 P
@@ -241,8 +244,9 @@ if P["FREE_QUESTIONS"]:
     pending = [r for r in picked if (TR.question_id(r), 0, "free") not in done]
     t0 = time.time()
     if pending:  # a resumed run with every rollout done does not even load the teacher
-        teacher = (llm.LocalTransformersBackend.from_profile(PROFILE, batch_size=P["AGENT_BATCH"])
-                   if P["TEACHER"] == "local" else llm.backend_from_config(P["TEACHER"]))
+        teacher = llm.backend_from_config(
+            {"type": "local", "profile": PROFILE, "batch_size": P["AGENT_BATCH"], "engine": P["ENGINE"],
+             "precision": P["ENGINE_PRECISION"]} if P["TEACHER"] == "local" else P["TEACHER"])
         rollouts = {t["question_id"]: t for t in A.run_agent(
             teacher, toolbox, pending, config=cfg, schemas=schemas,
             guidance={TR.question_id(r): TR.guidance_text(r) for r in pending})}

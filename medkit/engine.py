@@ -1,0 +1,486 @@
+"""Fast generation on CPU: a CTranslate2 backend behind :class:`medkit.llm.ChatBackend`.
+
+Scope:
+
+* **Engines** (``ENGINE`` in the notebooks' parameters): ``transformers`` (the reference
+  implementation, :class:`medkit.llm.LocalTransformersBackend`), ``ctranslate2`` (this module)
+  and ``auto`` (the default: CTranslate2 when it is installed, the model converts and the
+  converted model passes the parity check; otherwise transformers, with a printed note saying
+  why). Chosen by measurement (``bench/bench_engine.py`` -> ``results/bench/engine.json``).
+* **Conversion** (:func:`convert`): a loaded transformers model (the base, or base + merged LoRA
+  adapter) is converted once per weights digest and precision into
+  ``cache_dir()/engines/ct2-<digest>-<quantization>``. The digest is a sha256 over every tensor's
+  name, dtype, shape and bytes and the tokenizer's vocabulary, so a changed policy never reuses
+  a stale conversion. The folder is built beside its place and renamed in when complete
+  (:func:`medkit.io.build_folder`); a stamp written last marks it complete, so a conversion
+  killed half way is never reused.
+* **Parity** (:func:`check_parity`): the source model's greedy continuation of fixed prompts is
+  scored by both models (teacher forcing). The mean absolute gap of the per-token log-probs must
+  stay within :data:`PARITY_TOLERANCE` of the compute type, or the conversion is rejected. The
+  result is cached in the conversion folder.
+* :class:`CTranslate2Backend`: batched generation (prompts sorted by length, finished rows
+  leave the batch at once), stop strings and per-row token limits through CTranslate2's
+  per-token callback, a cached static prefix (the system turn shared by every conversation of a
+  batch) at ``float32`` where it is exact, and :meth:`CTranslate2Backend.generate_ids` — the
+  token-level call GRPO rollouts need (ids in, ids out, nothing re-tokenised).
+  Sampling with a seed is reproducible: CTranslate2 seeds a worker thread's random generator
+  once, so a seeded sampling call runs on a freshly created generator.
+
+Out of scope: the agent loop (:mod:`medkit.agent`), GPU serving (vLLM: :mod:`medkit.vllm_engine`).
+ctranslate2, torch and transformers are imported lazily; nothing here imports a GPU package.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError, MedkitError
+from .io import build_folder, package_version, provenance, write_json
+from .llm import Completion, check_generation_args, finish_row, validate_conversations
+from .paths import cache_dir
+
+ENGINES: tuple[str, ...] = ("transformers", "ctranslate2", "auto")
+DEFAULT_ENGINE = "auto"
+COMPUTE_TYPES: tuple[str, ...] = ("float32", "int8")
+DEFAULT_COMPUTE_TYPE = "float32"
+# mean |log p_engine - log p_source| per token on the parity prompts, above which a conversion is rejected
+PARITY_TOLERANCE: dict[str, float] = {"float32": 0.01, "int8": 0.3}
+PARITY_PROMPTS: tuple[str, ...] = (
+    "What is Marfan syndrome?",
+    "Name a gene associated with cystic fibrosis and say how it is inherited.",
+)
+PARITY_NEW_TOKENS = 24
+CONVERSION_FORMAT = 1  # bump when the recipe changes: every cached conversion is redone
+STAMP = "medkit_engine.json"
+SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "Qwen2ForCausalLM", "MistralForCausalLM")
+STOP_WINDOW = 12  # tokens decoded at the end of a row to look for a stop string
+
+
+# --------------------------------------------------------------------------- choosing an engine
+
+
+def check_engine(engine: str) -> str:
+    if engine not in ENGINES:
+        raise ConfigError(f"unknown ENGINE {engine!r}: choose one of {', '.join(ENGINES)}")
+    return engine
+
+
+def ctranslate2_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("ctranslate2") is not None
+
+
+def check_compute_type(compute_type: str) -> str:
+    if compute_type not in COMPUTE_TYPES:
+        raise ConfigError(f"unknown ENGINE_PRECISION {compute_type!r}: choose one of {', '.join(COMPUTE_TYPES)}")
+    return compute_type
+
+
+# --------------------------------------------------------------------------- conversion
+
+
+def weights_digest(model: Any, tokenizer: Any) -> str:
+    """sha256 over the state dict (names, dtypes, shapes, bytes) and the tokenizer's vocabulary."""
+    import torch
+
+    h = hashlib.sha256()
+    h.update(type(model).__name__.encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        t = tensor.detach().contiguous().cpu()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    h.update(json.dumps(sorted(tokenizer.get_vocab().items()), ensure_ascii=False).encode())
+    h.update(str(getattr(tokenizer, "chat_template", "")).encode())
+    return h.hexdigest()
+
+
+def conversion_dir(digest: str, quantization: str) -> Path:
+    return cache_dir() / "engines" / f"ct2-{digest[:24]}-{quantization}"
+
+
+def is_complete(folder: Path) -> bool:
+    """A finished conversion: model, vocabulary and a stamp of the current format."""
+    folder = Path(folder)
+    if folder.name.startswith(".") or not all((folder / f).is_file() for f in ("model.bin", "config.json", STAMP)):
+        return False
+    try:
+        stamp = json.loads((folder / STAMP).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return False
+    return stamp.get("parameters", {}).get("conversion_format") == CONVERSION_FORMAT
+
+
+def _architecture(model: Any) -> str:
+    archs = getattr(getattr(model, "config", None), "architectures", None) or [type(model).__name__]
+    return str(archs[0])
+
+
+def convert(model: Any, tokenizer: Any, quantization: str = DEFAULT_COMPUTE_TYPE, *,
+            digest: str | None = None) -> Path:
+    """``model`` in CTranslate2's format (cached by weights digest and quantization)."""
+    check_compute_type(quantization)
+    if not ctranslate2_available():
+        raise ConfigError("ENGINE=ctranslate2 needs the ctranslate2 package (pip install ctranslate2); "
+                          "use ENGINE='transformers' or 'auto'")
+    arch = _architecture(model)
+    if arch not in SUPPORTED_ARCHITECTURES:
+        raise ConfigError(f"{arch} is not an architecture the CTranslate2 path supports "
+                          f"({', '.join(SUPPORTED_ARCHITECTURES)}); use ENGINE='transformers'")
+    digest = digest or weights_digest(model, tokenizer)
+
+    def build(folder: Path) -> None:
+        import tempfile
+        import time
+
+        import ctranslate2
+
+        t0 = time.perf_counter()
+        with tempfile.TemporaryDirectory() as config_dir:
+            model.config.save_pretrained(config_dir)
+            # CTranslate2's loaders take modules apart while converting: they get a copy, the caller keeps its model
+            _InMemoryConverter(config_dir, copy.deepcopy(model), tokenizer).convert(str(folder), quantization=quantization,
+                                                                   force=True)
+        write_json(folder / STAMP, provenance(
+            conversion_format=CONVERSION_FORMAT, weights_sha256=digest, quantization=quantization,
+            architecture=arch, seconds=round(time.perf_counter() - t0, 2),
+            versions={"ctranslate2": ctranslate2.__version__, "transformers": package_version("transformers")}))
+
+    try:
+        return build_folder(conversion_dir(digest, quantization), build, is_complete)
+    except (ValueError, NotImplementedError, RuntimeError) as e:
+        raise MedkitError(f"CTranslate2 could not convert {getattr(model.config, '_name_or_path', arch)}: "
+                          f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+
+
+def _converter_base() -> type:
+    from ctranslate2.converters import TransformersConverter
+
+    return TransformersConverter
+
+
+class _InMemoryConverter:
+    """CTranslate2's TransformersConverter fed with a model already in memory (no save and reload)."""
+
+    def __new__(cls, config_dir: str, model: Any, tokenizer: Any) -> Any:
+        base = _converter_base()
+
+        class Converter(base):  # type: ignore[misc, valid-type]
+            def load_model(self, model_class: Any, model_name_or_path: str, **kwargs: Any) -> Any:
+                return model
+
+            def load_tokenizer(self, tokenizer_class: Any, model_name_or_path: str, **kwargs: Any) -> Any:
+                return tokenizer
+
+        return Converter(config_dir)
+
+
+# --------------------------------------------------------------------------- parity
+
+
+def _prompt_ids(tokenizer: Any, question: str) -> list[int]:
+    ids = tokenizer.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True,
+                                        tokenize=True, return_dict=False)
+    return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+
+
+def source_logprobs(model: Any, ids: list[int], start: int) -> list[float]:
+    """log p(ids[i] | ids[:i]) for i >= start under the transformers model (float32)."""
+    import torch
+
+    with torch.inference_mode():
+        logits = model(input_ids=torch.tensor([ids], device=model.device)).logits[0].float()
+    logp = torch.log_softmax(logits, dim=-1)
+    return [float(logp[i - 1, ids[i]]) for i in range(start, len(ids))]
+
+
+def check_parity(model: Any, tokenizer: Any, folder: Path, compute_type: str) -> dict[str, Any]:
+    """Compare the converted model with its source on :data:`PARITY_PROMPTS` (cached in ``folder``).
+
+    Reports the mean absolute per-token log-prob gap on the source's greedy continuations and
+    how many greedy continuations are identical; raises when the gap exceeds the tolerance.
+    """
+    import torch
+
+    cache = Path(folder) / f"parity-{compute_type}.json"
+    if cache.is_file():
+        result = json.loads(cache.read_text(encoding="utf-8"))
+    else:
+        backend = CTranslate2Backend.load(folder, tokenizer, compute_type=compute_type, progress=False,
+                                          verify=False)
+        gaps, identical = [], 0
+        eos = tokenizer.eos_token_id
+        for question in PARITY_PROMPTS:
+            ids = _prompt_ids(tokenizer, question)
+            with torch.inference_mode():
+                out = model.generate(input_ids=torch.tensor([ids], device=model.device), do_sample=False,
+                                     max_new_tokens=PARITY_NEW_TOKENS, min_new_tokens=PARITY_NEW_TOKENS,
+                                     pad_token_id=eos)
+            cont = out[0, len(ids):].tolist()
+            src = source_logprobs(model, ids + cont, len(ids))
+            eng = backend.score(ids + cont)[len(ids) - 1:]
+            gaps += [abs(a - b) for a, b in zip(src, eng)]
+            mine = backend.generate_ids([ids], max_new_tokens=PARITY_NEW_TOKENS, temperature=0.0,
+                                        min_new_tokens=PARITY_NEW_TOKENS)[0]
+            identical += int(mine[:len(cont)] == cont)
+        result = {"compute_type": compute_type, "mean_abs_logprob_gap": round(sum(gaps) / len(gaps), 5),
+                  "max_abs_logprob_gap": round(max(gaps), 5), "greedy_identical": identical,
+                  "prompts": len(PARITY_PROMPTS), "tolerance": PARITY_TOLERANCE[compute_type]}
+        write_json(cache, result)
+    if result["mean_abs_logprob_gap"] > PARITY_TOLERANCE[compute_type]:
+        raise MedkitError(f"{folder}: the converted model disagrees with its source (mean |log-prob gap| "
+                          f"{result['mean_abs_logprob_gap']} > {PARITY_TOLERANCE[compute_type]} at {compute_type}); "
+                          "delete the folder to reconvert, or use ENGINE='transformers'")
+    return result
+
+
+# --------------------------------------------------------------------------- the backend
+
+
+@dataclass
+class _Row:
+    """One row of a generate call: its token limit, generated ids and whether it is finished."""
+
+    limit: int
+    ids: list[int]
+    done: bool = False
+
+
+class CTranslate2Backend:
+    """A CTranslate2 generator (CPU) with the model's tokenizer; see the module docstring."""
+
+    def __init__(self, folder: str | Path, tokenizer: Any, *, compute_type: str = DEFAULT_COMPUTE_TYPE,
+                 batch_size: int = 32, threads: int | None = None, name: str | None = None, progress: bool = True,
+                 static_prefix: bool | None = None) -> None:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
+        self.folder = Path(folder)
+        self.tokenizer = tokenizer
+        self.compute_type = check_compute_type(compute_type)
+        self.batch_size = batch_size
+        self.threads = threads or _torch_threads()
+        self.progress = progress
+        # a static prefix is computed on its own; exact at float32, not at int8 (activations quantized per batch)
+        self.static_prefix = (compute_type == "float32") if static_prefix is None else bool(static_prefix)
+        self.name = name or f"ct2:{self.folder.name}"
+        self.eos_ids = _eos_ids(tokenizer)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.parity: dict[str, Any] | None = None
+        self.generator = self._new_generator()
+
+    @classmethod
+    def load(cls, folder: str | Path, tokenizer: Any, *, verify: bool = True, **kwargs: Any) -> CTranslate2Backend:
+        folder = Path(folder)
+        if not is_complete(folder):
+            raise MedkitError(f"{folder}: not a complete CTranslate2 conversion (medkit.engine.convert writes one)")
+        return cls(folder, tokenizer, **kwargs)
+
+    def _new_generator(self, seed: int | None = None) -> Any:
+        import ctranslate2
+
+        if seed is not None:
+            ctranslate2.set_random_seed(int(seed) % (2**31))
+        return ctranslate2.Generator(str(self.folder), device="cpu", compute_type=self.compute_type,
+                                     inter_threads=1, intra_threads=self.threads)
+
+    def __repr__(self) -> str:
+        return f"CTranslate2Backend(name={self.name!r}, compute_type={self.compute_type!r})"
+
+    # -- token level
+    def score(self, ids: list[int]) -> list[float]:
+        """log p(ids[i] | ids[:i]) for i >= 1 (teacher forcing)."""
+        tokens = self.tokenizer.convert_ids_to_tokens(ids)
+        return list(self.generator.score_batch([tokens])[0].log_probs)
+
+    def generate_ids(self, inputs: Sequence[Sequence[int]], *, max_new_tokens: int | Sequence[int],
+                     temperature: float = 0.0, stop: Sequence[str] | None = None, seed: int | None = None,
+                     min_new_tokens: int = 0) -> list[list[int]]:
+        """Generated ids for every input id list, in input order (an EOS token ends a row and is kept).
+
+        A row also ends at the token that completes a stop string, or at its own ``max_new_tokens``.
+        """
+        limits = [int(max_new_tokens)] * len(inputs) if isinstance(max_new_tokens, int) else [int(x) for x in max_new_tokens]
+        if len(limits) != len(inputs) or any(x < 1 for x in limits):
+            raise ConfigError("max_new_tokens must be >= 1 for every input")
+        stops = [s for s in (stop or []) if s]
+        if temperature > 0 and seed is not None:
+            self.generator = self._new_generator(seed)  # see the module docstring: per-call seeds need a fresh thread
+        order = sorted(range(len(inputs)), key=lambda i: len(inputs[i]))
+        out: list[list[int]] = [[] for _ in inputs]
+        with _bar(len(inputs), self.name, self.progress and len(inputs) > 1) as bar:
+            for lo in range(0, len(order), self.batch_size):
+                chunk = order[lo:lo + self.batch_size]
+                rows = self._generate_chunk([list(inputs[i]) for i in chunk], [limits[i] for i in chunk],
+                                            temperature, stops, min_new_tokens)
+                for i, ids in zip(chunk, rows):
+                    out[i] = ids
+                bar.update(len(chunk))
+        return out
+
+    def _static_prefix(self, inputs: list[list[int]]) -> int:
+        """Tokens shared by every input up to the end of the first turn (0: none / not used)."""
+        if not self.static_prefix or len(inputs) < 2:
+            return 0
+        first = inputs[0]
+        end = next((i + 1 for i, t in enumerate(first) if t in self.eos_ids), 0)
+        n = 0
+        while n < end and all(len(x) > n + 1 and x[n] == first[n] for x in inputs):
+            n += 1
+        return n if n == end else 0
+
+    def _generate_chunk(self, inputs: list[list[int]], limits: list[int], temperature: float, stops: list[str],
+                        min_new_tokens: int) -> list[list[int]]:
+        tok = self.tokenizer
+        rows = [_Row(limit, []) for limit in limits]
+        on_token = _stop_callback(rows, self.eos_ids, stops, tok)
+        n_static = self._static_prefix(inputs)
+        tokens = [tok.convert_ids_to_tokens(x[n_static:]) for x in inputs]
+        sampling = ({"sampling_topk": 1} if temperature == 0 else
+                    {"sampling_topk": 0, "sampling_topp": 1.0, "sampling_temperature": float(temperature)})
+        kwargs: dict[str, Any] = {"max_length": max(limits), "min_length": min_new_tokens,
+                                  "include_prompt_in_result": False, "end_token": sorted(self.eos_ids),
+                                  "return_end_token": True, "callback": on_token, **sampling}
+        if n_static:
+            kwargs["static_prompt"] = tok.convert_ids_to_tokens(inputs[0][:n_static])
+        results = self.generator.generate_batch(tokens, **kwargs)
+        # the callback saw every token in order; the result holds the same ids (a check, not a second source)
+        for row, res in zip(rows, results):
+            if not row.ids:
+                row.ids = list(res.sequences_ids[0])[:row.limit]
+        return [row.ids for row in rows]
+
+    # -- ChatBackend
+    def prompt_ids(self, conversation: list[dict[str, Any]]) -> list[int]:
+        ids = self.tokenizer.apply_chat_template(conversation, add_generation_prompt=True, tokenize=True,
+                                                 return_dict=False)
+        return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+
+    def generate(self, conversations: list[list[dict]], *, max_new_tokens: int, temperature: float = 0.0,
+                 stop: list[str] | None = None, seed: int | None = None) -> list[Completion]:
+        """One completion per conversation, in the order given (the :class:`ChatBackend` call)."""
+        convs = validate_conversations(conversations)
+        stops = check_generation_args(max_new_tokens, temperature, stop)
+        prompts = [self.prompt_ids(c) for c in convs]
+        generated = self.generate_ids(prompts, max_new_tokens=max_new_tokens, temperature=temperature, stop=stops,
+                                      seed=seed)
+
+        def decode(ids: list[int]) -> str:
+            return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+        return [finish_row(ids, n_prompt_tokens=len(p), eos_ids=self.eos_ids, stop=stops, decode=decode)
+                for p, ids in zip(prompts, generated)]
+
+
+def _stop_callback(rows: list[_Row], eos_ids: set[int], stops: list[str], tokenizer: Any) -> Any:
+    """CTranslate2's per-token callback: records each row's ids and says when the row is finished.
+
+    It holds no reference to the backend or its Generator: CTranslate2 may release the callback in
+    its own worker thread, and a Generator freed there joins that thread and aborts the process
+    ("Resource deadlock avoided", seen here when the last reference to a backend was the callback).
+    """
+
+    def on_token(step: Any) -> bool:
+        row = rows[step.batch_id]
+        if row.done:
+            return True
+        row.ids.append(int(step.token_id))
+        if step.token_id in eos_ids or len(row.ids) >= row.limit:
+            row.done = True
+        elif stops and any(s in tokenizer.decode(row.ids[-STOP_WINDOW:], skip_special_tokens=True) for s in stops):
+            row.done = True
+        return row.done
+
+    return on_token
+
+
+def _eos_ids(tokenizer: Any) -> set[int]:
+    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>") if "<|im_end|>" in tokenizer.get_vocab() else None
+    return ids | ({im_end} if im_end is not None else set())
+
+
+def _torch_threads() -> int:
+    import torch
+
+    return max(1, torch.get_num_threads())
+
+
+@contextlib.contextmanager
+def _bar(total: int, desc: str, enabled: bool) -> Iterator[Any]:
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total, desc=desc, unit="conv", disable=not enabled, leave=False)
+    try:
+        yield bar
+    finally:
+        bar.close()
+
+
+# --------------------------------------------------------------------------- one entry point
+
+
+def engine_backend(model: Any, tokenizer: Any, *, compute_type: str = DEFAULT_COMPUTE_TYPE, batch_size: int = 32,
+                   name: str | None = None, progress: bool = True) -> CTranslate2Backend:
+    """``model`` (float32, in memory) converted, verified against itself and loaded in CTranslate2."""
+    folder = convert(model, tokenizer, compute_type)
+    parity = check_parity(model, tokenizer, folder, compute_type)
+    backend = CTranslate2Backend.load(folder, tokenizer, compute_type=compute_type, batch_size=batch_size,
+                                      name=name, progress=progress)
+    backend.parity = parity
+    return backend
+
+
+def make_backend(engine: str, model: Any, tokenizer: Any, *, compute_type: str = DEFAULT_COMPUTE_TYPE,
+                 batch_size: int = 16, name: str | None = None, progress: bool = True,
+                 echo: Any = print) -> Any:
+    """The backend ``engine`` asks for over a loaded float32 model (``auto`` falls back with a note).
+
+    ``transformers`` gives :class:`medkit.llm.LocalTransformersBackend` over ``model`` itself;
+    ``ctranslate2`` raises a one-line :class:`MedkitError` / :class:`ConfigError` when it cannot run.
+    """
+    from .llm import LocalTransformersBackend
+
+    check_engine(engine)
+    check_compute_type(compute_type)
+    if engine != "transformers":
+        try:
+            return engine_backend(model, tokenizer, compute_type=compute_type, batch_size=max(batch_size, 1),
+                                  name=name, progress=progress)
+        except MedkitError as e:
+            if engine == "ctranslate2":
+                raise
+            echo(f"note: ENGINE='auto' falls back to transformers: {e}")
+    return LocalTransformersBackend(model, tokenizer, batch_size=batch_size, name=name, progress=progress)
+
+
+def inference_backend(profile: str, adapter_dir: str | Path | None = None, *, engine: str = DEFAULT_ENGINE,
+                      precision: str = DEFAULT_COMPUTE_TYPE, bf16: bool | None = False, batch_size: int = 16,
+                      name: str | None = None, progress: bool = True, echo: Any = print) -> Any:
+    """A generation backend for the profile's model with ``adapter_dir`` merged in (None: the base).
+
+    The float32 merged model is what the engine converts; the transformers path (chosen, or the
+    fallback of ``auto``) casts it to bf16 when ``bf16`` asks for it (None: where the CPU computes
+    bf16 natively), as the reference configuration does.
+    """
+    from .model import use_bf16
+    from .sft import load_for_inference
+
+    check_engine(engine)
+    check_compute_type(precision)
+    model, tokenizer = load_for_inference(profile, adapter_dir, bf16=False)
+    backend = make_backend(engine, model, tokenizer, compute_type=precision, batch_size=batch_size, name=name,
+                           progress=progress, echo=echo)
+    if isinstance(backend, CTranslate2Backend):
+        del model  # the engine holds its own copy of the weights
+    elif use_bf16(bf16, on_cuda=model.device.type == "cuda"):
+        import torch
+
+        backend.model = model.to(torch.bfloat16)
+    return backend

@@ -1,0 +1,178 @@
+"""Tests of medkit.engine: CTranslate2 conversion (cached, atomic, verified), the backend, engine choice.
+
+A tiny random Llama (2 layers, hidden 64) with the real SmolLM2 tokenizer is converted into a
+temporary cache: greedy parity with the transformers backend (the reference), the conversion
+cache (reused, keyed by the weights, a half-written folder redone), a model that disagrees with
+its source rejected, stop strings and per-row limits, seeded sampling, and ``auto`` falling back
+to transformers with a note. The real SmolLM2-135M-Instruct checks stop strings in text.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from medkit import engine as EN
+from medkit import llm
+from medkit.errors import ConfigError, MedkitError
+from medkit.model import ensure_small_model
+
+pytest.importorskip("ctranslate2")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+CONVERSATIONS = [
+    [{"role": "user", "content": "Hi."}],
+    [{"role": "system", "content": "You are a careful clinician answering briefly."},
+     {"role": "user", "content": "Which gene is most often mutated in cystic fibrosis?"}],
+    [{"role": "system", "content": "You are a careful clinician answering briefly."},
+     {"role": "user", "content": "Define anaemia in adults, briefly, and say how it is measured in a clinic."}],
+    [{"role": "user", "content": "What is a kinase?"},
+     {"role": "assistant", "content": "An enzyme that adds phosphate groups."},
+     {"role": "user", "content": "Give one example, please."}],
+]
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(ensure_small_model()))
+
+
+def _tiny(tokenizer, seed: int):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id)
+    return LlamaForCausalLM(config).eval()
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tokenizer):
+    return _tiny(tokenizer, 1234)
+
+
+@pytest.fixture()
+def cache(tmp_path, monkeypatch) -> Path:
+    monkeypatch.setattr(EN, "cache_dir", lambda: tmp_path)
+    return tmp_path
+
+
+def test_greedy_output_is_the_transformers_backend_s(tiny_model, tokenizer, cache) -> None:
+    reference = llm.LocalTransformersBackend(tiny_model, tokenizer, batch_size=4, progress=False)
+    backend = EN.engine_backend(tiny_model, tokenizer, compute_type="float32", batch_size=3, progress=False)
+    assert backend.parity["greedy_identical"] == backend.parity["prompts"]
+    assert backend.parity["mean_abs_logprob_gap"] < 1e-3
+    want = reference.generate(CONVERSATIONS, max_new_tokens=12)
+    got = backend.generate(CONVERSATIONS, max_new_tokens=12)
+    assert [c.text for c in got] == [c.text for c in want]
+    assert [c.n_prompt_tokens for c in got] == [c.n_prompt_tokens for c in want]
+    assert all(c.n_completion_tokens == 12 and c.finish_reason == "length" for c in got)
+
+
+def test_static_prefix_changes_nothing_at_float32(tiny_model, tokenizer, cache) -> None:
+    folder = EN.convert(tiny_model, tokenizer, "float32")
+    with_prefix = EN.CTranslate2Backend(folder, tokenizer, static_prefix=True, progress=False)
+    without = EN.CTranslate2Backend(folder, tokenizer, static_prefix=False, progress=False)
+    prompts = [with_prefix.prompt_ids(c) for c in CONVERSATIONS[1:3]]   # same system turn
+    assert with_prefix._static_prefix(prompts) > 5 and without._static_prefix(prompts) == 0
+    assert with_prefix.generate_ids(prompts, max_new_tokens=10) == without.generate_ids(prompts, max_new_tokens=10)
+
+
+def test_conversion_is_cached_by_weights_and_never_reuses_a_half_written_folder(tiny_model, tokenizer, cache,
+                                                                                 monkeypatch) -> None:
+    first = EN.convert(tiny_model, tokenizer, "float32")
+    assert EN.is_complete(first) and first.parent == cache / "engines"
+
+    def must_not_convert(*a, **k):
+        raise AssertionError("converted again")
+
+    monkeypatch.setattr(EN, "_InMemoryConverter", must_not_convert)
+    assert EN.convert(tiny_model, tokenizer, "float32") == first          # same weights: reused
+    other = _tiny(tokenizer, 99)
+    with pytest.raises(AssertionError, match="converted again"):
+        EN.convert(other, tokenizer, "float32")                           # new weights: a new conversion
+    monkeypatch.undo()
+    monkeypatch.setattr(EN, "cache_dir", lambda: cache)
+    (first / EN.STAMP).unlink()                                           # a conversion killed before its stamp
+    assert not EN.is_complete(first)
+    again = EN.convert(tiny_model, tokenizer, "float32")
+    assert again == first and EN.is_complete(again)
+    assert sorted(p.name for p in (cache / "engines").iterdir()) == [first.name]  # no temp folders left
+
+
+def test_a_converted_model_that_disagrees_with_its_source_is_rejected(tiny_model, tokenizer, cache) -> None:
+    folder = EN.convert(tiny_model, tokenizer, "float32")
+    impostor = _tiny(tokenizer, 7)                                        # other weights, same architecture
+    with pytest.raises(MedkitError, match="disagrees with its source"):
+        EN.check_parity(impostor, tokenizer, folder, "float32")
+
+
+def test_generate_ids_honours_eos_stop_strings_and_per_row_limits(tiny_model, tokenizer, cache) -> None:
+    backend = EN.engine_backend(tiny_model, tokenizer, progress=False)
+    prompts = [backend.prompt_ids(c) for c in CONVERSATIONS]
+    out = backend.generate_ids(prompts, max_new_tokens=[3, 7, 1, 5])
+    assert [len(x) for x in out] == [3, 7, 1, 5]
+    free = backend.generate_ids(prompts[:1], max_new_tokens=20)[0]
+    text = tokenizer.decode(free, skip_special_tokens=True)
+    stop = text[len(text) // 2:len(text) // 2 + 2] if len(text) > 4 else None
+    if stop and stop.strip():
+        cut = backend.generate_ids(prompts[:1], max_new_tokens=20, stop=[stop])[0]
+        assert stop in tokenizer.decode(cut, skip_special_tokens=True) and len(cut) <= len(free)
+        assert stop not in tokenizer.decode(cut[:-1], skip_special_tokens=True)   # ends at the completing token
+
+
+def test_seeded_sampling_is_reproducible(tiny_model, tokenizer, cache) -> None:
+    backend = EN.engine_backend(tiny_model, tokenizer, progress=False)
+    a = backend.generate(CONVERSATIONS, max_new_tokens=8, temperature=1.0, seed=5)
+    b = backend.generate(CONVERSATIONS, max_new_tokens=8, temperature=1.0, seed=5)
+    c = backend.generate(CONVERSATIONS, max_new_tokens=8, temperature=1.0, seed=6)
+    assert [x.text for x in a] == [x.text for x in b]
+    assert [x.text for x in a] != [x.text for x in c]
+
+
+def test_engine_choice_and_the_auto_fallback(tiny_model, tokenizer, cache, monkeypatch) -> None:
+    with pytest.raises(ConfigError, match="unknown ENGINE"):
+        EN.make_backend("vllm-cpu", tiny_model, tokenizer)
+    with pytest.raises(ConfigError, match="ENGINE_PRECISION"):
+        EN.make_backend("ctranslate2", tiny_model, tokenizer, compute_type="int4")
+    assert isinstance(EN.make_backend("transformers", tiny_model, tokenizer), llm.LocalTransformersBackend)
+    assert isinstance(EN.make_backend("auto", tiny_model, tokenizer, progress=False), EN.CTranslate2Backend)
+
+    notes: list[str] = []
+    monkeypatch.setattr(EN, "ctranslate2_available", lambda: False)      # the engine is not installed
+    with pytest.raises(ConfigError, match="needs the ctranslate2 package"):
+        EN.make_backend("ctranslate2", tiny_model, tokenizer)
+    fallback = EN.make_backend("auto", tiny_model, tokenizer, echo=notes.append)
+    assert isinstance(fallback, llm.LocalTransformersBackend)
+    assert len(notes) == 1 and "falls back to transformers" in notes[0] and "ctranslate2" in notes[0]
+
+
+def test_an_unsupported_architecture_is_a_one_line_error(tokenizer, cache) -> None:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_embd=32, n_layer=1, n_head=2)).eval()
+    with pytest.raises(ConfigError, match="GPT2LMHeadModel is not an architecture"):
+        EN.convert(gpt2, tokenizer)
+    notes: list[str] = []
+    assert isinstance(EN.make_backend("auto", gpt2, tokenizer, echo=notes.append), llm.LocalTransformersBackend)
+    assert notes and "GPT2LMHeadModel" in notes[0]
+
+
+def test_smollm2_stops_at_the_agent_s_stop_strings() -> None:
+    """The real model through the engine: a reply cut at ``</tool_call>`` ends exactly there."""
+    from medkit import agent as A
+
+    backend = llm.backend_from_config({"type": "local", "profile": "cpu", "progress": False})
+    assert isinstance(backend, EN.CTranslate2Backend)
+    conv = [{"role": "system", "content": "Reply with <tool_call>{\"name\": \"search\"}</tool_call> and nothing else."},
+            {"role": "user", "content": "Search for Marfan syndrome."}]
+    out = backend.generate([conv], max_new_tokens=48, stop=A.STOP_STRINGS)[0]
+    assert out.ok and all(s not in out.text for s in A.STOP_STRINGS)
+    assert out.n_completion_tokens <= 48
