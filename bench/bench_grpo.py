@@ -2,11 +2,13 @@
 
 Runs :func:`medkit.grpo.run_grpo` for ``STEPS`` optimizer steps with the cpu profile's GRPO
 settings from notebook 05's SFT adapter (SmolLM2-135M on its nf4 base), each mode in its own
-process so peak memory is its own: ``qlora_fp32`` (the baseline: fp32 compute) and
-``qlora_bf16`` (bf16 autocast for rollouts and training, the cpu profile's setting on a CPU with
-native bf16). Reports seconds per step, the share spent rolling out (multi-turn generation +
-tool calls) vs the policy update, rollouts per second, policy tokens per rollout, and the ratios
-to the baseline. Writes ``results/bench/grpo.json``.
+process so peak memory is its own: ``qlora_fp32`` (fp32 compute, rollouts by the policy itself),
+``qlora_bf16`` (bf16 autocast for rollouts and training, rollouts by the policy itself: the cpu
+profile before the engine, the baseline) and ``qlora_bf16_ctranslate2`` (the same training, rollouts
+by a CTranslate2 float32 copy of the policy exported after every optimizer step: the cpu profile
+now). Reports seconds per step, the share spent rolling out (multi-turn generation + tool calls +
+policy exports) vs the policy update, rollouts per second, policy tokens per rollout, the export
+cost, and the ratios to the baseline. Writes ``results/bench/grpo.json``.
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ from medkit import paths
 from medkit.pipeline import bench_entry, run_modes
 
 STEPS = 2
-MODES = {"qlora_fp32": False, "qlora_bf16": True}  # bf16 autocast
+MODES = {"qlora_fp32": (False, "transformers"), "qlora_bf16": (True, "transformers"),  # (bf16 autocast, engine)
+         "qlora_bf16_ctranslate2": (True, "ctranslate2")}
+BASELINE = "qlora_bf16"
 
 
 def run_mode(mode: str, profile: str = "cpu") -> dict:
@@ -31,7 +35,9 @@ def run_mode(mode: str, profile: str = "cpu") -> dict:
     from medkit import trajectories as TR
 
     data = paths.profile_data_dir(profile)
-    params = {**profiles.resolve(profile, "grpo"), "MAX_STEPS": STEPS, "BF16": MODES[mode], "SAVE_STEPS": 10_000}
+    bf16, engine = MODES[mode]
+    params = {**profiles.resolve(profile, "grpo"), "MAX_STEPS": STEPS, "BF16": bf16, "ENGINE": engine,
+              "SAVE_STEPS": 10_000}
     questions = G.select_training_questions(mio.read_jsonl(data / "questions_train.jsonl"), params["N_QUESTIONS"],
                                             max_hops=params["MAX_HOPS"], seed=params["SEED"])
     _, toolbox = TR.open_tools(data)
@@ -42,7 +48,8 @@ def run_mode(mode: str, profile: str = "cpu") -> dict:
         seconds = time.perf_counter() - t0
     out, hist = run["train"], run["history"]
     n = len(hist)
-    return {"mode": mode, "bf16": MODES[mode], "steps": out["steps"], "rollouts": n,
+    return {"mode": mode, "bf16": bf16, "engine": out["engine"], "steps": out["steps"], "rollouts": n,
+            "engine_sync_seconds": out["engine_sync_seconds"], "engine_syncs": out["engine_syncs"],
             "seconds": round(seconds, 1), "seconds_per_step": round(out["seconds"] / max(out["steps"], 1), 1),
             "rollout_seconds": out["rollout_seconds"], "rollout_share": round(out["rollout_seconds"] / out["seconds"], 3),
             "rollouts_per_second": out["rollouts_per_second"],
@@ -54,13 +61,13 @@ def run_mode(mode: str, profile: str = "cpu") -> dict:
 
 def main(profile: str = "cpu") -> dict:
     runs = run_modes(__file__, MODES, profile)
-    base = runs["qlora_fp32"]
+    base = runs[BASELINE]
     result = {"benchmark": "GRPO steps with token-level multi-turn tool rollouts (medkit.grpo.run_grpo)",
-              "profile": profile, "steps": STEPS, "baseline": "qlora_fp32", "runs": runs,
-              "qlora_bf16_over_qlora_fp32": {
-                  "seconds_per_step": round(runs["qlora_bf16"]["seconds_per_step"] / base["seconds_per_step"], 2),
-                  "rollouts_per_second": round(runs["qlora_bf16"]["rollouts_per_second"] / base["rollouts_per_second"], 2),
-                  "peak_rss": round(runs["qlora_bf16"]["peak_rss_mb"] / base["peak_rss_mb"], 2)}}
+              "profile": profile, "steps": STEPS, "baseline": BASELINE, "runs": runs,
+              "over_baseline": {m: {"seconds_per_step": round(r["seconds_per_step"] / base["seconds_per_step"], 2),
+                                    "rollouts_per_second": round(r["rollouts_per_second"] / base["rollouts_per_second"], 2),
+                                    "peak_rss": round(r["peak_rss_mb"] / base["peak_rss_mb"], 2)}
+                                for m, r in runs.items()}}
     mio.write_json(paths.results_dir() / "bench" / "grpo.json", result)
     print(result)
     return result

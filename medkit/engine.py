@@ -18,6 +18,10 @@ Scope:
   scored by both models (teacher forcing). The mean absolute gap of the per-token log-probs must
   stay within :data:`PARITY_TOLERANCE` of the compute type, or the conversion is rejected. The
   result is cached in the conversion folder.
+* **The policy being trained** (:class:`PolicySync`, GRPO): the frozen base (freshly
+  dequantized for QLoRA) plus the current LoRA deltas (:func:`lora_deltas`) are written into a
+  plain float32 model every ``every`` optimizer steps, converted and checked like any model, and
+  the previous export of the run is deleted.
 * :class:`CTranslate2Backend`: batched generation (prompts sorted by length, finished rows
   leave the batch at once), stop strings and per-row token limits through CTranslate2's
   per-token callback, a cached static prefix (the system turn shared by every conversation of a
@@ -102,8 +106,8 @@ def weights_digest(model: Any, tokenizer: Any) -> str:
     return h.hexdigest()
 
 
-def conversion_dir(digest: str, quantization: str) -> Path:
-    return cache_dir() / "engines" / f"ct2-{digest[:24]}-{quantization}"
+def conversion_dir(digest: str, quantization: str, root: Path | None = None) -> Path:
+    return (root or cache_dir() / "engines") / f"ct2-{digest[:24]}-{quantization}"
 
 
 def is_complete(folder: Path) -> bool:
@@ -124,8 +128,9 @@ def _architecture(model: Any) -> str:
 
 
 def convert(model: Any, tokenizer: Any, quantization: str = DEFAULT_COMPUTE_TYPE, *,
-            digest: str | None = None) -> Path:
-    """``model`` in CTranslate2's format (cached by weights digest and quantization)."""
+            digest: str | None = None, root: Path | None = None) -> Path:
+    """``model`` in CTranslate2's format, cached by weights digest and quantization under ``root``
+    (default ``cache_dir()/engines``)."""
     check_compute_type(quantization)
     if not ctranslate2_available():
         raise ConfigError("ENGINE=ctranslate2 needs the ctranslate2 package (pip install ctranslate2); "
@@ -154,7 +159,7 @@ def convert(model: Any, tokenizer: Any, quantization: str = DEFAULT_COMPUTE_TYPE
             versions={"ctranslate2": ctranslate2.__version__, "transformers": package_version("transformers")}))
 
     try:
-        return build_folder(conversion_dir(digest, quantization), build, is_complete)
+        return build_folder(conversion_dir(digest, quantization, root), build, is_complete)
     except (ValueError, NotImplementedError, RuntimeError) as e:
         raise MedkitError(f"CTranslate2 could not convert {getattr(model.config, '_name_or_path', arch)}: "
                           f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
@@ -449,7 +454,8 @@ def make_backend(engine: str, model: Any, tokenizer: Any, *, compute_type: str =
 
     check_engine(engine)
     check_compute_type(compute_type)
-    if engine != "transformers":
+    on_gpu = getattr(getattr(model, "device", None), "type", "cpu") != "cpu"
+    if engine == "ctranslate2" or (engine == "auto" and not on_gpu):  # a GPU model stays where it is (vLLM: vllm_engine)
         try:
             return engine_backend(model, tokenizer, compute_type=compute_type, batch_size=max(batch_size, 1),
                                   name=name, progress=progress)
@@ -484,3 +490,86 @@ def inference_backend(profile: str, adapter_dir: str | Path | None = None, *, en
 
         backend.model = model.to(torch.bfloat16)
     return backend
+
+
+# --------------------------------------------------------------------------- the policy being trained (GRPO)
+
+
+def lora_deltas(model: Any) -> dict[str, Any]:
+    """``{"<module>.weight": ΔW}``: each LoRA layer's current float32 weight delta (B·A·scale, every active adapter).
+
+    Only the adapters are read: a bitsandbytes 4-bit base is never dequantized here, because on
+    CPU bitsandbytes repacks 4-bit weights at their first forward pass, after which
+    ``dequantize_4bit`` returns wrong values (measured: errors of 2x the largest weight). The base
+    weights come from a fresh load instead (:func:`medkit.sft.dequantized_base`).
+    """
+    import torch
+    from peft.tuners.lora import LoraLayer
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    out: dict[str, Any] = {}
+    with torch.no_grad():
+        for name, module in base.named_modules():
+            if isinstance(module, LoraLayer) and not module.merged:
+                deltas = [module.get_delta_weight(a).float() for a in module.active_adapters if a in module.lora_A]
+                if deltas:
+                    out[f"{name}.weight"] = torch.stack(deltas).sum(0)
+    return out
+
+
+class PolicySync:
+    """A CTranslate2 copy of a policy being trained, exported again every ``every`` optimizer steps.
+
+    ``base`` is a plain float32 model holding the policy's frozen base weights (for a QLoRA policy:
+    its 4-bit base dequantized from a fresh load, as :func:`medkit.sft.merge_adapter` does); it
+    becomes the export model. ``backend(model, step)`` returns the engine for rollouts at ``step``,
+    re-exported — base + the current LoRA deltas (:func:`lora_deltas`), converted under ``root``,
+    parity-checked against the export — when ``every`` steps have passed since the last export
+    (``every=1``: always the current policy). Exports are timed in :attr:`syncs`; the previous
+    export's folder is deleted.
+    """
+
+    def __init__(self, base: Any, tokenizer: Any, root: str | Path, *, precision: str = DEFAULT_COMPUTE_TYPE,
+                 every: int = 1, batch_size: int = 32) -> None:
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+            raise ConfigError(f"ENGINE_SYNC_STEPS must be a positive integer, got {every!r}")
+        self.export = base.eval()
+        self.tokenizer = tokenizer
+        self.root = Path(root)
+        self.precision = check_compute_type(precision)
+        self.every = every
+        self.batch_size = batch_size
+        self.syncs: list[dict[str, Any]] = []
+        self._frozen: dict[str, Any] = {}
+        self._backend: CTranslate2Backend | None = None
+        self._step = -1
+
+    def backend(self, model: Any, step: int) -> CTranslate2Backend:
+        import shutil
+        import time
+
+        import torch
+
+        if self._backend is not None and step - self._step < self.every:
+            return self._backend
+        t0 = time.perf_counter()
+        deltas = lora_deltas(model)
+        weights = dict(self.export.named_parameters())
+        unknown = sorted(set(deltas) - set(weights))
+        if unknown:
+            raise MedkitError(f"policy export: LoRA layers {unknown[:3]} have no weight in the base model")
+        with torch.no_grad():
+            for name, delta in deltas.items():
+                frozen = self._frozen.setdefault(name, weights[name].detach().clone())
+                weights[name].copy_(frozen + delta)
+        folder = convert(self.export, self.tokenizer, self.precision, root=self.root)
+        parity = check_parity(self.export, self.tokenizer, folder, self.precision)
+        previous = self._backend.folder if self._backend is not None else None
+        self._backend = CTranslate2Backend.load(folder, self.tokenizer, compute_type=self.precision,
+                                                batch_size=self.batch_size, progress=False)
+        if previous is not None and previous != folder:
+            shutil.rmtree(previous, ignore_errors=True)
+        self._step = step
+        self.syncs.append({"step": step, "seconds": round(time.perf_counter() - t0, 2),
+                           "mean_abs_logprob_gap": parity["mean_abs_logprob_gap"]})
+        return self._backend

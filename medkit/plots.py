@@ -244,6 +244,9 @@ def benchmark_bars(name: str, bench: dict) -> tuple[dict[str, float], str]:
     if name == "generation":
         return ({f"batch {r['batch_size']}": float(r["tokens_per_s"]) for r in bench.get("runs") or [] if "tokens_per_s" in r},
                 "generated tokens / s")
+    if name == "engine":
+        return ({k.removeprefix("agent_"): float(v["rollouts_per_second"]) for k, v in (bench.get("summary") or {}).items()
+                 if "rollouts_per_second" in v}, "agent rollouts / s")
     if name == "retriever":
         lat = bench.get("latency_ms") or {}
         return ({k.split(" ")[0]: float(v["p50"]) for k, v in lat.items() if isinstance(v, dict) and "p50" in v},

@@ -128,6 +128,8 @@ _BASE: dict[str, dict[str, Any]] = {
         "LORA_ALPHA": 32,
         "LORA_DROPOUT": 0.05,
         "SAVE_STEPS": 2,               # checkpoint interval; a rerun resumes from the last checkpoint
+        **_ENGINE,
+        "ENGINE_SYNC_STEPS": 1,        # export the policy to the engine every N optimizer steps (1 = always on-policy)
     },
     "evaluation": {
         "ABLATIONS": ["grpo_from_base", "grpo_accuracy_only"],  # extra GRPO runs: from the base model; accuracy reward only

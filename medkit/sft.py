@@ -208,7 +208,7 @@ def merge_adapter(model: Any, adapter_dir: str | Path) -> Any:
     """
     from peft import PeftModel
 
-    if getattr(model, "is_loaded_in_4bit", False) or getattr(model, "quantization_method", None):
+    if getattr(model, "hf_quantizer", None) is not None:  # still 4-bit (dequantize() clears it, not the flags)
         model = model.dequantize()
     merged = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
     merged.eval()
@@ -221,6 +221,21 @@ def adapter_base(adapter_dir: str | Path) -> dict[str, Any]:
     return json.loads(meta.read_text(encoding="utf-8")) if meta.exists() else {}
 
 
+def dequantized_base(profile: str, quantized: bool) -> tuple[Any, Any]:
+    """(model, tokenizer): the profile's base as a plain float model a LoRA adapter's delta is added to.
+
+    ``quantized``: the 4-bit nf4 weights a QLoRA adapter was trained on, dequantized right after
+    loading (bitsandbytes repacks 4-bit weights on CPU at the first forward pass, after which they
+    no longer dequantize correctly); otherwise the full-precision base.
+    """
+    from .model import load_model
+
+    model, tokenizer = load_model(profile, quantize_4bit=quantized)
+    if quantized:
+        model = model.dequantize()
+    return model, tokenizer
+
+
 def load_for_inference(profile: str, adapter_dir: str | Path | None = None, *,
                        bf16: bool | None = False) -> tuple[Any, Any]:
     """(model, tokenizer) for generation: the profile's base with the adapter merged in.
@@ -230,7 +245,7 @@ def load_for_inference(profile: str, adapter_dir: str | Path | None = None, *,
     where the hardware computes bf16; the dev machine's CPU generates 1.7x faster so). A missing
     adapter folder is a clear error, not a stack trace from peft.
     """
-    from .model import load_model, use_bf16
+    from .model import use_bf16
 
     quantized = False
     if adapter_dir is not None:
@@ -238,7 +253,7 @@ def load_for_inference(profile: str, adapter_dir: str | Path | None = None, *,
         if not (adapter_dir / "adapter_config.json").exists():
             raise InputError(adapter_dir, "no LoRA adapter here (adapter_config.json missing); train it in notebook 05")
         quantized = str(adapter_base(adapter_dir).get("quantize") or "").lower() == "nf4"
-    model, tokenizer = load_model(profile, quantize_4bit=quantized)
+    model, tokenizer = dequantized_base(profile, quantized)
     if adapter_dir is not None:
         model = merge_adapter(model, adapter_dir)
     if use_bf16(bf16, on_cuda=model.device.type == "cuda"):

@@ -176,3 +176,74 @@ def test_smollm2_stops_at_the_agent_s_stop_strings() -> None:
     out = backend.generate([conv], max_new_tokens=48, stop=A.STOP_STRINGS)[0]
     assert out.ok and all(s not in out.text for s in A.STOP_STRINGS)
     assert out.n_completion_tokens <= 48
+
+
+# --------------------------------------------------------------------------- the policy being trained (GRPO)
+
+
+def _lora(model):
+    import copy
+
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(3)
+    cfg = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False)  # a non-zero delta
+    return get_peft_model(copy.deepcopy(model), cfg).eval()
+
+
+def test_lora_deltas_plus_the_base_are_the_merged_adapter(tiny_model, tokenizer) -> None:
+    policy = _lora(tiny_model)
+    deltas = EN.lora_deltas(policy)
+    assert len(deltas) == 2 * 7                                           # 2 layers x 7 projections
+    base = tiny_model.state_dict()
+    merged = policy.merge_and_unload().state_dict()
+    for name, delta in deltas.items():
+        assert delta.abs().max() > 0
+        assert torch.allclose(base[name] + delta, merged[name], atol=1e-6)
+
+
+def test_a_qlora_policy_exports_as_its_fresh_merge_even_after_forward_passes(tiny_model, tokenizer, tmp_path) -> None:
+    """bitsandbytes repacks 4-bit weights on CPU at the first forward: the export must not depend on them."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    tiny_model.save_pretrained(tmp_path / "tiny")
+
+    def nf4():
+        return AutoModelForCausalLM.from_pretrained(
+            tmp_path / "tiny", device_map={"": "cpu"}, dtype=torch.float32,
+            quantization_config=BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                                   bnb_4bit_compute_dtype=torch.float32))
+
+    policy = _lora(nf4())
+    ids = torch.tensor([tokenizer("Fabry disease shows angiokeratomas.")["input_ids"]])
+    with torch.no_grad():
+        policy(input_ids=ids)                                             # training has run: weights repacked
+    policy.save_pretrained(tmp_path / "adapter")
+    sync = EN.PolicySync(nf4().dequantize(), tokenizer, tmp_path / "exports")
+    sync.backend(policy, 0)
+    exported = sync.export.state_dict()
+    fresh = PeftModel.from_pretrained(nf4().dequantize(), str(tmp_path / "adapter")).merge_and_unload().state_dict()
+    assert all(torch.allclose(exported[k], fresh[k], atol=1e-5) for k in fresh if k in exported)
+
+
+def test_policy_sync_exports_every_n_steps_and_keeps_one_export(tiny_model, tokenizer, tmp_path) -> None:
+    import copy
+
+    policy = _lora(tiny_model)
+    sync = EN.PolicySync(copy.deepcopy(tiny_model), tokenizer, tmp_path / "exports", every=2)
+    first = sync.backend(policy, 0)
+    assert sync.backend(policy, 1) is first                               # within N steps: the same export
+    with torch.no_grad():
+        for name, p in policy.named_parameters():
+            if "lora_B" in name:
+                p.add_(0.05)                                              # an optimizer step changed the policy
+    second = sync.backend(policy, 2)
+    assert second is not first and second.folder != first.folder
+    assert not first.folder.exists() and [p.name for p in (tmp_path / "exports").iterdir()] == [second.folder.name]
+    assert [s["step"] for s in sync.syncs] == [0, 2] and all(s["mean_abs_logprob_gap"] < 1e-3 for s in sync.syncs)
+    want = llm.LocalTransformersBackend(policy.merge_and_unload(), tokenizer, progress=False)
+    assert [c.text for c in second.generate(CONVERSATIONS, max_new_tokens=8)] == \
+        [c.text for c in want.generate(CONVERSATIONS, max_new_tokens=8)]
+    with pytest.raises(ConfigError, match="ENGINE_SYNC_STEPS"):
+        EN.PolicySync(tiny_model, tokenizer, tmp_path, every=0)

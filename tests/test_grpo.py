@@ -226,3 +226,39 @@ def test_no_schemas_means_every_tool_in_the_prompt_as_in_evaluation(toolbox):
     assert [s["function"]["name"] for s in full.schemas] == [t.__name__ for t in toolbox.tools()]
     with_tools = G.prompt_dataset([RECORD], full.schemas)[0]["prompt"][0]["content"]
     assert "<tools>" in with_tools and "<tools>" not in G.prompt_dataset([RECORD], bare.schemas)[0]["prompt"][0]["content"]
+
+
+def test_engine_rollouts_are_the_transformers_rollouts_token_for_token(small_tokenizer, toolbox, tmp_path):
+    """Greedy, a CTranslate2 copy of the policy generates the same ids, masks and conversation."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from medkit import engine as EN
+
+    pytest.importorskip("ctranslate2")
+    tok = small_tokenizer
+    import torch
+
+    torch.manual_seed(11)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128,
+                                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)).eval()
+    cfg = G.RolloutConfig(max_calls=3, max_new_tokens=24, max_completion_length=400, temperature=0.0)
+    prompts = [G.prompt_messages(RECORD, []), G.prompt_messages({**RECORD, "question": "Name a drug for gout."}, [])]
+    want = G.AgentRollouts(toolbox, [RECORD], cfg).run(model, tok, prompts)
+    engine = EN.CTranslate2Backend.load(EN.convert(model, tok, root=tmp_path), tok, progress=False)
+    got = G.AgentRollouts(toolbox, [RECORD], cfg).run(model, tok, prompts, engine=engine)
+    for a, b in zip(got, want):
+        assert a.turn_ids == b.turn_ids and a.completion_ids == b.completion_ids and a.env_mask == b.env_mask
+        assert a.state["stop_reason"] == b.state["stop_reason"] and a.state["messages"] == b.state["messages"]
+
+
+def test_rollout_engine_choice():
+    assert G.rollout_engine("transformers") == "transformers"
+    assert G.rollout_engine("auto", use_cpu=False) == "transformers"   # a GPU run keeps the policy generating
+    assert G.rollout_config({**profiles.resolve("smoke", "grpo"), "ENGINE": "transformers"}).engine == "transformers"
+    with pytest.raises(ConfigError, match="unknown ENGINE"):
+        G.rollout_engine("fast")
+    with pytest.raises(ConfigError, match="export_dir"):
+        G.AgentRollouts(None, [RECORD], G.RolloutConfig(engine="ctranslate2"), schemas=[])
+    with pytest.raises(ConfigError, match="base_loader"):
+        G.AgentRollouts(None, [RECORD], G.RolloutConfig(engine="auto"), schemas=[], export_dir="/tmp/unused")

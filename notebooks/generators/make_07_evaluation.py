@@ -180,7 +180,7 @@ print("benchmark results from", BENCH)
 def load(name):
     p = BENCH / f"{name}.json"
     return json.loads(p.read_text()) if p.exists() else None
-panels = [(n, plots.benchmark_bars(n, load(n))) for n in ("sft", "grpo", "generation", "retriever") if load(n)]
+panels = [(n, plots.benchmark_bars(n, load(n))) for n in ("engine", "sft", "grpo", "generation", "retriever") if load(n)]
 fig, axes = plt.subplots(1, max(len(panels), 1), figsize=(4.2 * max(len(panels), 1), 3.4), squeeze=False)
 for ax, (name, (bars, ylabel)) in zip(axes[0], panels):
     ax.bar(list(bars), list(bars.values()), color="#4477aa")
