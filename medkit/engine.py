@@ -3,10 +3,12 @@
 Scope:
 
 * **Engines** (``ENGINE`` in the notebooks' parameters): ``transformers`` (the reference
-  implementation, :class:`medkit.llm.LocalTransformersBackend`), ``ctranslate2`` (this module)
-  and ``auto`` (the default: CTranslate2 when it is installed, the model converts and the
-  converted model passes the parity check; otherwise transformers, with a printed note saying
-  why). Chosen by measurement (``bench/bench_engine.py`` -> ``results/bench/engine.json``).
+  implementation, :class:`medkit.llm.LocalTransformersBackend`), ``ctranslate2`` (this module,
+  CPU), ``vllm`` (GPU: :mod:`medkit.vllm_engine`) and ``auto`` (the default, :func:`resolve_engine`:
+  on CPU CTranslate2 when it is installed, the model converts and the converted model passes the
+  parity check, otherwise transformers with a printed note saying why; on a GPU vLLM when it is
+  installed, otherwise transformers). Chosen by measurement (``bench/bench_engine.py`` ->
+  ``results/bench/engine.json``).
 * **Conversion** (:func:`convert`): a loaded transformers model (the base, or base + merged LoRA
   adapter) is converted once per weights digest and precision into
   ``cache_dir()/engines/ct2-<digest>-<quantization>``. The digest is a sha256 over every tensor's
@@ -50,7 +52,7 @@ from .io import build_folder, package_version, provenance, write_json
 from .llm import Completion, check_generation_args, finish_row, validate_conversations
 from .paths import cache_dir
 
-ENGINES: tuple[str, ...] = ("transformers", "ctranslate2", "auto")
+ENGINES: tuple[str, ...] = ("transformers", "ctranslate2", "vllm", "auto")
 DEFAULT_ENGINE = "auto"
 COMPUTE_TYPES: tuple[str, ...] = ("float32", "int8")
 DEFAULT_COMPUTE_TYPE = "float32"
@@ -74,6 +76,18 @@ def check_engine(engine: str) -> str:
     if engine not in ENGINES:
         raise ConfigError(f"unknown ENGINE {engine!r}: choose one of {', '.join(ENGINES)}")
     return engine
+
+
+def resolve_engine(engine: str, *, on_gpu: bool) -> str:
+    """The engine ``auto`` stands for on this hardware (other names are returned as they are)."""
+    check_engine(engine)
+    if engine != "auto":
+        return engine
+    if on_gpu:
+        from .vllm_engine import vllm_available
+
+        return "vllm" if vllm_available() else "transformers"
+    return "ctranslate2"
 
 
 def ctranslate2_available() -> bool:
@@ -448,14 +462,17 @@ def make_backend(engine: str, model: Any, tokenizer: Any, *, compute_type: str =
     """The backend ``engine`` asks for over a loaded float32 model (``auto`` falls back with a note).
 
     ``transformers`` gives :class:`medkit.llm.LocalTransformersBackend` over ``model`` itself;
-    ``ctranslate2`` raises a one-line :class:`MedkitError` / :class:`ConfigError` when it cannot run.
+    ``ctranslate2`` raises a one-line :class:`MedkitError` / :class:`ConfigError` when it cannot run;
+    ``vllm`` needs a server with a lifetime (:class:`medkit.vllm_engine.VLLMServer`), not this call.
     """
     from .llm import LocalTransformersBackend
 
-    check_engine(engine)
     check_compute_type(compute_type)
     on_gpu = getattr(getattr(model, "device", None), "type", "cpu") != "cpu"
-    if engine == "ctranslate2" or (engine == "auto" and not on_gpu):  # a GPU model stays where it is (vLLM: vllm_engine)
+    if engine == "vllm":
+        raise ConfigError("ENGINE='vllm' serves a saved model folder: use medkit.vllm_engine.VLLMServer "
+                          "(medkit.evaluation.evaluate_adapter does)")
+    if resolve_engine(engine, on_gpu=on_gpu) == "ctranslate2":  # auto on a GPU: the model generates in-process
         try:
             return engine_backend(model, tokenizer, compute_type=compute_type, batch_size=max(batch_size, 1),
                                   name=name, progress=progress)

@@ -161,17 +161,48 @@ def evaluate_adapter(profile: str, adapter_dir: str | Path | None, questions: Se
     """
     import time
 
-    from .engine import DEFAULT_COMPUTE_TYPE, DEFAULT_ENGINE, inference_backend
+    from .engine import DEFAULT_COMPUTE_TYPE, DEFAULT_ENGINE, inference_backend, resolve_engine
+    from .model import has_cuda
 
-    backend = inference_backend(profile, adapter_dir, engine=str(params.get("ENGINE") or DEFAULT_ENGINE),
+    engine = str(params.get("ENGINE") or DEFAULT_ENGINE)
+    if resolve_engine(engine, on_gpu=has_cuda()) == "vllm":
+        return _evaluate_on_vllm(profile, adapter_dir, questions, toolbox, params, name=name, schemas=schemas,
+                                 progress=progress)
+    backend = inference_backend(profile, adapter_dir, engine=engine,
                                 precision=str(params.get("ENGINE_PRECISION") or DEFAULT_COMPUTE_TYPE),
                                 bf16=params.get("BF16"), batch_size=int(params["EVAL_BATCH"]), name=f"{name}:{profile}",
                                 progress=progress)
-    cfg = AgentConfig(max_calls=int(params["EVAL_MAX_CALLS"]), max_new_tokens=int(params["EVAL_MAX_NEW_TOKENS"]),
-                      token_budget=int(params["MAX_LENGTH"]) + 2048, temperature=float(params["EVAL_TEMPERATURE"]))
     t0 = time.time()
-    rows = evaluate(backend, toolbox, questions, k=int(params["EVAL_K"]), config=cfg, seed=int(params["SEED"]),
-                    schemas=schemas, progress=progress)
+    rows = evaluate(backend, toolbox, questions, k=int(params["EVAL_K"]), config=harness_config(params),
+                    seed=int(params["SEED"]), schemas=schemas, progress=progress)
     engine = type(backend).__name__
     del backend
     return {"rows": rows, "metrics": {**metrics(rows), "seconds": round(time.time() - t0, 1), "engine": engine}}
+
+
+def harness_config(params: dict[str, Any]) -> AgentConfig:
+    """The agent settings every stage is evaluated with (notebook 05's ``EVAL_*`` parameters)."""
+    return AgentConfig(max_calls=int(params["EVAL_MAX_CALLS"]), max_new_tokens=int(params["EVAL_MAX_NEW_TOKENS"]),
+                       token_budget=int(params["MAX_LENGTH"]) + 2048, temperature=float(params["EVAL_TEMPERATURE"]))
+
+
+def _evaluate_on_vllm(profile: str, adapter_dir: str | Path | None, questions: Sequence[dict[str, Any]], toolbox: Any,
+                      params: dict[str, Any], *, name: str, schemas: list[dict[str, Any]] | None,
+                      progress: bool) -> dict[str, Any]:
+    """:func:`evaluate_adapter` on a GPU: the merged model saved once, served by vLLM for the evaluation."""
+    import tempfile
+    import time
+
+    from .sft import load_for_inference
+    from .vllm_engine import VLLMServer
+
+    model, tokenizer = load_for_inference(profile, adapter_dir, bf16=True)
+    with tempfile.TemporaryDirectory(prefix=f"medkit-{name}-") as folder:
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        del model
+        with VLLMServer(folder, log_path=Path(folder).parent / f"medkit-vllm-{name}.log") as backend:
+            t0 = time.time()
+            rows = evaluate(backend, toolbox, questions, k=int(params["EVAL_K"]), config=harness_config(params),
+                            seed=int(params["SEED"]), schemas=schemas, progress=progress)
+    return {"rows": rows, "metrics": {**metrics(rows), "seconds": round(time.time() - t0, 1), "engine": "vllm"}}

@@ -226,10 +226,7 @@ class AgentRollouts:
         self.seconds = 0.0                         # wall time spent rolling out (generation + tools + exports)
         self.n_rollouts = 0
         self.sync: Any = None
-        if self.config.engine != "transformers":
-            from .engine import check_engine
-
-            check_engine(self.config.engine)
+        if self.config.engine in ("ctranslate2", "auto"):
             if export_dir is None or base_loader is None:
                 raise ConfigError("GRPO rollouts through an engine need an export_dir for the policy exports and a "
                                   "base_loader for the frozen base weights")
@@ -244,7 +241,7 @@ class AgentRollouts:
         tokenizer = trainer.processing_class
         step = int(trainer.state.global_step)
         t0 = time.perf_counter()
-        engine = self._engine(model, tokenizer, step) if self.config.engine != "transformers" else None
+        engine = self._engine(model, tokenizer, step, trainer) if self.config.engine != "transformers" else None
         with eval_mode(model), _autocast(bool(getattr(trainer.args, "bf16", False)), model):
             rollouts = self.run(model, tokenizer, prompts, step=step, engine=engine)
         self.seconds += time.perf_counter() - t0
@@ -255,10 +252,19 @@ class AgentRollouts:
                 "env_mask": [r.env_mask for r in rollouts],
                 "rollout": [self._remember(r, step) for r in rollouts]}
 
-    def _engine(self, model: Any, tokenizer: Any, step: int) -> Any:
+    def _engine(self, model: Any, tokenizer: Any, step: int, trainer: Any = None) -> Any:
         """The engine copy of the current policy; ``auto`` falls back to transformers with a note."""
         from .engine import PolicySync
         from .errors import MedkitError
+
+        if self.config.engine == "vllm":  # TRL synced its colocated vLLM with the policy before this call
+            from .vllm_engine import VLLMTurns
+
+            llm = getattr(getattr(trainer, "vllm_generation", None), "llm", None)
+            if llm is None:
+                raise ConfigError("ENGINE='vllm' needs TRL's colocated vLLM (GRPOConfig use_vllm=True, "
+                                  "vllm_mode='colocate'; grpo_config sets it)")
+            return VLLMTurns(llm, tokenizer)
 
         try:
             if self.sync is None:
@@ -485,12 +491,16 @@ def grpo_config(params: dict[str, Any], output_dir: str | Path, *, use_cpu: bool
     """TRL's GRPOConfig from notebook 06's parameters (one optimizer step = QUESTIONS_PER_STEP x NUM_GENERATIONS)."""
     from trl import GRPOConfig
 
+    from .engine import DEFAULT_ENGINE
     from .model import use_bf16
+    from .vllm_engine import colocate_options
 
     g = int(params["NUM_GENERATIONS"])
     if g < 2:
         raise ConfigError(f"NUM_GENERATIONS must be >= 2 (GRPO compares rollouts of one question), got {g}")
+    engine = rollout_engine(str(params.get("ENGINE") or DEFAULT_ENGINE), use_cpu=use_cpu)
     return GRPOConfig(
+        **(colocate_options() if engine == "vllm" else {}),
         output_dir=str(output_dir), seed=int(params["SEED"]), data_seed=int(params["SEED"]),
         max_steps=int(params["MAX_STEPS"]), learning_rate=float(params["LEARNING_RATE"]),
         lr_scheduler_type="constant", warmup_steps=0,
@@ -606,14 +616,15 @@ def stop_reason_counts(history: Sequence[dict[str, Any]]) -> dict[str, int]:
 
 
 def rollout_engine(engine: str, *, use_cpu: bool = True) -> str:
-    """The engine GRPO rollouts use for ``ENGINE``: ``auto`` is CTranslate2 on CPU where it is installed
-    (and falls back to transformers if the policy does not convert), transformers on a GPU."""
-    from .engine import check_engine, ctranslate2_available
+    """The engine GRPO rollouts use for ``ENGINE`` (:func:`medkit.engine.resolve_engine`): ``auto`` is
+    CTranslate2 on CPU when it is installed (falling back to transformers if the policy does not
+    convert), vLLM on a GPU when it is installed (TRL's colocated engine), else transformers."""
+    from .engine import ctranslate2_available, resolve_engine
 
-    check_engine(engine)
-    if engine == "auto" and not (use_cpu and ctranslate2_available()):
-        return "transformers"
-    return engine
+    resolved = resolve_engine(engine, on_gpu=not use_cpu)
+    if engine == "auto" and resolved == "ctranslate2":
+        return "auto" if ctranslate2_available() else "transformers"
+    return resolved
 
 
 def rollout_config(params: dict[str, Any], *, use_cpu: bool = True) -> RolloutConfig:

@@ -98,7 +98,7 @@ def bnb_config(spec: ModelSpec) -> BitsAndBytesConfig:
 # --------------------------------------------------------------------------- backend
 
 
-def _cuda_available() -> bool:
+def has_cuda() -> bool:
     import torch
 
     return bool(torch.cuda.is_available())
@@ -112,7 +112,7 @@ def _importable(name: str, find_spec: Callable[[str], Any]) -> bool:
         return False
 
 
-def select_backend(profile: str, *, cuda_available: Callable[[], bool] = _cuda_available,
+def select_backend(profile: str, *, cuda_available: Callable[[], bool] = has_cuda,
                    find_spec: Callable[[str], Any] = importlib.util.find_spec) -> str:
     """``"unsloth"``, ``"transformers-4bit"`` or ``"transformers-cpu"`` for ``profile``.
 
