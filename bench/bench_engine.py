@@ -42,13 +42,14 @@ from medkit.pipeline import bench_entry, machine_facts, run_modes
 N_QUESTIONS = 64
 NEW_TOKENS = 64
 N_PROMPTS = 16
-AGENT_MODES = {  # mode -> (engine, precision, batch size, static prefix)
-    "agent_transformers_bf16": ("transformers", None, 16, None),    # the baseline: the cpu profile today
-    "agent_transformers_fp32": ("transformers", "fp32", 16, None),
-    "agent_ct2_float32_b16": ("ctranslate2", "float32", 16, True),
-    "agent_ct2_float32_b64": ("ctranslate2", "float32", 64, True),
-    "agent_ct2_float32_b64_no_prefix": ("ctranslate2", "float32", 64, False),
-    "agent_ct2_int8_b64": ("ctranslate2", "int8", 64, False),
+AGENT_MODES = {  # mode -> (engine, precision, batch size, static prefix, max length spread in a batch)
+    "agent_transformers_bf16": ("transformers", None, 16, None, None),    # the baseline: the cpu profile today
+    "agent_transformers_fp32": ("transformers", "fp32", 16, None, None),
+    "agent_ct2_float32_b16_any_spread": ("ctranslate2", "float32", 16, True, None),   # the engine swapped in alone
+    "agent_ct2_float32_b64_any_spread": ("ctranslate2", "float32", 64, True, None),
+    "agent_ct2_float32_b64": ("ctranslate2", "float32", 64, True, 64),    # the default path
+    "agent_ct2_float32_b64_no_prefix": ("ctranslate2", "float32", 64, False, 64),
+    "agent_ct2_int8_b64": ("ctranslate2", "int8", 64, False, 64),
 }
 BASELINE = "agent_transformers_bf16"
 MODES = ["candidates", *AGENT_MODES, "export", "mismatch"]
@@ -242,7 +243,7 @@ def run_agent_mode(mode: str, profile: str) -> dict[str, Any]:
     from medkit.llm import LocalTransformersBackend
     from medkit.sft import load_for_inference
 
-    engine, precision, batch, static = AGENT_MODES[mode]
+    engine, precision, batch, static, spread = AGENT_MODES[mode]
     params, data, adapter = _sft(profile)
     questions = _questions(data)
     _, toolbox = TR.open_tools(data)
@@ -254,7 +255,7 @@ def run_agent_mode(mode: str, profile: str) -> dict[str, Any]:
     else:
         model, tok = load_for_inference(profile, adapter, bf16=False)
         backend = EN.engine_backend(model, tok, compute_type=precision, batch_size=batch, progress=False)
-        backend.static_prefix = static
+        backend.static_prefix, backend.max_spread = static, spread
         dtype = precision
         del model
     ready = time.perf_counter() - t0
@@ -270,6 +271,7 @@ def run_agent_mode(mode: str, profile: str) -> dict[str, Any]:
              "correct": E.judge(r["prediction"], q, resolve=toolbox.resolve_ids).correct}
             for r, q in zip(rollouts, questions)]
     return {"mode": mode, "engine": engine, "dtype": dtype, "batch_size": batch, "static_prefix": static,
+            "max_spread": spread,
             "rollouts": len(rows), "seconds": round(seconds, 1), "setup_seconds": round(ready, 1),
             "rollouts_per_second": round(len(rows) / seconds, 4), "generated_tokens": counting.tokens,
             "generated_tokens_per_second": round(counting.tokens / seconds, 1),

@@ -56,6 +56,7 @@ ENGINES: tuple[str, ...] = ("transformers", "ctranslate2", "vllm", "auto")
 DEFAULT_ENGINE = "auto"
 COMPUTE_TYPES: tuple[str, ...] = ("float32", "int8")
 DEFAULT_COMPUTE_TYPE = "float32"
+DEFAULT_ENGINE_BATCH = 64  # conversations per CTranslate2 batch (bench/bench_engine.py)
 # mean |log p_engine - log p_source| per token on the parity prompts, above which a conversion is rejected
 PARITY_TOLERANCE: dict[str, float] = {"float32": 0.01, "int8": 0.3}
 PARITY_PROMPTS: tuple[str, ...] = (
@@ -67,6 +68,9 @@ CONVERSION_FORMAT = 1  # bump when the recipe changes: every cached conversion i
 STAMP = "medkit_engine.json"
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "Qwen2ForCausalLM", "MistralForCausalLM")
 STOP_WINDOW = 12  # tokens decoded at the end of a row to look for a stop string
+# CTranslate2 prefills a batch only up to its shortest prompt and feeds the rest of each longer
+# prompt one decoding step at a time: a batch never mixes prompts whose lengths differ by more
+DEFAULT_MAX_SPREAD = 64
 
 
 # --------------------------------------------------------------------------- choosing an engine
@@ -276,14 +280,15 @@ class CTranslate2Backend:
     """A CTranslate2 generator (CPU) with the model's tokenizer; see the module docstring."""
 
     def __init__(self, folder: str | Path, tokenizer: Any, *, compute_type: str = DEFAULT_COMPUTE_TYPE,
-                 batch_size: int = 32, threads: int | None = None, name: str | None = None, progress: bool = True,
-                 static_prefix: bool | None = None) -> None:
+                 batch_size: int = DEFAULT_ENGINE_BATCH, threads: int | None = None, name: str | None = None,
+                 progress: bool = True, static_prefix: bool | None = None, max_spread: int | None = DEFAULT_MAX_SPREAD) -> None:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
         self.folder = Path(folder)
         self.tokenizer = tokenizer
         self.compute_type = check_compute_type(compute_type)
         self.batch_size = batch_size
+        self.max_spread = max_spread
         self.threads = threads or _torch_threads()
         self.progress = progress
         # a static prefix is computed on its own; exact at float32, not at int8 (activations quantized per batch)
@@ -316,7 +321,7 @@ class CTranslate2Backend:
     def score(self, ids: list[int]) -> list[float]:
         """log p(ids[i] | ids[:i]) for i >= 1 (teacher forcing)."""
         tokens = self.tokenizer.convert_ids_to_tokens(ids)
-        return list(self.generator.score_batch([tokens])[0].log_probs)
+        return list(self.generator.score_batch([tokens], max_input_length=0)[0].log_probs)
 
     def generate_ids(self, inputs: Sequence[Sequence[int]], *, max_new_tokens: int | Sequence[int],
                      temperature: float = 0.0, stop: Sequence[str] | None = None, seed: int | None = None,
@@ -331,11 +336,9 @@ class CTranslate2Backend:
         stops = [s for s in (stop or []) if s]
         if temperature > 0 and seed is not None:
             self.generator = self._new_generator(seed)  # see the module docstring: per-call seeds need a fresh thread
-        order = sorted(range(len(inputs)), key=lambda i: len(inputs[i]))
         out: list[list[int]] = [[] for _ in inputs]
         with _bar(len(inputs), self.name, self.progress and len(inputs) > 1) as bar:
-            for lo in range(0, len(order), self.batch_size):
-                chunk = order[lo:lo + self.batch_size]
+            for chunk in length_buckets([len(x) for x in inputs], self.batch_size, self.max_spread):
                 rows = self._generate_chunk([list(inputs[i]) for i in chunk], [limits[i] for i in chunk],
                                             temperature, stops, min_new_tokens)
                 for i, ids in zip(chunk, rows):
@@ -397,6 +400,19 @@ class CTranslate2Backend:
                 for p, ids in zip(prompts, generated)]
 
 
+def length_buckets(lengths: Sequence[int], batch_size: int, max_spread: int | None) -> list[list[int]]:
+    """Indices grouped into batches of at most ``batch_size``, shortest first, each spanning at most
+    ``max_spread`` tokens of prompt length (None: no limit)."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    buckets: list[list[int]] = []
+    for i in order:
+        if (not buckets or len(buckets[-1]) >= batch_size
+                or (max_spread is not None and lengths[i] - lengths[buckets[-1][0]] > max_spread)):
+            buckets.append([])
+        buckets[-1].append(i)
+    return buckets
+
+
 def _stop_callback(rows: list[_Row], eos_ids: set[int], stops: list[str], tokenizer: Any) -> Any:
     """CTranslate2's per-token callback: records each row's ids and says when the row is finished.
 
@@ -445,7 +461,8 @@ def _bar(total: int, desc: str, enabled: bool) -> Iterator[Any]:
 # --------------------------------------------------------------------------- one entry point
 
 
-def engine_backend(model: Any, tokenizer: Any, *, compute_type: str = DEFAULT_COMPUTE_TYPE, batch_size: int = 32,
+def engine_backend(model: Any, tokenizer: Any, *, compute_type: str = DEFAULT_COMPUTE_TYPE,
+                   batch_size: int = DEFAULT_ENGINE_BATCH,
                    name: str | None = None, progress: bool = True) -> CTranslate2Backend:
     """``model`` (float32, in memory) converted, verified against itself and loaded in CTranslate2."""
     folder = convert(model, tokenizer, compute_type)
@@ -457,10 +474,11 @@ def engine_backend(model: Any, tokenizer: Any, *, compute_type: str = DEFAULT_CO
 
 
 def make_backend(engine: str, model: Any, tokenizer: Any, *, compute_type: str = DEFAULT_COMPUTE_TYPE,
-                 batch_size: int = 16, name: str | None = None, progress: bool = True,
-                 echo: Any = print) -> Any:
+                 batch_size: int = 16, engine_batch: int = DEFAULT_ENGINE_BATCH, name: str | None = None,
+                 progress: bool = True, echo: Any = print) -> Any:
     """The backend ``engine`` asks for over a loaded float32 model (``auto`` falls back with a note).
 
+    ``batch_size`` is the transformers backend's, ``engine_batch`` CTranslate2's.
     ``transformers`` gives :class:`medkit.llm.LocalTransformersBackend` over ``model`` itself;
     ``ctranslate2`` raises a one-line :class:`MedkitError` / :class:`ConfigError` when it cannot run;
     ``vllm`` needs a server with a lifetime (:class:`medkit.vllm_engine.VLLMServer`), not this call.
@@ -474,8 +492,8 @@ def make_backend(engine: str, model: Any, tokenizer: Any, *, compute_type: str =
                           "(medkit.evaluation.evaluate_adapter does)")
     if resolve_engine(engine, on_gpu=on_gpu) == "ctranslate2":  # auto on a GPU: the model generates in-process
         try:
-            return engine_backend(model, tokenizer, compute_type=compute_type, batch_size=max(batch_size, 1),
-                                  name=name, progress=progress)
+            return engine_backend(model, tokenizer, compute_type=compute_type, batch_size=engine_batch, name=name,
+                                  progress=progress)
         except MedkitError as e:
             if engine == "ctranslate2":
                 raise
@@ -485,7 +503,8 @@ def make_backend(engine: str, model: Any, tokenizer: Any, *, compute_type: str =
 
 def inference_backend(profile: str, adapter_dir: str | Path | None = None, *, engine: str = DEFAULT_ENGINE,
                       precision: str = DEFAULT_COMPUTE_TYPE, bf16: bool | None = False, batch_size: int = 16,
-                      name: str | None = None, progress: bool = True, echo: Any = print) -> Any:
+                      engine_batch: int = DEFAULT_ENGINE_BATCH, name: str | None = None, progress: bool = True,
+                      echo: Any = print) -> Any:
     """A generation backend for the profile's model with ``adapter_dir`` merged in (None: the base).
 
     The float32 merged model is what the engine converts; the transformers path (chosen, or the
@@ -498,8 +517,8 @@ def inference_backend(profile: str, adapter_dir: str | Path | None = None, *, en
     check_engine(engine)
     check_compute_type(precision)
     model, tokenizer = load_for_inference(profile, adapter_dir, bf16=False)
-    backend = make_backend(engine, model, tokenizer, compute_type=precision, batch_size=batch_size, name=name,
-                           progress=progress, echo=echo)
+    backend = make_backend(engine, model, tokenizer, compute_type=precision, batch_size=batch_size,
+                           engine_batch=engine_batch, name=name, progress=progress, echo=echo)
     if isinstance(backend, CTranslate2Backend):
         del model  # the engine holds its own copy of the weights
     elif use_bf16(bf16, on_cuda=model.device.type == "cuda"):
@@ -547,7 +566,7 @@ class PolicySync:
     """
 
     def __init__(self, base: Any, tokenizer: Any, root: str | Path, *, precision: str = DEFAULT_COMPUTE_TYPE,
-                 every: int = 1, batch_size: int = 32) -> None:
+                 every: int = 1, batch_size: int = DEFAULT_ENGINE_BATCH) -> None:
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise ConfigError(f"ENGINE_SYNC_STEPS must be a positive integer, got {every!r}")
         self.export = base.eval()

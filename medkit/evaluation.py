@@ -161,7 +161,7 @@ def evaluate_adapter(profile: str, adapter_dir: str | Path | None, questions: Se
     """
     import time
 
-    from .engine import DEFAULT_COMPUTE_TYPE, DEFAULT_ENGINE, inference_backend, resolve_engine
+    from .engine import DEFAULT_COMPUTE_TYPE, DEFAULT_ENGINE, DEFAULT_ENGINE_BATCH, inference_backend, resolve_engine
     from .model import has_cuda
 
     engine = str(params.get("ENGINE") or DEFAULT_ENGINE)
@@ -170,8 +170,9 @@ def evaluate_adapter(profile: str, adapter_dir: str | Path | None, questions: Se
                                  progress=progress)
     backend = inference_backend(profile, adapter_dir, engine=engine,
                                 precision=str(params.get("ENGINE_PRECISION") or DEFAULT_COMPUTE_TYPE),
-                                bf16=params.get("BF16"), batch_size=int(params["EVAL_BATCH"]), name=f"{name}:{profile}",
-                                progress=progress)
+                                bf16=params.get("BF16"), batch_size=int(params["EVAL_BATCH"]),
+                                engine_batch=int(params.get("ENGINE_BATCH") or DEFAULT_ENGINE_BATCH),
+                                name=f"{name}:{profile}", progress=progress)
     t0 = time.time()
     rows = evaluate(backend, toolbox, questions, k=int(params["EVAL_K"]), config=harness_config(params),
                     seed=int(params["SEED"]), schemas=schemas, progress=progress)

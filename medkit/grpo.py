@@ -97,6 +97,7 @@ class RolloutConfig:
     engine: str = "transformers"       # transformers: the policy itself generates | ctranslate2 (PolicySync) | auto
     engine_precision: str = "float32"
     engine_sync_steps: int = 1         # export the policy to the engine every N optimizer steps
+    engine_batch: int = 64             # conversations per engine batch
 
 
 @dataclass
@@ -269,7 +270,8 @@ class AgentRollouts:
         try:
             if self.sync is None:
                 self.sync = PolicySync(self.base_loader(), tokenizer, self.export_dir,
-                                       precision=self.config.engine_precision, every=self.config.engine_sync_steps)
+                                       precision=self.config.engine_precision, every=self.config.engine_sync_steps,
+                                       batch_size=self.config.engine_batch)
             return self.sync.backend(model, step)
         except MedkitError as e:
             if self.config.engine != "auto":
@@ -628,14 +630,15 @@ def rollout_engine(engine: str, *, use_cpu: bool = True) -> str:
 
 
 def rollout_config(params: dict[str, Any], *, use_cpu: bool = True) -> RolloutConfig:
-    from .engine import DEFAULT_COMPUTE_TYPE, DEFAULT_ENGINE
+    from .engine import DEFAULT_COMPUTE_TYPE, DEFAULT_ENGINE, DEFAULT_ENGINE_BATCH
 
     return RolloutConfig(max_calls=int(params["MAX_CALLS"]), max_new_tokens=int(params["TURN_MAX_NEW_TOKENS"]),
                          max_completion_length=int(params["MAX_COMPLETION_LENGTH"]),
                          temperature=float(params["TEMPERATURE"]), seed=int(params["SEED"]),
                          engine=rollout_engine(str(params.get("ENGINE") or DEFAULT_ENGINE), use_cpu=use_cpu),
                          engine_precision=str(params.get("ENGINE_PRECISION") or DEFAULT_COMPUTE_TYPE),
-                         engine_sync_steps=int(params.get("ENGINE_SYNC_STEPS") or 1))
+                         engine_sync_steps=int(params.get("ENGINE_SYNC_STEPS") or 1),
+                         engine_batch=int(params.get("ENGINE_BATCH") or DEFAULT_ENGINE_BATCH))
 
 
 def run_grpo(profile: str, params: dict[str, Any], *, adapter_dir: str | Path | None,

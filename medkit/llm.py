@@ -574,7 +574,7 @@ class OpenAICompatibleBackend:
 
 # --------------------------------------------------------------------------- configuration
 
-_LOCAL_KEYS = ("type", "profile", "batch_size", "name", "progress", "engine", "precision")
+_LOCAL_KEYS = ("type", "profile", "batch_size", "name", "progress", "engine", "precision", "engine_batch")
 _OPENAI_KEYS = ("type", "base_url", "model", "api_key_env", "timeout", "max_retries", "name", "concurrency",
                 "retry_backoff", "max_consecutive_failures", "progress")
 
@@ -623,7 +623,8 @@ def backend_from_config(spec: str | dict[str, Any]) -> ChatBackend:
     """A backend from ``"local:<profile>"`` or ``{"type": "local" | "openai", ...}``.
 
     A local spec takes ``engine`` (``auto`` by default: CTranslate2 where it runs, else
-    transformers; see :mod:`medkit.engine`) and ``precision`` (``float32`` | ``int8``).
+    transformers; see :mod:`medkit.engine`), ``precision`` (``float32`` | ``int8``) and
+    ``engine_batch`` (conversations per CTranslate2 batch; ``batch_size`` is transformers').
 
     ``{"type": "openai", "base_url": "http://127.0.0.1:8000/v1", "model": "...",
     "api_key_env": "OPENAI_API_KEY"}`` reads the key from that environment variable.
@@ -636,9 +637,11 @@ def backend_from_config(spec: str | dict[str, Any]) -> ChatBackend:
         return _openai_from_dict(parsed)
     _check_keys(parsed, _LOCAL_KEYS)
     profile = check_profile(parsed.get("profile", DEFAULT_LOCAL_PROFILE))
-    from .engine import DEFAULT_COMPUTE_TYPE, DEFAULT_ENGINE, inference_backend
+    from .engine import DEFAULT_COMPUTE_TYPE, DEFAULT_ENGINE, DEFAULT_ENGINE_BATCH, inference_backend
 
     return inference_backend(profile, engine=parsed.get("engine", DEFAULT_ENGINE),
                              precision=parsed.get("precision", DEFAULT_COMPUTE_TYPE),
-                             batch_size=parsed.get("batch_size", 8), progress=parsed.get("progress", True),
+                             batch_size=parsed.get("batch_size", 8),
+                             engine_batch=parsed.get("engine_batch", DEFAULT_ENGINE_BATCH),
+                             progress=parsed.get("progress", True),
                              name=parsed.get("name") or f"local:{profile}")

@@ -14,7 +14,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from .engine import DEFAULT_COMPUTE_TYPE, DEFAULT_ENGINE
+from .engine import DEFAULT_COMPUTE_TYPE, DEFAULT_ENGINE, DEFAULT_ENGINE_BATCH
 from .errors import ConfigError
 
 PROFILES: tuple[str, ...] = ("smoke", "cpu", "gpu")
@@ -23,6 +23,7 @@ PROFILES: tuple[str, ...] = ("smoke", "cpu", "gpu")
 _ENGINE: dict[str, Any] = {
     "ENGINE": DEFAULT_ENGINE,                    # transformers | ctranslate2 | auto (CTranslate2 where it runs, else transformers)
     "ENGINE_PRECISION": DEFAULT_COMPUTE_TYPE,    # float32 (exact: same greedy output as transformers) | int8 (faster, approximate)
+    "ENGINE_BATCH": DEFAULT_ENGINE_BATCH,        # conversations per CTranslate2 batch (lower it if memory is short)
 }
 
 _BASE: dict[str, dict[str, Any]] = {

@@ -247,3 +247,11 @@ def test_policy_sync_exports_every_n_steps_and_keeps_one_export(tiny_model, toke
         [c.text for c in want.generate(CONVERSATIONS, max_new_tokens=8)]
     with pytest.raises(ConfigError, match="ENGINE_SYNC_STEPS"):
         EN.PolicySync(tiny_model, tokenizer, tmp_path, every=0)
+
+
+def test_length_buckets_bound_batch_size_and_length_spread():
+    lengths = [300, 12, 310, 900, 15, 305, 2000, 20]
+    assert EN.length_buckets(lengths, 3, None) == [[1, 4, 7], [0, 5, 2], [3, 6]]
+    buckets = EN.length_buckets(lengths, 8, 64)
+    assert buckets == [[1, 4, 7], [0, 5, 2], [3], [6]]
+    assert sorted(i for b in buckets for i in b) == list(range(len(lengths)))

@@ -55,6 +55,7 @@ REWRITE_ENDPOINT = None       # optional endpoint spec dict whose model rewrites
 RERANK = None                 # True re-ranks search hits with the offline MiniLM embedder (default False, slower)
 ENGINE = None                 # local teacher's engine: auto (CTranslate2 where it runs, default), ctranslate2 or transformers
 ENGINE_PRECISION = None       # float32 (default; same greedy output as transformers) or int8 (faster, approximate)
+ENGINE_BATCH = None           # conversations per CTranslate2 batch (default 64; lower it if memory is short)
 ''', tags=["parameters"])
 md("## 0 Global settings")
 code(r'''
@@ -68,7 +69,7 @@ P = profiles.resolve(PROFILE, "trajectories", SEED=SEED, N_QUESTIONS=N_QUESTIONS
                      MIN_TOOL_CALLS=MIN_TOOL_CALLS, MAX_TOKENS=MAX_TOKENS, FREE_QUESTIONS=FREE_QUESTIONS,
                      TEACHER=TEACHER, AGENT_MAX_CALLS=AGENT_MAX_CALLS, AGENT_MAX_NEW_TOKENS=AGENT_MAX_NEW_TOKENS,
                      AGENT_BATCH=AGENT_BATCH, REWRITE_ENDPOINT=REWRITE_ENDPOINT, RERANK=RERANK,
-                     ENGINE=ENGINE, ENGINE_PRECISION=ENGINE_PRECISION)
+                     ENGINE=ENGINE, ENGINE_PRECISION=ENGINE_PRECISION, ENGINE_BATCH=ENGINE_BATCH)
 OUT = paths.profile_data_dir(PROFILE)
 FIG = paths.results_dir(PROFILE) / "figures"; FIG.mkdir(parents=True, exist_ok=True)
 P
@@ -246,7 +247,7 @@ if P["FREE_QUESTIONS"]:
     if pending:  # a resumed run with every rollout done does not even load the teacher
         teacher = llm.backend_from_config(
             {"type": "local", "profile": PROFILE, "batch_size": P["AGENT_BATCH"], "engine": P["ENGINE"],
-             "precision": P["ENGINE_PRECISION"]} if P["TEACHER"] == "local" else P["TEACHER"])
+             "precision": P["ENGINE_PRECISION"], "engine_batch": P["ENGINE_BATCH"]} if P["TEACHER"] == "local" else P["TEACHER"])
         rollouts = {t["question_id"]: t for t in A.run_agent(
             teacher, toolbox, pending, config=cfg, schemas=schemas,
             guidance={TR.question_id(r): TR.guidance_text(r) for r in pending})}

@@ -64,6 +64,7 @@ EVAL_MAX_NEW_TOKENS = None    # tokens per assistant turn (cpu 160, default 192)
 EVAL_BATCH = None             # conversations per generate batch (default 16)
 ENGINE = None                 # generation engine: auto (CTranslate2 where it runs, default), ctranslate2 or transformers (the reference)
 ENGINE_PRECISION = None       # float32 (default; same greedy output as transformers) or int8 (faster, approximate)
+ENGINE_BATCH = None           # conversations per CTranslate2 batch (default 64; lower it if memory is short)
 ''', tags=["parameters"])
 md("## 0 Global settings")
 code(r'''
@@ -82,7 +83,7 @@ P = profiles.resolve(PROFILE, "sft", SEED=SEED, N_TRAIN=N_TRAIN, QUANTIZE=QUANTI
                      EVAL_MAX_HOPS=EVAL_MAX_HOPS, EVAL_K=EVAL_K,
                      EVAL_TEMPERATURE=EVAL_TEMPERATURE, EVAL_MAX_CALLS=EVAL_MAX_CALLS,
                      EVAL_MAX_NEW_TOKENS=EVAL_MAX_NEW_TOKENS, EVAL_BATCH=EVAL_BATCH,
-                     ENGINE=ENGINE, ENGINE_PRECISION=ENGINE_PRECISION)
+                     ENGINE=ENGINE, ENGINE_PRECISION=ENGINE_PRECISION, ENGINE_BATCH=ENGINE_BATCH)
 QLORA = str(P["QUANTIZE"]).lower() == "nf4"
 DATA = paths.profile_data_dir(PROFILE)
 RUN = DATA / "sft"                     # checkpoints, adapter, merged model, model card

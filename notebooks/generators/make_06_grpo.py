@@ -68,6 +68,7 @@ LORA_DROPOUT = None           # dropout of a fresh adapter
 SAVE_STEPS = None             # checkpoint interval; a rerun resumes from the last checkpoint (a finished run is loaded)
 ENGINE = None                 # rollout engine: auto (CTranslate2 copy of the policy on CPU, default), ctranslate2 or transformers (the policy itself)
 ENGINE_PRECISION = None       # float32 (default; the policy's own greedy tokens) or int8 (faster, approximate: off-policy samples)
+ENGINE_BATCH = None           # conversations per CTranslate2 batch (default 64; lower it if memory is short)
 ENGINE_SYNC_STEPS = None      # export the policy to the engine every N optimizer steps (default 1: always on-policy; higher saves export time)
 ''', tags=["parameters"])
 md("## 0 Global settings")
@@ -87,7 +88,7 @@ P = profiles.resolve(PROFILE, "grpo", SEED=SEED, START=START, N_QUESTIONS=N_QUES
                      W_PREFERENCE=W_PREFERENCE, W_EFFICIENCY=W_EFFICIENCY, CALL_BUDGET=CALL_BUDGET,
                      TOKEN_BUDGET=TOKEN_BUDGET, BF16=BF16, QUANTIZE=QUANTIZE, LORA_R=LORA_R, LORA_ALPHA=LORA_ALPHA,
                      LORA_DROPOUT=LORA_DROPOUT, SAVE_STEPS=SAVE_STEPS, ENGINE=ENGINE,
-                     ENGINE_PRECISION=ENGINE_PRECISION, ENGINE_SYNC_STEPS=ENGINE_SYNC_STEPS)
+                     ENGINE_PRECISION=ENGINE_PRECISION, ENGINE_BATCH=ENGINE_BATCH, ENGINE_SYNC_STEPS=ENGINE_SYNC_STEPS)
 EVAL = profiles.resolve(PROFILE, "sft")          # notebook 05's evaluation settings, unchanged
 DATA = paths.profile_data_dir(PROFILE)
 SFT_ADAPTER = DATA / "sft" / "adapter"
