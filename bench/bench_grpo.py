@@ -2,8 +2,7 @@
 
 Runs :func:`medkit.grpo.run_grpo` for ``STEPS`` optimizer steps with the cpu profile's GRPO
 settings from notebook 05's SFT adapter (SmolLM2-135M on its nf4 base), each mode in its own
-process so peak memory is its own: ``qlora_fp32`` (fp32 compute, rollouts by the policy itself),
-``qlora_bf16`` (bf16 autocast for rollouts and training, rollouts by the policy itself: the cpu
+process so peak memory is its own: ``qlora_bf16`` (bf16 autocast for rollouts and training, rollouts by the policy itself: the cpu
 profile before the engine, the baseline) and ``qlora_bf16_ctranslate2`` (the same training, rollouts
 by a CTranslate2 float32 copy of the policy exported after every optimizer step: the cpu profile
 now). Reports seconds per step, the share spent rolling out (multi-turn generation + tool calls +
@@ -21,7 +20,7 @@ from medkit import paths
 from medkit.pipeline import bench_entry, run_modes
 
 STEPS = 2
-MODES = {"qlora_fp32": (False, "transformers"), "qlora_bf16": (True, "transformers"),  # (bf16 autocast, engine)
+MODES = {"qlora_bf16": (True, "transformers"),  # (bf16 autocast, engine)
          "qlora_bf16_ctranslate2": (True, "ctranslate2")}
 BASELINE = "qlora_bf16"
 

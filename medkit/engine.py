@@ -64,6 +64,8 @@ PARITY_PROMPTS: tuple[str, ...] = (
     "Name a gene associated with cystic fibrosis and say how it is inherited.",
 )
 PARITY_NEW_TOKENS = 24
+PARITY_REFERENCE = ("Marfan syndrome is an inherited disorder of connective tissue caused by mutations in FBN1; "
+                    "it affects the heart, the eyes and the skeleton.")
 CONVERSION_FORMAT = 1  # bump when the recipe changes: every cached conversion is redone
 STAMP = "medkit_engine.json"
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "Qwen2ForCausalLM", "MistralForCausalLM")
@@ -224,39 +226,47 @@ def source_logprobs(model: Any, ids: list[int], start: int) -> list[float]:
     return [float(logp[i - 1, ids[i]]) for i in range(start, len(ids))]
 
 
-def check_parity(model: Any, tokenizer: Any, folder: Path, compute_type: str) -> dict[str, Any]:
+def check_parity(model: Any, tokenizer: Any, folder: Path, compute_type: str, *, greedy: bool = True) -> dict[str, Any]:
     """Compare the converted model with its source on :data:`PARITY_PROMPTS` (cached in ``folder``).
 
     Reports the mean absolute per-token log-prob gap on the source's greedy continuations and
     how many greedy continuations are identical; raises when the gap exceeds the tolerance.
+    ``greedy=False`` (a policy re-exported during training: the recipe was checked at its first
+    export) scores :data:`PARITY_REFERENCE` instead — two forward passes, no generation.
     """
     import torch
 
-    cache = Path(folder) / f"parity-{compute_type}.json"
+    cache = Path(folder) / f"parity-{compute_type}{'' if greedy else '-scored'}.json"
     if cache.is_file():
-        result = json.loads(cache.read_text(encoding="utf-8"))
-    else:
-        backend = CTranslate2Backend.load(folder, tokenizer, compute_type=compute_type, progress=False,
-                                          verify=False)
-        gaps, identical = [], 0
-        eos = tokenizer.eos_token_id
-        for question in PARITY_PROMPTS:
-            ids = _prompt_ids(tokenizer, question)
+        return _within_tolerance(json.loads(cache.read_text(encoding="utf-8")), folder)
+    backend = CTranslate2Backend.load(folder, tokenizer, compute_type=compute_type, progress=False)
+    gaps, identical = [], 0
+    for question in PARITY_PROMPTS:
+        ids = _prompt_ids(tokenizer, question)
+        if greedy:
             with torch.inference_mode():
                 out = model.generate(input_ids=torch.tensor([ids], device=model.device), do_sample=False,
                                      max_new_tokens=PARITY_NEW_TOKENS, min_new_tokens=PARITY_NEW_TOKENS,
-                                     pad_token_id=eos)
+                                     pad_token_id=tokenizer.eos_token_id)
             cont = out[0, len(ids):].tolist()
-            src = source_logprobs(model, ids + cont, len(ids))
-            eng = backend.score(ids + cont)[len(ids) - 1:]
-            gaps += [abs(a - b) for a, b in zip(src, eng)]
+        else:
+            cont = tokenizer(PARITY_REFERENCE, add_special_tokens=False)["input_ids"]
+        src = source_logprobs(model, ids + cont, len(ids))
+        eng = backend.score(ids + cont)[len(ids) - 1:]
+        gaps += [abs(a - b) for a, b in zip(src, eng)]
+        if greedy:
             mine = backend.generate_ids([ids], max_new_tokens=PARITY_NEW_TOKENS, temperature=0.0,
                                         min_new_tokens=PARITY_NEW_TOKENS)[0]
             identical += int(mine[:len(cont)] == cont)
-        result = {"compute_type": compute_type, "mean_abs_logprob_gap": round(sum(gaps) / len(gaps), 5),
-                  "max_abs_logprob_gap": round(max(gaps), 5), "greedy_identical": identical,
-                  "prompts": len(PARITY_PROMPTS), "tolerance": PARITY_TOLERANCE[compute_type]}
-        write_json(cache, result)
+    result = {"compute_type": compute_type, "mean_abs_logprob_gap": round(sum(gaps) / len(gaps), 5),
+              "max_abs_logprob_gap": round(max(gaps), 5), "greedy_identical": identical if greedy else None,
+              "prompts": len(PARITY_PROMPTS), "tolerance": PARITY_TOLERANCE[compute_type]}
+    write_json(cache, result)
+    return _within_tolerance(result, folder)
+
+
+def _within_tolerance(result: dict[str, Any], folder: Path) -> dict[str, Any]:
+    compute_type = result["compute_type"]
     if result["mean_abs_logprob_gap"] > PARITY_TOLERANCE[compute_type]:
         raise MedkitError(f"{folder}: the converted model disagrees with its source (mean |log-prob gap| "
                           f"{result['mean_abs_logprob_gap']} > {PARITY_TOLERANCE[compute_type]} at {compute_type}); "
@@ -300,7 +310,7 @@ class CTranslate2Backend:
         self.generator = self._new_generator()
 
     @classmethod
-    def load(cls, folder: str | Path, tokenizer: Any, *, verify: bool = True, **kwargs: Any) -> CTranslate2Backend:
+    def load(cls, folder: str | Path, tokenizer: Any, **kwargs: Any) -> CTranslate2Backend:
         folder = Path(folder)
         if not is_complete(folder):
             raise MedkitError(f"{folder}: not a complete CTranslate2 conversion (medkit.engine.convert writes one)")
@@ -599,7 +609,7 @@ class PolicySync:
                 frozen = self._frozen.setdefault(name, weights[name].detach().clone())
                 weights[name].copy_(frozen + delta)
         folder = convert(self.export, self.tokenizer, self.precision, root=self.root)
-        parity = check_parity(self.export, self.tokenizer, folder, self.precision)
+        parity = check_parity(self.export, self.tokenizer, folder, self.precision, greedy=not self.syncs)
         previous = self._backend.folder if self._backend is not None else None
         self._backend = CTranslate2Backend.load(folder, self.tokenizer, compute_type=self.precision,
                                                 batch_size=self.batch_size, progress=False)

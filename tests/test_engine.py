@@ -112,6 +112,8 @@ def test_a_converted_model_that_disagrees_with_its_source_is_rejected(tiny_model
     impostor = _tiny(tokenizer, 7)                                        # other weights, same architecture
     with pytest.raises(MedkitError, match="disagrees with its source"):
         EN.check_parity(impostor, tokenizer, folder, "float32")
+    with pytest.raises(MedkitError, match="disagrees with its source"):
+        EN.check_parity(impostor, tokenizer, folder, "float32", greedy=False)     # the cheap check of a re-export
 
 
 def test_generate_ids_honours_eos_stop_strings_and_per_row_limits(tiny_model, tokenizer, cache) -> None:
