@@ -171,7 +171,7 @@ def test_smollm2_stops_at_the_agent_s_stop_strings() -> None:
     """The real model through the engine: a reply cut at ``</tool_call>`` ends exactly there."""
     from medkit import agent as A
 
-    backend = llm.backend_from_config({"type": "local", "profile": "cpu", "progress": False})
+    backend = llm.backend_from_config({"type": "local", "profile": "cpu", "progress": False, "engine": "auto"})
     assert isinstance(backend, EN.CTranslate2Backend)
     conv = [{"role": "system", "content": "Reply with <tool_call>{\"name\": \"search\"}</tool_call> and nothing else."},
             {"role": "user", "content": "Search for Marfan syndrome."}]
