@@ -4,17 +4,20 @@ Four parts, each mode in its own process (``medkit.pipeline.run_modes``), one ru
 
 1. ``candidates`` — the engines that install as wheels, on the same 16 agent-sized prompts
    (system prompt + a held-out question, SFT policy), 64 greedy new tokens (end of turn
-   suppressed), batch 1 and batch 16: transformers fp32 and bf16 (the reference), CTranslate2
-   float32 and int8, onnxruntime-genai fp32 and int4 (its model builder). Generated tokens/s and
-   how many greedy continuations equal transformers fp32's.
+   suppressed), batch 1 and batch 16: transformers fp32 and bf16 (the reference), OpenVINO GenAI
+   float32 (float16 weights, prefix cache off), CTranslate2 float32 and int8, onnxruntime-genai
+   fp32 and int4 (its model builder). Generated tokens/s and how many greedy continuations equal
+   transformers fp32's.
 2. ``agent_*`` — the real rollout path: the same 64 held-out questions, one greedy agent rollout
    each (medkit.agent.run_agent) with the cpu profile's SFT policy and real tools, the cpu
    profile's harness settings. Baseline ``agent_transformers_bf16``: the transformers backend
    exactly as the cpu profile configures it (bf16 where the CPU has it, batch 16). Rollouts/s,
    generated tokens/s, and agreement of final answers with the baseline and with transformers
-   fp32 (``agent_transformers_fp32``).
+   fp32 (``agent_transformers_fp32``). The chosen path is ``agent_openvino_b64`` (OpenVINO GenAI,
+   continuous batching with prefix caching); the other engine modes are ablations on 16 questions.
 3. ``export`` — the cost of bringing a policy to the engine: merge the LoRA adapter, digest the
-   weights, convert (fresh cache), parity check; then a cached reload.
+   weights, convert / export (fresh cache), load, parity check (full, and the re-export check GRPO
+   runs after each optimizer step); then a cached reload.
 4. ``mismatch`` — sampler vs trainer numerics on real rollouts: per-token log-prob gap between
    each engine precision and the GRPO trainer's own forward (nf4 base + LoRA, bf16 autocast).
 
@@ -42,18 +45,26 @@ from medkit.pipeline import bench_entry, machine_facts, run_modes
 N_QUESTIONS = int(os.environ.get("MEDKIT_BENCH_QUESTIONS", 64))  # a smaller number only to try the script out
 NEW_TOKENS = 64
 N_PROMPTS = min(16, N_QUESTIONS)
-AGENT_MODES = {  # mode -> (engine, precision, batch size, static prefix, max length spread in a batch)
-    "agent_transformers_bf16": ("transformers", None, 16, None, None),    # the baseline: the cpu profile today
-    "agent_transformers_fp32": ("transformers", "fp32", 16, None, None),
-    "agent_ct2_float32_b16_any_spread": ("ctranslate2", "float32", 16, True, None),   # the engine swapped in alone
-    "agent_ct2_float32_b64_any_spread": ("ctranslate2", "float32", 64, True, None),
-    "agent_ct2_float32_b64": ("ctranslate2", "float32", 64, True, 64),    # the default path
-    "agent_ct2_float32_b64_no_prefix": ("ctranslate2", "float32", 64, False, 64),
-    "agent_ct2_int8_b64": ("ctranslate2", "int8", 64, False, 64),
+# mode -> engine, precision, batch size; CTranslate2: static prefix, max prompt-length spread in a batch;
+# OpenVINO: prefix caching (KV blocks of earlier turns and of the shared system turn reused)
+AGENT_MODES: dict[str, dict[str, Any]] = {
+    "agent_transformers_bf16": {"engine": "transformers", "precision": None, "batch": 16},  # the baseline: the cpu profile today
+    "agent_transformers_fp32": {"engine": "transformers", "precision": "fp32", "batch": 16},
+    "agent_openvino_b64": {"engine": "openvino", "precision": "float32", "batch": 64, "prefix_caching": True},  # the default path
+    "agent_openvino_b64_no_prefix_cache": {"engine": "openvino", "precision": "float32", "batch": 64,
+                                           "prefix_caching": False},
+    "agent_ct2_float32_b16_any_spread": {"engine": "ctranslate2", "precision": "float32", "batch": 16,
+                                         "static_prefix": True, "max_spread": None},  # the engine swapped in alone
+    "agent_ct2_float32_b64": {"engine": "ctranslate2", "precision": "float32", "batch": 64, "static_prefix": True,
+                              "max_spread": 64},
+    "agent_ct2_int8_b64": {"engine": "ctranslate2", "precision": "int8", "batch": 64, "static_prefix": False,
+                           "max_spread": 64},
 }
 BASELINE = "agent_transformers_bf16"
+CHOSEN = "agent_openvino_b64"  # the default path: ENGINE=auto on CPU (see the README's engine section)
 # ablation modes run on the first 16 questions only (their agreement counts say "of 16"): time on 2 cores
-ABLATION_QUESTIONS = {"agent_ct2_float32_b64_any_spread": 16, "agent_ct2_float32_b64_no_prefix": 16}
+ABLATION_QUESTIONS = {"agent_transformers_fp32": 16, "agent_openvino_b64_no_prefix_cache": 16,
+                      "agent_ct2_float32_b16_any_spread": 16, "agent_ct2_float32_b64": 16, "agent_ct2_int8_b64": 16}
 MODES = ["candidates", *AGENT_MODES, "export", "mismatch"]
 
 
@@ -174,6 +185,7 @@ def run_candidates(profile: str) -> dict[str, Any]:
     import torch
 
     from medkit import engine as EN
+    from medkit import openvino_engine as OV
     from medkit.sft import load_for_inference
 
     _, _, adapter = _sft(profile)
@@ -210,6 +222,14 @@ def run_candidates(profile: str) -> dict[str, Any]:
             record(f"ctranslate2_{precision}", batch,
                    lambda p: backend.generate_ids(p, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS))
         del backend
+    # OpenVINO GenAI without its prefix cache: every run here computes its prompts in full
+    ov_backend = OV.OpenVINOBackend(OV.export(model, tok), tok, batch_size=16, prefix_caching=False, progress=False)
+    results["openvino_float32_parity"] = OV.check_parity(model, tok, ov_backend)
+    record("openvino_float32", 1, lambda p: [ov_backend.generate_ids([x], max_new_tokens=NEW_TOKENS,
+                                                                    min_new_tokens=NEW_TOKENS)[0] for x in p])
+    record("openvino_float32", 16, lambda p: ov_backend.generate_ids(p, max_new_tokens=NEW_TOKENS,
+                                                                    min_new_tokens=NEW_TOKENS))
+    del ov_backend
     digest = EN.weights_digest(model, tok)
     with tempfile.TemporaryDirectory() as hf:
         src = Path(hf) / "merged"
@@ -241,11 +261,13 @@ def run_agent_mode(mode: str, profile: str) -> dict[str, Any]:
     from medkit import agent as A
     from medkit import engine as EN
     from medkit import evaluation as E
+    from medkit import openvino_engine as OV
     from medkit import trajectories as TR
     from medkit.llm import LocalTransformersBackend
     from medkit.sft import load_for_inference
 
-    engine, precision, batch, static, spread = AGENT_MODES[mode]
+    spec = AGENT_MODES[mode]
+    engine, precision, batch = spec["engine"], spec["precision"], spec["batch"]
     params, data, adapter = _sft(profile)
     questions = _questions(data)[:ABLATION_QUESTIONS.get(mode, N_QUESTIONS)]
     _, toolbox = TR.open_tools(data)
@@ -254,10 +276,18 @@ def run_agent_mode(mode: str, profile: str) -> dict[str, Any]:
         model, tok = load_for_inference(profile, adapter, bf16=params["BF16"] if precision is None else False)
         backend = LocalTransformersBackend(model, tok, batch_size=batch, progress=False)
         dtype = str(model.dtype)
+    elif engine == "openvino":
+        model, tok = load_for_inference(profile, adapter, bf16=False)
+        folder = OV.export(model, tok)
+        backend = OV.OpenVINOBackend(folder, tok, batch_size=batch, prefix_caching=spec["prefix_caching"],
+                                     progress=False)
+        backend.parity = OV.check_parity(model, tok, backend)
+        dtype = f"{precision} (weights {OV.WEIGHT_PRECISION})"
+        del model
     else:
         model, tok = load_for_inference(profile, adapter, bf16=False)
         backend = EN.engine_backend(model, tok, compute_type=precision, batch_size=batch, progress=False)
-        backend.static_prefix, backend.max_spread = static, spread
+        backend.static_prefix, backend.max_spread = spec["static_prefix"], spec["max_spread"]
         dtype = precision
         del model
     ready = time.perf_counter() - t0
@@ -272,8 +302,8 @@ def run_agent_mode(mode: str, profile: str) -> dict[str, Any]:
              "n_tool_calls": r["n_tool_calls"], "n_model_calls": r["n_model_calls"],
              "correct": E.judge(r["prediction"], q, resolve=toolbox.resolve_ids).correct}
             for r, q in zip(rollouts, questions)]
-    return {"mode": mode, "engine": engine, "dtype": dtype, "batch_size": batch, "static_prefix": static,
-            "max_spread": spread,
+    return {"mode": mode, **spec, "dtype": dtype, "batch_size": batch,
+            "parity": getattr(backend, "parity", None),
             "rollouts": len(rows), "seconds": round(seconds, 1), "setup_seconds": round(ready, 1),
             "rollouts_per_second": round(len(rows) / seconds, 4), "generated_tokens": counting.tokens,
             "generated_tokens_per_second": round(counting.tokens / seconds, 1),
@@ -287,6 +317,7 @@ def run_agent_mode(mode: str, profile: str) -> dict[str, Any]:
 
 def run_export(profile: str) -> dict[str, Any]:
     from medkit import engine as EN
+    from medkit import openvino_engine as OV
     from medkit.sft import load_for_inference
 
     _, _, adapter = _sft(profile)
@@ -314,6 +345,22 @@ def run_export(profile: str) -> dict[str, Any]:
                 out[precision] = {"convert_seconds": round(t_conv, 2), "parity_seconds": round(t_par, 2),
                                   "cached_reload_seconds": round(cached, 2), "parity": parity,
                                   "model_bin_mb": round((folder / "model.bin").stat().st_size / 2**20, 1)}
+            t0 = time.perf_counter()
+            folder = OV.export(model, tok, digest=digest, root=Path(cache))
+            t_conv = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            backend = OV.OpenVINOBackend(folder, tok, progress=False)
+            t_load = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            parity = OV.check_parity(model, tok, backend)
+            t_par = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            OV.check_parity(model, tok, backend, greedy=False)
+            t_scored = time.perf_counter() - t0
+            out["openvino"] = {"export_seconds": round(t_conv, 2), "load_seconds": round(t_load, 2),
+                               "parity_seconds": round(t_par, 2), "reexport_parity_seconds": round(t_scored, 2),
+                               "parity": parity, "weights": OV.WEIGHT_PRECISION,
+                               "gguf_mb": round((folder / OV.GGUF_FILE).stat().st_size / 2**20, 1)}
         finally:
             EN.cache_dir = EN_cache
     return out
@@ -389,8 +436,8 @@ def main(profile: str = "cpu", modes: list[str] | None = None) -> dict[str, Any]
     agents = {m: r for m, r in runs.items() if m in AGENT_MODES}
     base = agents[BASELINE]
     fp32 = agents.get("agent_transformers_fp32")
-    fastest = max((m for m in agents if m != BASELINE), key=lambda m: agents[m]["rollouts_per_second"])
-    chosen = "agent_ct2_float32_b64"   # the default path: ENGINE=auto, ENGINE_PRECISION=float32 (see the note)
+    fastest = max(agents, key=lambda m: agents[m]["rollouts_per_second"])
+    chosen = CHOSEN
     summary = {m: {"rollouts_per_second": r["rollouts_per_second"],
                    "speedup_rollouts_per_second": round(r["rollouts_per_second"] / base["rollouts_per_second"], 2),
                    "generated_tokens_per_second": r["generated_tokens_per_second"],
@@ -402,7 +449,7 @@ def main(profile: str = "cpu", modes: list[str] | None = None) -> dict[str, Any]
         "benchmark": "generation engines for the agent's rollouts (medkit.engine)", "profile": profile,
         "baseline": f"{BASELINE}: the transformers backend as the cpu profile configures it today",
         "questions": N_QUESTIONS, "modes": list(runs), "chosen": chosen, "fastest": fastest,
-        "speedup_rollouts_per_second": summary[chosen]["speedup_rollouts_per_second"],
+        "speedup_rollouts_per_second": summary[chosen]["speedup_rollouts_per_second"] if chosen in summary else None,
         "summary": summary, "runs": {m: ({k: v for k, v in r.items() if k != "rows"} if m in AGENT_MODES else r)
                                      for m, r in runs.items()},
         "machine": {**machine_facts(), "load_average_before": [round(x, 2) for x in load_before],

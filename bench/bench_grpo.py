@@ -2,10 +2,11 @@
 
 Runs :func:`medkit.grpo.run_grpo` for ``STEPS`` optimizer steps with the cpu profile's GRPO
 settings from notebook 05's SFT adapter (SmolLM2-135M on its nf4 base), each mode in its own
-process so peak memory is its own: ``qlora_bf16`` (bf16 autocast for rollouts and training, rollouts by the policy itself: the cpu
-profile before the engine, the baseline) and ``qlora_bf16_ctranslate2`` (the same training, rollouts
-by a CTranslate2 float32 copy of the policy exported after every optimizer step: the cpu profile
-now). Reports seconds per step, the share spent rolling out (multi-turn generation + tool calls +
+process so peak memory is its own: ``qlora_bf16`` (bf16 autocast for rollouts and training,
+rollouts by the policy itself: the cpu profile before the engine, the baseline),
+``qlora_bf16_openvino`` (the same training, rollouts by an OpenVINO GenAI copy of the policy —
+float32 compute, float16 weights — exported after every optimizer step: ENGINE=auto on CPU) and
+``qlora_bf16_ctranslate2`` (rollouts by a CTranslate2 float32 copy). Reports seconds per step, the share spent rolling out (multi-turn generation + tool calls +
 policy exports) vs the policy update, rollouts per second, policy tokens per rollout, the export
 cost, and the ratios to the baseline. Writes ``results/bench/grpo.json``.
 """
@@ -21,6 +22,7 @@ from medkit.pipeline import bench_entry, run_modes
 
 STEPS = 2
 MODES = {"qlora_bf16": (True, "transformers"),  # (bf16 autocast, engine)
+         "qlora_bf16_openvino": (True, "openvino"),
          "qlora_bf16_ctranslate2": (True, "ctranslate2")}
 BASELINE = "qlora_bf16"
 
@@ -58,8 +60,8 @@ def run_mode(mode: str, profile: str = "cpu") -> dict:
             "peak_rss_mb": M.memory_report()["peak_rss_mb"], "torch_threads": torch.get_num_threads()}
 
 
-def main(profile: str = "cpu") -> dict:
-    runs = run_modes(__file__, MODES, profile)
+def main(profile: str = "cpu", modes: list[str] | None = None) -> dict:
+    runs = run_modes(__file__, modes or list(MODES), profile)
     base = runs[BASELINE]
     result = {"benchmark": "GRPO steps with token-level multi-turn tool rollouts (medkit.grpo.run_grpo)",
               "profile": profile, "steps": STEPS, "baseline": BASELINE, "runs": runs,

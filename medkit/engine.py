@@ -1,14 +1,14 @@
-"""Fast generation on CPU: a CTranslate2 backend behind :class:`medkit.llm.ChatBackend`.
+"""Fast generation on CPU: choosing an engine, and the CTranslate2 backend behind :class:`medkit.llm.ChatBackend`.
 
 Scope:
 
 * **Engines** (``ENGINE`` in the notebooks' parameters): ``transformers`` (the reference
-  implementation, :class:`medkit.llm.LocalTransformersBackend`), ``ctranslate2`` (this module,
-  CPU), ``vllm`` (GPU: :mod:`medkit.vllm_engine`) and ``auto`` (the default, :func:`resolve_engine`:
-  on CPU CTranslate2 when it is installed, the model converts and the converted model passes the
-  parity check, otherwise transformers with a printed note saying why; on a GPU vLLM when it is
-  installed, otherwise transformers). Chosen by measurement (``bench/bench_engine.py`` ->
-  ``results/bench/engine.json``).
+  implementation, :class:`medkit.llm.LocalTransformersBackend`), ``openvino`` (OpenVINO GenAI,
+  CPU: :mod:`medkit.openvino_engine`), ``ctranslate2`` (this module, CPU), ``vllm`` (GPU:
+  :mod:`medkit.vllm_engine`) and ``auto`` (:func:`resolve_engine`: on CPU OpenVINO when it is
+  installed, else CTranslate2, and transformers with a printed note when the model does not
+  export or fails the parity check; on a GPU vLLM when it is installed, otherwise transformers).
+  Chosen by measurement (``bench/bench_engine.py`` -> ``results/bench/engine.json``).
 * **Conversion** (:func:`convert`): a loaded transformers model (the base, or base + merged LoRA
   adapter) is converted once per weights digest and precision into
   ``cache_dir()/engines/ct2-<digest>-<quantization>``. The digest is a sha256 over every tensor's
@@ -22,8 +22,8 @@ Scope:
   result is cached in the conversion folder.
 * **The policy being trained** (:class:`PolicySync`, GRPO): the frozen base (freshly
   dequantized for QLoRA) plus the current LoRA deltas (:func:`lora_deltas`) are written into a
-  plain float32 model every ``every`` optimizer steps, converted and checked like any model, and
-  the previous export of the run is deleted.
+  plain float32 model every ``every`` optimizer steps, exported to OpenVINO or converted to
+  CTranslate2 and checked like any model, and the previous export of the run is deleted.
 * :class:`CTranslate2Backend`: batched generation (prompts sorted by length, finished rows
   leave the batch at once), stop strings and per-row token limits through CTranslate2's
   per-token callback, a cached static prefix (the system turn shared by every conversation of a
@@ -49,10 +49,11 @@ from typing import Any
 
 from .errors import ConfigError, MedkitError
 from .io import build_folder, package_version, provenance, write_json
-from .llm import Completion, check_generation_args, finish_row, validate_conversations
+from .llm import Completion, check_generation_args, eos_ids, finish_row, validate_conversations
 from .paths import cache_dir
 
-ENGINES: tuple[str, ...] = ("transformers", "ctranslate2", "vllm", "auto")
+ENGINES: tuple[str, ...] = ("transformers", "openvino", "ctranslate2", "vllm", "auto")
+CPU_ENGINES: tuple[str, ...] = ("openvino", "ctranslate2")  # engines that hold their own copy of the weights
 DEFAULT_ENGINE = "transformers"  # auto (CTranslate2) becomes the default once bench_engine shows it faster: not yet (see README)
 COMPUTE_TYPES: tuple[str, ...] = ("float32", "int8")
 DEFAULT_COMPUTE_TYPE = "float32"
@@ -93,7 +94,9 @@ def resolve_engine(engine: str, *, on_gpu: bool) -> str:
         from .vllm_engine import vllm_available
 
         return "vllm" if vllm_available() else "transformers"
-    return "ctranslate2"
+    from .openvino_engine import available as openvino_available
+
+    return "openvino" if openvino_available() else "ctranslate2"
 
 
 def ctranslate2_available() -> bool:
@@ -210,7 +213,7 @@ class _InMemoryConverter:
 # --------------------------------------------------------------------------- parity
 
 
-def _prompt_ids(tokenizer: Any, question: str) -> list[int]:
+def prompt_ids(tokenizer: Any, question: str) -> list[int]:
     ids = tokenizer.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True,
                                         tokenize=True, return_dict=False)
     return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
@@ -238,11 +241,11 @@ def check_parity(model: Any, tokenizer: Any, folder: Path, compute_type: str, *,
 
     cache = Path(folder) / f"parity-{compute_type}{'' if greedy else '-scored'}.json"
     if cache.is_file():
-        return _within_tolerance(json.loads(cache.read_text(encoding="utf-8")), folder)
+        return within_tolerance(json.loads(cache.read_text(encoding="utf-8")), folder)
     backend = CTranslate2Backend.load(folder, tokenizer, compute_type=compute_type, progress=False)
     gaps, identical = [], 0
     for question in PARITY_PROMPTS:
-        ids = _prompt_ids(tokenizer, question)
+        ids = prompt_ids(tokenizer, question)
         if greedy:
             with torch.inference_mode():
                 out = model.generate(input_ids=torch.tensor([ids], device=model.device), do_sample=False,
@@ -262,10 +265,10 @@ def check_parity(model: Any, tokenizer: Any, folder: Path, compute_type: str, *,
               "max_abs_logprob_gap": round(max(gaps), 5), "greedy_identical": identical if greedy else None,
               "prompts": len(PARITY_PROMPTS), "tolerance": PARITY_TOLERANCE[compute_type]}
     write_json(cache, result)
-    return _within_tolerance(result, folder)
+    return within_tolerance(result, folder)
 
 
-def _within_tolerance(result: dict[str, Any], folder: Path) -> dict[str, Any]:
+def within_tolerance(result: dict[str, Any], folder: Path) -> dict[str, Any]:
     compute_type = result["compute_type"]
     if result["mean_abs_logprob_gap"] > PARITY_TOLERANCE[compute_type]:
         raise MedkitError(f"{folder}: the converted model disagrees with its source (mean |log-prob gap| "
@@ -304,7 +307,7 @@ class CTranslate2Backend:
         # a static prefix is computed on its own; exact at float32, not at int8 (activations quantized per batch)
         self.static_prefix = (compute_type == "float32") if static_prefix is None else bool(static_prefix)
         self.name = name or f"ct2:{self.folder.name}"
-        self.eos_ids = _eos_ids(tokenizer)
+        self.eos_ids = eos_ids(tokenizer)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.parity: dict[str, Any] | None = None
         self.generator = self._new_generator()
@@ -445,12 +448,6 @@ def _stop_callback(rows: list[_Row], eos_ids: set[int], stops: list[str], tokeni
     return on_token
 
 
-def _eos_ids(tokenizer: Any) -> set[int]:
-    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
-    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>") if "<|im_end|>" in tokenizer.get_vocab() else None
-    return ids | ({im_end} if im_end is not None else set())
-
-
 def _torch_threads() -> int:
     import torch
 
@@ -488,9 +485,9 @@ def make_backend(engine: str, model: Any, tokenizer: Any, *, compute_type: str =
                  progress: bool = True, echo: Any = print) -> Any:
     """The backend ``engine`` asks for over a loaded float32 model (``auto`` falls back with a note).
 
-    ``batch_size`` is the transformers backend's, ``engine_batch`` CTranslate2's.
+    ``batch_size`` is the transformers backend's, ``engine_batch`` the engine's (conversations per batch).
     ``transformers`` gives :class:`medkit.llm.LocalTransformersBackend` over ``model`` itself;
-    ``ctranslate2`` raises a one-line :class:`MedkitError` / :class:`ConfigError` when it cannot run;
+    ``openvino`` / ``ctranslate2`` raise a one-line :class:`MedkitError` / :class:`ConfigError` when it cannot run;
     ``vllm`` needs a server with a lifetime (:class:`medkit.vllm_engine.VLLMServer`), not this call.
     """
     from .llm import LocalTransformersBackend
@@ -500,12 +497,21 @@ def make_backend(engine: str, model: Any, tokenizer: Any, *, compute_type: str =
     if engine == "vllm":
         raise ConfigError("ENGINE='vllm' serves a saved model folder: use medkit.vllm_engine.VLLMServer "
                           "(medkit.evaluation.evaluate_adapter does)")
-    if resolve_engine(engine, on_gpu=on_gpu) == "ctranslate2":  # auto on a GPU: the model generates in-process
+    resolved = resolve_engine(engine, on_gpu=on_gpu)  # auto on a GPU: the model generates in-process
+    if resolved in CPU_ENGINES:
         try:
+            if resolved == "openvino":
+                from .openvino_engine import engine_backend as openvino_backend
+
+                if compute_type != "float32":
+                    raise ConfigError(f"ENGINE_PRECISION={compute_type!r}: the OpenVINO engine computes in float32 "
+                                      "(float16 weights); use ENGINE='ctranslate2' for int8")
+
+                return openvino_backend(model, tokenizer, batch_size=engine_batch, name=name, progress=progress)
             return engine_backend(model, tokenizer, compute_type=compute_type, batch_size=engine_batch, name=name,
                                   progress=progress)
-        except MedkitError as e:
-            if engine == "ctranslate2":
+        except MedkitError as e:  # ConfigError included
+            if engine != "auto":
                 raise
             echo(f"note: ENGINE='auto' falls back to transformers: {e}")
     return LocalTransformersBackend(model, tokenizer, batch_size=batch_size, name=name, progress=progress)
@@ -529,8 +535,8 @@ def inference_backend(profile: str, adapter_dir: str | Path | None = None, *, en
     model, tokenizer = load_for_inference(profile, adapter_dir, bf16=False)
     backend = make_backend(engine, model, tokenizer, compute_type=precision, batch_size=batch_size,
                            engine_batch=engine_batch, name=name, progress=progress, echo=echo)
-    if isinstance(backend, CTranslate2Backend):
-        del model  # the engine holds its own copy of the weights
+    if not hasattr(backend, "model"):
+        del model  # an engine holds its own copy of the weights
     elif use_bf16(bf16, on_cuda=model.device.type == "cuda"):
         import torch
 
@@ -564,7 +570,7 @@ def lora_deltas(model: Any) -> dict[str, Any]:
 
 
 class PolicySync:
-    """A CTranslate2 copy of a policy being trained, exported again every ``every`` optimizer steps.
+    """An engine copy (OpenVINO or CTranslate2) of a policy being trained, exported again every ``every`` optimizer steps.
 
     ``base`` is a plain float32 model holding the policy's frozen base weights (for a QLoRA policy:
     its 4-bit base dequantized from a fresh load, as :func:`medkit.sft.merge_adapter` does); it
@@ -576,7 +582,12 @@ class PolicySync:
     """
 
     def __init__(self, base: Any, tokenizer: Any, root: str | Path, *, precision: str = DEFAULT_COMPUTE_TYPE,
-                 every: int = 1, batch_size: int = DEFAULT_ENGINE_BATCH) -> None:
+                 every: int = 1, batch_size: int = DEFAULT_ENGINE_BATCH, engine: str = "ctranslate2") -> None:
+        if engine not in CPU_ENGINES:
+            raise ConfigError(f"PolicySync exports to {', '.join(CPU_ENGINES)}, not {engine!r}")
+        if engine == "openvino" and precision != "float32":
+            raise ConfigError(f"ENGINE_PRECISION={precision!r}: the OpenVINO engine computes in float32")
+        self.engine = engine
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise ConfigError(f"ENGINE_SYNC_STEPS must be a positive integer, got {every!r}")
         self.export = base.eval()
@@ -587,10 +598,10 @@ class PolicySync:
         self.batch_size = batch_size
         self.syncs: list[dict[str, Any]] = []
         self._frozen: dict[str, Any] = {}
-        self._backend: CTranslate2Backend | None = None
+        self._backend: Any = None
         self._step = -1
 
-    def backend(self, model: Any, step: int) -> CTranslate2Backend:
+    def backend(self, model: Any, step: int) -> Any:
         import shutil
         import time
 
@@ -608,11 +619,21 @@ class PolicySync:
             for name, delta in deltas.items():
                 frozen = self._frozen.setdefault(name, weights[name].detach().clone())
                 weights[name].copy_(frozen + delta)
-        folder = convert(self.export, self.tokenizer, self.precision, root=self.root)
-        parity = check_parity(self.export, self.tokenizer, folder, self.precision, greedy=not self.syncs)
         previous = self._backend.folder if self._backend is not None else None
-        self._backend = CTranslate2Backend.load(folder, self.tokenizer, compute_type=self.precision,
-                                                batch_size=self.batch_size, progress=False)
+        if self.engine == "openvino":
+            from .openvino_engine import OpenVINOBackend
+            from .openvino_engine import check_parity as openvino_parity
+            from .openvino_engine import export as openvino_export
+
+            self._backend = None  # the previous pipeline's KV cache is freed before the next one is built
+            folder = openvino_export(self.export, self.tokenizer, root=self.root)
+            self._backend = OpenVINOBackend(folder, self.tokenizer, batch_size=self.batch_size, progress=False)
+            parity = openvino_parity(self.export, self.tokenizer, self._backend, greedy=not self.syncs)
+        else:
+            folder = convert(self.export, self.tokenizer, self.precision, root=self.root)
+            parity = check_parity(self.export, self.tokenizer, folder, self.precision, greedy=not self.syncs)
+            self._backend = CTranslate2Backend.load(folder, self.tokenizer, compute_type=self.precision,
+                                                    batch_size=self.batch_size, progress=False)
         if previous is not None and previous != folder:
             shutil.rmtree(previous, ignore_errors=True)
         self._step = step

@@ -18,7 +18,7 @@ Scope:
   :meth:`OpenAICompatibleBackend.check` probes the endpoint for a one-line status.
   The API key is never logged, printed or put into an error message.
 * :func:`backend_from_config` builds either from ``"local:<profile>"`` (through the engine
-  :mod:`medkit.engine` picks: CTranslate2 or this transformers backend) or a dict.
+  :mod:`medkit.engine` picks: OpenVINO, CTranslate2 or this transformers backend) or a dict.
 
 Out of scope: prompts, answer parsing, tool calling and the agent loop (their own modules).
 torch and transformers are imported lazily so that ``import medkit.llm`` stays cheap.
@@ -173,7 +173,9 @@ def left_padding(tokenizer: PreTrainedTokenizerBase) -> Iterator[PreTrainedToken
             tokenizer.pad_token = None
 
 
-def _eos_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> set[int]:
+def eos_ids(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel | None = None) -> set[int]:
+    """The token ids that end a turn: the tokenizer's EOS, the model's generation-config EOS and
+    ChatML's ``<|im_end|>`` when the vocabulary has it (every backend stops on the same set)."""
     ids: set[int] = set()
     gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     for value in (gen_eos, tokenizer.eos_token_id):
@@ -181,6 +183,8 @@ def _eos_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> set[
             ids.add(value)
         elif isinstance(value, (list, tuple)):
             ids.update(int(v) for v in value)
+    if "<|im_end|>" in tokenizer.get_vocab():
+        ids.add(int(tokenizer.convert_tokens_to_ids("<|im_end|>")))
     return ids
 
 
@@ -305,7 +309,7 @@ class LocalTransformersBackend:
         stops = check_generation_args(max_new_tokens, temperature, stop)
         if not convs:
             return []
-        eos_ids = _eos_ids(self.model, self.tokenizer)
+        turn_end = eos_ids(self.tokenizer, self.model)
         results: list[Completion | None] = [None] * len(convs)
         device = torch.device(self.model.device)
         rng_devices = [device] if device.type == "cuda" else []
@@ -319,7 +323,7 @@ class LocalTransformersBackend:
             with _progress(len(convs), self.name, self.progress and len(batches) > 1) as bar:
                 for batch in batches:
                     done = self._generate_batch([texts[i] for i in batch], max_new_tokens=max_new_tokens,
-                                                temperature=temperature, stop=stops, eos_ids=eos_ids)
+                                                temperature=temperature, stop=stops, eos_ids=turn_end)
                     for i, completion in zip(batch, done):
                         results[i] = completion
                     bar.update(len(batch))
@@ -622,9 +626,10 @@ def parse_backend_spec(spec: str | dict[str, Any]) -> dict[str, Any]:
 def backend_from_config(spec: str | dict[str, Any]) -> ChatBackend:
     """A backend from ``"local:<profile>"`` or ``{"type": "local" | "openai", ...}``.
 
-    A local spec takes ``engine`` (``auto`` by default: CTranslate2 where it runs, else
-    transformers; see :mod:`medkit.engine`), ``precision`` (``float32`` | ``int8``) and
-    ``engine_batch`` (conversations per CTranslate2 batch; ``batch_size`` is transformers').
+    A local spec takes ``engine`` (:data:`medkit.engine.DEFAULT_ENGINE` by default; ``auto``:
+    OpenVINO on CPU where it runs, else transformers; see :mod:`medkit.engine`), ``precision``
+    (``float32`` | ``int8``) and ``engine_batch`` (conversations the engine schedules at once;
+    ``batch_size`` is transformers').
 
     ``{"type": "openai", "base_url": "http://127.0.0.1:8000/v1", "model": "...",
     "api_key_env": "OPENAI_API_KEY"}`` reads the key from that environment variable.

@@ -21,9 +21,9 @@ PROFILES: tuple[str, ...] = ("smoke", "cpu", "gpu")
 
 # every stage that generates text picks its engine the same way (medkit.engine)
 _ENGINE: dict[str, Any] = {
-    "ENGINE": DEFAULT_ENGINE,                    # transformers | ctranslate2 | auto (CTranslate2 where it runs, else transformers)
-    "ENGINE_PRECISION": DEFAULT_COMPUTE_TYPE,    # float32 (exact: same greedy output as transformers) | int8 (faster, approximate)
-    "ENGINE_BATCH": DEFAULT_ENGINE_BATCH,        # conversations per CTranslate2 batch (lower it if memory is short)
+    "ENGINE": DEFAULT_ENGINE,                    # auto (OpenVINO on CPU where it runs, else transformers) | openvino | ctranslate2 | transformers
+    "ENGINE_PRECISION": DEFAULT_COMPUTE_TYPE,    # float32 (same greedy output as transformers) | int8 (CTranslate2 only: faster, approximate)
+    "ENGINE_BATCH": DEFAULT_ENGINE_BATCH,        # conversations the engine schedules at once (lower it if memory is short)
 }
 
 _BASE: dict[str, dict[str, Any]] = {

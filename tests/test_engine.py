@@ -145,6 +145,7 @@ def test_engine_choice_and_the_auto_fallback(tiny_model, tokenizer, cache, monke
     with pytest.raises(ConfigError, match="ENGINE_PRECISION"):
         EN.make_backend("ctranslate2", tiny_model, tokenizer, compute_type="int4")
     assert isinstance(EN.make_backend("transformers", tiny_model, tokenizer), llm.LocalTransformersBackend)
+    monkeypatch.setattr("medkit.openvino_engine.available", lambda: False)  # auto: OpenVINO first, then CTranslate2
     assert isinstance(EN.make_backend("auto", tiny_model, tokenizer, progress=False), EN.CTranslate2Backend)
 
     notes: list[str] = []
@@ -156,13 +157,14 @@ def test_engine_choice_and_the_auto_fallback(tiny_model, tokenizer, cache, monke
     assert len(notes) == 1 and "falls back to transformers" in notes[0] and "ctranslate2" in notes[0]
 
 
-def test_an_unsupported_architecture_is_a_one_line_error(tokenizer, cache) -> None:
+def test_an_unsupported_architecture_is_a_one_line_error(tokenizer, cache, monkeypatch) -> None:
     from transformers import GPT2Config, GPT2LMHeadModel
 
     gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_embd=32, n_layer=1, n_head=2)).eval()
     with pytest.raises(ConfigError, match="GPT2LMHeadModel is not an architecture"):
         EN.convert(gpt2, tokenizer)
     notes: list[str] = []
+    monkeypatch.setattr("medkit.paths.cache_dir", lambda: cache)
     assert isinstance(EN.make_backend("auto", gpt2, tokenizer, echo=notes.append), llm.LocalTransformersBackend)
     assert notes and "GPT2LMHeadModel" in notes[0]
 
@@ -171,7 +173,7 @@ def test_smollm2_stops_at_the_agent_s_stop_strings() -> None:
     """The real model through the engine: a reply cut at ``</tool_call>`` ends exactly there."""
     from medkit import agent as A
 
-    backend = llm.backend_from_config({"type": "local", "profile": "cpu", "progress": False, "engine": "auto"})
+    backend = llm.backend_from_config({"type": "local", "profile": "cpu", "progress": False, "engine": "ctranslate2"})
     assert isinstance(backend, EN.CTranslate2Backend)
     conv = [{"role": "system", "content": "Reply with <tool_call>{\"name\": \"search\"}</tool_call> and nothing else."},
             {"role": "user", "content": "Search for Marfan syndrome."}]

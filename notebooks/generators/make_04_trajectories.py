@@ -53,9 +53,9 @@ AGENT_MAX_NEW_TOKENS = None   # tokens per assistant turn in free rollouts
 AGENT_BATCH = None            # conversations per local generate batch
 REWRITE_ENDPOINT = None       # optional endpoint spec dict whose model rewrites the KG-guided thoughts
 RERANK = None                 # True re-ranks search hits with the offline MiniLM embedder (default False, slower)
-ENGINE = None                 # local teacher's engine: transformers (default), auto (CTranslate2 where it runs) or ctranslate2
-ENGINE_PRECISION = None       # float32 (default; same greedy output as transformers) or int8 (faster, approximate)
-ENGINE_BATCH = None           # conversations per CTranslate2 batch (default 64; lower it if memory is short)
+ENGINE = None                 # local teacher's engine: auto (default: OpenVINO on CPU where it runs), openvino, ctranslate2 or transformers (the reference)
+ENGINE_PRECISION = None       # float32 (default; same greedy output as transformers) or int8 (CTranslate2 only: faster, approximate)
+ENGINE_BATCH = None           # conversations the engine schedules at once (default 64; lower it if memory is short)
 ''', tags=["parameters"])
 md("## 0 Global settings")
 code(r'''

@@ -1,0 +1,153 @@
+"""Tests of medkit.openvino_engine: the GGUF export (weights, rotary layout, cache), the backend, parity.
+
+A tiny random Llama (2 layers, hidden 64) with the real SmolLM2 tokenizer is exported into a
+temporary cache: the GGUF read back by transformers' own GGUF loader gives the model's weights
+(so the rotary layout is right), the export cache (reused, keyed by the weights, a half-written
+folder redone), per-row limits, seeded sampling (each row its own seed), the engine choice
+(``auto`` is OpenVINO on CPU), PolicySync exporting to OpenVINO. The real SmolLM2-135M-Instruct
+checks greedy parity with the transformers backend and the agent's stop strings.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from medkit import engine as EN
+from medkit import llm
+from medkit import openvino_engine as OV
+from medkit.errors import ConfigError
+from medkit.model import ensure_small_model
+
+pytest.importorskip("openvino_genai")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+CONVERSATIONS = [
+    [{"role": "user", "content": "Hi."}],
+    [{"role": "system", "content": "You are a careful clinician answering briefly."},
+     {"role": "user", "content": "Which gene is most often mutated in cystic fibrosis?"}],
+    [{"role": "user", "content": "What is a kinase?"},
+     {"role": "assistant", "content": "An enzyme that adds phosphate groups."},
+     {"role": "user", "content": "Give one example, please."}],
+]
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(ensure_small_model()))
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tokenizer):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(1234)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True,
+                         rope_parameters={"rope_type": "default", "rope_theta": 10000.0})
+    return LlamaForCausalLM(config).eval()
+
+
+def test_the_gguf_holds_the_model_s_weights_in_transformers_layout(tiny_model, tokenizer, tmp_path) -> None:
+    """transformers' GGUF loader undoes llama's rotary layout: reading the export back gives the weights."""
+    from transformers import AutoModelForCausalLM
+
+    folder = OV.export(tiny_model, tokenizer, root=tmp_path)
+    back = AutoModelForCausalLM.from_pretrained(str(folder), gguf_file=OV.GGUF_FILE, dtype=torch.float32)
+    want, got = tiny_model.state_dict(), back.state_dict()
+    assert back.config.num_hidden_layers == 2 and back.config.num_key_value_heads == 2
+    for name in ("model.layers.0.self_attn.q_proj.weight", "model.layers.1.self_attn.k_proj.weight",
+                 "model.layers.0.mlp.down_proj.weight", "model.embed_tokens.weight", "model.norm.weight"):
+        assert torch.allclose(got[name], want[name], atol=2e-3, rtol=1e-3), name   # float16 matrices
+
+
+def test_export_is_cached_by_weights_and_never_reuses_a_half_written_folder(tiny_model, tokenizer, tmp_path) -> None:
+    first = OV.export(tiny_model, tokenizer, root=tmp_path)
+    stamp = (first / OV.STAMP).stat().st_mtime_ns
+    assert OV.export(tiny_model, tokenizer, root=tmp_path) == first and (first / OV.STAMP).stat().st_mtime_ns == stamp
+    (first / OV.STAMP).unlink()                                           # as a run killed before the stamp leaves it
+    assert not OV.is_complete(first)
+    assert OV.export(tiny_model, tokenizer, root=tmp_path) == first and OV.is_complete(first)
+    other = copy.deepcopy(tiny_model)
+    with torch.no_grad():
+        other.model.norm.weight.add_(0.5)
+    assert OV.export(other, tokenizer, root=tmp_path) != first
+
+
+def test_generate_ids_honours_per_row_limits_and_seeds_each_row(tiny_model, tokenizer, tmp_path) -> None:
+    backend = OV.OpenVINOBackend(OV.export(tiny_model, tokenizer, root=tmp_path), tokenizer, progress=False)
+    prompts = [backend.prompt_ids(c) for c in CONVERSATIONS]
+    out = backend.generate_ids(prompts, max_new_tokens=[3, 7, 1], min_new_tokens=1)
+    assert [len(x) for x in out] == [3, 7, 1]
+    a = backend.generate_ids(prompts, max_new_tokens=8, temperature=1.0, seed=5, min_new_tokens=8)
+    b = backend.generate_ids(prompts, max_new_tokens=8, temperature=1.0, seed=5, min_new_tokens=8)
+    c = backend.generate_ids(prompts, max_new_tokens=8, temperature=1.0, seed=6, min_new_tokens=8)
+    assert a == b and a != c
+    alone = backend.generate_ids(prompts[1:2], max_new_tokens=8, temperature=1.0, seed=5 + 1, min_new_tokens=8)
+    assert alone[0] == a[1]                                              # a row's sample does not depend on the batch
+    same = backend.generate_ids([prompts[0]] * 2, max_new_tokens=8, temperature=1.0, seed=5, min_new_tokens=8)
+    assert same[0] != same[1]                                            # a group of one prompt gets distinct samples
+    with pytest.raises(ConfigError, match="max_new_tokens"):
+        backend.generate_ids(prompts, max_new_tokens=[3, 0, 1])
+
+
+def test_engine_choice_auto_is_openvino_on_cpu(tiny_model, tokenizer, tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(EN, "cache_dir", lambda: tmp_path)
+    monkeypatch.setattr("medkit.paths.cache_dir", lambda: tmp_path)
+    assert EN.resolve_engine("auto", on_gpu=False) == "openvino"
+    with pytest.raises(ConfigError, match="computes in float32"):
+        EN.make_backend("openvino", tiny_model, tokenizer, compute_type="int8")
+    monkeypatch.setattr(OV, "available", lambda: False)
+    assert EN.resolve_engine("auto", on_gpu=False) == "ctranslate2"
+    with pytest.raises(ConfigError, match="needs the openvino"):
+        EN.make_backend("openvino", tiny_model, tokenizer)
+
+
+def test_smollm2_greedy_parity_and_the_agent_s_stop_strings(tmp_path) -> None:
+    """The real model: greedy replies equal the transformers backend's; a reply ends at ``</tool_call>``."""
+    from medkit import agent as A
+    from medkit.sft import load_for_inference
+
+    model, tok = load_for_inference("cpu", None, bf16=False)
+    backend = OV.engine_backend(model, tok, root=tmp_path, progress=False)
+    assert backend.parity["greedy_identical"] == backend.parity["prompts"]
+    assert backend.parity["mean_abs_logprob_gap"] < EN.PARITY_TOLERANCE["float32"]
+    want = llm.LocalTransformersBackend(model, tok, batch_size=4, progress=False)
+    got = backend.generate(CONVERSATIONS, max_new_tokens=24)
+    assert [c.text for c in got] == [c.text for c in want.generate(CONVERSATIONS, max_new_tokens=24)]
+    assert [c.n_completion_tokens for c in got] == [c.n_completion_tokens for c in
+                                                     want.generate(CONVERSATIONS, max_new_tokens=24)]
+    conv = [{"role": "system", "content": "Reply with <tool_call>{\"name\": \"search\"}</tool_call> and nothing else."},
+            {"role": "user", "content": "Search for Marfan syndrome."}]
+    out = backend.generate([conv], max_new_tokens=48, stop=A.STOP_STRINGS)[0]
+    assert out.ok and all(s not in out.text for s in A.STOP_STRINGS) and out.n_completion_tokens <= 48
+
+
+def test_policy_sync_exports_to_openvino_every_n_steps(tiny_model, tokenizer, tmp_path) -> None:
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(3)
+    policy = get_peft_model(copy.deepcopy(tiny_model), LoraConfig(r=4, lora_alpha=8, target_modules="all-linear",
+                                                                  init_lora_weights=False)).eval()
+    sync = EN.PolicySync(copy.deepcopy(tiny_model), tokenizer, tmp_path / "exports", every=2, engine="openvino")
+    first = sync.backend(policy, 0)
+    assert isinstance(first, OV.OpenVINOBackend) and sync.backend(policy, 1) is first
+    with torch.no_grad():
+        for name, p in policy.named_parameters():
+            if "lora_B" in name:
+                p.add_(0.05)
+    second = sync.backend(policy, 2)
+    assert second.folder != first.folder and not first.folder.exists()
+    assert [s["step"] for s in sync.syncs] == [0, 2]
+    assert all(s["mean_abs_logprob_gap"] < EN.PARITY_TOLERANCE["float32"] for s in sync.syncs)
+    with pytest.raises(ConfigError, match="computes in float32"):
+        EN.PolicySync(tiny_model, tokenizer, tmp_path, precision="int8", engine="openvino")
+    assert isinstance(Path(second.folder), Path)
