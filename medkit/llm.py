@@ -227,6 +227,31 @@ def finish_row(generated: list[int], *, n_prompt_tokens: int, eos_ids: set[int],
     return Completion(decode(body), n_prompt_tokens, len(generated), "stop" if padded else "length")
 
 
+def chat_prompt_ids(tokenizer: PreTrainedTokenizerBase, conversation: Sequence[dict[str, Any]]) -> list[int]:
+    """The token ids of ``conversation`` under the chat template, generation prompt appended."""
+    ids = tokenizer.apply_chat_template(list(conversation), add_generation_prompt=True, tokenize=True,
+                                        return_dict=False)
+    return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+
+
+def generate_through_ids(backend: Any, conversations: list[list[dict]], *, max_new_tokens: int,
+                         temperature: float = 0.0, stop: list[str] | None = None,
+                         seed: int | None = None) -> list[Completion]:
+    """The :class:`ChatBackend` call for an engine that generates from token ids (``backend.generate_ids``,
+    ``backend.tokenizer``, ``backend.eos_ids``): one completion per conversation, in the order given."""
+    convs = validate_conversations(conversations)
+    stops = check_generation_args(max_new_tokens, temperature, stop)
+    prompts = [chat_prompt_ids(backend.tokenizer, c) for c in convs]
+    generated = backend.generate_ids(prompts, max_new_tokens=max_new_tokens, temperature=temperature, stop=stops,
+                                     seed=seed)
+
+    def decode(ids: list[int]) -> str:
+        return backend.tokenizer.decode(ids, skip_special_tokens=True)
+
+    return [finish_row(ids, n_prompt_tokens=len(p), eos_ids=backend.eos_ids, stop=stops, decode=decode)
+            for p, ids in zip(prompts, generated)]
+
+
 class LocalTransformersBackend:
     """A transformers causal LM in this process, generating in left-padded batches.
 

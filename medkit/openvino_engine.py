@@ -40,7 +40,7 @@ from typing import Any
 
 from .errors import ConfigError, MedkitError
 from .io import build_folder, package_version, provenance, write_json
-from .llm import Completion, check_generation_args, eos_ids, finish_row, validate_conversations
+from .llm import Completion, chat_prompt_ids, eos_ids, generate_through_ids
 
 GGUF_FILE = "model.gguf"
 STAMP = "medkit_engine.json"
@@ -265,24 +265,13 @@ class OpenVINOBackend:
 
     # -- ChatBackend
     def prompt_ids(self, conversation: list[dict[str, Any]]) -> list[int]:
-        ids = self.tokenizer.apply_chat_template(conversation, add_generation_prompt=True, tokenize=True,
-                                                 return_dict=False)
-        return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+        return chat_prompt_ids(self.tokenizer, conversation)
 
     def generate(self, conversations: list[list[dict]], *, max_new_tokens: int, temperature: float = 0.0,
                  stop: list[str] | None = None, seed: int | None = None) -> list[Completion]:
         """One completion per conversation, in the order given (the :class:`ChatBackend` call)."""
-        convs = validate_conversations(conversations)
-        stops = check_generation_args(max_new_tokens, temperature, stop)
-        prompts = [self.prompt_ids(c) for c in convs]
-        generated = self.generate_ids(prompts, max_new_tokens=max_new_tokens, temperature=temperature, stop=stops,
-                                      seed=seed)
-
-        def decode(ids: list[int]) -> str:
-            return self.tokenizer.decode(ids, skip_special_tokens=True)
-
-        return [finish_row(ids, n_prompt_tokens=len(p), eos_ids=self.eos_ids, stop=stops, decode=decode)
-                for p, ids in zip(prompts, generated)]
+        return generate_through_ids(self, conversations, max_new_tokens=max_new_tokens, temperature=temperature,
+                                    stop=stop, seed=seed)
 
 
 def check_parity(model: Any, tokenizer: Any, backend: OpenVINOBackend, *, greedy: bool = True) -> dict[str, Any]:
