@@ -5,7 +5,7 @@ Four parts, each mode in its own process (``medkit.pipeline.run_modes``), one ru
 1. ``candidates`` — the engines that install as wheels, on the same 16 agent-sized prompts
    (system prompt + a held-out question, SFT policy), 64 greedy new tokens (end of turn
    suppressed), batch 1 and batch 16: transformers fp32 and bf16 (the reference), OpenVINO GenAI
-   float32 (float16 weights, prefix cache off), CTranslate2 float32 and int8, onnxruntime-genai
+   float32 and bf16 (float16 weights, prefix cache off), CTranslate2 float32 and int8, onnxruntime-genai
    fp32 and int4 (its model builder). Generated tokens/s and how many greedy continuations equal
    transformers fp32's.
 2. ``agent_*`` — the real rollout path: the same 64 held-out questions, one greedy agent rollout
@@ -13,8 +13,9 @@ Four parts, each mode in its own process (``medkit.pipeline.run_modes``), one ru
    profile's harness settings. Baseline ``agent_transformers_bf16``: the transformers backend
    exactly as the cpu profile configures it (bf16 where the CPU has it, batch 16). Rollouts/s,
    generated tokens/s, and agreement of final answers with the baseline and with transformers
-   fp32 (``agent_transformers_fp32``). The chosen path is ``agent_openvino_b64`` (OpenVINO GenAI,
-   continuous batching with prefix caching); the other engine modes are ablations on 16 questions.
+   fp32 (``agent_transformers_fp32``). The chosen path is ``agent_openvino_bf16_b64`` (OpenVINO
+   GenAI, continuous batching with prefix caching, bf16 compute like the baseline);
+   ``agent_openvino_fp32_b64`` is the same in float32; the others are ablations on 16 questions.
 3. ``export`` — the cost of bringing a policy to the engine: merge the LoRA adapter, digest the
    weights, convert / export (fresh cache), load, parity check (full, and the re-export check GRPO
    runs after each optimizer step); then a cached reload.
@@ -50,9 +51,10 @@ N_PROMPTS = min(16, N_QUESTIONS)
 AGENT_MODES: dict[str, dict[str, Any]] = {
     "agent_transformers_bf16": {"engine": "transformers", "precision": None, "batch": 16},  # the baseline: the cpu profile today
     "agent_transformers_fp32": {"engine": "transformers", "precision": "fp32", "batch": 16},
-    "agent_openvino_b64": {"engine": "openvino", "precision": "float32", "batch": 64, "prefix_caching": True},  # the default path
-    "agent_openvino_b64_no_prefix_cache": {"engine": "openvino", "precision": "float32", "batch": 64,
-                                           "prefix_caching": False},
+    "agent_openvino_bf16_b64": {"engine": "openvino", "precision": "bf16", "batch": 64, "prefix_caching": True},  # the default path
+    "agent_openvino_fp32_b64": {"engine": "openvino", "precision": "float32", "batch": 64, "prefix_caching": True},
+    "agent_openvino_fp32_b64_no_prefix_cache": {"engine": "openvino", "precision": "float32", "batch": 64,
+                                                "prefix_caching": False},
     "agent_ct2_float32_b16_any_spread": {"engine": "ctranslate2", "precision": "float32", "batch": 16,
                                          "static_prefix": True, "max_spread": None},  # the engine swapped in alone
     "agent_ct2_float32_b64": {"engine": "ctranslate2", "precision": "float32", "batch": 64, "static_prefix": True,
@@ -61,9 +63,9 @@ AGENT_MODES: dict[str, dict[str, Any]] = {
                            "max_spread": 64},
 }
 BASELINE = "agent_transformers_bf16"
-CHOSEN = "agent_openvino_b64"  # the default path: ENGINE=auto on CPU (see the README's engine section)
+CHOSEN = "agent_openvino_bf16_b64"  # the default path: ENGINE=auto, ENGINE_PRECISION=auto on a bf16 CPU (README)
 # ablation modes run on the first 16 questions only (their agreement counts say "of 16"): time on 2 cores
-ABLATION_QUESTIONS = {"agent_transformers_fp32": 16, "agent_openvino_b64_no_prefix_cache": 16,
+ABLATION_QUESTIONS = {"agent_transformers_fp32": 16, "agent_openvino_fp32_b64_no_prefix_cache": 16,
                       "agent_ct2_float32_b16_any_spread": 16, "agent_ct2_float32_b64": 16, "agent_ct2_int8_b64": 16}
 MODES = ["candidates", *AGENT_MODES, "export", "mismatch"]
 
@@ -214,7 +216,7 @@ def run_candidates(profile: str) -> dict[str, Any]:
     for batch in (1, 16):
         record("transformers_bf16", batch, lambda p, b=batch: _torch_generate(bf16, p, b, pad))
     del bf16
-    for precision in EN.COMPUTE_TYPES:
+    for precision in EN.ENGINE_PRECISIONS["ctranslate2"]:
         backend = EN.engine_backend(model, tok, compute_type=precision, progress=False)
         results[f"ctranslate2_{precision}_parity"] = backend.parity
         for batch in (1, 16):
@@ -223,13 +225,15 @@ def run_candidates(profile: str) -> dict[str, Any]:
                    lambda p: backend.generate_ids(p, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS))
         del backend
     # OpenVINO GenAI without its prefix cache: every run here computes its prompts in full
-    ov_backend = OV.OpenVINOBackend(OV.export(model, tok), tok, batch_size=16, prefix_caching=False, progress=False)
-    results["openvino_float32_parity"] = OV.check_parity(model, tok, ov_backend)
-    record("openvino_float32", 1, lambda p: [ov_backend.generate_ids([x], max_new_tokens=NEW_TOKENS,
-                                                                    min_new_tokens=NEW_TOKENS)[0] for x in p])
-    record("openvino_float32", 16, lambda p: ov_backend.generate_ids(p, max_new_tokens=NEW_TOKENS,
-                                                                    min_new_tokens=NEW_TOKENS))
-    del ov_backend
+    for precision in EN.ENGINE_PRECISIONS["openvino"]:
+        ov_backend = OV.OpenVINOBackend(OV.export(model, tok), tok, precision=precision, batch_size=16,
+                                        prefix_caching=False, progress=False)
+        results[f"openvino_{precision}_parity"] = OV.check_parity(model, tok, ov_backend)
+        record(f"openvino_{precision}", 1, lambda p, b=ov_backend: [
+            b.generate_ids([x], max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS)[0] for x in p])
+        record(f"openvino_{precision}", 16, lambda p, b=ov_backend: b.generate_ids(
+            p, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS))
+        del ov_backend
     digest = EN.weights_digest(model, tok)
     with tempfile.TemporaryDirectory() as hf:
         src = Path(hf) / "merged"
@@ -279,8 +283,8 @@ def run_agent_mode(mode: str, profile: str) -> dict[str, Any]:
     elif engine == "openvino":
         model, tok = load_for_inference(profile, adapter, bf16=False)
         folder = OV.export(model, tok)
-        backend = OV.OpenVINOBackend(folder, tok, batch_size=batch, prefix_caching=spec["prefix_caching"],
-                                     progress=False)
+        backend = OV.OpenVINOBackend(folder, tok, precision=precision, batch_size=batch,
+                                     prefix_caching=spec["prefix_caching"], progress=False)
         backend.parity = OV.check_parity(model, tok, backend)
         dtype = f"{precision} (weights {OV.WEIGHT_PRECISION})"
         del model
@@ -332,7 +336,7 @@ def run_export(profile: str) -> dict[str, Any]:
             digest = EN.weights_digest(model, tok)
             t_digest = time.perf_counter() - t0
             out = {"merge_seconds": round(merge, 2), "digest_seconds": round(t_digest, 2)}
-            for precision in EN.COMPUTE_TYPES:
+            for precision in EN.ENGINE_PRECISIONS["ctranslate2"]:
                 t0 = time.perf_counter()
                 folder = EN.convert(model, tok, precision, digest=digest)
                 t_conv = time.perf_counter() - t0
@@ -361,6 +365,8 @@ def run_export(profile: str) -> dict[str, Any]:
                                "parity_seconds": round(t_par, 2), "reexport_parity_seconds": round(t_scored, 2),
                                "parity": parity, "weights": OV.WEIGHT_PRECISION,
                                "gguf_mb": round((folder / OV.GGUF_FILE).stat().st_size / 2**20, 1)}
+            bf16 = OV.OpenVINOBackend(folder, tok, precision="bf16", progress=False)
+            out["openvino_bf16"] = {"parity": OV.check_parity(model, tok, bf16)}
         finally:
             EN.cache_dir = EN_cache
     return out
@@ -379,7 +385,7 @@ def run_mismatch(profile: str) -> dict[str, Any]:
     params, data, adapter = _sft(profile)
     _, toolbox = TR.open_tools(data)
     model, tok = load_for_inference(profile, adapter, bf16=False)
-    engines = {p: EN.engine_backend(model, tok, compute_type=p, progress=False) for p in EN.COMPUTE_TYPES}
+    engines = {p: EN.engine_backend(model, tok, compute_type=p, progress=False) for p in EN.ENGINE_PRECISIONS["ctranslate2"]}
     cfg = A.AgentConfig(max_calls=int(params["EVAL_MAX_CALLS"]), max_new_tokens=int(params["EVAL_MAX_NEW_TOKENS"]),
                         temperature=0.0)
     rollouts = A.run_agent(engines["float32"], toolbox, _questions(data)[:8], config=cfg, schemas=[], progress=False)

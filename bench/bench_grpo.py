@@ -5,7 +5,8 @@ settings from notebook 05's SFT adapter (SmolLM2-135M on its nf4 base), each mod
 process so peak memory is its own: ``qlora_bf16`` (bf16 autocast for rollouts and training,
 rollouts by the policy itself: the cpu profile before the engine, the baseline),
 ``qlora_bf16_openvino`` (the same training, rollouts by an OpenVINO GenAI copy of the policy —
-float32 compute, float16 weights — exported after every optimizer step: ENGINE=auto on CPU) and
+float16 weights, bf16 compute where the CPU has it (ENGINE_PRECISION=auto) — exported after every
+optimizer step: ENGINE=auto on CPU) and
 ``qlora_bf16_ctranslate2`` (rollouts by a CTranslate2 float32 copy). Reports seconds per step, the share spent rolling out (multi-turn generation + tool calls +
 policy exports) vs the policy update, rollouts per second, policy tokens per rollout, the export
 cost, and the ratios to the baseline. Writes ``results/bench/grpo.json``.

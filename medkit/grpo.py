@@ -42,7 +42,7 @@ from typing import Any
 
 from . import agent as A
 from . import rewards as R
-from .engine import CPU_ENGINES
+from .engine import CPU_ENGINES, DEFAULT_COMPUTE_TYPE
 from .errors import ConfigError, InputError
 
 log = logging.getLogger(__name__)
@@ -96,7 +96,7 @@ class RolloutConfig:
     seed: int = 13
     batch_size: int = 16               # conversations per generate() call (transformers; the engine takes them all)
     engine: str = "transformers"       # transformers: the policy itself generates | openvino | ctranslate2 (PolicySync) | auto
-    engine_precision: str = "float32"
+    engine_precision: str = DEFAULT_COMPUTE_TYPE
     engine_sync_steps: int = 1         # export the policy to the engine every N optimizer steps
     engine_batch: int = 64             # conversations per engine batch
 
@@ -633,7 +633,7 @@ def rollout_engine(engine: str, *, use_cpu: bool = True) -> str:
 
 
 def rollout_config(params: dict[str, Any], *, use_cpu: bool = True) -> RolloutConfig:
-    from .engine import DEFAULT_COMPUTE_TYPE, DEFAULT_ENGINE, DEFAULT_ENGINE_BATCH
+    from .engine import DEFAULT_ENGINE, DEFAULT_ENGINE_BATCH
 
     return RolloutConfig(max_calls=int(params["MAX_CALLS"]), max_new_tokens=int(params["TURN_MAX_NEW_TOKENS"]),
                          max_completion_length=int(params["MAX_COMPLETION_LENGTH"]),

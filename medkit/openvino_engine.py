@@ -15,12 +15,15 @@ Scope:
   query and key projections, the architecture from the model's config, the tokenizer from the
   profile's own GGUF (:func:`medkit.model.small_model_gguf`) — which OpenVINO GenAI reads
   directly. OpenVINO's GGUF reader takes no float32 matrices; the float16 rounding
-  of the weights is measured by the parity check (the compute and the KV cache stay float32).
+  of the weights is measured by the parity check. The compute and the KV cache run in the
+  backend's ``precision``: ``float32``, or ``bf16`` where the CPU has it (1.5x faster on agent
+  rollouts, like the transformers path's bf16; chosen by :func:`medkit.engine.resolve_precision`).
   Cached by weights digest under ``cache_dir()/engines/ov-<digest>-float16`` and built
   atomically (:func:`medkit.io.build_folder`), like the CTranslate2 conversions.
 * **Parity** (:func:`check_parity`): the engine's greedy continuation of fixed prompts with its
   per-token log-probs, against the source model's greedy continuation and its log-probs of the
-  engine's tokens (teacher forcing); same tolerance and cache file as the CTranslate2 check.
+  engine's tokens (teacher forcing); the tolerance of the precision and the cache file name of
+  the CTranslate2 check.
 * :class:`OpenVINOBackend`: ``generate`` (chat) and ``generate_ids`` (token level, for GRPO:
   ids in, ids out). Greedy at ``temperature == 0``; sampling seeds each row with ``seed + row``,
   so a row's sample does not depend on what else is in the batch.
@@ -49,6 +52,9 @@ WEIGHT_PRECISION = "float16"  # what OpenVINO's GGUF reader takes for matrices
 DEFAULT_KV_CACHE_GB = 4.0  # KV-cache blocks (prefix cache included); SmolLM2-135M: ~46 kB per token at float32
 DEFAULT_MAX_BATCHED_TOKENS = 2048  # tokens per scheduler step (long prompts are prefilled in chunks)
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM",)
+# ENGINE_PRECISION -> (INFERENCE_PRECISION_HINT, KV_CACHE_PRECISION): OpenVINO's CPU plugin needs the
+# KV cache in the compute precision (or u8), and picks bf16 by itself on a bf16 CPU unless told
+PRECISION_PROPERTIES: dict[str, tuple[str, str]] = {"float32": ("f32", "f32"), "bf16": ("bf16", "bf16")}
 
 
 def available() -> bool:
@@ -178,20 +184,23 @@ def export(model: Any, tokenizer: Any, *, digest: str | None = None, root: Path 
 class OpenVINOBackend:
     """An OpenVINO GenAI continuous-batching pipeline (CPU) with the model's tokenizer; see the module docstring."""
 
-    def __init__(self, folder: str | Path, tokenizer: Any, *, batch_size: int = 64, threads: int | None = None,
-                 kv_cache_gb: float = DEFAULT_KV_CACHE_GB, prefix_caching: bool = True, name: str | None = None,
-                 progress: bool = True) -> None:
+    def __init__(self, folder: str | Path, tokenizer: Any, *, precision: str = "float32", batch_size: int = 64,
+                 threads: int | None = None, kv_cache_gb: float = DEFAULT_KV_CACHE_GB, prefix_caching: bool = True,
+                 name: str | None = None, progress: bool = True) -> None:
         import openvino_genai as ov_genai
 
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
+        if precision not in PRECISION_PROPERTIES:
+            raise ConfigError(f"the OpenVINO engine computes in {' or '.join(PRECISION_PROPERTIES)}, not {precision!r}")
+        self.precision = precision
         self.folder = Path(folder)
         if not is_complete(self.folder):
             raise MedkitError(f"{self.folder}: not a complete OpenVINO export (medkit.openvino_engine.export writes one)")
         self.tokenizer = tokenizer
         self.batch_size = batch_size
         self.threads = threads or _torch_threads()
-        self.name = name or f"openvino:{self.folder.name}"
+        self.name = name or f"openvino:{self.folder.name}:{precision}"
         self.progress = progress
         self.eos_ids = eos_ids(tokenizer)
         self.parity: dict[str, Any] | None = None
@@ -200,9 +209,10 @@ class OpenVINOBackend:
         sched.cache_size = max(1, int(round(kv_cache_gb)))
         sched.max_num_seqs = batch_size
         sched.max_num_batched_tokens = DEFAULT_MAX_BATCHED_TOKENS
+        hint, kv = PRECISION_PROPERTIES[precision]
         self.pipe = ov_genai.ContinuousBatchingPipeline(
             str(self.folder / GGUF_FILE), sched, "CPU",
-            {"INFERENCE_NUM_THREADS": self.threads, "INFERENCE_PRECISION_HINT": "f32", "KV_CACHE_PRECISION": "f32"})
+            {"INFERENCE_NUM_THREADS": self.threads, "INFERENCE_PRECISION_HINT": hint, "KV_CACHE_PRECISION": kv})
 
     def __repr__(self) -> str:
         return f"OpenVINOBackend(name={self.name!r})"
@@ -279,13 +289,13 @@ def check_parity(model: Any, tokenizer: Any, backend: OpenVINOBackend, *, greedy
 
     Mean absolute gap between the engine's per-token log-probs of its own greedy continuation and
     the source's (teacher forcing) on the same tokens; with ``greedy`` also how many of the
-    engine's greedy continuations equal the source's. Raises beyond the float32 tolerance.
+    engine's greedy continuations equal the source's. Raises beyond the tolerance of the backend's precision.
     """
     import torch
 
     from .engine import PARITY_NEW_TOKENS, PARITY_PROMPTS, PARITY_TOLERANCE, prompt_ids, source_logprobs, within_tolerance
 
-    cache = backend.folder / f"parity-float32{'' if greedy else '-scored'}.json"
+    cache = backend.folder / f"parity-{backend.precision}{'' if greedy else '-scored'}.json"
     if cache.is_file():
         return within_tolerance(json.loads(cache.read_text(encoding="utf-8")), backend.folder)
     gaps: list[float] = []
@@ -301,19 +311,21 @@ def check_parity(model: Any, tokenizer: Any, backend: OpenVINOBackend, *, greedy
                                      max_new_tokens=PARITY_NEW_TOKENS, min_new_tokens=PARITY_NEW_TOKENS,
                                      pad_token_id=tokenizer.eos_token_id)
             identical += int(out[0, len(ids):].tolist() == cont)
-    result = {"compute_type": "float32", "weights": WEIGHT_PRECISION, "engine": "openvino",
+    result = {"compute_type": backend.precision, "weights": WEIGHT_PRECISION, "engine": "openvino",
               "mean_abs_logprob_gap": round(sum(gaps) / len(gaps), 5), "max_abs_logprob_gap": round(max(gaps), 5),
               "greedy_identical": identical if greedy else None, "prompts": len(PARITY_PROMPTS),
-              "tolerance": PARITY_TOLERANCE["float32"]}
+              "tolerance": PARITY_TOLERANCE[backend.precision]}
     write_json(cache, result)
     return within_tolerance(result, backend.folder)
 
 
-def engine_backend(model: Any, tokenizer: Any, *, batch_size: int = 64, name: str | None = None,
-                   progress: bool = True, root: Path | None = None, greedy_parity: bool = True) -> OpenVINOBackend:
-    """``model`` (float32, in memory) exported, loaded in OpenVINO GenAI and checked against itself."""
+def engine_backend(model: Any, tokenizer: Any, *, precision: str = "float32", batch_size: int = 64,
+                   name: str | None = None, progress: bool = True, root: Path | None = None,
+                   greedy_parity: bool = True) -> OpenVINOBackend:
+    """``model`` (float32, in memory) exported, loaded in OpenVINO GenAI at ``precision`` and checked against itself."""
     folder = export(model, tokenizer, root=root)
-    backend = OpenVINOBackend(folder, tokenizer, batch_size=batch_size, name=name, progress=progress)
+    backend = OpenVINOBackend(folder, tokenizer, precision=precision, batch_size=batch_size, name=name,
+                              progress=progress)
     backend.parity = check_parity(model, tokenizer, backend, greedy=greedy_parity)
     return backend
 

@@ -22,7 +22,7 @@ PROFILES: tuple[str, ...] = ("smoke", "cpu", "gpu")
 # every stage that generates text picks its engine the same way (medkit.engine)
 _ENGINE: dict[str, Any] = {
     "ENGINE": DEFAULT_ENGINE,                    # auto (OpenVINO on CPU where it runs, else transformers) | openvino | ctranslate2 | transformers
-    "ENGINE_PRECISION": DEFAULT_COMPUTE_TYPE,    # float32 (same greedy output as transformers) | int8 (CTranslate2 only: faster, approximate)
+    "ENGINE_PRECISION": DEFAULT_COMPUTE_TYPE,    # auto (bf16 on OpenVINO where the CPU has it, else float32) | float32 | bf16 (OpenVINO) | int8 (CTranslate2)
     "ENGINE_BATCH": DEFAULT_ENGINE_BATCH,        # conversations the engine schedules at once (lower it if memory is short)
 }
 

@@ -259,3 +259,19 @@ def test_length_buckets_bound_batch_size_and_length_spread():
     buckets = EN.length_buckets(lengths, 8, 64)
     assert buckets == [[1, 4, 7], [0, 5, 2], [3], [6]]
     assert sorted(i for b in buckets for i in b) == list(range(len(lengths)))
+
+
+def test_engine_precision_auto_is_bf16_on_openvino_where_the_cpu_has_it(monkeypatch) -> None:
+    from medkit import model as M
+
+    monkeypatch.setattr(M, "cpu_has_bf16", lambda cpuinfo=None: True)
+    assert EN.resolve_precision("auto", "openvino") == "bf16"
+    assert EN.resolve_precision("auto", "ctranslate2") == "float32"  # CTranslate2 has no bf16 path here
+    monkeypatch.setattr(M, "cpu_has_bf16", lambda cpuinfo=None: False)
+    assert EN.resolve_precision("auto", "openvino") == "float32"
+    assert EN.resolve_precision("int8", "ctranslate2") == "int8"
+    for precision, engine in (("int8", "openvino"), ("bf16", "ctranslate2")):
+        with pytest.raises(ConfigError, match=f"not available on ENGINE='{engine}'"):
+            EN.resolve_precision(precision, engine)
+    with pytest.raises(ConfigError, match="unknown ENGINE_PRECISION 'fp16'"):
+        EN.resolve_precision("fp16", "openvino")

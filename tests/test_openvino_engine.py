@@ -103,8 +103,10 @@ def test_engine_choice_auto_is_openvino_on_cpu(tiny_model, tokenizer, tmp_path, 
     monkeypatch.setattr(EN, "cache_dir", lambda: tmp_path)
     monkeypatch.setattr("medkit.paths.cache_dir", lambda: tmp_path)
     assert EN.resolve_engine("auto", on_gpu=False) == "openvino"
-    with pytest.raises(ConfigError, match="computes in float32"):
+    with pytest.raises(ConfigError, match="not available on ENGINE='openvino'"):
         EN.make_backend("openvino", tiny_model, tokenizer, compute_type="int8")
+    with pytest.raises(ConfigError, match="not available on ENGINE='ctranslate2'"):
+        EN.make_backend("ctranslate2", tiny_model, tokenizer, compute_type="bf16")
     monkeypatch.setattr(OV, "available", lambda: False)
     assert EN.resolve_engine("auto", on_gpu=False) == "ctranslate2"
     with pytest.raises(ConfigError, match="needs the openvino"):
@@ -129,6 +131,13 @@ def test_smollm2_greedy_parity_and_the_agent_s_stop_strings(tmp_path) -> None:
             {"role": "user", "content": "Search for Marfan syndrome."}]
     out = backend.generate([conv], max_new_tokens=48, stop=A.STOP_STRINGS)[0]
     assert out.ok and all(s not in out.text for s in A.STOP_STRINGS) and out.n_completion_tokens <= 48
+    # bf16 compute on the same export: within its own (wider) tolerance, the float32 check cached apart
+    bf16 = OV.OpenVINOBackend(backend.folder, tok, precision="bf16", progress=False)
+    parity = OV.check_parity(model, tok, bf16)
+    assert parity["compute_type"] == "bf16" and parity["mean_abs_logprob_gap"] < EN.PARITY_TOLERANCE["bf16"]
+    assert (backend.folder / "parity-bf16.json").is_file() and (backend.folder / "parity-float32.json").is_file()
+    with pytest.raises(ConfigError, match="computes in float32 or bf16"):
+        OV.OpenVINOBackend(backend.folder, tok, precision="int8")
 
 
 def test_policy_sync_exports_to_openvino_every_n_steps(tiny_model, tokenizer, tmp_path) -> None:
@@ -147,7 +156,8 @@ def test_policy_sync_exports_to_openvino_every_n_steps(tiny_model, tokenizer, tm
     second = sync.backend(policy, 2)
     assert second.folder != first.folder and not first.folder.exists()
     assert [s["step"] for s in sync.syncs] == [0, 2]
-    assert all(s["mean_abs_logprob_gap"] < EN.PARITY_TOLERANCE["float32"] for s in sync.syncs)
-    with pytest.raises(ConfigError, match="computes in float32"):
+    assert sync.precision == EN.resolve_precision("auto", "openvino") == second.precision
+    assert all(s["mean_abs_logprob_gap"] < EN.PARITY_TOLERANCE[sync.precision] for s in sync.syncs)
+    with pytest.raises(ConfigError, match="not available on ENGINE='openvino'"):
         EN.PolicySync(tiny_model, tokenizer, tmp_path, precision="int8", engine="openvino")
     assert isinstance(Path(second.folder), Path)
