@@ -142,3 +142,39 @@ def small_tokenizer():
     from medkit.model import load_tokenizer
 
     return load_tokenizer("cpu")
+
+
+# ---------------------------------------------------------------- the small model's tokenizer and tiny random Llamas
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    """The profile model's tokenizer (SmolLM2's chat template), from the kit's offline model cache."""
+    from transformers import AutoTokenizer
+
+    from medkit.model import ensure_small_model
+
+    return AutoTokenizer.from_pretrained(str(ensure_small_model()))
+
+
+@pytest.fixture(scope="session")
+def make_tiny_llama(tokenizer):
+    """``make(seed, **config)``: a 2-layer random Llama over the real tokenizer (engines and backends
+    compare against it; a different seed is a model with other weights and the same architecture)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    def make(seed: int = 1234, **config):
+        torch.manual_seed(seed)
+        cfg = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                          bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                          pad_token_id=tokenizer.pad_token_id, **config)
+        return LlamaForCausalLM(cfg).eval()
+
+    return make
+
+
+@pytest.fixture(scope="module")
+def tiny_model(make_tiny_llama):
+    return make_tiny_llama(1234)

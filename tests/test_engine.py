@@ -18,7 +18,6 @@ import torch
 from medkit import engine as EN
 from medkit import llm
 from medkit.errors import ConfigError, MedkitError
-from medkit.model import ensure_small_model
 
 pytest.importorskip("ctranslate2")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -33,29 +32,6 @@ CONVERSATIONS = [
      {"role": "assistant", "content": "An enzyme that adds phosphate groups."},
      {"role": "user", "content": "Give one example, please."}],
 ]
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(str(ensure_small_model()))
-
-
-def _tiny(tokenizer, seed: int):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                         pad_token_id=tokenizer.pad_token_id)
-    return LlamaForCausalLM(config).eval()
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tokenizer):
-    return _tiny(tokenizer, 1234)
 
 
 @pytest.fixture()
@@ -85,8 +61,8 @@ def test_static_prefix_changes_nothing_at_float32(tiny_model, tokenizer, cache) 
     assert with_prefix.generate_ids(prompts, max_new_tokens=10) == without.generate_ids(prompts, max_new_tokens=10)
 
 
-def test_conversion_is_cached_by_weights_and_never_reuses_a_half_written_folder(tiny_model, tokenizer, cache,
-                                                                                 monkeypatch) -> None:
+def test_conversion_is_cached_by_weights_and_never_reuses_a_half_written_folder(make_tiny_llama, tiny_model, tokenizer,
+                                                                                 cache, monkeypatch) -> None:
     first = EN.convert(tiny_model, tokenizer, "float32")
     assert EN.is_complete(first) and first.parent == cache / "engines"
 
@@ -95,7 +71,7 @@ def test_conversion_is_cached_by_weights_and_never_reuses_a_half_written_folder(
 
     monkeypatch.setattr(EN, "_InMemoryConverter", must_not_convert)
     assert EN.convert(tiny_model, tokenizer, "float32") == first          # same weights: reused
-    other = _tiny(tokenizer, 99)
+    other = make_tiny_llama(99)
     with pytest.raises(AssertionError, match="converted again"):
         EN.convert(other, tokenizer, "float32")                           # new weights: a new conversion
     monkeypatch.undo()
@@ -107,9 +83,10 @@ def test_conversion_is_cached_by_weights_and_never_reuses_a_half_written_folder(
     assert sorted(p.name for p in (cache / "engines").iterdir()) == [first.name]  # no temp folders left
 
 
-def test_a_converted_model_that_disagrees_with_its_source_is_rejected(tiny_model, tokenizer, cache) -> None:
+def test_a_converted_model_that_disagrees_with_its_source_is_rejected(make_tiny_llama, tiny_model, tokenizer,
+                                                                      cache) -> None:
     folder = EN.convert(tiny_model, tokenizer, "float32")
-    impostor = _tiny(tokenizer, 7)                                        # other weights, same architecture
+    impostor = make_tiny_llama(7)                                        # other weights, same architecture
     with pytest.raises(MedkitError, match="disagrees with its source"):
         EN.check_parity(impostor, tokenizer, folder, "float32")
     with pytest.raises(MedkitError, match="disagrees with its source"):

@@ -21,7 +21,6 @@ from medkit import engine as EN
 from medkit import llm
 from medkit import openvino_engine as OV
 from medkit.errors import ConfigError
-from medkit.model import ensure_small_model
 
 pytest.importorskip("openvino_genai")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -37,23 +36,10 @@ CONVERSATIONS = [
 
 
 @pytest.fixture(scope="module")
-def tokenizer():
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(str(ensure_small_model()))
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tokenizer):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(1234)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                         pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True,
-                         rope_parameters={"rope_type": "default", "rope_theta": 10000.0})
-    return LlamaForCausalLM(config).eval()
+def tiny_model(make_tiny_llama):
+    """Tied embeddings and an explicit rope theta: what the GGUF export must carry over."""
+    return make_tiny_llama(1234, tie_word_embeddings=True,
+                           rope_parameters={"rope_type": "default", "rope_theta": 10000.0})
 
 
 def test_the_gguf_holds_the_model_s_weights_in_transformers_layout(tiny_model, tokenizer, tmp_path) -> None:
