@@ -5,7 +5,9 @@ Scope: one rule, checked on stored trajectories (chat ``messages`` with assistan
 against the question they answer (``chain`` and ``constraints`` of a :mod:`medkit.questions`
 record). Nothing is looked up in the knowledge base: the checker reads the conversation text
 only, as a model imitating the trajectory would. :func:`check_trajectory` judges one
-trajectory, :func:`check_rows` a log, :func:`commit_frame` and :func:`summarise` aggregate.
+trajectory, :func:`check_rows` a log, :func:`commit_frame` and :func:`summarise` aggregate;
+:func:`probe_commit` gives the verdict a commit made right now would get (what synthesis uses to
+decide which competitors still need ruling out before it commits).
 
 The rule
 --------
@@ -50,6 +52,7 @@ link ``fwd`` (prev -r-> E) is (prev, r, out); link ``rev`` (E -r-> prev) is (pre
    the hop's constraints (a, r, s) lacks C;
 2. **intersection** — a complete ``common(anchors, r)`` lacks C, every anchor being the anchor
    of one of the hop's r-constraints (C then misses at least one of them, in either direction);
+   with one relation per anchor (``common([a, b], "r1,r2")``), each anchor with its own relation;
 3. **own entry** — C's own complete ``related`` / ``read`` section for r on the other side lacks a;
 4. **diagnose line** — a ``diagnose`` output whose query holds the anchor a of a constraint
    (a, has_phenotype, in) shows C's line without a among C's matched phenotypes (the line
@@ -67,6 +70,7 @@ usable question) are reported with their reason, never raised.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections import Counter
@@ -362,8 +366,19 @@ def _read_messages(messages: Any) -> tuple[list[_Turn], list[Observation], str |
         elif role == "tool":
             name, args = pending.pop(0) if pending else ("unknown", {})
             tool = m.get("name") if isinstance(m.get("name"), str) and m.get("name") else name
-            observations.append(parse_observation(k, tool, content or "", args))
+            observations.append(_parse_cached(k, tool, content or "", _direction(args)))
     return turns, observations, None
+
+
+def _direction(arguments: Mapping[str, Any]) -> str | None:
+    value = arguments.get("direction") if isinstance(arguments, Mapping) else None
+    return value if isinstance(value, str) else None
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_cached(index: int, tool: str, text: str, direction: str | None) -> Observation:
+    """One parse per (position, tool, text, direction): probing a growing conversation re-reads it often."""
+    return parse_observation(index, tool, text, {} if direction is None else {"direction": direction})
 
 
 def _strings(value: Any) -> Iterable[str]:
@@ -400,6 +415,27 @@ def _commit_via(turn: _Turn, hop: Hop, thoughts: bool) -> str | None:
 
 
 @dataclass(frozen=True)
+class Evidence:
+    """Why a competitor is ruled out, structured; ``text`` is its wording in :attr:`Commit.ruled_out`.
+
+    ``kind``: ``committed`` / ``clue`` (identity), ``list`` (a complete related / read list for one of
+    the hop's constraints), ``intersection`` (a complete common), ``own_entry`` (the competitor's own
+    list), ``diagnose`` (its diagnose line). ``at``: message index of the observation; ``anchors``,
+    ``relation``, ``side``: the list (for ``own_entry`` / ``diagnose``: the constraint's anchor);
+    ``items``: the list's items.
+    """
+
+    kind: str
+    text: str
+    at: int | None = None
+    tool: str | None = None
+    anchors: tuple[str, ...] = ()
+    relation: str | None = None
+    side: str | None = None
+    items: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Commit:
     """One commit and the verdict of the rule on it."""
 
@@ -414,6 +450,8 @@ class Commit:
     competitors: tuple[str, ...] = ()
     unresolved: tuple[str, ...] = ()  # competitors left standing ("+N unseen" for a truncated list's rest)
     ruled_out: tuple[tuple[str, str], ...] = ()  # (competitor, evidence)
+    evidence: tuple[tuple[str, Evidence], ...] = ()  # the same evidence, structured (competitor, why)
+    rest: Evidence | None = None      # the bounding list that rules out a truncated introducing list's rest
 
 
 @dataclass
@@ -438,38 +476,53 @@ def _bounds(lst: Listing, hop: Hop) -> bool:
     if not lst.complete:
         return False
     if lst.tool == "common":
-        anchors = {r.anchor for r in hop.constraints if r.relation == lst.relation}
-        return bool(lst.anchors) and set(lst.anchors) <= anchors
+        relations = (lst.relation or "").split(",")
+        if len(relations) == 1:
+            relations *= len(lst.anchors)
+        held = {(r.anchor, r.relation) for r in hop.constraints}
+        return bool(lst.anchors) and len(relations) == len(lst.anchors) and all(
+            pair in held for pair in zip(lst.anchors, relations))
     return lst.tool in TOOLS_WITH_SIDES and any(
         lst.anchors == (r.anchor,) and lst.relation == r.relation and lst.side == r.side for r in hop.constraints)
 
 
-def _evidence(c: str, hop: Hop, before: list[Observation], known: set[str], clue_values: set[str]) -> str | None:
+def _evidence(c: str, hop: Hop, before: list[Observation], known: set[str], clue_values: set[str]
+              ) -> Evidence | None:
     """Why competitor ``c`` cannot be the hop's entity, from ``before`` (None: nothing rules it out)."""
     if c in known:
-        return "an entity committed earlier in the chain"
+        return Evidence("committed", "an entity committed earlier in the chain")
     if c in clue_values:
-        return "named in the question as a clue"
+        return Evidence("clue", "named in the question as a clue")
     for obs in before:
         for lst in obs.listings:
             if c not in lst.items and _bounds(lst, hop):
                 side = f", {lst.side}" if lst.side else ""
-                return f"complete {lst.tool}({', '.join(lst.anchors)}, {lst.relation}{side}) lacks it (msg {obs.index})"
+                return Evidence("intersection" if lst.tool == "common" else "list",
+                                f"complete {lst.tool}({', '.join(lst.anchors)}, {lst.relation}{side}) lacks it "
+                                f"(msg {obs.index})", obs.index, lst.tool, lst.anchors, lst.relation, lst.side, lst.items)
             if lst.tool in TOOLS_WITH_SIDES and lst.anchors == (c,) and lst.complete:
                 for r in hop.constraints:
                     if lst.relation == r.relation and lst.side == _OTHER_SIDE[r.side] and r.anchor not in lst.items:
-                        return f"its own {lst.relation} list lacks {r.anchor} (msg {obs.index})"
+                        return Evidence("own_entry", f"its own {lst.relation} list lacks {r.anchor} (msg {obs.index})",
+                                        obs.index, lst.tool, (r.anchor,), r.relation, lst.side, lst.items)
         for r in hop.constraints:
             if c in obs.matched and r.relation == "has_phenotype" and r.side == "in" and r.anchor in obs.query \
                     and obs.query[r.anchor] not in obs.matched[c]:
-                return f"its diagnose line lacks {r.anchor} (msg {obs.index})"
+                return Evidence("diagnose", f"its diagnose line lacks {r.anchor} (msg {obs.index})", obs.index,
+                                "diagnose", (r.anchor,), r.relation, r.side)
     return None
 
 
-def _rest_ruled_out(hop: Hop, shown: set[str], kind: str, before: list[Observation]) -> bool:
+def _rest_ruled_out(hop: Hop, shown: set[str], kind: str, before: list[Observation]) -> Evidence | None:
     """The unseen rest of a truncated list fails the hop: a bounding list shows nothing of ``kind`` beyond ``shown``."""
-    return any(_bounds(lst, hop) and all(id_kind(x) != kind or x in shown for x in lst.items)
-               for obs in before for lst in obs.listings)
+    for obs in before:
+        for lst in obs.listings:
+            if _bounds(lst, hop) and all(id_kind(x) != kind or x in shown for x in lst.items):
+                return Evidence("intersection" if lst.tool == "common" else "list",
+                                f"complete {lst.tool}({', '.join(lst.anchors)}, {lst.relation}) shows no other "
+                                f"(msg {obs.index})", obs.index, lst.tool, lst.anchors, lst.relation, lst.side,
+                                lst.items)
+    return None
 
 
 def _wrote_id(turn: _Turn, hop: Hop) -> bool:
@@ -499,12 +552,15 @@ def _judge(hop: Hop, turn: _Turn, via: str, since: int, observations: list[Obser
         else:
             ruled.append((c, why))
     hidden = sum(lst.hidden for lst in lists)
-    if hidden and not _rest_ruled_out(hop, {x for lst in lists for x in lst.items}, kind, before):
-        unresolved.append(f"+{hidden} unseen")
+    rest = None
+    if hidden:
+        rest = _rest_ruled_out(hop, {x for lst in lists for x in lst.items}, kind, before)
+        if rest is None:
+            unresolved.append(f"+{hidden} unseen")
     reason = ("competitors_unresolved" if unresolved else "competitors_ruled_out" if competitors
               else "sole_candidate")
     return Commit(hop.entity_id, hop.position, turn.index, via, intro.tool, intro.index, not unresolved, reason,
-                  tuple(competitors), tuple(unresolved), tuple(ruled))
+                  tuple(competitors), tuple(unresolved), tuple((c, e.text) for c, e in ruled), tuple(ruled), rest)
 
 
 def check_trajectory(messages: Any, question: Any, *, thoughts: bool = True) -> TrajectoryReport:
@@ -536,6 +592,26 @@ def check_trajectory(messages: Any, question: Any, *, thoughts: bool = True) -> 
     except Exception as e:  # noqa: BLE001 - a checker over logs must report, not stop
         report.commits, report.malformed = [], f"checker failure: {type(e).__name__}: {e}"
     return report
+
+
+def question_hops(question: Any) -> list[Hop]:
+    """The hops of a question record as the rule reads them (each entity's constraints); [] if unusable."""
+    hops, _, problem = _hops(question)
+    return [] if problem is not None else hops
+
+
+def probe_commit(messages: Any, question: Any, entity_id: str) -> Commit | None:
+    """The verdict of the rule if the agent committed to ``entity_id`` in its next turn, after ``messages``.
+
+    A commit already made in ``messages`` is returned as judged there. None when the row or the
+    question is malformed or ``entity_id`` is not one of the question's chain entities. Never raises.
+    For a synthesiser: ``unresolved`` lists the competitors that something must still rule out.
+    """
+    probe = {"role": "assistant", "content": f"<think>{entity_id}</think>"}
+    report = check_trajectory([*messages, probe] if isinstance(messages, list) else messages, question)
+    if report.malformed is not None:
+        return None
+    return next((c for c in report.commits if c.entity_id == entity_id), None)
 
 
 # --------------------------------------------------------------------------- logs and aggregates

@@ -510,24 +510,30 @@ class MedicalToolbox:
 
     @_safe
     def common(self, entity_ids: list[str], relation: str) -> str:
-        """List the neighbours shared by several entities through one relation.
+        """List the neighbours shared by several entities (an intersection).
 
         Args:
             entity_ids: 2-10 entity ids or exact names.
-            relation: e.g. has_phenotype.
+            relation: e.g. has_phenotype; or one relation per entity, comma-separated in the same order
+                (e.g. "is_a,has_phenotype").
 
         Returns:
-            Up to 25 shared neighbours "name (id)", either direction of the relation counting for each entity.
+            Up to 25 shared neighbours "name (id)", either direction of an entity's relation counting for it.
         """
         if not isinstance(entity_ids, (list, tuple)) or not 2 <= len(entity_ids) <= 10:
             return _err("entity_ids must be a list of 2 to 10 entity ids or names.")
         if (problem := _check_text(relation, "relation")):
             return problem
-        relation = relation.strip()
-        if relation not in self._relation_names:
-            return _err(f"unknown relation {relation!r}; choose one of {', '.join(self._relation_names)}.")
+        relations = [r.strip() for r in relation.split(",")]
+        if len(relations) == 1:
+            relations *= len(entity_ids)
+        elif len(relations) != len(entity_ids):
+            return _err(f"give one relation, or one per entity ({len(entity_ids)}); got {len(relations)}.")
+        for r in relations:
+            if r not in self._relation_names:
+                return _err(f"unknown relation {r!r}; choose one of {', '.join(self._relation_names)}.")
         ids, shared = [], None
-        for text in entity_ids:
+        for text, rel in zip(entity_ids, relations):
             if (problem := _check_text(text, "each entity id")):
                 return problem
             eid = self._entity_or_name(text.strip())
@@ -538,10 +544,11 @@ class MedicalToolbox:
             for key, other in (("head_id", "tail_id"), ("tail_id", "head_id")):
                 g = self._edges(eid, key)
                 if g is not None:
-                    nb.update(g.loc[g["relation"] == relation, other])
+                    nb.update(g.loc[g["relation"] == rel, other])
             shared = nb if shared is None else shared & nb
         found = sorted(shared or ())
-        head = f"{relation} neighbours shared by " + ", ".join(self._label(e) for e in ids)
+        label = relations[0] if len(set(relations)) == 1 else ",".join(relations)
+        head = f"{label} neighbours shared by " + ", ".join(self._label(e) for e in ids)
         if not found:
             return head + ": none."
         items = [self._label(e) for e in found[:25]]

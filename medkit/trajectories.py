@@ -5,8 +5,10 @@ Scope:
 * :func:`filter_trajectory` applies the paper's rejection rules to one trajectory and says
   why it was rejected: ``synthesis_failed`` (a KG hop never appeared in an observation),
   ``unmatched_call_response``, ``format_error``, ``tool_error``, ``no_answer``,
-  ``wrong_answer`` (judged by :mod:`medkit.judge`), ``too_few_turns``, ``over_token_limit``
-  and ``guidance_leak`` (MTG text or placeholders surviving in the sample).
+  ``wrong_answer`` (judged by :mod:`medkit.judge`), ``too_few_turns``, ``over_token_limit``,
+  ``guidance_leak`` (MTG text or placeholders surviving in the sample) and ``ungrounded`` (a pick
+  the conversation never narrows down, by the rule of :mod:`medkit.grounding`; also the reason
+  of a synthesis that could not ground a hop).
 * MTG: :func:`guidance_text` turns a record's masked reasoning path into search guidance for
   a teacher; the agent loop shows it in the teacher's system prompt only, and
   :func:`guidance_leaks` rejects any saved sample whose reasoning still refers to it
@@ -30,11 +32,12 @@ from pathlib import Path
 from typing import Any
 
 from .agent import assistant_text, parse_turn, to_text_messages
+from .grounding import check_trajectory
 from .io import append_jsonl, read_jsonl, repair_jsonl_tail
 from .judge import judge
 
 FILTER_REASONS = ("synthesis_failed", "unmatched_call_response", "format_error", "tool_error", "no_answer",
-                  "wrong_answer", "too_few_turns", "over_token_limit", "guidance_leak")
+                  "wrong_answer", "too_few_turns", "over_token_limit", "guidance_leak", "ungrounded")
 SOURCES = ("kg_guided", "free")
 
 _LEAK = re.compile(r"\b(?:hints?|guidance|guided|reasoning path|masked path|placeholder|"
@@ -160,12 +163,18 @@ def final_answer(messages: Sequence[dict[str, Any]]) -> str | None:
 
 def filter_trajectory(trajectory: dict[str, Any], record: dict[str, Any], *, min_tool_calls: int = 2,
                       max_tokens: int | None = None, count_tokens: Callable[[list[dict]], int] | None = None,
-                      resolve: Callable[[str], Iterable[str]] | None = None) -> dict[str, Any]:
-    """``{"accepted", "reasons", "judge", "n_tokens", "prediction"}`` for one trajectory."""
+                      resolve: Callable[[str], Iterable[str]] | None = None, grounding: bool = True) -> dict[str, Any]:
+    """``{"accepted", "reasons", "judge", "n_tokens", "prediction", "n_tool_calls", "grounded"}`` for one trajectory.
+
+    ``grounding``: check every pick with :func:`medkit.grounding.check_trajectory` against the question
+    record (``ungrounded`` when a commit is not grounded, the row cannot be checked, or synthesis gave
+    up on grounding a hop); ``grounded`` is None when not checked.
+    """
     messages = trajectory.get("messages") or []
     reasons: list[str] = []
-    if trajectory.get("synthesis_failure"):
-        reasons.append("synthesis_failed")
+    failure = trajectory.get("synthesis_failure")
+    if failure:
+        reasons.append("ungrounded" if str(failure).startswith("ungrounded") else "synthesis_failed")
     if structure_problems(messages):
         reasons.append("unmatched_call_response")
     if trajectory.get("format_errors"):
@@ -189,8 +198,13 @@ def filter_trajectory(trajectory: dict[str, Any], record: dict[str, Any], *, min
         reasons.append("over_token_limit")
     if guidance_leaks(messages):
         reasons.append("guidance_leak")
+    grounded = None
+    if grounding:
+        grounded = check_trajectory(messages, record).grounded  # never raises: a bad row is simply not grounded
+        if not grounded and "ungrounded" not in reasons:
+            reasons.append("ungrounded")
     return {"accepted": not reasons, "reasons": reasons, "judge": verdict, "n_tokens": n_tokens,
-            "prediction": prediction, "n_tool_calls": n_calls}
+            "prediction": prediction, "n_tool_calls": n_calls, "grounded": grounded}
 
 
 def token_counter(tokenizer: Any, schemas: list[dict[str, Any]]) -> Callable[[list[dict]], int]:

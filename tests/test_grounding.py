@@ -311,3 +311,54 @@ def test_summarise_counts_commits_by_tool_and_hops_and_malformed_rows(drug_tools
     hops = s["by_hops"].loc[3]
     assert (hops["trajectories"], hops["grounded_trajectories"], hops["commits"]) == (2, 1, 6)
     assert s["by_position"]["commits"].tolist() == [2, 2, 2]
+
+
+def test_probe_commit_tells_what_is_still_open_with_structured_evidence(drug_tools):
+    question = RITONAVIR_QUESTION["question"]
+    before = _conversation(drug_tools, question, [*HOP0_CHECKED, *HOP1, AIDS_LIST])
+    n = len(before)
+    probe = G.probe_commit(before, RITONAVIR_QUESTION, RITONAVIR)
+    assert len(before) == n  # the conversation is not changed
+    assert not probe.grounded and probe.introduced_at == n - 1 and probe.turn == n
+    assert set(probe.unresolved) == set(AIDS_DRUGS) - {RITONAVIR, DRONABINOL}
+    after = _conversation(drug_tools, question, [*HOP0_CHECKED, *HOP1, AIDS_LIST, INTERSECTION])
+    probe = G.probe_commit(after, RITONAVIR_QUESTION, RITONAVIR)
+    assert probe.grounded and probe.unresolved == ()
+    evidence = dict(probe.evidence)
+    assert evidence[DRONABINOL].kind == "committed" and evidence[DRONABINOL].at is None
+    shared = [e for c, e in probe.evidence if c != DRONABINOL]
+    assert len(shared) == 5 and {e.kind for e in shared} == {"intersection"}
+    assert {(e.tool, e.anchors, e.relation, e.items, e.at) for e in shared} == \
+        {("common", ("MONDO:0012268", "MONDO:0005354"), "definition_mentions", (RITONAVIR,), len(after) - 1)}
+    assert dict(probe.ruled_out) == {c: e.text for c, e in probe.evidence}
+    # a commit already made is returned as judged; unknown entities and bad records give None
+    made = _conversation(drug_tools, question, [*HOP0_CHECKED, *HOP1, AIDS_LIST, PICK[:2]])
+    assert G.probe_commit(made, RITONAVIR_QUESTION, RITONAVIR).turn == len(made) - 2
+    assert G.probe_commit(after, RITONAVIR_QUESTION, "MONDO:9999999") is None
+    assert G.probe_commit(after, {"chain": []}, RITONAVIR) is None
+    assert G.probe_commit("not messages", RITONAVIR_QUESTION, RITONAVIR) is None
+    assert [h.entity_id for h in G.question_hops(RITONAVIR_QUESTION)] == RITONAVIR_QUESTION["chain"]
+    assert G.question_hops({"chain": []}) == []
+
+
+def test_an_intersection_with_one_relation_per_anchor_bounds_the_hop_only_when_each_pair_is_a_constraint(toolbox, names):
+    hypotonia, houge_janssens_2, facial_hypotonia = "HP:0001252", "MONDO:0014605", "HP:0000297"
+    record = _record(names, [hypotonia, facial_hypotonia],
+                     [(None, []), ({"relation": "is_a", "direction": "rev"},
+                                   [{"kind": "fact_rev", "relation": "has_phenotype", "value": houge_janssens_2}])])
+    start = [("lookup", {"name": names[hypotonia]}),
+             ("related", {"entity_id": hypotonia, "relation": "is_a", "direction": "in"})]  # 9 subtypes, complete
+    # the disease's own phenotype list is cut at 25 of 49: it rules nothing out
+    own = ("related", {"entity_id": houge_janssens_2, "relation": "has_phenotype", "direction": "out"})
+
+    def pick(*evidence):
+        return _commit(G.check_trajectory(_conversation(toolbox, "?", [*start, *evidence], names[facial_hypotonia]),
+                                          record), facial_hypotonia)
+
+    alone = pick(own)
+    assert alone.introduced_by == "related" and not alone.grounded and len(alone.unresolved) == 8
+    mixed = pick(("common", {"entity_ids": [hypotonia, houge_janssens_2], "relation": "is_a,has_phenotype"}))
+    assert mixed.grounded and len(mixed.ruled_out) == 8
+    assert {e.kind for _, e in mixed.evidence} == {"intersection"}
+    swapped = pick(("common", {"entity_ids": [hypotonia, houge_janssens_2], "relation": "has_phenotype,is_a"}))
+    assert not swapped.grounded and len(swapped.unresolved) == 8  # complete (none), but not the hop's constraints

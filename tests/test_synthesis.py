@@ -102,7 +102,8 @@ def test_each_filter_reason_on_hand_made_trajectories(records, synthesised, coun
     wrong = [*good[:-1], {"role": "assistant", "content": "<think>x</think>\n<answer>Hepatitis B</answer>"}]
     assert reasons(_with(wrong)) == ["wrong_answer"]
     short = [good[0], good[1], good[2], good[3], good[-1]]
-    assert reasons(_with(short), min_tool_calls=2) == ["too_few_turns"]
+    assert reasons(_with(short), min_tool_calls=2, grounding=False) == ["too_few_turns"]
+    assert reasons(_with(short), min_tool_calls=2)[0] == "too_few_turns"
     assert reasons(_with(good), max_tokens=100, count_tokens=count_tokens) == ["over_token_limit"]
     leak = [dict(m) for m in good]
     leak[2]["content"] = "<think>According to the hint, Entity_A is next.</think>"
@@ -218,3 +219,193 @@ def test_rows_of_another_generator_version_are_redone(tmp_path, records, index, 
     assert "skipped (already done)" not in again
     rows = read_jsonl(log)
     assert sorted((r["source"], r["version"]) for r in rows) == [("free", 1)] * 2 + [("kg_guided", 2)] * 2
+
+
+# --------------------------------------------------------------------------- grounded picks (issue 13)
+
+from medkit import grounding as G  # noqa: E402
+from test_grounding import (AIDS_DRUGS, CORPUS_EDGES, DRONABINOL, MRKH_1, RITONAVIR,  # noqa: E402
+                            RITONAVIR_QUESTION, TETRASOMY_12P)
+
+HIV, LENTIVIRUS, AIDS, HEP_C = "MONDO:0005109", "MONDO:0022034", "MONDO:0012268", "MONDO:0005354"
+# Ritonavir's own definition_mentions edges in the cpu profile's corpus (the last hop of the Ritonavir question)
+RITONAVIR_OUT = [(RITONAVIR, t) for t in ("CHEBI:35222", "CHEBI:37670", "DRUGBANK:DB00161", "DRUGBANK:DB01601",
+                                          "DRUGBANK:DB09183", "DRUGBANK:DB09296", "DRUGBANK:DB09297", "DRUGBANK:DB11151",
+                                          "DRUGBANK:DB15127", "HP:0001394", HIV, "MONDO:0005155", HEP_C, AIDS)]
+
+
+def _commits(messages, record):
+    report = G.check_trajectory(messages, record)
+    assert report.malformed is None, report.malformed
+    return report, {c.entity_id: c for c in report.commits}
+
+
+@pytest.fixture(scope="module")
+def ritonavir_tools(entities, relations, passages):
+    """The real tools and question index over a real KB slice: every KB relation of the question's entities and
+    clues, plus the cpu corpus' definition_mentions edges of Dronabinol, AIDS, chronic hepatitis C and Ritonavir."""
+    import pandas as pd
+
+    from medkit import tools as T
+
+    keep = {"CHEBI:67072", "CHEBI:35481", DRONABINOL, AIDS, HEP_C, RITONAVIR, HIV, LENTIVIRUS}
+    kb = relations[relations["head_id"].isin(keep) | relations["tail_id"].isin(keep)]
+    corpus = pd.DataFrame(CORPUS_EDGES + RITONAVIR_OUT, columns=["head_id", "tail_id"]).assign(
+        relation="definition_mentions", frequency=float("nan"))
+    rel = pd.concat([kb, corpus], ignore_index=True)
+    return Q.QuestionIndex(entities, rel), T.MedicalToolbox(entities, rel, passages.iloc[:0], retriever=None)
+
+
+def test_ritonavir_is_picked_by_an_intersection_not_from_the_list_of_seven(ritonavir_tools):
+    index, tools = ritonavir_tools
+    assert Q.solve(index, Q.variables_from_record(RITONAVIR_QUESTION)) == {HIV}  # the slice keeps the question unique
+    syn = S.synthesise(RITONAVIR_QUESTION, index, tools)
+    assert syn.failure is None, syn.failure
+    report, commits = _commits(syn.messages, RITONAVIR_QUESTION)
+    assert report.grounded and [c.grounded for c in report.commits] == [True] * 4
+    pick = commits[RITONAVIR]
+    intro = syn.messages[pick.introduced_at]
+    # the observation that shows Ritonavir first is the intersection of AIDS and chronic hepatitis C, not AIDS's list
+    assert intro["content"].startswith("definition_mentions neighbours shared by AIDS (MONDO:0012268), chronic "
+                                       "hepatitis C virus infection (MONDO:0005354)")
+    call = syn.messages[pick.introduced_at - 1]["tool_calls"][0]["function"]
+    assert call["name"] == "common" and call["arguments"]["relation"] == "definition_mentions"
+    assert set(pick.competitors) <= {DRONABINOL}  # the intersection shows no other drug than the chain's first
+    # the thought that names Ritonavir states the evidence, from what was shown
+    think = A.parse_turn(A.assistant_text(syn.messages[pick.turn])).think
+    assert f"Ritonavir ({RITONAVIR})" in think and "share" in think
+    # no turn picks Ritonavir out of AIDS's seven drugs
+    for m in syn.messages[:pick.turn]:
+        assert not (m["role"] == "tool" and m["content"].startswith("AIDS (MONDO:0012268) — definition_mentions\n"
+                                                                    "incoming (X -definition_mentions), 7:"))
+
+
+def test_ritonavir_after_the_list_of_seven_gets_the_intersection_before_the_pick(ritonavir_tools, monkeypatch):
+    """When the list comes first (the old preference), a discriminating call must follow before the commit."""
+    index, tools = ritonavir_tools
+    real = S.hop_actions
+
+    def list_first(index_, prev, var, view):  # the AIDS list preferred, as synthesis v3 did
+        actions = real(index_, prev, var, view)
+        return sorted(actions, key=lambda a: a.kind != "related")
+
+    monkeypatch.setattr(S, "hop_actions", list_first)
+    syn = S.synthesise(RITONAVIR_QUESTION, index, tools)
+    assert syn.failure is None, syn.failure
+    report, commits = _commits(syn.messages, RITONAVIR_QUESTION)
+    pick = commits[RITONAVIR]
+    assert report.grounded and pick.grounded and pick.introduced_by == "related"
+    assert set(pick.competitors) == set(AIDS_DRUGS) - {RITONAVIR}
+    checks = [s for s in syn.steps if s.action.kind == "check" and s.target == RITONAVIR]
+    assert checks, [s.action for s in syn.steps]
+    between = [m for m in syn.messages[pick.introduced_at + 1:pick.turn] if m.get("tool_calls")]
+    assert between and all(RITONAVIR not in json.dumps(m["tool_calls"]) for m in between)
+    think = A.parse_turn(A.assistant_text(syn.messages[pick.turn])).think
+    assert f"Ritonavir ({RITONAVIR})" in think
+    assert "leaves only Ritonavir" in think or "not among" in think, think
+    # without the checks the same pick is a guess: the filter rejects it as ungrounded
+    n_checks = len(between)
+    cut = syn.messages[:pick.introduced_at + 1] + syn.messages[pick.introduced_at + 1 + 2 * n_checks:]
+    verdict = TR.filter_trajectory({"messages": cut}, RITONAVIR_QUESTION)
+    assert "ungrounded" in verdict["reasons"] and verdict["grounded"] is False
+
+
+# a fact of MRKH type 1 that tetrasomy 12p (typified by somatic mosaicism) lacks: autosomal dominant inheritance
+MRKH_FACT = {"kind": "fact", "relation": "has_inheritance", "value": "HP:0000006"}
+
+
+def _tie_record(names, clues):
+    return {"id": "tie", "question": "Which disorder is this?", "chain": [MRKH_1], "hops": 0,
+            "answer": names[MRKH_1], "answer_id": MRKH_1, "answer_aliases": [names[MRKH_1]],
+            "constraints": [{"entity_id": MRKH_1, "type": "disease", "link": None, "clues": clues}],
+            "entity_ids": {"Target_Entity": MRKH_1}, "entity_mapping": {"Target_Entity": names[MRKH_1]}}
+
+
+def test_a_diagnose_tie_is_broken_by_a_check_or_rejected(index, toolbox, entities):
+    names = dict(zip(entities["entity_id"], entities["name"]))
+    upper_vagina = {"kind": "fact", "relation": "has_phenotype", "value": "HP:0012673"}
+    record = _tie_record(names, [upper_vagina, MRKH_FACT])
+    syn = S.synthesise(record, index, toolbox)
+    assert syn.failure is None, syn.failure
+    first = syn.steps[0]
+    assert first.action.name == "diagnose" and TETRASOMY_12P in first.observation  # the tie is shown
+    report, commits = _commits(syn.messages, record)
+    pick = commits[MRKH_1]
+    assert pick.grounded and pick.introduced_by == "diagnose" and TETRASOMY_12P in pick.competitors
+    assert dict(pick.evidence)[TETRASOMY_12P].kind in ("own_entry", "list", "intersection")
+    checks = [s for s in syn.steps if s.action.kind == "check"]
+    assert checks and checks[0].observation != first.observation
+    think = A.parse_turn(A.assistant_text(syn.messages[pick.turn])).think
+    assert "tetrasomy 12p" in think and "ranks #" in think, think
+    assert TR.filter_trajectory(syn.to_record(), record)["accepted"]
+    # with the phenotype alone nothing tells the two apart: no guess is kept
+    alone = S.synthesise(_tie_record(names, [upper_vagina]), index, toolbox)
+    assert alone.failure == "ungrounded:0"
+    verdict = TR.filter_trajectory(alone.to_record(), _tie_record(names, [upper_vagina]))
+    assert verdict["reasons"][0] == "ungrounded" and not verdict["accepted"]
+
+
+def test_every_synthesised_fixture_trajectory_is_grounded(records, synthesised, judged):
+    ok = [(r, s) for r, s in zip(records, synthesised) if s.failure is None]
+    assert len(ok) >= 2, [s.failure for s in synthesised]
+    for rec, syn in ok:
+        report = G.check_trajectory(syn.messages, rec)
+        assert report.grounded, [(c.entity_id, c.reason, c.unresolved) for c in report.commits if not c.grounded]
+        assert report.uncommitted == () and len(report.commits) == len(rec["chain"])
+    for rec, syn in zip(records, synthesised):
+        assert syn.failure is None or syn.failure.split(":")[0] in ("hop_not_found", "ungrounded")
+    assert all(row["filter"]["grounded"] is True for row in judged if row["synthesis_failure"] is None)
+    assert all("ungrounded" not in row["filter"]["reasons"] for row in judged if row["synthesis_failure"] is None)
+
+
+_ID = re.compile(r"(?<![A-Za-z0-9_:])([A-Za-z][A-Za-z0-9_]*:[A-Za-z0-9][A-Za-z0-9_.\-]*)")
+
+
+def _unseen_ids_in_calls(messages):
+    """Ids a call passes that nothing before it (question, observations, thoughts) showed."""
+    seen, out = "", []
+    for m in messages:
+        for c in m.get("tool_calls") or []:
+            out += [x for x in _ID.findall(json.dumps(c["function"]["arguments"])) if x not in seen]
+        seen += "\n" + (m.get("content") or "")
+    return out
+
+
+def test_a_clue_whose_name_denotes_several_entries_is_looked_up_before_its_id_is_used(index, toolbox, entities):
+    names = dict(zip(entities["entity_id"], entities["name"]))
+    coarse_face, chime, camt = "HP:0000280", "MONDO:0010221", "ORPHA:3319"
+    assert toolbox.resolve_ids(names[camt])[0] != camt  # the name first denotes another entry (MONDO:0800451)
+    clues = [{"kind": "fact_rev", "relation": "has_phenotype", "value": v} for v in (chime, camt)]
+    record = {"id": "lookup", "question": "Which clinical feature is this?", "chain": [coarse_face], "hops": 0,
+              "answer": names[coarse_face], "answer_id": coarse_face, "answer_aliases": [names[coarse_face]],
+              "constraints": [{"entity_id": coarse_face, "type": "phenotype", "link": None, "clues": clues}],
+              "entity_ids": {"Target_Entity": coarse_face}, "entity_mapping": {"Target_Entity": names[coarse_face]}}
+    assert Q.solve(index, Q.variables_from_record(record)) == {coarse_face}
+    syn = S.synthesise(record, index, toolbox)
+    assert syn.failure is None, syn.failure
+    calls = [(s.action.name, s.action.arguments) for s in syn.steps]
+    assert ("lookup", {"name": names[camt]}) in calls
+    used = next(i for i, (_, args) in enumerate(calls) if camt in json.dumps(args) and _ != "lookup")
+    assert calls.index(("lookup", {"name": names[camt]})) < used
+    assert _unseen_ids_in_calls(syn.messages) == []
+    assert G.check_trajectory(syn.messages, record).grounded
+
+
+def test_no_synthesised_call_passes_an_id_the_conversation_has_not_shown(records, synthesised):
+    for rec, syn in zip(records, synthesised):
+        assert _unseen_ids_in_calls(syn.messages) == [], rec["id"]
+
+
+def test_a_diagnose_pick_is_not_trusted_when_equal_candidates_may_hide_below_the_shown_ranks(index, toolbox):
+    view = S.ToolView.of(toolbox)
+
+    def ranked(k):
+        action = S.Action("diagnose", {"phenotypes": ["Aplasia of the upper vagina"], "k": k}, "", "diagnose")
+        return action, toolbox.call("diagnose", action.arguments)
+
+    action, three = ranked(3)  # MRKH 1 and tetrasomy 12p tie at 1/1, rank 3 matches 0/1
+    assert not S.at_last_rank(three, MRKH_1, k=3) and not S.hides_full_match(index, view, action, three)
+    action, two = ranked(2)  # the tie reaches the last shown rank: more may tie below it
+    assert S.at_last_rank(two, MRKH_1, k=2) and S.at_last_rank(two, TETRASOMY_12P, k=2)
+    action, one = ranked(1)  # tetrasomy 12p, with the phenotype too, is not shown at all
+    assert S.hides_full_match(index, view, action, one) and TETRASOMY_12P not in one

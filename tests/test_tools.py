@@ -209,3 +209,18 @@ def test_observations_carry_no_markup_or_protocol_tags():
 
 def test_resolve_ids_for_the_judge(tb):
     assert FABRY in tb.resolve_ids("Anderson-Fabry disease") and tb.resolve_ids(None) == []
+
+
+def test_common_takes_one_relation_per_entity(tb):
+    hypotonia, houge_janssens_2, facial_hypotonia = "HP:0001252", "MONDO:0014605", "HP:0000297"
+    out = tb.common([hypotonia, houge_janssens_2], "is_a,has_phenotype")  # a subtype of one, a feature of the other
+    assert out == ("is_a,has_phenotype neighbours shared by Hypotonia (HP:0001252), Houge-Janssens syndrome 2 "
+                   f"(MONDO:0014605), 1: Facial hypotonia ({facial_hypotonia})")
+    assert tb.common([hypotonia, houge_janssens_2], "has_phenotype,is_a").endswith(": none.")  # the order matters
+    assert tb.common([hypotonia, houge_janssens_2], "is_a").endswith(": none.")
+    same = tb.common([FABRY, "MONDO:0014605"], "has_phenotype")
+    assert tb.common([FABRY, "MONDO:0014605"], " has_phenotype , has_phenotype") == same  # one per entity, all equal
+    assert tb.common([hypotonia, houge_janssens_2], "is_a,has_phenotype,is_a").startswith(
+        "Error: give one relation, or one per entity (2); got 3.")
+    assert tb.call("common", {"entity_ids": [hypotonia, houge_janssens_2], "relation": "is_a,eats"}).startswith(
+        "Error: unknown relation 'eats'")
