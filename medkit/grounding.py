@@ -696,3 +696,15 @@ def summarise(reports: Sequence[TrajectoryReport]) -> dict[str, Any]:
             "uncommitted_entities": sum(len(r.uncommitted) for r in ok),
             "commits_by_via": dict(Counter(frame["via"]).most_common()),
             "by_tool": by_tool, "by_hops": by_hops, "by_position": by_position}
+
+
+def summary_record(summary: Mapping[str, Any]) -> dict[str, Any]:
+    """:func:`summarise`'s result as strict JSON: each table a list of rows, missing rates ``None``."""
+    out: dict[str, Any] = {}
+    for key, value in summary.items():
+        if isinstance(value, pd.DataFrame):
+            table = value.reset_index().astype(object)
+            out[key] = table.where(pd.notna(table), None).to_dict(orient="records")
+        else:
+            out[key] = value
+    return out

@@ -10,8 +10,10 @@ constraints — each chain entity is a variable with a type, a link to the previ
 * **render** fluent, varied English in which chain entities are described, never named
   (clue entities may be named: they are the evidence), plus the upstream record fields
   ``question``, ``answer``, ``reasoning_path`` (placeholders only), ``entity_mapping``;
-* **check leaks**: no name, synonym or id of a chain entity, nor a clue that contains
-  or is contained in one, appears in the question or the reasoning path;
+* **check leaks**: no name, synonym or id of a chain entity (also inside a longer word, from
+  :data:`MIN_INNER_KEY` characters), nor a clue that contains or is contained in one, appears in
+  the question or the reasoning path; "rare" / "little-known" describe only entities the mining
+  stage found rare (``QuestionIndex(..., rare=...)``);
 * **split** train / held-out test by source entity.
 
 Obfuscation levels: 0 names clue phenotypes; 1 replaces each phenotype clue by its
@@ -32,6 +34,7 @@ import pandas as pd
 from .ner import surface_key
 
 MAX_CLUES = 4
+MIN_INNER_KEY = 5  # a masked name this long also leaks inside a longer word ("formoterol" in "arformoterol")
 TYPE_NOUN = {"disease": "disorder", "gene": "gene", "drug": "drug", "drug_class": "pharmacological class",
              "phenotype": "clinical feature"}
 ONSET_PHRASE = {
@@ -59,7 +62,9 @@ def question_relations(entities: pd.DataFrame, relations: pd.DataFrame, corpus_r
 class QuestionIndex:
     """Everything question building and verification need, as plain dicts and sets."""
 
-    def __init__(self, entities: pd.DataFrame, relations: pd.DataFrame) -> None:
+    def __init__(self, entities: pd.DataFrame, relations: pd.DataFrame, rare: Iterable[str] = ()) -> None:
+        """``rare``: the ids the mining stage calls rare (only these are described as "rare")."""
+        self.rare = frozenset(rare)
         self.type = dict(zip(entities["entity_id"], entities["type"]))
         self.name = dict(zip(entities["entity_id"], entities["name"]))
         self.synonyms = {e: [str(s) for s in (syn if syn is not None else [])]
@@ -146,11 +151,17 @@ def masked_keys(index: QuestionIndex, chain: Iterable[str]) -> dict[str, str]:
     return keys
 
 
+def names_inside(haystack_key: str, needle_key: str) -> bool:
+    """``needle_key`` shows in ``haystack_key``: as whole words, or (5+ characters) inside a longer
+    word — a masked "formoterol" is given away by a clue that names "arformoterol"."""
+    return contains_words(haystack_key, needle_key) or (len(needle_key) >= MIN_INNER_KEY and needle_key in haystack_key)
+
+
 def overlaps_masked(index: QuestionIndex, value: str, keys: dict[str, str]) -> str | None:
     """The masked entity a clue value would give away (its name contains or is inside a masked name)."""
     ck = surface_key(index.name.get(value, ""))
     for k, e in keys.items():
-        if contains_words(ck, k) or (len(ck) >= 5 and len(k) >= 5 and contains_words(k, ck)):
+        if names_inside(ck, k) or (len(ck) >= 5 and len(k) >= 5 and contains_words(k, ck)):
             return e
     return None
 
@@ -321,6 +332,8 @@ def _join(parts: list[str]) -> str:
 def describe(index: QuestionIndex, var: Variable, rng: random.Random) -> str:
     noun = TYPE_NOUN[var.type]
     adj = rng.choice(["rare ", "rare ", "little-known ", ""]) if var.type == "disease" else ""
+    if var.entity_id not in index.rare:  # drawn anyway: the rest of the text does not depend on rarity
+        adj = ""
     np_ = f"{_article(adj + noun)} {adj}{noun}"
     if not var.clues:
         return np_
@@ -425,7 +438,7 @@ def leaks(index: QuestionIndex, variables: list[Variable], texts: Iterable[str])
     for text in texts:
         tk = surface_key(text)
         for k, e in keys.items():
-            if contains_words(tk, k):
+            if names_inside(tk, k):
                 found.append(f"{e} named as {k!r}")
     for v in variables:
         for c in v.clues:

@@ -362,3 +362,14 @@ def test_an_intersection_with_one_relation_per_anchor_bounds_the_hop_only_when_e
     assert {e.kind for _, e in mixed.evidence} == {"intersection"}
     swapped = pick(("common", {"entity_ids": [hypotonia, houge_janssens_2], "relation": "has_phenotype,is_a"}))
     assert not swapped.grounded and len(swapped.unresolved) == 8  # complete (none), but not the hop's constraints
+
+
+def test_the_summary_record_is_strict_json():
+    import json
+
+    frame = pd.DataFrame({"commits": [2, 0], "grounded_commit_rate": [0.5, float("nan")]},
+                         index=pd.Index([2, 6], name="hops"))
+    rec = G.summary_record({"grounded_commit_rate": 0.5, "by_hops": frame})
+    assert rec["by_hops"] == [{"hops": 2, "commits": 2, "grounded_commit_rate": 0.5},
+                              {"hops": 6, "commits": 0, "grounded_commit_rate": None}]
+    json.dumps(rec, allow_nan=False)

@@ -97,6 +97,28 @@ def test_leak_check_catches_names_synonyms_ids_and_overlapping_clues(index):
     assert any("gives away" in x for x in Q.leaks(index, [mild], ["a kind of it"]))  # 'Intellectual disability'
 
 
+def test_a_masked_name_inside_a_longer_clue_word_is_a_leak(index):
+    formoterol = Q.Variable("DRUGBANK:DB00983", "drug", None, [])  # Formoterol; DB01274 is Arformoterol
+    assert Q.leaks(index, [formoterol], ["A drug closely related to arformoterol."])
+    keys = Q.masked_keys(index, ["DRUGBANK:DB00983"])
+    assert Q.overlaps_masked(index, "DRUGBANK:DB01274", keys) == "DRUGBANK:DB00983"
+    assert Q.leaks(index, [formoterol], ["A long-acting beta-2 agonist for asthma."]) == []
+    assert not Q.names_inside("hand foot", "and")  # short keys still need whole words
+
+
+def test_only_entities_the_mining_stage_found_rare_are_called_rare(index, monkeypatch):
+    import random
+
+    fabry = Q.Variable("MONDO:0010526", "disease", None, [])
+    monkeypatch.setattr(index, "rare", frozenset())
+    plain = [Q.describe(index, fabry, random.Random(i)) for i in range(40)]
+    assert not any("rare" in d or "little-known" in d for d in plain)
+    monkeypatch.setattr(index, "rare", frozenset({"MONDO:0010526"}))
+    rare = [Q.describe(index, fabry, random.Random(i)) for i in range(40)]
+    assert any(d.startswith("a rare ") for d in rare) and any("little-known" in d for d in rare)
+    assert [d.replace("rare ", "").replace("little-known ", "") for d in rare] == plain  # only the adjective changes
+
+
 def test_obfuscation_replaces_phenotypes_by_their_parent(index):
     plain = Q.candidate_clues(index, "MONDO:0010526", 0, set())
     obf = Q.candidate_clues(index, "MONDO:0010526", 1, set())
