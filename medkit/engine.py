@@ -49,12 +49,12 @@ from typing import Any
 
 from .errors import ConfigError, MedkitError
 from .io import build_folder, package_version, provenance, write_json
-from .llm import Completion, chat_prompt_ids, eos_ids, generate_through_ids
+from .llm import TokenIdChat, chat_prompt_ids, eos_ids
 from .paths import cache_dir
 
 ENGINES: tuple[str, ...] = ("transformers", "openvino", "ctranslate2", "vllm", "auto")
 CPU_ENGINES: tuple[str, ...] = ("openvino", "ctranslate2")  # engines that hold their own copy of the weights
-DEFAULT_ENGINE = "auto"  # OpenVINO on CPU (3.5x the transformers baseline in bench/bench_engine.py), vLLM on a GPU
+DEFAULT_ENGINE = "auto"  # OpenVINO on CPU (6.3x the transformers baseline in results/bench/engine.json), vLLM on a GPU
 COMPUTE_TYPES: tuple[str, ...] = ("auto", "float32", "bf16", "int8")
 DEFAULT_COMPUTE_TYPE = "auto"  # resolve_precision: bf16 on OpenVINO where the CPU computes bf16 natively, else float32
 ENGINE_PRECISIONS: dict[str, tuple[str, ...]] = {"openvino": ("float32", "bf16"), "ctranslate2": ("float32", "int8")}
@@ -238,6 +238,16 @@ def prompt_ids(tokenizer: Any, question: str) -> list[int]:
     return chat_prompt_ids(tokenizer, [{"role": "user", "content": question}])
 
 
+def source_greedy(model: Any, tokenizer: Any, ids: list[int], n: int = PARITY_NEW_TOKENS) -> list[int]:
+    """The transformers model's greedy continuation of ``ids``: exactly ``n`` new token ids (the parity reference)."""
+    import torch
+
+    with torch.inference_mode():
+        out = model.generate(input_ids=torch.tensor([ids], device=model.device), do_sample=False,
+                             max_new_tokens=n, min_new_tokens=n, pad_token_id=tokenizer.eos_token_id)
+    return out[0, len(ids):].tolist()
+
+
 def source_logprobs(model: Any, ids: list[int], start: int) -> list[float]:
     """log p(ids[i] | ids[:i]) for i >= start under the transformers model (float32)."""
     import torch
@@ -256,8 +266,6 @@ def check_parity(model: Any, tokenizer: Any, folder: Path, compute_type: str, *,
     ``greedy=False`` (a policy re-exported during training: the recipe was checked at its first
     export) scores :data:`PARITY_REFERENCE` instead — two forward passes, no generation.
     """
-    import torch
-
     cache = Path(folder) / f"parity-{compute_type}{'' if greedy else '-scored'}.json"
     if cache.is_file():
         return within_tolerance(json.loads(cache.read_text(encoding="utf-8")), folder)
@@ -266,11 +274,7 @@ def check_parity(model: Any, tokenizer: Any, folder: Path, compute_type: str, *,
     for question in PARITY_PROMPTS:
         ids = prompt_ids(tokenizer, question)
         if greedy:
-            with torch.inference_mode():
-                out = model.generate(input_ids=torch.tensor([ids], device=model.device), do_sample=False,
-                                     max_new_tokens=PARITY_NEW_TOKENS, min_new_tokens=PARITY_NEW_TOKENS,
-                                     pad_token_id=tokenizer.eos_token_id)
-            cont = out[0, len(ids):].tolist()
+            cont = source_greedy(model, tokenizer, ids)
         else:
             cont = tokenizer(PARITY_REFERENCE, add_special_tokens=False)["input_ids"]
         src = source_logprobs(model, ids + cont, len(ids))
@@ -308,7 +312,7 @@ class _Row:
     done: bool = False
 
 
-class CTranslate2Backend:
+class CTranslate2Backend(TokenIdChat):
     """A CTranslate2 generator (CPU) with the model's tokenizer; see the module docstring."""
 
     def __init__(self, folder: str | Path, tokenizer: Any, *, compute_type: str = DEFAULT_COMPUTE_TYPE,
@@ -409,16 +413,6 @@ class CTranslate2Backend:
             if not row.ids:
                 row.ids = list(res.sequences_ids[0])[:row.limit]
         return [row.ids for row in rows]
-
-    # -- ChatBackend
-    def prompt_ids(self, conversation: list[dict[str, Any]]) -> list[int]:
-        return chat_prompt_ids(self.tokenizer, conversation)
-
-    def generate(self, conversations: list[list[dict]], *, max_new_tokens: int, temperature: float = 0.0,
-                 stop: list[str] | None = None, seed: int | None = None) -> list[Completion]:
-        """One completion per conversation, in the order given (the :class:`ChatBackend` call)."""
-        return generate_through_ids(self, conversations, max_new_tokens=max_new_tokens, temperature=temperature,
-                                    stop=stop, seed=seed)
 
 
 def length_buckets(lengths: Sequence[int], batch_size: int, max_spread: int | None) -> list[list[int]]:

@@ -252,6 +252,23 @@ def generate_through_ids(backend: Any, conversations: list[list[dict]], *, max_n
             for p, ids in zip(prompts, generated)]
 
 
+class TokenIdChat:
+    """The :class:`ChatBackend` calls of an engine that generates from token ids: a subclass provides
+    ``tokenizer``, ``eos_ids`` and ``generate_ids`` (the CTranslate2 and OpenVINO backends)."""
+
+    tokenizer: Any
+
+    def prompt_ids(self, conversation: list[dict[str, Any]]) -> list[int]:
+        """The conversation's token ids under the chat template, generation prompt appended."""
+        return chat_prompt_ids(self.tokenizer, conversation)
+
+    def generate(self, conversations: list[list[dict]], *, max_new_tokens: int, temperature: float = 0.0,
+                 stop: list[str] | None = None, seed: int | None = None) -> list[Completion]:
+        """One completion per conversation, in the order given (the :class:`ChatBackend` call)."""
+        return generate_through_ids(self, conversations, max_new_tokens=max_new_tokens, temperature=temperature,
+                                    stop=stop, seed=seed)
+
+
 class LocalTransformersBackend:
     """A transformers causal LM in this process, generating in left-padded batches.
 

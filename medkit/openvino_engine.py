@@ -43,7 +43,7 @@ from typing import Any
 
 from .errors import ConfigError, MedkitError
 from .io import build_folder, package_version, provenance, write_json
-from .llm import Completion, chat_prompt_ids, eos_ids, generate_through_ids
+from .llm import TokenIdChat, chat_prompt_ids, eos_ids
 
 GGUF_FILE = "model.gguf"
 STAMP = "medkit_engine.json"
@@ -181,7 +181,7 @@ def export(model: Any, tokenizer: Any, *, digest: str | None = None, root: Path 
     return build_folder(export_dir(digest, root), build, is_complete)
 
 
-class OpenVINOBackend:
+class OpenVINOBackend(TokenIdChat):
     """An OpenVINO GenAI continuous-batching pipeline (CPU) with the model's tokenizer; see the module docstring."""
 
     def __init__(self, folder: str | Path, tokenizer: Any, *, precision: str = "float32", batch_size: int = 64,
@@ -273,16 +273,6 @@ class OpenVINOBackend:
             raise MedkitError(f"{self.name}: the engine returned no continuation")
         return list(outputs[0].generated_ids), [float(x) for x in outputs[0].generated_log_probs]
 
-    # -- ChatBackend
-    def prompt_ids(self, conversation: list[dict[str, Any]]) -> list[int]:
-        return chat_prompt_ids(self.tokenizer, conversation)
-
-    def generate(self, conversations: list[list[dict]], *, max_new_tokens: int, temperature: float = 0.0,
-                 stop: list[str] | None = None, seed: int | None = None) -> list[Completion]:
-        """One completion per conversation, in the order given (the :class:`ChatBackend` call)."""
-        return generate_through_ids(self, conversations, max_new_tokens=max_new_tokens, temperature=temperature,
-                                    stop=stop, seed=seed)
-
 
 def check_parity(model: Any, tokenizer: Any, backend: OpenVINOBackend, *, greedy: bool = True) -> dict[str, Any]:
     """The export against its source on :data:`medkit.engine.PARITY_PROMPTS` (cached in the export folder).
@@ -291,9 +281,8 @@ def check_parity(model: Any, tokenizer: Any, backend: OpenVINOBackend, *, greedy
     the source's (teacher forcing) on the same tokens; with ``greedy`` also how many of the
     engine's greedy continuations equal the source's. Raises beyond the tolerance of the backend's precision.
     """
-    import torch
-
-    from .engine import PARITY_NEW_TOKENS, PARITY_PROMPTS, PARITY_TOLERANCE, prompt_ids, source_logprobs, within_tolerance
+    from .engine import (PARITY_NEW_TOKENS, PARITY_PROMPTS, PARITY_TOLERANCE, prompt_ids, source_greedy,
+                         source_logprobs, within_tolerance)
 
     cache = backend.folder / f"parity-{backend.precision}{'' if greedy else '-scored'}.json"
     if cache.is_file():
@@ -306,11 +295,7 @@ def check_parity(model: Any, tokenizer: Any, backend: OpenVINOBackend, *, greedy
         src = source_logprobs(model, ids + cont, len(ids))
         gaps += [abs(a - b) for a, b in zip(src, logps)]
         if greedy:
-            with torch.inference_mode():
-                out = model.generate(input_ids=torch.tensor([ids], device=model.device), do_sample=False,
-                                     max_new_tokens=PARITY_NEW_TOKENS, min_new_tokens=PARITY_NEW_TOKENS,
-                                     pad_token_id=tokenizer.eos_token_id)
-            identical += int(out[0, len(ids):].tolist() == cont)
+            identical += int(source_greedy(model, tokenizer, ids) == cont)
     result = {"compute_type": backend.precision, "weights": WEIGHT_PRECISION, "engine": "openvino",
               "mean_abs_logprob_gap": round(sum(gaps) / len(gaps), 5), "max_abs_logprob_gap": round(max(gaps), 5),
               "greedy_identical": identical if greedy else None, "prompts": len(PARITY_PROMPTS),
