@@ -1,0 +1,121 @@
+"""Where the tokens of a trajectory go: per-segment breakdown of KG-guided trajectories (issue 13).
+
+On a sample of a profile's training questions (default: 150 cpu questions, seed 13, variants 0-1)
+this synthesises, filters (grounding on, MAX_TOKENS of the profile) and counts the tokens of every
+accepted trajectory as SFT sees it (the profile's tokenizer and chat template, the text protocol,
+tool schemas in the prompt only when ``TOOLS_IN_PROMPT``) and per segment: system prompt (+ tool
+block), question, thoughts, calls, observations, answer, and the template's own tokens.
+Also: share of trajectories <= 1,200 and <= 2,048 tokens, 6-hop trajectories over the limit,
+grounded rates and acceptance. ``python bench/bench_compact.py [profile] [n] [out.json]``.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import sys
+from collections import Counter, defaultdict
+
+from medkit import agent as A
+from medkit import grounding as G
+from medkit import io as mio
+from medkit import paths, profiles
+from medkit import synthesis as S
+from medkit import trajectories as TR
+from medkit.model import load_tokenizer
+
+SEGMENTS = ("system", "question", "thoughts", "calls", "observations", "answer", "template")
+
+
+def segments(messages: list[dict], schemas: list[dict], n_tok) -> dict[str, int]:
+    """Tokens per segment of one trajectory (each piece tokenised alone; ``template``: the rest)."""
+    seg: Counter = Counter()
+    text = A.to_text_messages(messages, schemas)
+    seg["system"] = n_tok(text[0]["content"])
+    for m in messages[1:]:
+        role = m.get("role")
+        if role == "user":
+            seg["question"] += n_tok(m["content"])
+        elif role == "tool":
+            seg["observations"] += n_tok("<tool_response>\n" + str(m["content"]) + "\n</tool_response>")
+        elif role == "assistant":
+            turn = A.parse_turn(A.assistant_text(m))
+            if turn.think is not None:
+                seg["thoughts"] += n_tok(f"<think>{turn.think}</think>")
+            for c in m.get("tool_calls") or []:
+                fn = c.get("function", c)
+                seg["calls"] += n_tok(A.render_tool_call(fn["name"], fn["arguments"]))
+            if turn.answer is not None:
+                seg["answer"] += n_tok(f"<answer>{turn.answer}</answer>")
+    return dict(seg)
+
+
+def main(profile: str = "cpu", n: int = 150, out: str | None = None) -> dict:
+    data = paths.profile_data_dir(profile)
+    index, toolbox = TR.open_tools(data)
+    tok = load_tokenizer(profile)
+    full = A.tool_schemas(toolbox.tools())
+    # the filter counts as notebook 04 does (every tool's JSON schema in the prompt); SFT drops the
+    # JSON schema block unless TOOLS_IN_PROMPT, so its view is the same text without that block
+    schemas = full if profiles.defaults(profile, "sft")["TOOLS_IN_PROMPT"] else []
+    count = TR.token_counter(tok, full)
+    max_tokens = profiles.defaults(profile, "trajectories")["MAX_TOKENS"]
+    questions = mio.read_jsonl(data / "questions_train.jsonl")
+    sample = random.Random(13).sample(questions, min(n, len(questions)))
+
+    def n_tok(s: str) -> int:
+        return len(tok(s, add_special_tokens=False)["input_ids"])
+
+    rows, per = [], []
+    for rec in sample:
+        for variant in (0, 1):
+            traj = S.synthesise(rec, index, toolbox, variant=variant).to_record()
+            traj.update({"question_id": TR.question_id(rec), "variant": variant, "source": "kg_guided",
+                         "hops": rec.get("hops")})
+            traj["filter"] = TR.filter_trajectory(traj, rec, max_tokens=max_tokens, count_tokens=count,
+                                                  resolve=toolbox.resolve_ids)
+            rows.append((traj, rec))
+            if traj["filter"]["accepted"]:
+                s = segments(traj["messages"], schemas, n_tok)
+                n_sft = TR.token_counter(tok, schemas)(traj["messages"])
+                s["template"] = n_sft - sum(s.values())
+                per.append((n_sft, s))
+    acc = [t for t, _ in rows if t["filter"]["accepted"]]
+    tokens = [t for t, _ in per]
+    mean = sum(tokens) / max(len(tokens), 1)
+    seg_mean = {k: round(sum(s.get(k, 0) for _, s in per) / max(len(per), 1), 1) for k in SEGMENTS}
+    reasons = Counter(t["filter"]["reasons"][0] for t, _ in rows if not t["filter"]["accepted"])
+    six_over = sum(1 for t, _ in rows if t.get("hops") == 6 and "over_token_limit" in t["filter"]["reasons"])
+    # would a 6-hop trajectory (or any) pass the filter but for its length? count every over-limit one too
+    over = sum(1 for t, _ in rows if "over_token_limit" in t["filter"]["reasons"])
+    summary = G.summarise(G.check_rows([t for t in acc], [r for _, r in rows]))
+    schema_block = n_tok(A.tools_block(full))
+    by_hops: dict = defaultdict(list)
+    for t in acc:
+        by_hops[t.get("hops")].append(t["filter"]["n_tokens"])
+    result = {
+        "profile": profile, "questions": len(sample), "trajectories": len(rows), "accepted": len(acc),
+        "acceptance_rate": round(len(acc) / len(rows), 4),
+        "questions_covered": len({t["question_id"] for t in acc}),
+        "tools_in_prompt": bool(schemas), "max_tokens": max_tokens, "json_schema_block_tokens": schema_block,
+        "mean_tokens_filter": round(sum(t["filter"]["n_tokens"] for t in acc) / max(len(acc), 1), 1),
+        "mean_tokens": round(mean, 1), "max_tokens_seen": max(tokens, default=0),
+        "share_le_1200": round(sum(x <= 1200 for x in tokens) / max(len(tokens), 1), 3),
+        "share_le_2048": round(sum(x <= 2048 for x in tokens) / max(len(tokens), 1), 3),
+        "segments_mean": seg_mean,
+        "segments_share": {k: round(v / mean, 3) for k, v in seg_mean.items()} if mean else {},
+        "mean_tokens_by_hops": {str(h): round(sum(v) / len(v), 1) for h, v in sorted(by_hops.items())},
+        "over_token_limit": over, "six_hop_over_limit": six_over,
+        "first_reject_reason": dict(reasons.most_common()),
+        "grounded_commit_rate": summary.get("grounded_commit_rate"),
+        "grounded_trajectory_rate": summary.get("grounded_trajectory_rate"),
+    }
+    if out:
+        mio.write_json(out, result)
+    return result
+
+
+if __name__ == "__main__":
+    args = sys.argv[1:]
+    res = main(args[0] if args else "cpu", int(args[1]) if len(args) > 1 else 150, args[2] if len(args) > 2 else None)
+    print(json.dumps(res, indent=1))
