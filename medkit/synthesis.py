@@ -57,7 +57,7 @@ from .agent import SYSTEM_PROMPT
 from .ner import surface_key
 from .questions import TYPE_NOUN, QuestionIndex, Variable, clue_phrase, contains_words, variables_from_record
 
-SYNTHESIS_VERSION = 4  # bump when trajectories change (actions, thoughts, prompt): stale rows are redone
+SYNTHESIS_VERSION = 5  # bump when trajectories change (actions, thoughts, prompt): stale rows are redone
 DIAGNOSE_K = 3
 SEARCH_K = 5
 MAX_CHECKS = 4      # discriminating calls per hop at most
