@@ -336,27 +336,21 @@ def verify_actions(index: QuestionIndex, prev: str | None, var: Variable,
 
 def _rank_phrase(observation: str, eid: str) -> str:
     for line in observation.splitlines():
-        if f"({eid})" in line and line[:1].isdigit():
-            rank = line.split(".", 1)[0]
-            matched = line.split("matched=", 1)[1].split(":", 1)[0] if "matched=" in line else "?"
-            return f"ranks #{rank} with {matched} phenotypes matched"
+        if (m := G.DIAGNOSE_LINE.match(line)) is not None and m.group(2) == eid:
+            return f"ranks #{m.group(1)} with {m.group(4)}/{m.group(5)} phenotypes matched"
     return "is among the candidates"
 
 
-def _ranked_lines(observation: str) -> list[tuple[str, str]]:
-    """(line, "score matched") of each ranked line of a diagnose output."""
-    out = []
-    for line in observation.splitlines():
-        if line[:1].isdigit() and " score=" in line:
-            tail = line.split(" score=", 1)[1]
-            out.append((line, tail.split(":", 1)[0]))
-    return out
+def _ranked_lines(observation: str) -> list[tuple[str, str, str]]:
+    """(line, "score matched", disease id) of each ranked line of a diagnose output."""
+    return [(line, f"{m.group(3)} {m.group(4)}/{m.group(5)}", m.group(2)) for line in observation.splitlines()
+            if (m := G.DIAGNOSE_LINE.match(line)) is not None]
 
 
 def at_last_rank(observation: str, eid: str, k: int = DIAGNOSE_K) -> bool:
     """``eid`` ties with (or is) the last of ``k`` shown diagnose lines: diseases below rank k may tie with it."""
     lines = _ranked_lines(observation)
-    mine = next((score for line, score in lines if f"({eid})" in line), None)
+    mine = next((score for _, score, did in lines if did == eid), None)
     return len(lines) >= k and mine is not None and mine == lines[-1][1]
 
 
@@ -377,7 +371,7 @@ def hides_full_match(index: QuestionIndex, view: ToolView, action: Action, obser
     if full and isinstance(within, str) and within.strip():
         ids = [x for x in view.resolve(within) if x in index.type] or [within.strip()]
         full &= index.below(ids[0])
-    shown = {line.split(" score=", 1)[0].rsplit("(", 1)[-1].rstrip(")") for line, _ in _ranked_lines(observation)}
+    shown = {did for _, _, did in _ranked_lines(observation)}
     return bool((full or set()) - shown)
 
 

@@ -433,8 +433,10 @@ class MedicalToolbox:
             within: Optional disease class (id or name): rank only it and its subtypes.
 
         Returns:
-            The candidates best first, "rank. name (id) score=log-likelihood matched=m/n" followed by the
-            matched query phenotypes with their annotated frequencies; unresolved phenotypes are listed first.
+            "Query: #1 name (HP id); #2 ...", then the candidates best first, one line each:
+            "rank. name (id) score=log-likelihood m/n" (m of the n query phenotypes matched) followed by
+            the matched ones by number with their annotated frequencies ("#1 55%; #2 freq unknown");
+            unresolved phenotypes are listed first.
             Uniform prior; P(phenotype | disease) is its annotated frequency (unknown 50%, excluded 0.1%)
             and 1% when the disease lacks the annotation.
         """
@@ -477,21 +479,21 @@ class MedicalToolbox:
         lines = []
         if unresolved:
             lines.append("Unresolved (ignored): " + "; ".join(unresolved))
-        lines.append("Query: " + "; ".join(self._label(h) for h in resolved)
+        lines.append("Query: " + "; ".join(f"#{i} {self._label(h)}" for i, h in enumerate(resolved, 1))
                      + (f" | within {self._label(cls_id)} ({len(scope)} classes)" if scope is not None else ""))
         n = len(resolved)
         for rank, d in enumerate(order, 1):
             did = self._dis_ids[d]
             ev = []
-            for h, pos in zip(resolved, qpos):
+            for i, (h, pos) in enumerate(zip(resolved, qpos), 1):
                 if pos is None:
                     continue
                 lo, hi = self._indptr[pos], self._indptr[pos + 1]
                 j = lo + np.searchsorted(self._ann_dis[lo:hi], d)
                 if j < hi and self._ann_dis[j] == d:
                     f = self._ann_freq[j]
-                    ev.append(f"{self._names.get(h, h)} {_pct(f)}" + (" [excluded]" if f == 0 else ""))
-            lines.append(f"{rank}. {self._label(did)} score={scores[d]:.2f} matched={int(matches[d])}/{n}"
+                    ev.append(f"#{i} {_pct(f)}" + (" [excluded]" if f == 0 else ""))
+            lines.append(f"{rank}. {self._label(did)} score={scores[d]:.2f} {int(matches[d])}/{n}"
                          + (": " + "; ".join(ev) if ev else ""))
         return "\n".join(lines)
 

@@ -77,7 +77,11 @@ def test_diagnose_ranks_fabry(tb, fabry_phenotypes):
     out = tb.diagnose(fabry_phenotypes)
     ranked = [line.split(". ", 1)[1] for line in out.splitlines() if line[:1].isdigit()]
     assert any(FABRY in line for line in ranked[:3]), out
-    assert "score=" in out and "matched=5/5" in out
+    assert "score=" in out and " 5/5: #1 " in out and "matched" not in out
+    query = out.splitlines()[0]
+    assert query.startswith("Query: #1 ") and "; #5 " in query  # phenotypes named once, then by number
+    top = next(line for line in out.splitlines() if FABRY in line)
+    assert all(f"#{i} " in top for i in range(1, 6)) and not any(tb._names[h] in top for h in fabry_phenotypes)
     names = [tb._names[h] for h in fabry_phenotypes]
     by_name = tb.diagnose(names)
     assert [ln for ln in by_name.splitlines() if ln[:1].isdigit()] == [ln for ln in out.splitlines() if ln[:1].isdigit()]
