@@ -102,7 +102,7 @@ _READ_SECTION = re.compile(r"^(?:.*? \[(\w+), (outgoing|incoming)\]|(\w+) \((out
 DIAGNOSE_LINE = re.compile(rf"^(\d+)\. .* \(({_ID})\) score=(\S+) (?:matched=)?(\d+)/(\d+)(?:: (.*))?$")
 _MATCHED = re.compile(r"^(.*) (?:\d+%|freq unknown)(?: \[excluded\])?$")
 _QUERY_REF = re.compile(r"^#(\d+) (.*)$")
-_SEARCH_HIT = re.compile(rf"^\[[^\]]*\] .*? \(({_ID})\): ")
+_SEARCH_HIT = re.compile(rf"^(?:\[[^\]]*\] )?.*? \(({_ID})\): ")  # "[passage id] " only when not the entity's own
 _LOOKUP_LINE = re.compile(rf"^({_ID}) .* \([^()]*\)(?: \[synonym\])?$")
 
 _KINDS = {"MONDO": "disease", "OMIM": "disease", "ORPHA": "disease", "HP": "HPO term", "DRUGBANK": "drug",

@@ -252,7 +252,7 @@ def _common_action(index: QuestionIndex, view: ToolView, pairs: list[tuple[str, 
     relations = [r for _, r in pairs]
     return Action("common", {"entity_ids": [a if a == prev else view.ref(index, a) for a, _ in pairs],
                              "relation": relations[0] if len(set(relations)) == 1 else ",".join(relations)},
-                  f"I will intersect {_pairs_phrase(index, pairs)}: the {n} must be linked to each of them.", kind)
+                  f"I will intersect {_pairs_phrase(index, pairs)}.", kind)
 
 
 def _clue_pairs(var: Variable) -> list[tuple[str, str]]:
@@ -291,18 +291,17 @@ def hop_actions(index: QuestionIndex, prev: str, var: Variable, view: ToolView) 
     if var.type == "disease" and (via_phenotype or phenos):
         query = ([prev] if via_phenotype else []) + phenos
         actions.append(_diagnose_action(index, view, query, var, "I will rank diseases for "
-                                        + (f"{pname} and the other features" if via_phenotype and phenos
-                                           else pname if via_phenotype else "these features") + ".", prev))
+                                        + ("it and the other features" if via_phenotype and phenos
+                                           else "it" if via_phenotype else "these features") + ".", prev))
     if (a := _common_action(index, view, [(prev, rel), *_clue_pairs(var)], n, prev)) is not None:
         actions.append(a)
     if rel in view.relations:
         actions.append(Action("related", {"entity_id": prev, "relation": rel,
                                           "direction": "out" if direction == "fwd" else "in"},
-                              f"I will list the {rel} links of {pname}.", "related"))
+                              f"I will list its {rel} links.", "related"))
     elif rel == "definition_mentions" and direction == "fwd":
         actions.append(Action("read", {"entity_id": prev},
-                              f"I will read the entry of {pname}.",
-                              "read"))
+                              "I will read its entry.", "read"))
     elif rel == "definition_mentions":
         actions.append(Action("search", {"query": pname, "k": SEARCH_K},
                               f"I will search for {n}s that mention {pname}.", "search"))
@@ -686,13 +685,12 @@ def synthesise(record: dict[str, Any], index: QuestionIndex, toolbox: Any, *, va
     for i, var in enumerate(variables):
         n = noun(index, var.type)
         if i == 0:
-            intro = (f"The question describes a chain of {len(variables)} linked entities and asks for the last one. "
-                     f"First I need {describe(index, var, rng)}.")
+            intro = f"First I need {describe(index, var, rng)}."
             actions = start_actions(index, var, view, search_first=variant % 2 == 1)
         else:
             phrase = LINK_PHRASE.get((var.link["relation"], var.link["direction"]),
                                      "a {n} linked to {p} by " + var.link["relation"])
-            intro = f"Next I need {phrase.format(n=n, p=name_of(index, prev))}"
+            intro = f"Next I need {phrase.format(n=n, p='it')}"  # the thought has just named it
             if var.clues:
                 intro += " that " + " and ".join(clue_phrase(index, var.entity_id, c, rng) for c in var.clues)
             intro += "."
@@ -762,9 +760,7 @@ def synthesise(record: dict[str, Any], index: QuestionIndex, toolbox: Any, *, va
             messages.append({"role": "tool", "name": action.name, "content": obs})
             out.steps.append(Step(action, obs, None, True, _sentence(thought)))
             context = f"Confirmed: the entry of {name_of(index, target.entity_id)} shows {name_of(index, evidence)}."
-    path = " -> ".join(name_of(index, v.entity_id) for v in variables)
-    final = (f"{context} Every constraint of the question is satisfied along {path}. "
-             f"The answer is {name_of(index, target.entity_id)}.")
+    final = f"{context} The answer is {name_of(index, target.entity_id)}."
     messages.append({"role": "assistant",
                      "content": f"<think>{_sentence(final)}</think>\n<answer>{record['answer']}</answer>"})
     return out

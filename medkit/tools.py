@@ -46,7 +46,7 @@ MAX_OUTPUT_CHARS = 4_000
 MAX_QUERY_CHARS = 500
 MAX_K = 50
 MAX_PHENOTYPES = 50
-SNIPPET_CHARS = 200
+SNIPPET_CHARS = 120
 MAX_SYNONYMS = 8
 MAX_PER_RELATION = 15
 MAX_LOOKUP = 10
@@ -246,8 +246,8 @@ class MedicalToolbox:
             k: Number of hits (1-50).
 
         Returns:
-            One line per hit, "[passage_id] title (entity_id): first 200 characters", best first;
-            pass an entity id to read() for the full entry.
+            One line per hit, "title (entity_id): first 120 characters", best first ("[passage_id] "
+            first when the passage is not the entity's own); pass either id to read() for the full entry.
         """
         if (problem := _check_text(query, "query") or _check_k(k)):
             return problem
@@ -268,7 +268,8 @@ class MedicalToolbox:
             if len(snippet) > SNIPPET_CHARS:
                 snippet = snippet[:SNIPPET_CHARS].rsplit(" ", 1)[0] + " ..."
             ent = f" ({h.entity_id})" if h.entity_id else ""
-            lines.append(f"[{h.passage_id}] {h.title}{ent}: {snippet}")
+            pid = "" if h.passage_id == h.entity_id else f"[{h.passage_id}] "  # an entity's own passage: its id once
+            lines.append(f"{pid}{h.title}{ent}: {snippet}")
         return "\n".join(lines)
 
     @_safe

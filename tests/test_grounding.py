@@ -392,3 +392,11 @@ def test_diagnose_parser_maps_numbered_phenotypes_and_reads_the_older_format():
         assert obs.matched["MONDO:0011050"] == {"Renal hypoplasia/aplasia", "Abnormal periauricular region morphology"}
         assert obs.matched["MONDO:0007059"] == {"Renal hypoplasia/aplasia"}
         assert obs.matched["MONDO:0008359"] == {"Abnormal periauricular region morphology"}
+
+
+def test_search_hits_parse_with_and_without_a_passage_id():
+    text = ("Fabry disease (MONDO:0010526): A lysosomal storage disease ...\n"
+            "[PMID:1] Enzyme therapy (MONDO:0010526): Agalsidase ...\n"
+            "[UBERON:0000002] uterine cervix: no entity, not a candidate")
+    obs = G.parse_observation(0, "search", text, {})
+    assert obs.listings[0].items == ("MONDO:0010526", "MONDO:0010526") and not obs.listings[0].complete

@@ -33,7 +33,8 @@ def test_search_finds_fabry(tb):
     out = tb.search("Fabry disease")
     assert FABRY in out
     first = out.splitlines()[0]
-    assert first.startswith("[") and "Fabry disease" in first
+    assert first.startswith("Fabry disease (MONDO:0010526): ") and "[" not in first.split(":", 1)[0]  # id once
+    assert all(len(line.split("): ", 1)[1]) <= 124 for line in out.splitlines())  # short snippets
     assert len(tb.search("Fabry disease", k=2).splitlines()) == 2
 
 
