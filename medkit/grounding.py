@@ -97,9 +97,9 @@ _RELATED_SIDE = re.compile(r"^(outgoing|incoming) \([^)]*\), (\d+): (.*)$")
 _COMMON = re.compile(r"^(\S+) neighbours shared by (.*?)(?:, (\d+): (.*)|: none\.)$", re.S)
 _READ_HEAD = re.compile(rf"^.* \(({_ID})\) — \S+$")
 _READ_SECTION = re.compile(r"^(?:.*? \[(\w+), (outgoing|incoming)\]|(\w+) \((outgoing|incoming)\)) \((\d+)\): (.*)$")
-# a ranked diagnose line: "rank. name (id) score=S m/n: #1 55%; #2 freq unknown" (before synthesis v5:
-# "score=S matched=m/n: Phenotype name 55%; ..."; both are read, so older logs still check)
-DIAGNOSE_LINE = re.compile(rf"^(\d+)\. .* \(({_ID})\) score=(\S+) (?:matched=)?(\d+)/(\d+)(?:: (.*))?$")
+# a ranked diagnose line: "rank. name (id) m/n: #1 55%; #2 freq unknown", tied lines sharing a rank (before
+# synthesis v5: "score=S matched=m/n: Phenotype name 55%; ..."; both are read, so older logs still check)
+DIAGNOSE_LINE = re.compile(rf"^(\d+)\. .* \(({_ID})\) (?:score=(\S+) )?(?:matched=)?(\d+)/(\d+)(?:: (.*))?$")
 _MATCHED = re.compile(r"^(.*) (?:\d+%|freq unknown)(?: \[excluded\])?$")
 _QUERY_REF = re.compile(r"^#(\d+) (.*)$")
 _SEARCH_HIT = re.compile(rf"^(?:\[[^\]]*\] )?.*? \(({_ID})\): ")  # "[passage id] " only when not the entity's own

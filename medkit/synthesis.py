@@ -341,9 +341,10 @@ def _rank_phrase(observation: str, eid: str) -> str:
 
 
 def _ranked_lines(observation: str) -> list[tuple[str, str, str]]:
-    """(line, "score matched", disease id) of each ranked line of a diagnose output."""
-    return [(line, f"{m.group(3)} {m.group(4)}/{m.group(5)}", m.group(2)) for line in observation.splitlines()
-            if (m := G.DIAGNOSE_LINE.match(line)) is not None]
+    """(line, tie key, disease id) of each ranked line of a diagnose output; equal keys are tied (the shared
+    rank; before v5 the score and matched count)."""
+    return [(line, f"{m.group(3)} {m.group(4)}/{m.group(5)}" if m.group(3) else f"#{m.group(1)}", m.group(2))
+            for line in observation.splitlines() if (m := G.DIAGNOSE_LINE.match(line)) is not None]
 
 
 def at_last_rank(observation: str, eid: str, k: int = DIAGNOSE_K) -> bool:

@@ -434,10 +434,10 @@ class MedicalToolbox:
             within: Optional disease class (id or name): rank only it and its subtypes.
 
         Returns:
-            "Query: #1 name (HP id); #2 ...", then the candidates best first, one line each:
-            "rank. name (id) score=log-likelihood m/n" (m of the n query phenotypes matched) followed by
-            the matched ones by number with their annotated frequencies ("#1 55%; #2 freq unknown");
-            unresolved phenotypes are listed first.
+            "Query: #1 name (HP id); #2 ...", then the diseases matching at least one of them, best
+            (highest log-likelihood) first, one line each: "rank. name (id) m/n" (m of the n query phenotypes
+            matched; tied diseases share a rank) followed by the matched ones by number with their annotated
+            frequencies ("#1 55%; #2 freq unknown"); unresolved phenotypes are listed first.
             Uniform prior; P(phenotype | disease) is its annotated frequency (unknown 50%, excluded 0.1%)
             and 1% when the disease lacks the annotation.
         """
@@ -476,14 +476,18 @@ class MedicalToolbox:
             order = order[np.isin(self._dis_ids[order], list(scope))]
             if not len(order):
                 return _err(f"no disease with phenotype annotations lies within {self._label(cls_id)}.")
-        order = order[:k]
+        order = order[matches[order] > 0][:k]  # a disease matching none of the phenotypes is no candidate
         lines = []
         if unresolved:
             lines.append("Unresolved (ignored): " + "; ".join(unresolved))
         lines.append("Query: " + "; ".join(f"#{i} {self._label(h)}" for i, h in enumerate(resolved, 1))
                      + (f" | within {self._label(cls_id)} ({len(scope)} classes)" if scope is not None else ""))
         n = len(resolved)
-        for rank, d in enumerate(order, 1):
+        if not len(order):
+            lines.append("No disease" + (" there" if scope is not None else "") + " has any of these phenotypes.")
+        shown = [round(float(scores[d]), 2) for d in order]
+        for d, score in zip(order, shown):
+            rank = 1 + sum(x > score for x in shown)  # tied diseases share a rank ("1.", "1.", "3.")
             did = self._dis_ids[d]
             ev = []
             for i, (h, pos) in enumerate(zip(resolved, qpos), 1):
@@ -494,7 +498,7 @@ class MedicalToolbox:
                 if j < hi and self._ann_dis[j] == d:
                     f = self._ann_freq[j]
                     ev.append(f"#{i} {_pct(f)}" + (" [excluded]" if f == 0 else ""))
-            lines.append(f"{rank}. {self._label(did)} score={scores[d]:.2f} {int(matches[d])}/{n}"
+            lines.append(f"{rank}. {self._label(did)} {int(matches[d])}/{n}"
                          + (": " + "; ".join(ev) if ev else ""))
         return "\n".join(lines)
 

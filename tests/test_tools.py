@@ -78,7 +78,8 @@ def test_diagnose_ranks_fabry(tb, fabry_phenotypes):
     out = tb.diagnose(fabry_phenotypes)
     ranked = [line.split(". ", 1)[1] for line in out.splitlines() if line[:1].isdigit()]
     assert any(FABRY in line for line in ranked[:3]), out
-    assert "score=" in out and " 5/5: #1 " in out and "matched" not in out
+    assert "score" not in out and " 5/5: #1 " in out and "matched" not in out
+    assert all(" 0/5" not in line for line in out.splitlines())  # only diseases matching a phenotype are ranked
     query = out.splitlines()[0]
     assert query.startswith("Query: #1 ") and "; #5 " in query  # phenotypes named once, then by number
     top = next(line for line in out.splitlines() if FABRY in line)
