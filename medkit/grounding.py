@@ -94,7 +94,8 @@ _MORE = re.compile(r" \.\.\. and (\d+) more$")
 _TRUNCATED = "\n[output truncated:"
 _RELATED_HEAD = re.compile(rf"^.* \(({_ID})\) — (\S+)$")
 _RELATED_SIDE = re.compile(r"^(outgoing|incoming) \([^)]*\), (\d+): (.*)$")
-_COMMON = re.compile(r"^(\S+) neighbours shared by (.*?)(?:, (\d+): (.*)|: none\.)$", re.S)
+# "r shared by id1, id2, n: items" (before synthesis v5: "r neighbours shared by name (id), ...")
+_COMMON = re.compile(r"^(\S+) (?:neighbours )?shared by (.*?)(?:, (\d+): (.*)|: none\.)$", re.S)
 _READ_HEAD = re.compile(rf"^.* \(({_ID})\) — \S+$")
 _READ_SECTION = re.compile(r"^(?:.*? \[(\w+), (outgoing|incoming)\]|(\w+) \((outgoing|incoming)\)) \((\d+)\): (.*)$")
 # a ranked diagnose line: "rank. name (id) m/n: #1 55%; #2 freq unknown", tied lines sharing a rank (before
@@ -190,7 +191,7 @@ def _parse_common(obs: Observation, text: str) -> None:
     m = _COMMON.match(text)
     if m is None:
         return
-    anchors = tuple(_LABEL_ID.findall(m.group(2)))
+    anchors = tuple(_LABEL_ID.findall(m.group(2)) or _ID_TOKEN.findall(m.group(2)))
     if m.group(3) is None:
         obs.listings.append(Listing("common", anchors, m.group(1), None, (), complete=True))
     else:

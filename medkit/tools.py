@@ -525,7 +525,8 @@ class MedicalToolbox:
                 (e.g. "is_a,has_phenotype").
 
         Returns:
-            Up to 25 shared neighbours "name (id)", either direction of an entity's relation counting for it.
+            "relation shared by id1, id2, count: name (id); ..." (the entities' ids in the given order), up to 25
+            shared neighbours, either direction of an entity's relation counting for it; ": none." if none.
         """
         if not isinstance(entity_ids, (list, tuple)) or not 2 <= len(entity_ids) <= 10:
             return _err("entity_ids must be a list of 2 to 10 entity ids or names.")
@@ -555,7 +556,7 @@ class MedicalToolbox:
             shared = nb if shared is None else shared & nb
         found = sorted(shared or ())
         label = relations[0] if len(set(relations)) == 1 else ",".join(relations)
-        head = f"{label} neighbours shared by " + ", ".join(self._label(e) for e in ids)
+        head = f"{label} shared by " + ", ".join(ids)  # the ids, in the call's order (its names are in the call)
         if not found:
             return head + ": none."
         items = [self._label(e) for e in found[:25]]

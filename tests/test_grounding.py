@@ -402,3 +402,15 @@ def test_search_hits_parse_with_and_without_a_passage_id():
             "[UBERON:0000002] uterine cervix: no entity, not a candidate")
     obs = G.parse_observation(0, "search", text, {})
     assert obs.listings[0].items == ("MONDO:0010526", "MONDO:0010526") and not obs.listings[0].complete
+
+
+def test_common_header_names_its_entities_by_id_and_the_older_header_still_parses():
+    new = "has_phenotype shared by MONDO:0010044, MONDO:0100079, 2: Ataxia (HP:0001251); Seizure (HP:0001250)"
+    old = ("has_phenotype neighbours shared by hereditary spastic paraplegia 15 (MONDO:0010044), developmental and "
+           "epileptic encephalopathy, 6A (MONDO:0100079), 2: Ataxia (HP:0001251); Seizure (HP:0001250)")
+    for text in (new, old):
+        (lst,) = G.parse_observation(0, "common", text, {}).listings
+        assert lst.anchors == ("MONDO:0010044", "MONDO:0100079") and lst.relation == "has_phenotype"
+        assert lst.items == ("HP:0001251", "HP:0001250") and lst.complete
+    (lst,) = G.parse_observation(0, "common", "is_a,has_phenotype shared by HP:0001258, MONDO:0012435: none.", {}).listings
+    assert lst.anchors == ("HP:0001258", "MONDO:0012435") and lst.items == () and lst.complete
