@@ -291,17 +291,17 @@ def hop_actions(index: QuestionIndex, prev: str, var: Variable, view: ToolView) 
     if var.type == "disease" and (via_phenotype or phenos):
         query = ([prev] if via_phenotype else []) + phenos
         actions.append(_diagnose_action(index, view, query, var, "I will rank diseases for "
-                                        + ("it and the other features" if via_phenotype and phenos
-                                           else "it" if via_phenotype else "these features") + ".", prev))
+                                        + (f"{pname} and the other features" if via_phenotype and phenos
+                                           else pname if via_phenotype else "these features") + ".", prev))
     if (a := _common_action(index, view, [(prev, rel), *_clue_pairs(var)], n, prev)) is not None:
         actions.append(a)
     if rel in view.relations:
         actions.append(Action("related", {"entity_id": prev, "relation": rel,
                                           "direction": "out" if direction == "fwd" else "in"},
-                              f"I will list its {rel} links.", "related"))
+                              f"I will list the {rel} links of {pname}.", "related"))
     elif rel == "definition_mentions" and direction == "fwd":
         actions.append(Action("read", {"entity_id": prev},
-                              "I will read its entry.", "read"))
+                              f"I will read the entry of {pname}.", "read"))
     elif rel == "definition_mentions":
         actions.append(Action("search", {"query": pname, "k": SEARCH_K},
                               f"I will search for {n}s that mention {pname}.", "search"))
@@ -336,7 +336,7 @@ def verify_actions(index: QuestionIndex, prev: str | None, var: Variable,
 def _rank_phrase(observation: str, eid: str) -> str:
     for line in observation.splitlines():
         if (m := G.DIAGNOSE_LINE.match(line)) is not None and m.group(2) == eid:
-            return f"ranks #{m.group(1)} with {m.group(4)}/{m.group(5)} phenotypes matched"
+            return f"ranks #{m.group(1)} with {m.group(4)}/{m.group(5)} matched"
     return "is among the candidates"
 
 
@@ -431,7 +431,7 @@ def evidence_phrase(index: QuestionIndex, commit: G.Commit, intro: str | None = 
         parts.append(f"{_list_phrase(index, r.tool, r.anchors, r.relation, r.side)} show no other {n}")
     if commit.introduced_by == "diagnose" and intro is not None:
         head = f"{label} {_rank_phrase(intro, eid)}"
-        return head + (" and is the only match left: " + "; ".join(parts) if parts else "") + "."
+        return head + ("; " + "; ".join(parts) if parts else "") + "."
     where = {"common": "they share", "related": "listed", "read": "the entry names", "search": "among the hits",
              "lookup": "that matches"}.get(commit.introduced_by or "")
     if not parts:
@@ -686,14 +686,14 @@ def synthesise(record: dict[str, Any], index: QuestionIndex, toolbox: Any, *, va
     for i, var in enumerate(variables):
         n = noun(index, var.type)
         if i == 0:
-            intro = f"First I need {describe(index, var, rng)}."
+            intro = f"First I need the {noun(index, var.type)} the question starts from."  # its clues: the question
             actions = start_actions(index, var, view, search_first=variant % 2 == 1)
         else:
             phrase = LINK_PHRASE.get((var.link["relation"], var.link["direction"]),
                                      "a {n} linked to {p} by " + var.link["relation"])
             intro = f"Next I need {phrase.format(n=n, p='it')}"  # the thought has just named it
             if var.clues:
-                intro += " that " + " and ".join(clue_phrase(index, var.entity_id, c, rng) for c in var.clues)
+                intro += " with the question's other clues"
             intro += "."
             actions = hop_actions(index, prev, var, view)
         tried = [planner.run(a, var.entity_id) for a in actions if _key(a) not in planner.seen]

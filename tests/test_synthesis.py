@@ -408,3 +408,19 @@ def test_a_diagnose_pick_is_not_trusted_when_equal_candidates_may_hide_below_the
     assert S.at_last_rank(two, MRKH_1, k=2) and S.at_last_rank(two, TETRASOMY_12P, k=2)
     action, one = ranked(1)  # tetrasomy 12p, with the phenotype too, is not shown at all
     assert S.hides_full_match(index, view, action, one) and TETRASOMY_12P not in one
+
+
+def test_thoughts_are_terse_but_keep_the_evidence(records, synthesised, index):
+    for rec, syn in zip(records, synthesised):
+        if syn.failure is not None:
+            continue
+        thoughts = [A.parse_turn(A.assistant_text(m)).think for m in syn.messages if m["role"] == "assistant"]
+        assert not any("chain of" in t or "satisfied along" in t or "must be linked to each" in t for t in thoughts)
+        assert thoughts[0].startswith("First I need the ")  # the question's clues are not restated
+        # the previous entity is "it" right after the thought that names it, never spelled out again there
+        for t in thoughts[1:]:
+            if "Next I need " in t:
+                assert "Next I need " + "" in t and " it" in t.split("Next I need ", 1)[1].split(".")[0], t
+        final = thoughts[-1]
+        assert final.endswith(f"The answer is {index.name[rec['chain'][-1]]}.") and " -> " not in final
+        assert len(final) > len(f"The answer is {index.name[rec['chain'][-1]]}.")  # the evidence comes first
