@@ -24,32 +24,6 @@ from medkit import synthesis as S
 from medkit import trajectories as TR
 from medkit.model import load_tokenizer
 
-SEGMENTS = ("system", "question", "thoughts", "calls", "observations", "answer", "template")
-
-
-def segments(messages: list[dict], schemas: list[dict], n_tok) -> dict[str, int]:
-    """Tokens per segment of one trajectory (each piece tokenised alone; ``template``: the rest)."""
-    seg: Counter = Counter()
-    text = A.to_text_messages(messages, schemas)
-    seg["system"] = n_tok(text[0]["content"])
-    for m in messages[1:]:
-        role = m.get("role")
-        if role == "user":
-            seg["question"] += n_tok(m["content"])
-        elif role == "tool":
-            seg["observations"] += n_tok("<tool_response>\n" + str(m["content"]) + "\n</tool_response>")
-        elif role == "assistant":
-            turn = A.parse_turn(A.assistant_text(m))
-            if turn.think is not None:
-                seg["thoughts"] += n_tok(f"<think>{turn.think}</think>")
-            for c in m.get("tool_calls") or []:
-                fn = c.get("function", c)
-                seg["calls"] += n_tok(A.render_tool_call(fn["name"], fn["arguments"]))
-            if turn.answer is not None:
-                seg["answer"] += n_tok(f"<answer>{turn.answer}</answer>")
-    return dict(seg)
-
-
 def main(profile: str = "cpu", n: int = 150, out: str | None = None) -> dict:
     data = paths.profile_data_dir(profile)
     index, toolbox = TR.open_tools(data)
@@ -76,14 +50,12 @@ def main(profile: str = "cpu", n: int = 150, out: str | None = None) -> dict:
                                                   resolve=toolbox.resolve_ids)
             rows.append((traj, rec))
             if traj["filter"]["accepted"]:
-                s = segments(traj["messages"], schemas, n_tok)
-                n_sft = TR.token_counter(tok, schemas)(traj["messages"])
-                s["template"] = n_sft - sum(s.values())
-                per.append((n_sft, s))
+                s = TR.token_segments(tok, traj["messages"], schemas)
+                per.append((sum(s.values()), s))
     acc = [t for t, _ in rows if t["filter"]["accepted"]]
     tokens = [t for t, _ in per]
     mean = sum(tokens) / max(len(tokens), 1)
-    seg_mean = {k: round(sum(s.get(k, 0) for _, s in per) / max(len(per), 1), 1) for k in SEGMENTS}
+    seg_mean = {k: round(sum(s.get(k, 0) for _, s in per) / max(len(per), 1), 1) for k in TR.SEGMENTS}
     reasons = Counter(t["filter"]["reasons"][0] for t, _ in rows if not t["filter"]["accepted"])
     six_over = sum(1 for t, _ in rows if t.get("hops") == 6 and "over_token_limit" in t["filter"]["reasons"])
     # would a 6-hop trajectory (or any) pass the filter but for its length? count every over-limit one too

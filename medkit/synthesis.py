@@ -59,7 +59,7 @@ from .questions import TYPE_NOUN, QuestionIndex, Variable, clue_phrase, contains
 
 SYNTHESIS_VERSION = 5  # bump when trajectories change (actions, thoughts, prompt): stale rows are redone
 DIAGNOSE_K = 3
-SEARCH_K = 5
+SEARCH_K = 3
 MAX_CHECKS = 4      # discriminating calls per hop at most
 PREFERRED_CHECKS = 1  # the preferred finding call is kept when it needs at most this many checks
 OWN_ENTRY_MAX = 4   # competitors checked one by one (their own entries) at most
@@ -401,7 +401,7 @@ def _list_phrase(index: QuestionIndex, tool: str | None, anchors: tuple[str, ...
 def evidence_phrase(index: QuestionIndex, commit: G.Commit, intro: str | None = None) -> str:
     """Why the committed entity is the one, from the rule's evidence (names only what was shown or asked)."""
     eid = commit.entity_id
-    label = f"{name_of(index, eid)} ({eid})"
+    label = name_of(index, eid)  # its id is in the observation just shown
     n = noun(index, eid)
     groups: dict[tuple[Any, ...], list[str]] = {}
     kinds: dict[tuple[Any, ...], G.Evidence] = {}
@@ -673,7 +673,6 @@ def synthesise(record: dict[str, Any], index: QuestionIndex, toolbox: Any, *, va
                seed: int = 13) -> Synthesised:
     """One knowledge-informed, grounded trajectory for ``record`` (see the module docstring)."""
     qid = str(record.get("question_id") or record.get("id"))
-    rng = random.Random(f"{seed}:{qid}:{variant}")
     view = ToolView.of(toolbox)
     variables = variables_from_record(record)
     messages: list[dict[str, Any]] = [{"role": "system", "content": SYSTEM_PROMPT},

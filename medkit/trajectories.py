@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .agent import assistant_text, parse_turn, to_text_messages
+from .agent import assistant_text, parse_turn, render_tool_call, to_text_messages
 from .grounding import check_trajectory
 from .io import append_jsonl, read_jsonl, repair_jsonl_tail
 from .judge import judge
@@ -213,6 +213,39 @@ def token_counter(tokenizer: Any, schemas: list[dict[str, Any]]) -> Callable[[li
         text = tokenizer.apply_chat_template(to_text_messages(messages, schemas), tokenize=False)
         return len(tokenizer(text, add_special_tokens=False)["input_ids"])
     return count
+
+
+SEGMENTS = ("system", "question", "thoughts", "calls", "observations", "answer", "template")
+
+
+def token_segments(tokenizer: Any, messages: list[dict], schemas: list[dict[str, Any]]) -> dict[str, int]:
+    """Where a trajectory's tokens go, as :func:`token_counter` counts them: the system prompt (with the
+    tool list, and the JSON schema block when ``schemas``), the question, thoughts, calls, observations
+    (with their ``<tool_response>`` tags), the answer, and ``template`` (chat-template tokens between
+    turns: the total minus the rest). Each piece is tokenised alone, so the split is close, the total exact."""
+    def n(text: str) -> int:
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    seg = dict.fromkeys(SEGMENTS, 0)
+    seg["system"] = n(to_text_messages(messages, schemas)[0]["content"])
+    start = 1 if messages and messages[0].get("role") == "system" else 0
+    for m in messages[start:]:
+        role = m.get("role")
+        if role == "user":
+            seg["question"] += n(str(m.get("content", "")))
+        elif role == "tool":
+            seg["observations"] += n("<tool_response>\n" + str(m.get("content", "")) + "\n</tool_response>")
+        elif role == "assistant":
+            turn = parse_turn(assistant_text(m))
+            if turn.think is not None:
+                seg["thoughts"] += n(f"<think>{turn.think}</think>")
+            for c in m.get("tool_calls") or []:
+                fn = c.get("function", c)
+                seg["calls"] += n(render_tool_call(fn.get("name"), fn.get("arguments")))
+            if turn.answer is not None:
+                seg["answer"] += n(f"<answer>{turn.answer}</answer>")
+    seg["template"] = token_counter(tokenizer, schemas)(messages) - sum(seg.values())
+    return seg
 
 
 # --------------------------------------------------------------------------- resumable collection

@@ -272,7 +272,7 @@ def test_ritonavir_is_picked_by_an_intersection_not_from_the_list_of_seven(riton
     assert set(pick.competitors) <= {DRONABINOL}  # the intersection shows no other drug than the chain's first
     # the thought that names Ritonavir states the evidence, from what was shown
     think = A.parse_turn(A.assistant_text(syn.messages[pick.turn])).think
-    assert f"Ritonavir ({RITONAVIR})" in think and "share" in think
+    assert think.startswith("Ritonavir is the only drug they share.")  # its id is in the observation just above
     # no turn picks Ritonavir out of AIDS's seven drugs
     for m in syn.messages[:pick.turn]:
         assert not (m["role"] == "tool" and m["content"].startswith("AIDS (MONDO:0012268) — definition_mentions\n"
@@ -300,7 +300,7 @@ def test_ritonavir_after_the_list_of_seven_gets_the_intersection_before_the_pick
     between = [m for m in syn.messages[pick.introduced_at + 1:pick.turn] if m.get("tool_calls")]
     assert between and all(RITONAVIR not in json.dumps(m["tool_calls"]) for m in between)
     think = A.parse_turn(A.assistant_text(syn.messages[pick.turn])).think
-    assert f"Ritonavir ({RITONAVIR})" in think
+    assert "Ritonavir is the one" in think and RITONAVIR not in think  # named; the id is in the observations
     assert "leaves only Ritonavir" in think or "not among" in think, think
     # without the checks the same pick is a guess: the filter rejects it as ungrounded
     n_checks = len(between)
@@ -424,3 +424,13 @@ def test_thoughts_are_terse_but_keep_the_evidence(records, synthesised, index):
         final = thoughts[-1]
         assert final.endswith(f"The answer is {index.name[rec['chain'][-1]]}.") and " -> " not in final
         assert len(final) > len(f"The answer is {index.name[rec['chain'][-1]]}.")  # the evidence comes first
+
+
+def test_token_segments_split_the_exact_count(synthesised, small_tokenizer, toolbox):
+    syn = next(s for s in synthesised if s.failure is None)
+    for schemas in ([], A.tool_schemas(toolbox.tools())):
+        seg = TR.token_segments(small_tokenizer, syn.messages, schemas)
+        assert tuple(seg) == TR.SEGMENTS and sum(seg.values()) == TR.token_counter(small_tokenizer, schemas)(syn.messages)
+        assert all(v > 0 for k, v in seg.items()) and seg["template"] < 12 * len(syn.messages)
+    bare = TR.token_segments(small_tokenizer, syn.messages, [])["system"]
+    assert bare < 300 and TR.token_segments(small_tokenizer, syn.messages, schemas)["system"] > bare + 500
