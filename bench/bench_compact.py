@@ -51,20 +51,22 @@ def main(profile: str = "cpu", n: int = 150, out: str | None = None) -> dict:
             rows.append((traj, rec))
             if traj["filter"]["accepted"]:
                 s = TR.token_segments(tok, traj["messages"], schemas)
-                per.append((sum(s.values()), s))
+                per.append((sum(s.values()), s, rec.get("hops"), variant))
     acc = [t for t, _ in rows if t["filter"]["accepted"]]
-    tokens = [t for t, _ in per]
+    tokens = [p[0] for p in per]
     mean = sum(tokens) / max(len(tokens), 1)
-    seg_mean = {k: round(sum(s.get(k, 0) for _, s in per) / max(len(per), 1), 1) for k in TR.SEGMENTS}
+    seg_mean = {k: round(sum(p[1].get(k, 0) for p in per) / max(len(per), 1), 1) for k in TR.SEGMENTS}
     reasons = Counter(t["filter"]["reasons"][0] for t, _ in rows if not t["filter"]["accepted"])
     six_over = sum(1 for t, _ in rows if t.get("hops") == 6 and "over_token_limit" in t["filter"]["reasons"])
     # would a 6-hop trajectory (or any) pass the filter but for its length? count every over-limit one too
     over = sum(1 for t, _ in rows if "over_token_limit" in t["filter"]["reasons"])
     summary = G.summarise(G.check_rows([t for t in acc], [r for _, r in rows]))
     schema_block = n_tok(A.tools_block(full))
-    by_hops: dict = defaultdict(list)
-    for t in acc:
-        by_hops[t.get("hops")].append(t["filter"]["n_tokens"])
+    by_hops: dict = defaultdict(list)  # SFT view
+    by_variant: dict = defaultdict(list)
+    for n_sft, _, hops, variant in per:
+        by_hops[hops].append(n_sft)
+        by_variant[variant].append(n_sft)
     result = {
         "profile": profile, "questions": len(sample), "trajectories": len(rows), "accepted": len(acc),
         "acceptance_rate": round(len(acc) / len(rows), 4),
@@ -77,6 +79,9 @@ def main(profile: str = "cpu", n: int = 150, out: str | None = None) -> dict:
         "segments_mean": seg_mean,
         "segments_share": {k: round(v / mean, 3) for k, v in seg_mean.items()} if mean else {},
         "mean_tokens_by_hops": {str(h): round(sum(v) / len(v), 1) for h, v in sorted(by_hops.items())},
+        "share_le_2048_by_hops": {str(h): round(sum(x <= 2048 for x in v) / len(v), 3) for h, v in sorted(by_hops.items())},
+        "accepted_by_hops": {str(h): len(v) for h, v in sorted(by_hops.items())},
+        "mean_tokens_by_variant": {str(k): round(sum(v) / len(v), 1) for k, v in sorted(by_variant.items())},
         "over_token_limit": over, "six_hop_over_limit": six_over,
         "first_reject_reason": dict(reasons.most_common()),
         "grounded_commit_rate": summary.get("grounded_commit_rate"),

@@ -37,16 +37,14 @@ from typing import Any
 # this text equal to it). It is part of the system prompt, so training rows (synthesis stores the prompt)
 # and the agent (``run_agent``'s default ``system``) see the same bytes whatever the JSON schema block.
 TOOLS_TEXT = (
-    "Tools (call as {\"name\": ..., \"arguments\": {...}}):\n"
-    "- search(query: str, k: int = 5): Search the private medical knowledge base (BM25 over entity definitions).\n"
-    "- read(entity_id: str): Read an entity's full entry: definition, synonyms, typed relations.\n"
-    "- lookup(name: str): Find entity ids by exact name or synonym.\n"
-    "- related(entity_id: str, relation: str, direction: str = \"both\"): List an entity's neighbours through one "
-    "relation.\n"
-    "- common(entity_ids: list[str], relation: str): List the neighbours shared by several entities (an "
-    "intersection).\n"
-    "- diagnose(phenotypes: list[str], k: int = 10, within: str = \"\"): Rank rare diseases for phenotypes "
-    "(Bayesian reasoning over HPO annotation frequencies)."
+    "Tools (arguments as a JSON object):\n"
+    "- search(query, k=5): Keyword search (BM25) over the knowledge base's entity definitions.\n"
+    "- read(entity_id): An entity's full entry: definition, synonyms, relations.\n"
+    "- lookup(name): Entity ids for an exact name or synonym.\n"
+    "- related(entity_id, relation, direction=\"both\"): An entity's neighbours through one relation.\n"
+    "- common(entity_ids: list[str], relation): Neighbours shared by several entities (an intersection).\n"
+    "- diagnose(phenotypes: list[str], k=10, within=\"\"): Rank diseases for phenotypes (naive Bayes over HPO "
+    "annotation frequencies)."
 )
 
 SYSTEM_PROMPT = (
@@ -87,18 +85,20 @@ def tool_schemas(tools: Sequence[Callable[..., Any]]) -> list[dict[str, Any]]:
 
 
 def compact_tools(tools: Sequence[Callable[..., Any]]) -> str:
-    """The tools as :data:`TOOLS_TEXT` lists them: one line per tool, its typed arguments with their
-    defaults and the first line of its docstring (the JSON schemas' content at a fifth of the tokens)."""
+    """The tools as :data:`TOOLS_TEXT` lists them: one line per tool, its arguments (a type unless it is a
+    string or shown by a default) and the first line of its docstring (the JSON schemas' gist at ~1/8 of
+    the tokens; each argument's details stay in the docstrings and the JSON schemas)."""
     import inspect
 
-    lines = ['Tools (call as {"name": ..., "arguments": {...}}):']
+    lines = ["Tools (arguments as a JSON object):"]
     for t in tools:
         params = []
         for p in inspect.signature(t).parameters.values():
             ann = p.annotation if isinstance(p.annotation, str) else getattr(p.annotation, "__name__", str(p.annotation))
-            text = f"{p.name}: {ann}"
             if p.default is not inspect.Parameter.empty:
-                text += " = " + json.dumps(p.default)
+                text = f"{p.name}={json.dumps(p.default)}"  # the default shows the type
+            else:
+                text = p.name if ann in ("str", "") or p.annotation is inspect.Parameter.empty else f"{p.name}: {ann}"
             params.append(text)
         doc = (inspect.getdoc(t) or "").strip().split("\n")[0]
         lines.append(f"- {t.__name__}({', '.join(params)}): {doc}")

@@ -239,7 +239,7 @@ class MedicalToolbox:
 
     @_safe
     def search(self, query: str, k: int = 5) -> str:
-        """Search the private medical knowledge base (BM25 over entity definitions).
+        """Keyword search (BM25) over the knowledge base's entity definitions.
 
         Args:
             query: Keywords, e.g. "lysosomal storage angiokeratoma".
@@ -274,7 +274,7 @@ class MedicalToolbox:
 
     @_safe
     def read(self, entity_id: str) -> str:
-        """Read an entity's full entry: definition, synonyms, typed relations.
+        """An entity's full entry: definition, synonyms, relations.
 
         Args:
             entity_id: Entity id (e.g. MONDO:0010526) or a passage id from search.
@@ -341,7 +341,7 @@ class MedicalToolbox:
 
     @_safe
     def lookup(self, name: str) -> str:
-        """Find entity ids by exact name or synonym.
+        """Entity ids for an exact name or synonym.
 
         Args:
             name: Entity name, e.g. Fabry disease.
@@ -379,7 +379,7 @@ class MedicalToolbox:
 
     @_safe
     def related(self, entity_id: str, relation: str, direction: str = "both") -> str:
-        """List an entity's neighbours through one relation.
+        """An entity's neighbours through one relation.
 
         Args:
             entity_id: Entity id or exact name.
@@ -426,7 +426,7 @@ class MedicalToolbox:
 
     @_safe
     def diagnose(self, phenotypes: list[str], k: int = 10, within: str = "") -> str:
-        """Rank rare diseases for phenotypes (Bayesian reasoning over HPO annotation frequencies).
+        """Rank diseases for phenotypes (naive Bayes over HPO annotation frequencies).
 
         Args:
             phenotypes: HPO ids or phenotype names (at most 50).
@@ -517,7 +517,7 @@ class MedicalToolbox:
 
     @_safe
     def common(self, entity_ids: list[str], relation: str) -> str:
-        """List the neighbours shared by several entities (an intersection).
+        """Neighbours shared by several entities (an intersection).
 
         Args:
             entity_ids: 2-10 entity ids or exact names.

@@ -120,7 +120,7 @@ def test_the_compact_tool_list_is_the_tools_and_sits_in_the_prompt_both_views_sh
     assert A.SYSTEM_PROMPT.endswith(A.TOOLS_TEXT)
     for name in toolbox.TOOL_NAMES:
         assert f"- {name}(" in A.TOOLS_TEXT
-    assert 'diagnose(phenotypes: list[str], k: int = 10, within: str = "")' in A.TOOLS_TEXT
+    assert 'diagnose(phenotypes: list[str], k=10, within=""): Rank diseases' in A.TOOLS_TEXT
 
     def renamed(x: str, k: int = 3) -> str:
         """First line.
@@ -131,7 +131,7 @@ def test_the_compact_tool_list_is_the_tools_and_sits_in_the_prompt_both_views_sh
         """
         return x
 
-    assert A.compact_tools([renamed]).splitlines()[1] == "- renamed(x: str, k: int = 3): First line."
+    assert A.compact_tools([renamed]).splitlines()[1] == "- renamed(x, k=3): First line."
     # SFT without the JSON schemas (tools "[]") renders what the agent sees with schemas=[]
     messages = [{"role": "system", "content": A.SYSTEM_PROMPT}, {"role": "user", "content": "Which disorder?"},
                 {"role": "assistant", "content": "<think>Look it up.</think>",
@@ -144,7 +144,7 @@ def test_the_compact_tool_list_is_the_tools_and_sits_in_the_prompt_both_views_sh
     assert trl_view == agent_view and A.TOOLS_TEXT in agent_view and "<tools>" not in agent_view
     n = len(small_tokenizer(A.TOOLS_TEXT, add_special_tokens=False)["input_ids"])
     full = len(small_tokenizer(A.tools_block(A.tool_schemas(toolbox.tools())), add_special_tokens=False)["input_ids"])
-    assert n < full / 4, (n, full)
+    assert n < full / 5, (n, full)  # 150 vs 835 tokens with the cpu tokenizer
 
 
 def test_guidance_and_demo_are_for_the_model_only():
