@@ -6,7 +6,9 @@ accepted trajectory as SFT sees it (the profile's tokenizer and chat template, t
 tool schemas in the prompt only when ``TOOLS_IN_PROMPT``) and per segment: system prompt (+ tool
 block), question, thoughts, calls, observations, answer, and the template's own tokens.
 Also: share of trajectories <= 1,200 and <= 2,048 tokens, 6-hop trajectories over the limit,
-grounded rates and acceptance. ``python bench/bench_compact.py [profile] [n] [out.json]``.
+grounded rates and acceptance. ``python bench/bench_compact.py [profile] [n] [out.json]`` (without
+``out.json``: the ``after`` entry of ``results/bench/compact_trajectories.json``, whose ``before`` is the
+same bench over commit bfe75d4).
 """
 
 from __future__ import annotations
@@ -89,6 +91,10 @@ def main(profile: str = "cpu", n: int = 150, out: str | None = None) -> dict:
     }
     if out:
         mio.write_json(out, result)
+    else:  # results/bench/compact_trajectories.json: this run is "after"; the recorded "before" is kept
+        path = paths.results_dir() / "bench" / "compact_trajectories.json"
+        old = json.loads(path.read_text()) if path.exists() else {}
+        mio.write_json(path, {**old, "after": result})
     return result
 
 
