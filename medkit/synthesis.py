@@ -57,7 +57,7 @@ from .agent import SYSTEM_PROMPT
 from .ner import surface_key
 from .questions import TYPE_NOUN, QuestionIndex, Variable, clue_phrase, contains_words, variables_from_record
 
-SYNTHESIS_VERSION = 5  # bump when trajectories change (actions, thoughts, prompt): stale rows are redone
+SYNTHESIS_VERSION = 6  # bump when trajectories change (actions, thoughts, prompt): stale rows are redone
 DIAGNOSE_K = 3
 SEARCH_K = 3
 MAX_CHECKS = 4      # discriminating calls per hop at most
@@ -236,23 +236,28 @@ def _plural(n: str) -> str:
     return n + ("es" if n.endswith("s") else "s")
 
 
-def _pairs_phrase(index: QuestionIndex, pairs: list[tuple[str, str]]) -> str:
-    """"A and B through r", or "A (r1) and B (r2)" when the relations differ."""
+def _pairs_phrase(index: QuestionIndex, pairs: list[tuple[str, str]], it: str | None = None) -> str:
+    """"A and B through r", or "A (r1) and B (r2)" when the relations differ; ``it`` (the entity a thought has
+    just named) is written "it"."""
+    def name(a: str) -> str:
+        return "it" if a == it else name_of(index, a)
+
     if len({r for _, r in pairs}) == 1:
-        return f"{_and([name_of(index, a) for a, _ in pairs])} through {pairs[0][1]}"
-    return _and([f"{name_of(index, a)} ({r})" for a, r in pairs])
+        return f"{_and([name(a) for a, _ in pairs])} through {pairs[0][1]}"
+    return _and([f"{name(a)} ({r})" for a, r in pairs])
 
 
 def _common_action(index: QuestionIndex, view: ToolView, pairs: list[tuple[str, str]], n: str,
-                   prev: str | None = None, kind: str = "common") -> Action | None:
-    """An intersection over 2-10 (anchor id, relation) pairs; the previous chain entity ``prev`` is written by id."""
+                   prev: str | None = None, kind: str = "common", it: str | None = None) -> Action | None:
+    """An intersection over 2-10 (anchor id, relation) pairs; the previous chain entity ``prev`` is written by id,
+    and the thought calls ``it`` (the entity it has just named) "it"."""
     pairs = [p for p in dict.fromkeys(pairs) if p[1] in view.relations][:10]
     if len(pairs) < 2 or len({a for a, _ in pairs}) < len(pairs):
         return None
     relations = [r for _, r in pairs]
     return Action("common", {"entity_ids": [a if a == prev else view.ref(index, a) for a, _ in pairs],
                              "relation": relations[0] if len(set(relations)) == 1 else ",".join(relations)},
-                  f"I will intersect {_pairs_phrase(index, pairs)}.", kind)
+                  f"I will intersect {_pairs_phrase(index, pairs, it)}.", kind)
 
 
 def _clue_pairs(var: Variable) -> list[tuple[str, str]]:
@@ -283,7 +288,7 @@ def start_actions(index: QuestionIndex, var: Variable, view: ToolView, *,
 def hop_actions(index: QuestionIndex, prev: str, var: Variable, view: ToolView) -> list[Action]:
     """Ways to go from the known entity ``prev`` to the next chain entity ``var``, preferred first."""
     rel, direction = var.link["relation"], var.link["direction"]
-    pname = name_of(index, prev)
+    pname = name_of(index, prev)  # thoughts call it "it": the thought before has just named it
     n = noun(index, var.type)
     actions: list[Action] = []
     phenos = _phenotype_names(index, var)
@@ -291,20 +296,20 @@ def hop_actions(index: QuestionIndex, prev: str, var: Variable, view: ToolView) 
     if var.type == "disease" and (via_phenotype or phenos):
         query = ([prev] if via_phenotype else []) + phenos
         actions.append(_diagnose_action(index, view, query, var, "I will rank diseases for "
-                                        + (f"{pname} and the other features" if via_phenotype and phenos
-                                           else pname if via_phenotype else "these features") + ".", prev))
-    if (a := _common_action(index, view, [(prev, rel), *_clue_pairs(var)], n, prev)) is not None:
+                                        + ("it and the other features" if via_phenotype and phenos
+                                           else "it" if via_phenotype else "these features") + ".", prev))
+    if (a := _common_action(index, view, [(prev, rel), *_clue_pairs(var)], n, prev, it=prev)) is not None:
         actions.append(a)
     if rel in view.relations:
         actions.append(Action("related", {"entity_id": prev, "relation": rel,
                                           "direction": "out" if direction == "fwd" else "in"},
-                              f"I will list the {rel} links of {pname}.", "related"))
+                              f"I will list its {rel} links.", "related"))
     elif rel == "definition_mentions" and direction == "fwd":
         actions.append(Action("read", {"entity_id": prev},
-                              f"I will read the entry of {pname}.", "read"))
+                              f"I will read its entry.", "read"))
     elif rel == "definition_mentions":
         actions.append(Action("search", {"query": pname, "k": SEARCH_K},
-                              f"I will search for {n}s that mention {pname}.", "search"))
+                              f"I will search for {n}s that mention it.", "search"))
     if (a := _clue_action(index, var, view)) is not None:
         actions.append(a)
     if (a := _search_action(index, var, [pname])) is not None and all(x.arguments != a.arguments for x in actions):
@@ -424,6 +429,9 @@ def evidence_phrase(index: QuestionIndex, commit: G.Commit, intro: str | None = 
             parts.append(f"{who} {be} not among {_list_phrase(index, ev.tool, ev.anchors, ev.relation, ev.side)}")
         elif ev.kind == "own_entry":
             parts.append(f"{who} {'has' if one else 'have'} no {ev.relation} link to {name_of(index, ev.anchors[0])}")
+        elif ev.kind == "diagnose" and len(groups) == 1 and commit.introduced_by == "diagnose":
+            parts.append(f"the {'other' if one else 'others'} {'lacks' if one else 'lack'} "  # all shown above
+                         f"{name_of(index, ev.anchors[0])}")
         elif ev.kind == "diagnose":
             parts.append(f"{who} {'lacks' if one else 'lack'} {name_of(index, ev.anchors[0])}")
     if commit.rest is not None:

@@ -421,6 +421,10 @@ def test_thoughts_are_terse_but_keep_the_evidence(records, synthesised, index):
         for t in thoughts[1:]:
             if "Next I need " in t:
                 assert "Next I need " + "" in t and " it" in t.split("Next I need ", 1)[1].split(".")[0], t
+        # the plan after "Next I need" calls the entity just committed "it", never by its name again
+        hops = [t.split("Next I need ", 1)[1] for t in thoughts if "Next I need " in t]
+        for prev, plan in zip(rec["chain"], hops):
+            assert not re.search(rf"(?<!\w){re.escape(index.name[prev])}(?!\w)", plan), (index.name[prev], plan)
         final = thoughts[-1]
         assert final.endswith(f"The answer is {index.name[rec['chain'][-1]]}.") and " -> " not in final
         assert len(final) > len(f"The answer is {index.name[rec['chain'][-1]]}.")  # the evidence comes first
@@ -434,3 +438,10 @@ def test_token_segments_split_the_exact_count(synthesised, small_tokenizer, tool
         assert all(v > 0 for k, v in seg.items()) and seg["template"] < 12 * len(syn.messages)
     bare = TR.token_segments(small_tokenizer, syn.messages, [])["system"]
     assert bare < 300 and TR.token_segments(small_tokenizer, syn.messages, schemas)["system"] > bare + 500
+
+
+def test_a_diagnose_pick_whose_competitors_all_lack_one_clue_says_the_others_lack_it(synthesised):
+    picks = [t for syn in synthesised if syn.failure is None
+             for t in (A.parse_turn(A.assistant_text(m)).think for m in syn.messages if m["role"] == "assistant")
+             if t and " ranks #1 with " in t]
+    assert picks and any("; the other lacks " in t or "; the others lack " in t for t in picks), picks[:5]
