@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import random
 import sys
-from collections import Counter, defaultdict
+from collections import Counter
 
 from medkit import agent as A
 from medkit import grounding as G
@@ -42,7 +42,7 @@ def main(profile: str = "cpu", n: int = 150, out: str | None = None) -> dict:
     def n_tok(s: str) -> int:
         return len(tok(s, add_special_tokens=False)["input_ids"])
 
-    rows, per = [], []
+    rows = []
     for rec in sample:
         for variant in (0, 1):
             traj = S.synthesise(rec, index, toolbox, variant=variant).to_record()
@@ -51,39 +51,28 @@ def main(profile: str = "cpu", n: int = 150, out: str | None = None) -> dict:
             traj["filter"] = TR.filter_trajectory(traj, rec, max_tokens=max_tokens, count_tokens=count,
                                                   resolve=toolbox.resolve_ids)
             rows.append((traj, rec))
-            if traj["filter"]["accepted"]:
-                s = TR.token_segments(tok, traj["messages"], schemas)
-                per.append((sum(s.values()), s, rec.get("hops"), variant))
     acc = [t for t, _ in rows if t["filter"]["accepted"]]
-    tokens = [p[0] for p in per]
-    mean = sum(tokens) / max(len(tokens), 1)
-    seg_mean = {k: round(sum(p[1].get(k, 0) for p in per) / max(len(per), 1), 1) for k in TR.SEGMENTS}
+    report = TR.token_report(tok, acc, schemas)  # the SFT view
+    by_variant = {str(v): TR.token_report(tok, [t for t in acc if t["variant"] == v], schemas)["mean_tokens"]
+                  for v in (0, 1)}
     reasons = Counter(t["filter"]["reasons"][0] for t, _ in rows if not t["filter"]["accepted"])
     six_over = sum(1 for t, _ in rows if t.get("hops") == 6 and "over_token_limit" in t["filter"]["reasons"])
-    # would a 6-hop trajectory (or any) pass the filter but for its length? count every over-limit one too
     over = sum(1 for t, _ in rows if "over_token_limit" in t["filter"]["reasons"])
-    summary = G.summarise(G.check_rows([t for t in acc], [r for _, r in rows]))
-    schema_block = n_tok(A.tools_block(full))
-    by_hops: dict = defaultdict(list)  # SFT view
-    by_variant: dict = defaultdict(list)
-    for n_sft, _, hops, variant in per:
-        by_hops[hops].append(n_sft)
-        by_variant[variant].append(n_sft)
+    summary = G.summarise(G.check_rows(acc, [r for _, r in rows]))
+    by_hops = report["by_hops"]
     result = {
         "profile": profile, "questions": len(sample), "trajectories": len(rows), "accepted": len(acc),
         "acceptance_rate": round(len(acc) / len(rows), 4),
         "questions_covered": len({t["question_id"] for t in acc}),
-        "tools_in_prompt": bool(schemas), "max_tokens": max_tokens, "json_schema_block_tokens": schema_block,
+        "tools_in_prompt": bool(schemas), "max_tokens": max_tokens, "json_schema_block_tokens": n_tok(A.tools_block(full)),
         "mean_tokens_filter": round(sum(t["filter"]["n_tokens"] for t in acc) / max(len(acc), 1), 1),
-        "mean_tokens": round(mean, 1), "max_tokens_seen": max(tokens, default=0),
-        "share_le_1200": round(sum(x <= 1200 for x in tokens) / max(len(tokens), 1), 3),
-        "share_le_2048": round(sum(x <= 2048 for x in tokens) / max(len(tokens), 1), 3),
-        "segments_mean": seg_mean,
-        "segments_share": {k: round(v / mean, 3) for k, v in seg_mean.items()} if mean else {},
-        "mean_tokens_by_hops": {str(h): round(sum(v) / len(v), 1) for h, v in sorted(by_hops.items())},
-        "share_le_2048_by_hops": {str(h): round(sum(x <= 2048 for x in v) / len(v), 3) for h, v in sorted(by_hops.items())},
-        "accepted_by_hops": {str(h): len(v) for h, v in sorted(by_hops.items())},
-        "mean_tokens_by_variant": {str(k): round(sum(v) / len(v), 1) for k, v in sorted(by_variant.items())},
+        "mean_tokens": report["mean_tokens"], "max_tokens_seen": report["max_tokens"],
+        "share_le_1200": report["share_within"]["1200"], "share_le_2048": report["share_within"]["2048"],
+        "segments_mean": report["segments_mean"], "segments_share": report["segments_share"],
+        "mean_tokens_by_hops": {h: v["mean_tokens"] for h, v in by_hops.items()},
+        "share_le_2048_by_hops": {h: v["share_within"]["2048"] for h, v in by_hops.items()},
+        "accepted_by_hops": {h: v["trajectories"] for h, v in by_hops.items()},
+        "mean_tokens_by_variant": by_variant,
         "over_token_limit": over, "six_hop_over_limit": six_over,
         "first_reject_reason": dict(reasons.most_common()),
         "grounded_commit_rate": summary.get("grounded_commit_rate"),

@@ -445,3 +445,19 @@ def test_a_diagnose_pick_whose_competitors_all_lack_one_clue_says_the_others_lac
              for t in (A.parse_turn(A.assistant_text(m)).think for m in syn.messages if m["role"] == "assistant")
              if t and " ranks #1 with " in t]
     assert picks and any("; the other lacks " in t or "; the others lack " in t for t in picks), picks[:5]
+
+
+def test_token_report_counts_as_the_trained_model_sees_them(records, synthesised, small_tokenizer, toolbox):
+    rows = [{"messages": s.messages, "hops": r.get("hops")} for r, s in zip(records, synthesised) if s.failure is None]
+    report = TR.token_report(small_tokenizer, rows, [], limits=(1200, 2048))
+    counts = [TR.token_counter(small_tokenizer, [])(r["messages"]) for r in rows]
+    assert report["trajectories"] == len(rows) and report["max_tokens"] == max(counts)
+    assert report["mean_tokens"] == round(sum(counts) / len(counts), 1)
+    assert report["share_within"]["2048"] == round(sum(c <= 2048 for c in counts) / len(counts), 3)
+    assert abs(sum(report["segments_mean"].values()) - report["mean_tokens"]) < 1
+    assert sum(v["trajectories"] for v in report["by_hops"].values()) == len(rows)
+    with_schemas = TR.token_report(small_tokenizer, rows, A.tool_schemas(toolbox.tools()))
+    assert with_schemas["mean_tokens"] > report["mean_tokens"] + 500 and with_schemas["tools_in_prompt"]
+    empty = TR.token_report(small_tokenizer, [], [])
+    assert empty["trajectories"] == 0 and empty["mean_tokens"] is None
+    json.dumps(report, allow_nan=False), json.dumps(empty, allow_nan=False)
