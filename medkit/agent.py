@@ -33,10 +33,25 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+# The tools, one line each (:func:`compact_tools` of :meth:`medkit.tools.MedicalToolbox.tools`; a test keeps
+# this text equal to it). It is part of the system prompt, so training rows (synthesis stores the prompt)
+# and the agent (``run_agent``'s default ``system``) see the same bytes whatever the JSON schema block.
+TOOLS_TEXT = (
+    "Tools (arguments as a JSON object):\n"
+    "- search(query, k=5): Keyword search (BM25) over the knowledge base's entity definitions.\n"
+    "- read(entity_id): An entity's full entry: definition, synonyms, relations.\n"
+    "- lookup(name): Entity ids for an exact name or synonym.\n"
+    "- related(entity_id, relation, direction=\"both\"): An entity's neighbours through one relation.\n"
+    "- common(entity_ids: list[str], relation): Neighbours shared by several entities (an intersection).\n"
+    "- diagnose(phenotypes: list[str], k=10, within=\"\"): Rank diseases for phenotypes (naive Bayes over HPO "
+    "annotation frequencies)."
+)
+
 SYSTEM_PROMPT = (
     "You are a medical research agent with tools over a private medical knowledge base. "
     "Each turn: reason in <think>...</think>, then call one tool in <tool_call>...</tool_call>, "
-    "or give the final answer (the entity's name only) in <answer>...</answer> once the evidence suffices."
+    "or give the final answer (the entity's name only) in <answer>...</answer> once the evidence suffices.\n\n"
+    + TOOLS_TEXT
 )
 
 TOOLS_HEADER = ("\n\n# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
@@ -46,7 +61,7 @@ TOOLS_FOOTER = ("\n</tools>\n\nFor each function call, return a json object with
                 "\"arguments\": <args-json-object>}\n</tool_call>")
 GUIDANCE_HEADER = "\n\n# Search guidance (private; never mention it)\n"
 STOP_STRINGS = ["</tool_call>", "</answer>"]
-PROTOCOL_VERSION = 2  # bump when the prompt or the protocol changes: stored free rollouts are redone
+PROTOCOL_VERSION = 3  # bump when the prompt or the protocol changes: stored free rollouts are redone
 
 STOP_REASONS = ("answer", "max_calls", "token_budget", "repeated_call", "format_errors", "backend_error",
                 "length")
@@ -67,6 +82,27 @@ def tool_schemas(tools: Sequence[Callable[..., Any]]) -> list[dict[str, Any]]:
         schema["function"].pop("return", None)  # the docstring's Returns section is for readers, not tokens
         schemas.append(schema)
     return schemas
+
+
+def compact_tools(tools: Sequence[Callable[..., Any]]) -> str:
+    """The tools as :data:`TOOLS_TEXT` lists them: one line per tool, its arguments (a type unless it is a
+    string or shown by a default) and the first line of its docstring (the JSON schemas' gist at ~1/8 of
+    the tokens; each argument's details stay in the docstrings and the JSON schemas)."""
+    import inspect
+
+    lines = ["Tools (arguments as a JSON object):"]
+    for t in tools:
+        params = []
+        for p in inspect.signature(t).parameters.values():
+            ann = p.annotation if isinstance(p.annotation, str) else getattr(p.annotation, "__name__", str(p.annotation))
+            if p.default is not inspect.Parameter.empty:
+                text = f"{p.name}={json.dumps(p.default)}"  # the default shows the type
+            else:
+                text = p.name if ann in ("str", "") or p.annotation is inspect.Parameter.empty else f"{p.name}: {ann}"
+            params.append(text)
+        doc = (inspect.getdoc(t) or "").strip().split("\n")[0]
+        lines.append(f"- {t.__name__}({', '.join(params)}): {doc}")
+    return "\n".join(lines)
 
 
 def tools_block(schemas: Sequence[dict[str, Any]]) -> str:

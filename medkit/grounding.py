@@ -94,12 +94,16 @@ _MORE = re.compile(r" \.\.\. and (\d+) more$")
 _TRUNCATED = "\n[output truncated:"
 _RELATED_HEAD = re.compile(rf"^.* \(({_ID})\) — (\S+)$")
 _RELATED_SIDE = re.compile(r"^(outgoing|incoming) \([^)]*\), (\d+): (.*)$")
-_COMMON = re.compile(r"^(\S+) neighbours shared by (.*?)(?:, (\d+): (.*)|: none\.)$", re.S)
+# "r shared by id1, id2, n: items" (before synthesis v5: "r neighbours shared by name (id), ...")
+_COMMON = re.compile(r"^(\S+) (?:neighbours )?shared by (.*?)(?:, (\d+): (.*)|: none\.)$", re.S)
 _READ_HEAD = re.compile(rf"^.* \(({_ID})\) — \S+$")
 _READ_SECTION = re.compile(r"^(?:.*? \[(\w+), (outgoing|incoming)\]|(\w+) \((outgoing|incoming)\)) \((\d+)\): (.*)$")
-_DIAGNOSE_LINE = re.compile(rf"^(\d+)\. .* \(({_ID})\) score=\S+ matched=(\d+)/(\d+)(?:: (.*))?$")
+# a ranked diagnose line: "rank. name (id) m/n: #1 55%; #2 freq unknown", tied lines sharing a rank (before
+# synthesis v5: "score=S matched=m/n: Phenotype name 55%; ..."; both are read, so older logs still check)
+DIAGNOSE_LINE = re.compile(rf"^(\d+)\. .* \(({_ID})\) (?:score=(\S+) )?(?:matched=)?(\d+)/(\d+)(?:: (.*))?$")
 _MATCHED = re.compile(r"^(.*) (?:\d+%|freq unknown)(?: \[excluded\])?$")
-_SEARCH_HIT = re.compile(rf"^\[[^\]]*\] .*? \(({_ID})\): ")
+_QUERY_REF = re.compile(r"^#(\d+) (.*)$")
+_SEARCH_HIT = re.compile(rf"^(?:\[[^\]]*\] )?.*? \(({_ID})\): ")  # "[passage id] " only when not the entity's own
 _LOOKUP_LINE = re.compile(rf"^({_ID}) .* \([^()]*\)(?: \[synonym\])?$")
 
 _KINDS = {"MONDO": "disease", "OMIM": "disease", "ORPHA": "disease", "HP": "HPO term", "DRUGBANK": "drug",
@@ -187,7 +191,7 @@ def _parse_common(obs: Observation, text: str) -> None:
     m = _COMMON.match(text)
     if m is None:
         return
-    anchors = tuple(_LABEL_ID.findall(m.group(2)))
+    anchors = tuple(_LABEL_ID.findall(m.group(2)) or _ID_TOKEN.findall(m.group(2)))
     if m.group(3) is None:
         obs.listings.append(Listing("common", anchors, m.group(1), None, (), complete=True))
     else:
@@ -207,15 +211,19 @@ def _parse_read(obs: Observation, lines: list[str]) -> None:
 
 def _parse_diagnose(obs: Observation, lines: list[str]) -> None:
     ranked = []
+    refs: dict[str, str] = {}  # "#n" -> the query phenotype's name
     for line in lines:
         if line.startswith("Query: "):
             query = line[len("Query: "):].split(" | within ", 1)[0]
             for item in query.split("; "):
                 if (ids := _LABEL_ID.findall(item)):
-                    obs.query[ids[-1]] = item[:item.rfind(f" ({ids[-1]})")]
-        elif (m := _DIAGNOSE_LINE.match(line)) is not None:
+                    name = item[:item.rfind(f" ({ids[-1]})")]
+                    if (ref := _QUERY_REF.match(name)) is not None:
+                        refs["#" + ref.group(1)] = name = ref.group(2)
+                    obs.query[ids[-1]] = name
+        elif (m := DIAGNOSE_LINE.match(line)) is not None:
             ranked.append(m.group(2))
-            names = [x.group(1) for x in map(_MATCHED.match, (m.group(5) or "").split("; ")) if x]
+            names = [refs.get(x.group(1), x.group(1)) for x in map(_MATCHED.match, (m.group(6) or "").split("; ")) if x]
             obs.matched[m.group(2)] = frozenset(names)
     obs.listings.append(Listing("diagnose", tuple(obs.query), None, None, tuple(ranked), complete=False))
 

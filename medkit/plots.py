@@ -252,3 +252,19 @@ def benchmark_bars(name: str, bench: dict) -> tuple[dict[str, float], str]:
         return ({k.split(" ")[0]: float(v["p50"]) for k, v in lat.items() if isinstance(v, dict) and "p50" in v},
                 "query latency p50 (ms)")
     raise ValueError(f"no bar view for benchmark {name!r}")
+
+
+def stacked_segments(segments: pd.DataFrame, title: str, ax: plt.Axes | None = None,
+                     xlabel: str = "mean tokens per trajectory") -> plt.Figure:
+    """One horizontal bar per row of ``segments`` (e.g. hop counts), its columns (e.g. system, thoughts,
+    observations) stacked left to right, with the row total at the bar's end."""
+    fig, ax = _axis(ax, (8, 0.5 * len(segments) + 1.8))
+    segments.plot.barh(stacked=True, ax=ax, width=0.7, colormap="tab10")
+    for i, total in enumerate(segments.sum(axis=1)):
+        ax.text(total, i, f" {total:,.0f}", va="center", fontsize=8)
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.invert_yaxis()
+    ax.legend(fontsize=8, ncol=4, loc="lower center", bbox_to_anchor=(0.5, 1.08), frameon=False)
+    fig.tight_layout()
+    return fig

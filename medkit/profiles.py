@@ -154,7 +154,7 @@ _OVERRIDES: dict[str, dict[str, dict[str, Any]]] = {
     "cpu": {
         "kg": {"N_SEEDS": 3000},
         "questions": {"N_SEEDS": 2000},
-        "sft": {"N_TRAIN": 64, "MAX_LENGTH": 2048, "DROP_LONGER": True, "TOOLS_IN_PROMPT": False,
+        "sft": {"N_TRAIN": 64, "MAX_LENGTH": 3072, "DROP_LONGER": True, "TOOLS_IN_PROMPT": False,
                 "GRAD_ACCUM": 1, "LEARNING_RATE": 2e-3, "WARMUP_STEPS": 4, "SAVE_STEPS": 8,
                 "EVAL_QUESTIONS": 12, "EVAL_MAX_HOPS": 4, "EVAL_TEMPERATURE": 0.3, "EVAL_MAX_CALLS": 10,
                 "EVAL_MAX_NEW_TOKENS": 160},

@@ -110,8 +110,9 @@ def length_report(tokenizer: Any, rows: list[dict[str, Any]], max_length: int) -
 def without_tool_schemas(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The rows with an empty tool list: the system prompt keeps its instructions, not the schemas.
 
-    A small model learns the tools' names and arguments from the calls in the trajectories; the
-    ~880-token schema block would otherwise be a quarter of every training sequence. The agent
+    The system prompt keeps :data:`medkit.agent.TOOLS_TEXT` (one line per tool with its typed
+    arguments, ~150 tokens), so the model still sees every tool; the ~840-token JSON schema block
+    would otherwise be the largest part of a compact training sequence. The agent
     must then run with ``schemas=[]`` too, so it sees the prompt it was trained on.
     """
     return [{**r, "tools": "[]"} for r in rows]

@@ -57,9 +57,9 @@ from .agent import SYSTEM_PROMPT
 from .ner import surface_key
 from .questions import TYPE_NOUN, QuestionIndex, Variable, clue_phrase, contains_words, variables_from_record
 
-SYNTHESIS_VERSION = 4  # bump when trajectories change (actions, thoughts, prompt): stale rows are redone
+SYNTHESIS_VERSION = 6  # bump when trajectories change (actions, thoughts, prompt): stale rows are redone
 DIAGNOSE_K = 3
-SEARCH_K = 5
+SEARCH_K = 3
 MAX_CHECKS = 4      # discriminating calls per hop at most
 PREFERRED_CHECKS = 1  # the preferred finding call is kept when it needs at most this many checks
 OWN_ENTRY_MAX = 4   # competitors checked one by one (their own entries) at most
@@ -236,23 +236,28 @@ def _plural(n: str) -> str:
     return n + ("es" if n.endswith("s") else "s")
 
 
-def _pairs_phrase(index: QuestionIndex, pairs: list[tuple[str, str]]) -> str:
-    """"A and B through r", or "A (r1) and B (r2)" when the relations differ."""
+def _pairs_phrase(index: QuestionIndex, pairs: list[tuple[str, str]], it: str | None = None) -> str:
+    """"A and B through r", or "A (r1) and B (r2)" when the relations differ; ``it`` (the entity a thought has
+    just named) is written "it"."""
+    def name(a: str) -> str:
+        return "it" if a == it else name_of(index, a)
+
     if len({r for _, r in pairs}) == 1:
-        return f"{_and([name_of(index, a) for a, _ in pairs])} through {pairs[0][1]}"
-    return _and([f"{name_of(index, a)} ({r})" for a, r in pairs])
+        return f"{_and([name(a) for a, _ in pairs])} through {pairs[0][1]}"
+    return _and([f"{name(a)} ({r})" for a, r in pairs])
 
 
 def _common_action(index: QuestionIndex, view: ToolView, pairs: list[tuple[str, str]], n: str,
-                   prev: str | None = None, kind: str = "common") -> Action | None:
-    """An intersection over 2-10 (anchor id, relation) pairs; the previous chain entity ``prev`` is written by id."""
+                   prev: str | None = None, kind: str = "common", it: str | None = None) -> Action | None:
+    """An intersection over 2-10 (anchor id, relation) pairs; the previous chain entity ``prev`` is written by id,
+    and the thought calls ``it`` (the entity it has just named) "it"."""
     pairs = [p for p in dict.fromkeys(pairs) if p[1] in view.relations][:10]
     if len(pairs) < 2 or len({a for a, _ in pairs}) < len(pairs):
         return None
     relations = [r for _, r in pairs]
     return Action("common", {"entity_ids": [a if a == prev else view.ref(index, a) for a, _ in pairs],
                              "relation": relations[0] if len(set(relations)) == 1 else ",".join(relations)},
-                  f"I will intersect {_pairs_phrase(index, pairs)}: the {n} must be linked to each of them.", kind)
+                  f"I will intersect {_pairs_phrase(index, pairs, it)}.", kind)
 
 
 def _clue_pairs(var: Variable) -> list[tuple[str, str]]:
@@ -283,7 +288,7 @@ def start_actions(index: QuestionIndex, var: Variable, view: ToolView, *,
 def hop_actions(index: QuestionIndex, prev: str, var: Variable, view: ToolView) -> list[Action]:
     """Ways to go from the known entity ``prev`` to the next chain entity ``var``, preferred first."""
     rel, direction = var.link["relation"], var.link["direction"]
-    pname = name_of(index, prev)
+    pname = name_of(index, prev)  # thoughts call it "it": the thought before has just named it
     n = noun(index, var.type)
     actions: list[Action] = []
     phenos = _phenotype_names(index, var)
@@ -291,21 +296,20 @@ def hop_actions(index: QuestionIndex, prev: str, var: Variable, view: ToolView) 
     if var.type == "disease" and (via_phenotype or phenos):
         query = ([prev] if via_phenotype else []) + phenos
         actions.append(_diagnose_action(index, view, query, var, "I will rank diseases for "
-                                        + (f"{pname} and the other features" if via_phenotype and phenos
-                                           else pname if via_phenotype else "these features") + ".", prev))
-    if (a := _common_action(index, view, [(prev, rel), *_clue_pairs(var)], n, prev)) is not None:
+                                        + ("it and the other features" if via_phenotype and phenos
+                                           else "it" if via_phenotype else "these features") + ".", prev))
+    if (a := _common_action(index, view, [(prev, rel), *_clue_pairs(var)], n, prev, it=prev)) is not None:
         actions.append(a)
     if rel in view.relations:
         actions.append(Action("related", {"entity_id": prev, "relation": rel,
                                           "direction": "out" if direction == "fwd" else "in"},
-                              f"I will list the {rel} links of {pname}.", "related"))
+                              f"I will list its {rel} links.", "related"))
     elif rel == "definition_mentions" and direction == "fwd":
         actions.append(Action("read", {"entity_id": prev},
-                              f"I will read the entry of {pname}.",
-                              "read"))
+                              f"I will read its entry.", "read"))
     elif rel == "definition_mentions":
         actions.append(Action("search", {"query": pname, "k": SEARCH_K},
-                              f"I will search for {n}s that mention {pname}.", "search"))
+                              f"I will search for {n}s that mention it.", "search"))
     if (a := _clue_action(index, var, view)) is not None:
         actions.append(a)
     if (a := _search_action(index, var, [pname])) is not None and all(x.arguments != a.arguments for x in actions):
@@ -336,27 +340,22 @@ def verify_actions(index: QuestionIndex, prev: str | None, var: Variable,
 
 def _rank_phrase(observation: str, eid: str) -> str:
     for line in observation.splitlines():
-        if f"({eid})" in line and line[:1].isdigit():
-            rank = line.split(".", 1)[0]
-            matched = line.split("matched=", 1)[1].split(":", 1)[0] if "matched=" in line else "?"
-            return f"ranks #{rank} with {matched} phenotypes matched"
+        if (m := G.DIAGNOSE_LINE.match(line)) is not None and m.group(2) == eid:
+            return f"ranks #{m.group(1)} with {m.group(4)}/{m.group(5)} matched"
     return "is among the candidates"
 
 
-def _ranked_lines(observation: str) -> list[tuple[str, str]]:
-    """(line, "score matched") of each ranked line of a diagnose output."""
-    out = []
-    for line in observation.splitlines():
-        if line[:1].isdigit() and " score=" in line:
-            tail = line.split(" score=", 1)[1]
-            out.append((line, tail.split(":", 1)[0]))
-    return out
+def _ranked_lines(observation: str) -> list[tuple[str, str, str]]:
+    """(line, tie key, disease id) of each ranked line of a diagnose output; equal keys are tied (the shared
+    rank; before v5 the score and matched count)."""
+    return [(line, f"{m.group(3)} {m.group(4)}/{m.group(5)}" if m.group(3) else f"#{m.group(1)}", m.group(2))
+            for line in observation.splitlines() if (m := G.DIAGNOSE_LINE.match(line)) is not None]
 
 
 def at_last_rank(observation: str, eid: str, k: int = DIAGNOSE_K) -> bool:
     """``eid`` ties with (or is) the last of ``k`` shown diagnose lines: diseases below rank k may tie with it."""
     lines = _ranked_lines(observation)
-    mine = next((score for line, score in lines if f"({eid})" in line), None)
+    mine = next((score for _, score, did in lines if did == eid), None)
     return len(lines) >= k and mine is not None and mine == lines[-1][1]
 
 
@@ -377,7 +376,7 @@ def hides_full_match(index: QuestionIndex, view: ToolView, action: Action, obser
     if full and isinstance(within, str) and within.strip():
         ids = [x for x in view.resolve(within) if x in index.type] or [within.strip()]
         full &= index.below(ids[0])
-    shown = {line.split(" score=", 1)[0].rsplit("(", 1)[-1].rstrip(")") for line, _ in _ranked_lines(observation)}
+    shown = {did for _, _, did in _ranked_lines(observation)}
     return bool((full or set()) - shown)
 
 
@@ -407,7 +406,7 @@ def _list_phrase(index: QuestionIndex, tool: str | None, anchors: tuple[str, ...
 def evidence_phrase(index: QuestionIndex, commit: G.Commit, intro: str | None = None) -> str:
     """Why the committed entity is the one, from the rule's evidence (names only what was shown or asked)."""
     eid = commit.entity_id
-    label = f"{name_of(index, eid)} ({eid})"
+    label = name_of(index, eid)  # its id is in the observation just shown
     n = noun(index, eid)
     groups: dict[tuple[Any, ...], list[str]] = {}
     kinds: dict[tuple[Any, ...], G.Evidence] = {}
@@ -430,6 +429,9 @@ def evidence_phrase(index: QuestionIndex, commit: G.Commit, intro: str | None = 
             parts.append(f"{who} {be} not among {_list_phrase(index, ev.tool, ev.anchors, ev.relation, ev.side)}")
         elif ev.kind == "own_entry":
             parts.append(f"{who} {'has' if one else 'have'} no {ev.relation} link to {name_of(index, ev.anchors[0])}")
+        elif ev.kind == "diagnose" and len(groups) == 1 and commit.introduced_by == "diagnose":
+            parts.append(f"the {'other' if one else 'others'} {'lacks' if one else 'lack'} "  # all shown above
+                         f"{name_of(index, ev.anchors[0])}")
         elif ev.kind == "diagnose":
             parts.append(f"{who} {'lacks' if one else 'lack'} {name_of(index, ev.anchors[0])}")
     if commit.rest is not None:
@@ -437,7 +439,7 @@ def evidence_phrase(index: QuestionIndex, commit: G.Commit, intro: str | None = 
         parts.append(f"{_list_phrase(index, r.tool, r.anchors, r.relation, r.side)} show no other {n}")
     if commit.introduced_by == "diagnose" and intro is not None:
         head = f"{label} {_rank_phrase(intro, eid)}"
-        return head + (" and is the only match left: " + "; ".join(parts) if parts else "") + "."
+        return head + ("; " + "; ".join(parts) if parts else "") + "."
     where = {"common": "they share", "related": "listed", "read": "the entry names", "search": "among the hits",
              "lookup": "that matches"}.get(commit.introduced_by or "")
     if not parts:
@@ -679,7 +681,6 @@ def synthesise(record: dict[str, Any], index: QuestionIndex, toolbox: Any, *, va
                seed: int = 13) -> Synthesised:
     """One knowledge-informed, grounded trajectory for ``record`` (see the module docstring)."""
     qid = str(record.get("question_id") or record.get("id"))
-    rng = random.Random(f"{seed}:{qid}:{variant}")
     view = ToolView.of(toolbox)
     variables = variables_from_record(record)
     messages: list[dict[str, Any]] = [{"role": "system", "content": SYSTEM_PROMPT},
@@ -692,15 +693,14 @@ def synthesise(record: dict[str, Any], index: QuestionIndex, toolbox: Any, *, va
     for i, var in enumerate(variables):
         n = noun(index, var.type)
         if i == 0:
-            intro = (f"The question describes a chain of {len(variables)} linked entities and asks for the last one. "
-                     f"First I need {describe(index, var, rng)}.")
+            intro = f"First I need the {noun(index, var.type)} the question starts from."  # its clues: the question
             actions = start_actions(index, var, view, search_first=variant % 2 == 1)
         else:
             phrase = LINK_PHRASE.get((var.link["relation"], var.link["direction"]),
                                      "a {n} linked to {p} by " + var.link["relation"])
-            intro = f"Next I need {phrase.format(n=n, p=name_of(index, prev))}"
+            intro = f"Next I need {phrase.format(n=n, p='it')}"  # the thought has just named it
             if var.clues:
-                intro += " that " + " and ".join(clue_phrase(index, var.entity_id, c, rng) for c in var.clues)
+                intro += " with the question's other clues"
             intro += "."
             actions = hop_actions(index, prev, var, view)
         tried = [planner.run(a, var.entity_id) for a in actions if _key(a) not in planner.seen]
@@ -768,9 +768,7 @@ def synthesise(record: dict[str, Any], index: QuestionIndex, toolbox: Any, *, va
             messages.append({"role": "tool", "name": action.name, "content": obs})
             out.steps.append(Step(action, obs, None, True, _sentence(thought)))
             context = f"Confirmed: the entry of {name_of(index, target.entity_id)} shows {name_of(index, evidence)}."
-    path = " -> ".join(name_of(index, v.entity_id) for v in variables)
-    final = (f"{context} Every constraint of the question is satisfied along {path}. "
-             f"The answer is {name_of(index, target.entity_id)}.")
+    final = f"{context} The answer is {name_of(index, target.entity_id)}."
     messages.append({"role": "assistant",
                      "content": f"<think>{_sentence(final)}</think>\n<answer>{record['answer']}</answer>"})
     return out

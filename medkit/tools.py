@@ -46,7 +46,7 @@ MAX_OUTPUT_CHARS = 4_000
 MAX_QUERY_CHARS = 500
 MAX_K = 50
 MAX_PHENOTYPES = 50
-SNIPPET_CHARS = 200
+SNIPPET_CHARS = 120
 MAX_SYNONYMS = 8
 MAX_PER_RELATION = 15
 MAX_LOOKUP = 10
@@ -239,15 +239,15 @@ class MedicalToolbox:
 
     @_safe
     def search(self, query: str, k: int = 5) -> str:
-        """Search the private medical knowledge base (BM25 over entity definitions).
+        """Keyword search (BM25) over the knowledge base's entity definitions.
 
         Args:
             query: Keywords, e.g. "lysosomal storage angiokeratoma".
             k: Number of hits (1-50).
 
         Returns:
-            One line per hit, "[passage_id] title (entity_id): first 200 characters", best first;
-            pass an entity id to read() for the full entry.
+            One line per hit, "title (entity_id): first 120 characters", best first ("[passage_id] "
+            first when the passage is not the entity's own); pass either id to read() for the full entry.
         """
         if (problem := _check_text(query, "query") or _check_k(k)):
             return problem
@@ -268,12 +268,13 @@ class MedicalToolbox:
             if len(snippet) > SNIPPET_CHARS:
                 snippet = snippet[:SNIPPET_CHARS].rsplit(" ", 1)[0] + " ..."
             ent = f" ({h.entity_id})" if h.entity_id else ""
-            lines.append(f"[{h.passage_id}] {h.title}{ent}: {snippet}")
+            pid = "" if h.passage_id == h.entity_id else f"[{h.passage_id}] "  # an entity's own passage: its id once
+            lines.append(f"{pid}{h.title}{ent}: {snippet}")
         return "\n".join(lines)
 
     @_safe
     def read(self, entity_id: str) -> str:
-        """Read an entity's full entry: definition, synonyms, typed relations.
+        """An entity's full entry: definition, synonyms, relations.
 
         Args:
             entity_id: Entity id (e.g. MONDO:0010526) or a passage id from search.
@@ -340,7 +341,7 @@ class MedicalToolbox:
 
     @_safe
     def lookup(self, name: str) -> str:
-        """Find entity ids by exact name or synonym.
+        """Entity ids for an exact name or synonym.
 
         Args:
             name: Entity name, e.g. Fabry disease.
@@ -378,7 +379,7 @@ class MedicalToolbox:
 
     @_safe
     def related(self, entity_id: str, relation: str, direction: str = "both") -> str:
-        """List an entity's neighbours through one relation.
+        """An entity's neighbours through one relation.
 
         Args:
             entity_id: Entity id or exact name.
@@ -425,7 +426,7 @@ class MedicalToolbox:
 
     @_safe
     def diagnose(self, phenotypes: list[str], k: int = 10, within: str = "") -> str:
-        """Rank rare diseases for phenotypes (Bayesian reasoning over HPO annotation frequencies).
+        """Rank diseases for phenotypes (naive Bayes over HPO annotation frequencies).
 
         Args:
             phenotypes: HPO ids or phenotype names (at most 50).
@@ -433,8 +434,10 @@ class MedicalToolbox:
             within: Optional disease class (id or name): rank only it and its subtypes.
 
         Returns:
-            The candidates best first, "rank. name (id) score=log-likelihood matched=m/n" followed by the
-            matched query phenotypes with their annotated frequencies; unresolved phenotypes are listed first.
+            "Query: #1 name (HP id); #2 ...", then the diseases matching at least one of them, best
+            (highest log-likelihood) first, one line each: "rank. name (id) m/n" (m of the n query phenotypes
+            matched; tied diseases share a rank) followed by the matched ones by number with their annotated
+            frequencies ("#1 55%; #2 freq unknown"); unresolved phenotypes are listed first.
             Uniform prior; P(phenotype | disease) is its annotated frequency (unknown 50%, excluded 0.1%)
             and 1% when the disease lacks the annotation.
         """
@@ -473,25 +476,29 @@ class MedicalToolbox:
             order = order[np.isin(self._dis_ids[order], list(scope))]
             if not len(order):
                 return _err(f"no disease with phenotype annotations lies within {self._label(cls_id)}.")
-        order = order[:k]
+        order = order[matches[order] > 0][:k]  # a disease matching none of the phenotypes is no candidate
         lines = []
         if unresolved:
             lines.append("Unresolved (ignored): " + "; ".join(unresolved))
-        lines.append("Query: " + "; ".join(self._label(h) for h in resolved)
+        lines.append("Query: " + "; ".join(f"#{i} {self._label(h)}" for i, h in enumerate(resolved, 1))
                      + (f" | within {self._label(cls_id)} ({len(scope)} classes)" if scope is not None else ""))
         n = len(resolved)
-        for rank, d in enumerate(order, 1):
+        if not len(order):
+            lines.append("No disease" + (" there" if scope is not None else "") + " has any of these phenotypes.")
+        shown = [round(float(scores[d]), 2) for d in order]
+        for d, score in zip(order, shown):
+            rank = 1 + sum(x > score for x in shown)  # tied diseases share a rank ("1.", "1.", "3.")
             did = self._dis_ids[d]
             ev = []
-            for h, pos in zip(resolved, qpos):
+            for i, (h, pos) in enumerate(zip(resolved, qpos), 1):
                 if pos is None:
                     continue
                 lo, hi = self._indptr[pos], self._indptr[pos + 1]
                 j = lo + np.searchsorted(self._ann_dis[lo:hi], d)
                 if j < hi and self._ann_dis[j] == d:
                     f = self._ann_freq[j]
-                    ev.append(f"{self._names.get(h, h)} {_pct(f)}" + (" [excluded]" if f == 0 else ""))
-            lines.append(f"{rank}. {self._label(did)} score={scores[d]:.2f} matched={int(matches[d])}/{n}"
+                    ev.append(f"#{i} {_pct(f)}" + (" [excluded]" if f == 0 else ""))
+            lines.append(f"{rank}. {self._label(did)} {int(matches[d])}/{n}"
                          + (": " + "; ".join(ev) if ev else ""))
         return "\n".join(lines)
 
@@ -510,7 +517,7 @@ class MedicalToolbox:
 
     @_safe
     def common(self, entity_ids: list[str], relation: str) -> str:
-        """List the neighbours shared by several entities (an intersection).
+        """Neighbours shared by several entities (an intersection).
 
         Args:
             entity_ids: 2-10 entity ids or exact names.
@@ -518,7 +525,8 @@ class MedicalToolbox:
                 (e.g. "is_a,has_phenotype").
 
         Returns:
-            Up to 25 shared neighbours "name (id)", either direction of an entity's relation counting for it.
+            "relation shared by id1, id2, count: name (id); ..." (the entities' ids in the given order), up to 25
+            shared neighbours, either direction of an entity's relation counting for it; ": none." if none.
         """
         if not isinstance(entity_ids, (list, tuple)) or not 2 <= len(entity_ids) <= 10:
             return _err("entity_ids must be a list of 2 to 10 entity ids or names.")
@@ -548,7 +556,7 @@ class MedicalToolbox:
             shared = nb if shared is None else shared & nb
         found = sorted(shared or ())
         label = relations[0] if len(set(relations)) == 1 else ",".join(relations)
-        head = f"{label} neighbours shared by " + ", ".join(self._label(e) for e in ids)
+        head = f"{label} shared by " + ", ".join(ids)  # the ids, in the call's order (its names are in the call)
         if not found:
             return head + ": none."
         items = [self._label(e) for e in found[:25]]

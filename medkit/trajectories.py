@@ -19,6 +19,8 @@ Scope:
   losing or duplicating trajectories. :func:`accepted_records` gives TRL-ready rows
   (``messages`` with ``tool_calls`` + ``tools`` as a JSON string); :func:`to_dataset` loads them
   into a :class:`datasets.Dataset` that renders exactly like the raw rows.
+* :func:`token_segments` / :func:`token_report`: where a trajectory's tokens go (system prompt, question,
+  thoughts, calls, observations, answer, template) as the model being trained sees them.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .agent import assistant_text, parse_turn, to_text_messages
+from .agent import assistant_text, parse_turn, render_tool_call, to_text_messages
 from .grounding import check_trajectory
 from .io import append_jsonl, read_jsonl, repair_jsonl_tail
 from .judge import judge
@@ -213,6 +215,79 @@ def token_counter(tokenizer: Any, schemas: list[dict[str, Any]]) -> Callable[[li
         text = tokenizer.apply_chat_template(to_text_messages(messages, schemas), tokenize=False)
         return len(tokenizer(text, add_special_tokens=False)["input_ids"])
     return count
+
+
+SEGMENTS = ("system", "question", "thoughts", "calls", "observations", "answer", "template")
+
+
+def token_segments(tokenizer: Any, messages: list[dict], schemas: list[dict[str, Any]]) -> dict[str, int]:
+    """Where a trajectory's tokens go, as :func:`token_counter` counts them: the system prompt (with the
+    tool list, and the JSON schema block when ``schemas``), the question, thoughts, calls, observations
+    (with their ``<tool_response>`` tags), the answer, and ``template`` (chat-template tokens between
+    turns: the total minus the rest). Each piece is tokenised alone, so the split is close, the total exact."""
+    def n(text: str) -> int:
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    seg = dict.fromkeys(SEGMENTS, 0)
+    seg["system"] = n(to_text_messages(messages, schemas)[0]["content"])
+    start = 1 if messages and messages[0].get("role") == "system" else 0
+    for m in messages[start:]:
+        role = m.get("role")
+        if role == "user":
+            seg["question"] += n(str(m.get("content", "")))
+        elif role == "tool":
+            seg["observations"] += n("<tool_response>\n" + str(m.get("content", "")) + "\n</tool_response>")
+        elif role == "assistant":
+            turn = parse_turn(assistant_text(m))
+            if turn.think is not None:
+                seg["thoughts"] += n(f"<think>{turn.think}</think>")
+            for c in m.get("tool_calls") or []:
+                fn = c.get("function", c)
+                seg["calls"] += n(render_tool_call(fn.get("name"), fn.get("arguments")))
+            if turn.answer is not None:
+                seg["answer"] += n(f"<answer>{turn.answer}</answer>")
+    seg["template"] = token_counter(tokenizer, schemas)(messages) - sum(seg.values())
+    return seg
+
+
+TOKEN_LIMITS = (1200, 2048)  # the shares of trajectories within these lengths that reports give (issue 13's goal, cpu SFT)
+
+
+def token_report(tokenizer: Any, rows: Iterable[dict[str, Any]], schemas: list[dict[str, Any]],
+                 limits: Sequence[int] = TOKEN_LIMITS) -> dict[str, Any]:
+    """Tokens of trajectories as a model trained with ``schemas`` in the prompt sees them (SFT drops the JSON
+    schema block unless ``TOOLS_IN_PROMPT``): mean, max, the share within each of ``limits``, the mean and share
+    of each :data:`SEGMENTS` part, and by hop count (``row["hops"]``) the same mean, max, shares and segment means.
+    Strict JSON; an empty input gives zero counts and ``None`` means."""
+    per: list[tuple[int, dict[str, int], Any]] = []
+    for r in rows:
+        seg = token_segments(tokenizer, r["messages"], schemas)
+        per.append((sum(seg.values()), seg, r.get("hops")))
+    totals = [t for t, _, _ in per]
+    mean = sum(totals) / len(totals) if totals else None
+
+    def share(values: list[int], limit: int) -> float | None:
+        return round(sum(v <= limit for v in values) / len(values), 3) if values else None
+
+    seg_mean = {k: round(sum(s[k] for _, s, _ in per) / len(per), 1) if per else None for k in SEGMENTS}
+    by_hops: dict[str, list[int]] = {}
+    hop_segs: dict[str, list[dict[str, int]]] = {}
+    for total, seg, hops in per:
+        by_hops.setdefault(str(hops), []).append(total)
+        hop_segs.setdefault(str(hops), []).append(seg)
+    order = sorted(by_hops, key=lambda h: (not h.isdigit(), int(h) if h.isdigit() else 0, h))
+    return {
+        "trajectories": len(per), "tools_in_prompt": bool(schemas),
+        "mean_tokens": round(mean, 1) if mean is not None else None, "max_tokens": max(totals, default=0),
+        "share_within": {str(limit): share(totals, limit) for limit in limits},
+        "segments_mean": seg_mean,
+        "segments_share": {k: round(v / mean, 3) if mean and v is not None else None for k, v in seg_mean.items()},
+        "by_hops": {h: {"trajectories": len(by_hops[h]), "mean_tokens": round(sum(by_hops[h]) / len(by_hops[h]), 1),
+                        "max_tokens": max(by_hops[h]),
+                        "share_within": {str(limit): share(by_hops[h], limit) for limit in limits},
+                        "segments_mean": {k: round(sum(x[k] for x in hop_segs[h]) / len(hop_segs[h]), 1)
+                                          for k in SEGMENTS}} for h in order},
+    }
 
 
 # --------------------------------------------------------------------------- resumable collection

@@ -112,6 +112,41 @@ def test_text_view_equals_the_trl_template_view(toolbox, small_tokenizer):
     assert all("return" not in s["function"] for s in schemas)  # Returns sections cost tokens, not shown
 
 
+def test_the_compact_tool_list_is_the_tools_and_sits_in_the_prompt_both_views_share(toolbox, small_tokenizer):
+    from trl.chat_template_utils import qwen2_5_training_chat_template
+
+    # one definition: the system prompt's tool lines are the tools' signatures and first doc lines
+    assert A.TOOLS_TEXT == A.compact_tools(toolbox.tools())
+    assert A.SYSTEM_PROMPT.endswith(A.TOOLS_TEXT)
+    for name in toolbox.TOOL_NAMES:
+        assert f"- {name}(" in A.TOOLS_TEXT
+    assert 'diagnose(phenotypes: list[str], k=10, within=""): Rank diseases' in A.TOOLS_TEXT
+
+    def renamed(x: str, k: int = 3) -> str:
+        """First line.
+
+        Args:
+            x: a.
+            k: b.
+        """
+        return x
+
+    assert A.compact_tools([renamed]).splitlines()[1] == "- renamed(x, k=3): First line."
+    # SFT without the JSON schemas (tools "[]") renders what the agent sees with schemas=[]
+    messages = [{"role": "system", "content": A.SYSTEM_PROMPT}, {"role": "user", "content": "Which disorder?"},
+                {"role": "assistant", "content": "<think>Look it up.</think>",
+                 "tool_calls": [{"type": "function", "function": {"name": "lookup", "arguments": {"name": "Fabry disease"}}}]},
+                {"role": "tool", "name": "lookup", "content": toolbox.call("lookup", {"name": "Fabry disease"})},
+                {"role": "assistant", "content": "<think>Found.</think>\n<answer>Fabry disease</answer>"}]
+    trl_view = small_tokenizer.apply_chat_template(messages, tools=[], chat_template=qwen2_5_training_chat_template,
+                                                   tokenize=False)
+    agent_view = small_tokenizer.apply_chat_template(A.to_text_messages(messages, []), tokenize=False)
+    assert trl_view == agent_view and A.TOOLS_TEXT in agent_view and "<tools>" not in agent_view
+    n = len(small_tokenizer(A.TOOLS_TEXT, add_special_tokens=False)["input_ids"])
+    full = len(small_tokenizer(A.tools_block(A.tool_schemas(toolbox.tools())), add_special_tokens=False)["input_ids"])
+    assert n < full / 5, (n, full)  # 150 vs 835 tokens with the cpu tokenizer
+
+
 def test_guidance_and_demo_are_for_the_model_only():
     msgs = [{"role": "system", "content": "S"}, {"role": "user", "content": "Q"}]
     out = A.to_text_messages(msgs, None, guidance="Entity_A --is_a--> Target_Entity",

@@ -165,15 +165,16 @@ def test_an_intersection_before_the_pick_grounds_ritonavir_but_not_after_it(drug
 def test_diagnose_tie_and_rank_two_are_ungrounded_rank_one_unique_is_grounded(toolbox, names):
     tie = ("diagnose", {"phenotypes": ["Aplasia of the upper vagina"], "k": 3})
     out = toolbox.call(*tie).splitlines()
-    assert out[1].startswith("1. Mayer-Rokitansky-Kuster-Hauser syndrome type 1 (MONDO:0010173) score=-0.69 "
-                             "matched=1/1")
-    assert out[2].startswith("2. tetrasomy 12p (MONDO:0011146) score=-0.69 matched=1/1")
+    # a tie shares its rank; a disease matching none of the phenotypes is not listed at all
+    assert out[1].startswith("1. Mayer-Rokitansky-Kuster-Hauser syndrome type 1 (MONDO:0010173) 1/1: #1 ")
+    assert out[2].startswith("1. tetrasomy 12p (MONDO:0011146) 1/1: #1 ")
+    assert all(" 0/1" not in line for line in out) and "score" not in "\n".join(out)
     for pick, other in ((TETRASOMY_12P, MRKH_1), (MRKH_1, TETRASOMY_12P)):
         record = _record(names, [pick], [(None, [_has_phenotype("HP:0012673")])])
         commit = _commit(G.check_trajectory(_conversation(toolbox, "?", [tie], names[pick]), record), pick)
         assert (commit.via, commit.introduced_by) == ("answer", "diagnose")
         assert not commit.grounded and commit.unresolved == (other,)
-        assert "diagnose line lacks HP:0012673" in dict(commit.ruled_out)["MONDO:0000050"]  # rank 3, matched 0/1
+        assert "MONDO:0000050" not in commit.competitors  # matched 0/1: not listed, so no candidate
 
     unique = ("diagnose", {"phenotypes": ["Acholic stools", "Jejunal atresia"], "k": 3})
     clues = [_has_phenotype("HP:0011985"), _has_phenotype("HP:0005235")]
@@ -373,3 +374,43 @@ def test_the_summary_record_is_strict_json():
     assert rec["by_hops"] == [{"hops": 2, "commits": 2, "grounded_commit_rate": 0.5},
                               {"hops": 6, "commits": 0, "grounded_commit_rate": None}]
     json.dumps(rec, allow_nan=False)
+
+
+def test_diagnose_parser_maps_numbered_phenotypes_and_reads_the_older_format():
+    new = ("Query: #1 Renal hypoplasia/aplasia (HP:0008678); #2 Abnormal periauricular region morphology (HP:0000383)\n"
+           "1. microcephaly syndrome (MONDO:0011050) score=-1.21 2/2: #1 55%; #2 freq unknown\n"
+           "2. acrorenal syndrome (MONDO:0007059) score=-4.72 1/2: #1 90%\n"
+           "3. radio-renal syndrome (MONDO:0008359) score=-4.72 1/2: #2 0% [excluded]")
+    old = ("Query: Renal hypoplasia/aplasia (HP:0008678); Abnormal periauricular region morphology (HP:0000383)\n"
+           "1. microcephaly syndrome (MONDO:0011050) score=-1.21 matched=2/2: Renal hypoplasia/aplasia 55%; "
+           "Abnormal periauricular region morphology freq unknown\n"
+           "2. acrorenal syndrome (MONDO:0007059) score=-4.72 matched=1/2: Renal hypoplasia/aplasia 90%\n"
+           "3. radio-renal syndrome (MONDO:0008359) score=-4.72 matched=1/2: Abnormal periauricular region morphology "
+           "0% [excluded]")
+    for text in (new, old):
+        obs = G.parse_observation(0, "diagnose", text, {})
+        assert obs.query == {"HP:0008678": "Renal hypoplasia/aplasia", "HP:0000383": "Abnormal periauricular region morphology"}
+        assert obs.listings[0].items == ("MONDO:0011050", "MONDO:0007059", "MONDO:0008359")
+        assert obs.matched["MONDO:0011050"] == {"Renal hypoplasia/aplasia", "Abnormal periauricular region morphology"}
+        assert obs.matched["MONDO:0007059"] == {"Renal hypoplasia/aplasia"}
+        assert obs.matched["MONDO:0008359"] == {"Abnormal periauricular region morphology"}
+
+
+def test_search_hits_parse_with_and_without_a_passage_id():
+    text = ("Fabry disease (MONDO:0010526): A lysosomal storage disease ...\n"
+            "[PMID:1] Enzyme therapy (MONDO:0010526): Agalsidase ...\n"
+            "[UBERON:0000002] uterine cervix: no entity, not a candidate")
+    obs = G.parse_observation(0, "search", text, {})
+    assert obs.listings[0].items == ("MONDO:0010526", "MONDO:0010526") and not obs.listings[0].complete
+
+
+def test_common_header_names_its_entities_by_id_and_the_older_header_still_parses():
+    new = "has_phenotype shared by MONDO:0010044, MONDO:0100079, 2: Ataxia (HP:0001251); Seizure (HP:0001250)"
+    old = ("has_phenotype neighbours shared by hereditary spastic paraplegia 15 (MONDO:0010044), developmental and "
+           "epileptic encephalopathy, 6A (MONDO:0100079), 2: Ataxia (HP:0001251); Seizure (HP:0001250)")
+    for text in (new, old):
+        (lst,) = G.parse_observation(0, "common", text, {}).listings
+        assert lst.anchors == ("MONDO:0010044", "MONDO:0100079") and lst.relation == "has_phenotype"
+        assert lst.items == ("HP:0001251", "HP:0001250") and lst.complete
+    (lst,) = G.parse_observation(0, "common", "is_a,has_phenotype shared by HP:0001258, MONDO:0012435: none.", {}).listings
+    assert lst.anchors == ("HP:0001258", "MONDO:0012435") and lst.items == () and lst.complete

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 import warnings
 
@@ -396,7 +397,15 @@ def test_toolbox_search_with_dense_reranking(toolbox):
     query = "a blood cancer of plasma cells producing monoclonal protein"
     plain, reranked = toolbox.search(query, k=5), dense.search(query, k=5)
     assert len(reranked.splitlines()) == 5 and reranked != plain
-    assert plain.splitlines()[0].split("] ")[1].startswith("monoclonal gammopathy")  # BM25: word overlap
-    assert reranked.splitlines()[0].split("] ")[1].startswith("plasma cell neoplasm")  # dense: the meaning
-    pool = {f"[{h.passage_id}" for h in toolbox.retriever.search(query, k=30)}
-    assert {line.split("]")[0] for line in reranked.splitlines()} <= pool  # re-ranks BM25's candidates only
+
+    def title(hit: str) -> str:  # "[passage id] " leads only a hit that is not the entity's own passage
+        return re.sub(r"^\[[^\]]*\] ", "", hit)
+
+    def passage(hit: str) -> str:  # that id, or the entity's (its own passage)
+        m = re.match(r"^\[([^\]]*)\] ", hit) or re.search(r" \(([^()]+)\): ", hit)
+        return m.group(1)
+
+    assert title(plain.splitlines()[0]).startswith("monoclonal gammopathy")  # BM25: word overlap
+    assert title(reranked.splitlines()[0]).startswith("plasma cell neoplasm")  # dense: the meaning
+    pool = {h.passage_id for h in toolbox.retriever.search(query, k=30)}
+    assert {passage(line) for line in reranked.splitlines()} <= pool  # re-ranks BM25's candidates only

@@ -266,14 +266,13 @@ def test_ritonavir_is_picked_by_an_intersection_not_from_the_list_of_seven(riton
     pick = commits[RITONAVIR]
     intro = syn.messages[pick.introduced_at]
     # the observation that shows Ritonavir first is the intersection of AIDS and chronic hepatitis C, not AIDS's list
-    assert intro["content"].startswith("definition_mentions neighbours shared by AIDS (MONDO:0012268), chronic "
-                                       "hepatitis C virus infection (MONDO:0005354)")
+    assert intro["content"].startswith("definition_mentions shared by MONDO:0012268, MONDO:0005354, ")
     call = syn.messages[pick.introduced_at - 1]["tool_calls"][0]["function"]
     assert call["name"] == "common" and call["arguments"]["relation"] == "definition_mentions"
     assert set(pick.competitors) <= {DRONABINOL}  # the intersection shows no other drug than the chain's first
     # the thought that names Ritonavir states the evidence, from what was shown
     think = A.parse_turn(A.assistant_text(syn.messages[pick.turn])).think
-    assert f"Ritonavir ({RITONAVIR})" in think and "share" in think
+    assert think.startswith("Ritonavir is the only drug they share.")  # its id is in the observation just above
     # no turn picks Ritonavir out of AIDS's seven drugs
     for m in syn.messages[:pick.turn]:
         assert not (m["role"] == "tool" and m["content"].startswith("AIDS (MONDO:0012268) — definition_mentions\n"
@@ -301,7 +300,7 @@ def test_ritonavir_after_the_list_of_seven_gets_the_intersection_before_the_pick
     between = [m for m in syn.messages[pick.introduced_at + 1:pick.turn] if m.get("tool_calls")]
     assert between and all(RITONAVIR not in json.dumps(m["tool_calls"]) for m in between)
     think = A.parse_turn(A.assistant_text(syn.messages[pick.turn])).think
-    assert f"Ritonavir ({RITONAVIR})" in think
+    assert "Ritonavir is the one" in think and RITONAVIR not in think  # named; the id is in the observations
     assert "leaves only Ritonavir" in think or "not among" in think, think
     # without the checks the same pick is a guess: the filter rejects it as ungrounded
     n_checks = len(between)
@@ -409,3 +408,56 @@ def test_a_diagnose_pick_is_not_trusted_when_equal_candidates_may_hide_below_the
     assert S.at_last_rank(two, MRKH_1, k=2) and S.at_last_rank(two, TETRASOMY_12P, k=2)
     action, one = ranked(1)  # tetrasomy 12p, with the phenotype too, is not shown at all
     assert S.hides_full_match(index, view, action, one) and TETRASOMY_12P not in one
+
+
+def test_thoughts_are_terse_but_keep_the_evidence(records, synthesised, index):
+    for rec, syn in zip(records, synthesised):
+        if syn.failure is not None:
+            continue
+        thoughts = [A.parse_turn(A.assistant_text(m)).think for m in syn.messages if m["role"] == "assistant"]
+        assert not any("chain of" in t or "satisfied along" in t or "must be linked to each" in t for t in thoughts)
+        assert thoughts[0].startswith("First I need the ")  # the question's clues are not restated
+        # the previous entity is "it" right after the thought that names it, never spelled out again there
+        for t in thoughts[1:]:
+            if "Next I need " in t:
+                assert "Next I need " + "" in t and " it" in t.split("Next I need ", 1)[1].split(".")[0], t
+        # the plan after "Next I need" calls the entity just committed "it", never by its name again
+        hops = [t.split("Next I need ", 1)[1] for t in thoughts if "Next I need " in t]
+        for prev, plan in zip(rec["chain"], hops):
+            assert not re.search(rf"(?<!\w){re.escape(index.name[prev])}(?!\w)", plan), (index.name[prev], plan)
+        final = thoughts[-1]
+        assert final.endswith(f"The answer is {index.name[rec['chain'][-1]]}.") and " -> " not in final
+        assert len(final) > len(f"The answer is {index.name[rec['chain'][-1]]}.")  # the evidence comes first
+
+
+def test_token_segments_split_the_exact_count(synthesised, small_tokenizer, toolbox):
+    syn = next(s for s in synthesised if s.failure is None)
+    for schemas in ([], A.tool_schemas(toolbox.tools())):
+        seg = TR.token_segments(small_tokenizer, syn.messages, schemas)
+        assert tuple(seg) == TR.SEGMENTS and sum(seg.values()) == TR.token_counter(small_tokenizer, schemas)(syn.messages)
+        assert all(v > 0 for k, v in seg.items()) and seg["template"] < 12 * len(syn.messages)
+    bare = TR.token_segments(small_tokenizer, syn.messages, [])["system"]
+    assert bare < 300 and TR.token_segments(small_tokenizer, syn.messages, schemas)["system"] > bare + 500
+
+
+def test_a_diagnose_pick_whose_competitors_all_lack_one_clue_says_the_others_lack_it(synthesised):
+    picks = [t for syn in synthesised if syn.failure is None
+             for t in (A.parse_turn(A.assistant_text(m)).think for m in syn.messages if m["role"] == "assistant")
+             if t and " ranks #1 with " in t]
+    assert picks and any("; the other lacks " in t or "; the others lack " in t for t in picks), picks[:5]
+
+
+def test_token_report_counts_as_the_trained_model_sees_them(records, synthesised, small_tokenizer, toolbox):
+    rows = [{"messages": s.messages, "hops": r.get("hops")} for r, s in zip(records, synthesised) if s.failure is None]
+    report = TR.token_report(small_tokenizer, rows, [], limits=(1200, 2048))
+    counts = [TR.token_counter(small_tokenizer, [])(r["messages"]) for r in rows]
+    assert report["trajectories"] == len(rows) and report["max_tokens"] == max(counts)
+    assert report["mean_tokens"] == round(sum(counts) / len(counts), 1)
+    assert report["share_within"]["2048"] == round(sum(c <= 2048 for c in counts) / len(counts), 3)
+    assert abs(sum(report["segments_mean"].values()) - report["mean_tokens"]) < 1
+    assert sum(v["trajectories"] for v in report["by_hops"].values()) == len(rows)
+    with_schemas = TR.token_report(small_tokenizer, rows, A.tool_schemas(toolbox.tools()))
+    assert with_schemas["mean_tokens"] > report["mean_tokens"] + 500 and with_schemas["tools_in_prompt"]
+    empty = TR.token_report(small_tokenizer, [], [])
+    assert empty["trajectories"] == 0 and empty["mean_tokens"] is None
+    json.dumps(report, allow_nan=False), json.dumps(empty, allow_nan=False)

@@ -232,6 +232,30 @@ print(f"mean tool calls {summary['mean_tool_calls']} (paper 4.2); mean tokens {s
       f"{summary['specialties']} specialties; {summary['questions_covered']:,} questions covered")
 ''')
 md(r'''
+### Where the tokens go, as SFT sees them
+
+The histogram counts tokens as the filter does: with every tool's JSON schema in the system prompt
+(~840 tokens). SFT on the `cpu` profile leaves that block out (`TOOLS_IN_PROMPT = False` in
+notebook 05): the system prompt keeps a one-line-per-tool list, so the model still sees every tool,
+and the agent is evaluated with the same prompt. Training time grows with tokens, and tokens that
+carry nothing the next step needs teach nothing, so this is the count that matters. Each
+trajectory is split into system prompt, question, thoughts, calls, observations, answer and the
+chat template's own tokens, by hop count. Expected on `cpu` (150 questions × 2 variants,
+`bench/bench_compact.py`): mean ~1,770 tokens, observations ~35%, thoughts ~20%, calls ~19%; 2-hop
+~1,140 and 6-hop ~2,150.
+''')
+code(r'''
+sft_schemas = schemas if profiles.defaults(PROFILE, "sft")["TOOLS_IN_PROMPT"] else []
+tokens_sft = TR.token_report(tok, acc, sft_schemas)
+seg = pd.DataFrame({h: v["segments_mean"] for h, v in tokens_sft["by_hops"].items()}).T
+seg.index = [f"{h} hops (n={tokens_sft['by_hops'][h]['trajectories']})" for h in seg.index]
+plots.save(plots.stacked_segments(seg, f"Tokens per accepted trajectory as SFT sees them ({PROFILE})"),
+           FIG / "04_token_segments.png")
+print(f"mean {tokens_sft['mean_tokens']:,} tokens as SFT sees them (max {tokens_sft['max_tokens']:,}); "
+      f"within 1,200: {tokens_sft['share_within']['1200']:.0%}, within 2,048: {tokens_sft['share_within']['2048']:.0%}")
+display(pd.Series(tokens_sft["segments_share"], name="share of tokens").to_frame().T)
+''')
+md(r'''
 ## 7 Is every pick grounded in what the agent has seen?
 
 A model learns from a trajectory what the trajectory shows. If the agent lists seven drugs and
@@ -331,6 +355,7 @@ all_rows = [r for r in mio.read_jsonl(log) if r["question_id"] in by_id]
 final = TR.accepted_records(all_rows, schemas)
 mio.write_jsonl(OUT / "trajectories.jsonl", final)
 metrics = {"kg_guided": summary, "grounding": GR.summary_record(grounding), "free": free_summary,
+           "mean_tokens_sft": tokens_sft["mean_tokens"], "tokens_sft": tokens_sft,
            "rewrite": rewrite_stats,
            "synthesis_seconds_this_run": round(synth_seconds, 1), "accepted_total": len(final),
            "synthesis_version": S.SYNTHESIS_VERSION}
