@@ -27,14 +27,12 @@ as chat messages with tool calls, ready for TRL SFT (notebook 05).
 
 | profile | questions | KG-guided trajectories | accepted | mean tool calls | free rollouts (teacher) | wall time (2 CPU cores) |
 |---|---|---|---|---|---|---|
-| `smoke` | ~22 train | 1 per question | ~50–70% (long 6-hop chains hit the token limit) | ~6 | 2, small model | ~1 min |
-| `cpu` | 1,093 train | 2 per question (2,186) | ~1,800 (≈ 83%) over ~970 questions, 18 specialties | ~6.8 (paper: 4.2) | 8 with SmolLM2-135M: 0 accepted | ~5 min |
+| `smoke` | ~24 train | 1 per question | ~100% | ~6 | 2, small model | ~1 min |
+| `cpu` | 1,094 train | 2 per question (2,188) | 2,184 (99.8%) over 1,092 questions, 18 specialties | ~6.5 (paper: 4.2) | 8 with SmolLM2-135M: 0 accepted | ~11 min (measured with other work on the cores) |
 | `gpu` | all train | 2 per question | as `cpu` | as `cpu` | 300 with the 7B teacher | ~20 min |
 
-The `cpu` row is the committed run, made before synthesis grounded its picks (synthesis v3: 77% of
-picks grounded). Synthesis v4, measured on 300 random cpu training questions × 2 variants: 595 of
-600 accepted (every question covered), 100% of picks grounded, ~6.5 tool calls and ~3,000 tokens
-per trajectory; the cpu row is refreshed with the next reference run.
+The `cpu` row is the committed run (synthesis v6): 100% of 12,220 picks grounded, 1,809 tokens per
+trajectory as SFT sees them (2,644 with the JSON tool schemas the filter counts), the longest 2,826.
 
 The base 135M model does not follow the tool protocol (it writes prose): its free rollouts end
 with format errors. That is the point of notebook 05, which fine-tunes it on these trajectories.
@@ -240,9 +238,9 @@ notebook 05): the system prompt keeps a one-line-per-tool list, so the model sti
 and the agent is evaluated with the same prompt. Training time grows with tokens, and tokens that
 carry nothing the next step needs teach nothing, so this is the count that matters. Each
 trajectory is split into system prompt, question, thoughts, calls, observations, answer and the
-chat template's own tokens, by hop count. Expected on `cpu` (150 questions × 2 variants,
-`bench/bench_compact.py`): mean ~1,770 tokens, observations ~35%, thoughts ~20%, calls ~19%; 2-hop
-~1,140 and 6-hop ~2,150.
+chat template's own tokens, by hop count. Expected on `cpu` (the committed run): mean 1,809 tokens,
+observations 35%, thoughts 20%, calls 19%, system prompt 12%; 2-hop 1,113 and 6-hop 2,169, 65%
+within 2,048 and 13% within 1,200.
 ''')
 code(r'''
 sft_schemas = schemas if profiles.defaults(PROFILE, "sft")["TOOLS_IN_PROMPT"] else []
