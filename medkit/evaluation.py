@@ -6,10 +6,13 @@ Scope (reused by notebooks 05-07):
   (rollout ``j`` samples with seed ``seed + 1000 j``; at temperature 0 every rollout is the same
   greedy run, so ``k > 1`` needs ``temperature > 0``) and judges every prediction with
   :func:`medkit.judge.judge` (KG synonyms through the toolbox's name index).
-* :func:`metrics` reports pass@1 as mean ± sd over rollouts (benchmarks with few questions
-  move in big steps, so a single number hides the noise), pass@k (any rollout right),
+* :func:`metrics` reports pass@1 as mean ± sd over rollouts and its 95% bootstrap interval over
+  questions (``ci95``; benchmarks with few questions move in big steps, so a single number hides
+  the noise), pass@k (any rollout right),
   answer-termination rate, format-error rate, tool calls per question, and pass@1 per hop
-  count and per specialty.
+  count and per specialty (each with its interval and question count); :func:`compare` gives paired
+  differences between stages on the same questions; :func:`stage_table` is the table notebooks
+  05-07 show and plot.
 * :func:`read_medbrowsecomp` reads MedBrowseComp's CSV (``prompt, gold, task_name``; every
   cell Unicode-shifted by +3 then base64-encoded) into question records, so a user with the
   file (and a web-search tool) can score on it; the file itself cannot be shipped here.
@@ -26,6 +29,9 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
+from . import bootstrap
 from .agent import AgentConfig, run_agent
 from .errors import InputError
 from .judge import judge
@@ -69,16 +75,24 @@ def evaluate(backend: Any, toolbox: Any, questions: Sequence[dict[str, Any]], *,
     return rows
 
 
-def _mean_sd(values: list[float]) -> dict[str, float]:
-    return {"mean": round(statistics.fmean(values), 4) if values else float("nan"),
+def _mean_sd(values: list[float]) -> dict[str, float | None]:
+    return {"mean": round(statistics.fmean(values), 4) if values else None,
             "sd": round(statistics.stdev(values), 4) if len(values) > 1 else 0.0}
 
 
-def _pass1(rows: Sequence[dict[str, Any]]) -> dict[str, float]:
+def _pass1(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Mean ± sd over rollouts, and the 95% bootstrap interval over questions (:mod:`medkit.bootstrap`)."""
     by_rollout: dict[int, list[bool]] = defaultdict(list)
     for r in rows:
         by_rollout[r["rollout"]].append(bool(r["correct"]))
-    return _mean_sd([sum(v) / len(v) for v in by_rollout.values()])
+    return {**_mean_sd([sum(v) / len(v) for v in by_rollout.values()]), "ci95": bootstrap.pass_at_1(rows)["ci95"]}
+
+
+def compare(stages: dict[str, Sequence[dict[str, Any]]], pairs: dict[str, tuple[str, str]]) -> dict[str, Any]:
+    """Paired differences of pass@1 between stages evaluated on the same questions: ``pairs`` maps a name
+    (e.g. ``"grpo_minus_sft"``) to ``(a, b)``; each value is :func:`medkit.bootstrap.paired_difference` of
+    b − a (different question sets are refused)."""
+    return {name: bootstrap.paired_difference(stages[a], stages[b], names=(a, b)) for name, (a, b) in pairs.items()}
 
 
 def metrics(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -107,6 +121,21 @@ def metrics(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
         out[f"pass@1_by_{key}"] = {str(g): {**_pass1(rs), "questions": len({r["question_id"] for r in rs})}
                                    for g, rs in sorted(groups.items(), key=lambda kv: str(kv[0]))}
     return out
+
+
+def stage_table(stages: dict[str, dict[str, Any]]) -> pd.DataFrame:
+    """One row per stage (or model) from its :func:`metrics`: pass@1 with its 95% interval (``ci95 low`` /
+    ``ci95 high``; NaN when the metrics predate intervals) and sd over rollouts, pass@k, answer,
+    format-error and tool-error rates, tool calls per rollout, and the question and rollout counts."""
+    def row(m: dict[str, Any]) -> dict[str, Any]:
+        p = m.get("pass@1") or {}
+        low, high = p.get("ci95") or (None, None)
+        return {"pass@1": p.get("mean"), "ci95 low": low, "ci95 high": high, "pass@1 sd": p.get("sd"),
+                "pass@k": m.get("pass@k"), "answer rate": m.get("answer_rate"),
+                "format-error rate": m.get("format_error_rate"), "tool calls / rollout": m.get("tool_calls_per_question"),
+                "tool-error rate": m.get("tool_error_rate"), "questions": m.get("questions"), "rollouts": m.get("rollouts")}
+
+    return pd.DataFrame({name: row(m) for name, m in stages.items()}).T.astype(float)
 
 
 # --------------------------------------------------------------------------- MedBrowseComp

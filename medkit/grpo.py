@@ -401,13 +401,14 @@ class _autocast:
 # --------------------------------------------------------------------------- rewards
 
 
-def reward_functions(*, call_budget: int = 8, token_budget: int = 3072,
+def reward_functions(*, call_budget: int = 8, token_budget: int = 3072, gate: bool = True,
                      resolve: Callable[[str], Iterable[str]] | None = None) -> list[Callable[..., list[float | None]]]:
     """TRL reward functions ``accuracy``, ``preference``, ``efficiency`` over forwarded rollouts.
 
     Each returns one value per rollout (``None`` where the term raised), stores it in the
     rollout's ``rewards`` dict (so :attr:`AgentRollouts.history` has every term per rollout) and
     logs ``reward_errors/<term>``; ``preference`` also logs its parts and the tool statistics.
+    With ``gate`` (see :mod:`medkit.rewards`) the process terms pay only alongside a correct answer.
     """
 
     def acc(r: dict[str, Any]) -> float:
@@ -415,11 +416,15 @@ def reward_functions(*, call_budget: int = 8, token_budget: int = 3072,
             raise InputError("GRPO rollout", "no question record for this prompt", field="record")
         return R.accuracy(r, r["record"], resolve=resolve)
 
+    def pref(r: dict[str, Any]) -> float:
+        return R.preference(r, correct=acc(r) == 1.0 if gate else None)
+
     def eff(r: dict[str, Any]) -> float:
+        if gate:
+            return R.gated_efficiency(r, correct=acc(r) == 1.0, call_budget=call_budget, token_budget=token_budget)
         return R.efficiency_penalty(r, call_budget=call_budget, token_budget=token_budget)
 
-    terms: dict[str, Callable[[dict[str, Any]], float]] = {"accuracy": acc, "preference": R.preference,
-                                                           "efficiency": eff}
+    terms: dict[str, Callable[[dict[str, Any]], float]] = {"accuracy": acc, "preference": pref, "efficiency": eff}
     funcs = []
     for name, term in terms.items():
         funcs.append(_reward_func(name, term, extra_metrics=(name == "preference")))
@@ -583,7 +588,7 @@ def build_trainer(model: Any, tokenizer: Any, records: Sequence[dict[str, Any]],
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     funcs = reward_functions(call_budget=int(params["CALL_BUDGET"]), token_budget=int(params["TOKEN_BUDGET"]),
-                             resolve=resolve)
+                             gate=bool(params["GATE_PROCESS"]), resolve=resolve)
     trainer = GRPOTrainer(model=model, reward_funcs=funcs, args=grpo_config(params, output_dir, use_cpu=use_cpu),
                           train_dataset=prompt_dataset(records, rollouts.schemas), processing_class=tokenizer,
                           peft_config=peft_config, rollout_func=rollouts, callbacks=[StopOnNaN()])
@@ -600,6 +605,22 @@ def train(trainer: Any) -> dict[str, Any]:
     steps = out["steps_this_run"]
     out["seconds_per_step"] = round(out["seconds"] / steps, 1) if steps else None
     return out
+
+
+ABLATIONS = {  # notebook 07's GRPO ablations: what each changes against notebook 06's run
+    "grpo_from_base": "a fresh adapter on the base model (no SFT cold start), tool schemas in the prompt",
+    "grpo_accuracy_only": "the SFT start, W_PREFERENCE = W_EFFICIENCY = 0",
+    "grpo_ungated": "the SFT start, GATE_PROCESS = False (the plain sum of the reward terms)",
+}
+
+
+def ablation_params(name: str, params: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+    """(GRPO parameters, starts from the base model) of the ablation ``name`` (see :data:`ABLATIONS`)."""
+    if name not in ABLATIONS:
+        raise ConfigError(f"unknown ablation {name!r}; choose from {sorted(ABLATIONS)}")
+    changes = {"grpo_accuracy_only": {"W_PREFERENCE": 0.0, "W_EFFICIENCY": 0.0},
+               "grpo_ungated": {"GATE_PROCESS": False}}.get(name, {})
+    return {**params, **changes}, name == "grpo_from_base"
 
 
 def select_training_questions(records: Sequence[dict[str, Any]], n: int, *, max_hops: int | None,

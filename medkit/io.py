@@ -5,7 +5,7 @@ renamed over the target, so a failed or interrupted run never leaves a half-writ
 file or destroys what was already built. JSONL appends are line-atomic (one
 ``write`` + flush per record) so that resumable stages can pick up where they
 stopped; readers skip a truncated final line and report any other bad line by
-file and line number.
+file and line number. Everything written is strict JSON (:func:`dumps`: a NaN becomes ``null``).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import json
+import math
 import os
 import platform
 import shutil
@@ -98,8 +99,29 @@ def write_text(target: str | Path, text: str) -> Path:
     return Path(target)
 
 
+def strict(obj: Any) -> Any:
+    """``obj`` with every NaN or infinite float replaced by ``None`` (JSON has no NaN: a bare ``NaN`` makes a
+    file that strict readers, e.g. browsers and ``jq``, reject); containers are copied, other values kept."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: strict(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict(v) for v in obj]
+    return obj
+
+
+def dumps(obj: Any, **kwargs: Any) -> str:
+    """Strict JSON text of ``obj``: NaN / infinity become ``null`` (see :func:`strict`), unknown types ``str``."""
+    try:
+        return json.dumps(obj, allow_nan=False, default=str, **kwargs)
+    except ValueError:  # a NaN somewhere: the slow path only then
+        return json.dumps(strict(obj), allow_nan=False, default=str, **kwargs)
+
+
 def write_json(target: str | Path, obj: Any) -> Path:
-    return write_text(target, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+    """``obj`` as strict, indented, key-sorted JSON, written atomically."""
+    return write_text(target, dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
 def read_json(path: str | Path) -> Any:
@@ -133,7 +155,7 @@ def write_jsonl(target: str | Path, records: Iterable[dict[str, Any]]) -> int:
     n = 0
     with atomic_path(target, suffix=".jsonl") as tmp, open(tmp, "w", encoding="utf-8") as f:
         for rec in records:
-            f.write(json.dumps(rec, ensure_ascii=False, default=str) + "\n")
+            f.write(dumps(rec, ensure_ascii=False) + "\n")
             n += 1
     return n
 
@@ -142,7 +164,7 @@ def append_jsonl(path: str | Path, record: dict[str, Any]) -> None:
     """Append one record as one line, flushed and fsynced (for resumable stages)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    line = json.dumps(record, ensure_ascii=False, default=str) + "\n"
+    line = dumps(record, ensure_ascii=False) + "\n"
     with open(path, "a", encoding="utf-8") as f:
         f.write(line)
         f.flush()

@@ -196,13 +196,21 @@ STAGE_COLOURS = {"grpo": "#228833", "sft": "#4477aa", "base": "#999999"}  # firs
 
 
 def stage_bars(table: pd.DataFrame, column: str, title: str, *, sd: str | None = None,
-               ax: plt.Axes | None = None, ylim: tuple[float, float] | None = (0, 1)) -> plt.Figure:
-    """One bar per model (the table's index), coloured by stage, with optional error bars and values."""
+               ci: tuple[str, str] | None = None, ax: plt.Axes | None = None,
+               ylim: tuple[float, float] | None = (0, 1)) -> plt.Figure:
+    """One bar per model (the table's index), coloured by stage, with values and optional error bars:
+    ``ci`` names the (low, high) columns of an interval (asymmetric bars), ``sd`` a symmetric spread."""
     fig, ax = _axis(ax, (5, 3.2))
     names = [str(i) for i in table.index]
     colours = [next((c for k, c in STAGE_COLOURS.items() if k in n.lower()), "#ee7733") for n in names]
-    err = table[sd].values if sd else None
-    ax.bar(names, table[column].values, yerr=err, capsize=5 if sd else 0, color=colours)
+    values = table[column].astype(float).values
+    err = None
+    if ci:
+        low, high = table[ci[0]].astype(float).values, table[ci[1]].astype(float).values
+        err = np.nan_to_num(np.vstack([values - low, high - values]).clip(min=0))
+    elif sd:
+        err = table[sd].values
+    ax.bar(names, values, yerr=err, capsize=5 if err is not None else 0, color=colours)
     for x, v in enumerate(table[column].values):
         ax.text(x, v, f"{v:.3g}", ha="center", va="bottom", fontsize=8)
     ax.set(title=title)

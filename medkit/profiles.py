@@ -123,6 +123,7 @@ _BASE: dict[str, dict[str, Any]] = {
         "W_EFFICIENCY": 0.2,
         "CALL_BUDGET": 8,              # tool calls above this are penalised
         "TOKEN_BUDGET": 3072,          # tokens above this are penalised
+        "GATE_PROCESS": True,          # preference (grounded, verified) and efficiency pay only alongside a right answer; False = the plain sum, which rewarded early wrong answers
         "BF16": None,                  # bf16 autocast; None = where the hardware computes bf16 natively
         "QUANTIZE": "nf4",             # base precision for a fresh adapter (START=base); an SFT adapter keeps its own
         "LORA_R": 16,                  # fresh adapter only (START=base)
@@ -133,7 +134,7 @@ _BASE: dict[str, dict[str, Any]] = {
         "ENGINE_SYNC_STEPS": 1,        # export the policy to the engine every N optimizer steps (1 = always on-policy)
     },
     "evaluation": {
-        "ABLATIONS": ["grpo_from_base", "grpo_accuracy_only"],  # extra GRPO runs: from the base model; accuracy reward only
+        "ABLATIONS": ["grpo_from_base", "grpo_accuracy_only"],  # extra GRPO runs (medkit.grpo.ABLATIONS): from the base model; accuracy reward only; grpo_ungated
         "ABLATION_STEPS": None,        # optimizer steps of each ablation run (None = notebook 06's MAX_STEPS)
     },
 }

@@ -15,8 +15,16 @@ each can be logged on its own and unit-tested on hand-made trajectories.
   can still earn the well-formed part.
 * :func:`efficiency_penalty` — in [0, 1]: tool calls above ``call_budget`` and tokens above
   ``token_budget``, each scaled by its budget and capped, averaged.
+* **Gating** (``gate=True``, the default; notebook 06's ``GATE_PROCESS``): the process terms pay
+  only alongside a correct answer — *grounded* and *verified* count only when the answer is right,
+  and the efficiency penalty applies only to right answers (it ranks right answers by cost). A
+  wrong rollout then earns at most ``w_pref / 3`` (its well-formed turns), whether it answers early,
+  late or not at all, so no reward is left for answering early with any entity a tool showed —
+  the reward hacking the ungated sum produced in the first cpu reference run (answer rate up,
+  accuracy down). Ungated (``gate=False``) is the paper's plain sum, kept for ablations.
 * :func:`composite` — ``w_acc * accuracy + w_pref * preference - w_eff * penalty`` with every
-  term reported; :class:`RewardWeights` holds the weights of notebook 06's ``parameters`` cell.
+  term reported (the paid terms and the raw parts); :class:`RewardWeights` holds the weights of
+  notebook 06's ``parameters`` cell.
 """
 
 from __future__ import annotations
@@ -83,9 +91,13 @@ def _mean(parts: dict[str, float]) -> float:
     return round(sum(parts.values()) / len(parts), 4)
 
 
-def preference(rollout: dict[str, Any]) -> float:
-    """Mean of :func:`preference_parts`."""
-    return _mean(preference_parts(rollout))
+def preference(rollout: dict[str, Any], *, correct: bool | None = None) -> float:
+    """Mean of :func:`preference_parts`; with ``correct`` given (gating), *grounded* and *verified* count
+    only when it is True (``well_formed`` always counts)."""
+    parts = preference_parts(rollout)
+    if correct is not None and not correct:
+        parts = {**parts, "grounded": 0.0, "verified": 0.0}
+    return _mean(parts)
 
 
 def efficiency_penalty(rollout: dict[str, Any], *, call_budget: int = 8, token_budget: int = 3072) -> float:
@@ -97,13 +109,22 @@ def efficiency_penalty(rollout: dict[str, Any], *, call_budget: int = 8, token_b
     return round((min(1.0, extra_calls) + min(1.0, extra_tokens)) / 2, 4)
 
 
+def gated_efficiency(rollout: dict[str, Any], *, correct: bool, call_budget: int = 8,
+                     token_budget: int = 3072) -> float:
+    """:func:`efficiency_penalty` for a right answer, 0 for a wrong one (gating: see the module docstring)."""
+    return efficiency_penalty(rollout, call_budget=call_budget, token_budget=token_budget) if correct else 0.0
+
+
 def composite(rollout: dict[str, Any], record: dict[str, Any], weights: RewardWeights = RewardWeights(), *,
-              call_budget: int = 8, token_budget: int = 3072,
+              call_budget: int = 8, token_budget: int = 3072, gate: bool = True,
               resolve: Callable[[str], Iterable[str]] | None = None) -> dict[str, float]:
-    """Every term, the preference parts and the weighted ``total``."""
+    """Every paid term, the raw preference parts, the raw ``efficiency_raw`` penalty and the weighted ``total``."""
     parts = preference_parts(rollout)
-    terms = {"accuracy": accuracy(rollout, record, resolve=resolve), "preference": _mean(parts),
-             "efficiency": efficiency_penalty(rollout, call_budget=call_budget, token_budget=token_budget)}
+    acc = accuracy(rollout, record, resolve=resolve)
+    raw_eff = efficiency_penalty(rollout, call_budget=call_budget, token_budget=token_budget)
+    correct = acc == 1.0 if gate else None
+    terms = {"accuracy": acc, "preference": preference(rollout, correct=correct),
+             "efficiency": raw_eff if correct is None or correct else 0.0}
     w = asdict(weights)
     total = w["accuracy"] * terms["accuracy"] + w["preference"] * terms["preference"] - w["efficiency"] * terms["efficiency"]
-    return {**terms, **parts, "total": round(total, 4)}
+    return {**terms, **parts, "efficiency_raw": raw_eff, "total": round(total, 4)}

@@ -51,7 +51,9 @@ def test_evaluate_and_metrics(toolbox):
     assert m["tool_calls_per_question"] == pytest.approx(2 / 6, abs=1e-3)
     assert m["format_error_rate"] > 0
     assert set(m["pass@1_by_hops"]) == {"2", "3"} and m["pass@1_by_specialty"]["Nephrology"]["questions"] == 1
-    json.dumps(m)
+    low, high = m["pass@1"]["ci95"]  # over 2 questions with accuracies 1/3 each: no spread
+    assert low == high == pytest.approx(1 / 3, abs=1e-4) and m["pass@1_by_hops"]["2"]["ci95"] is not None
+    json.dumps(m, allow_nan=False)
     with pytest.raises(ValueError):
         E.evaluate(BySeed(), toolbox, [FABRY_Q], k=0)
 

@@ -70,3 +70,15 @@ def test_repair_jsonl_tail(tmp_path):
     mio.append_jsonl(path, {"a": 3})
     assert [r["a"] for r in mio.read_jsonl(path, allow_truncated_tail=False)] == [1, 2, 3]
     assert mio.repair_jsonl_tail(path) == 0 and mio.repair_jsonl_tail(tmp_path / "none.jsonl") == 0
+
+
+def test_everything_written_is_strict_json(tmp_path):
+    obj = {"sd": float("nan"), "hi": float("inf"), "rows": [1.5, float("-inf"), {"x": (float("nan"),)}], "n": 3}
+    mio.write_json(tmp_path / "m.json", obj)
+    text = (tmp_path / "m.json").read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    assert json.loads(text) == {"sd": None, "hi": None, "rows": [1.5, None, {"x": [None]}], "n": 3}
+    mio.write_jsonl(tmp_path / "r.jsonl", [obj])
+    mio.append_jsonl(tmp_path / "r.jsonl", {"v": float("nan")})
+    assert [json.loads(line) for line in (tmp_path / "r.jsonl").read_text().splitlines()][1] == {"v": None}
+    assert mio.dumps({"a": 1}) == json.dumps({"a": 1})

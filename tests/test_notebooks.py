@@ -197,8 +197,14 @@ def test_smoke_grpo_outputs(smoke_run):
 @pytest.mark.notebook
 def test_smoke_evaluation_outputs(smoke_run):
     results = smoke_run / "results" / "smoke"
-    summary = json.loads((results / "07_evaluation.json").read_text())
+    text = (results / "07_evaluation.json").read_text()
+    summary = json.loads(text, parse_constant=lambda c: pytest.fail(f"07_evaluation.json holds a bare {c}"))
     assert set(summary["stages"]) == {"base", "sft", "sft+grpo", "grpo_from_base", "grpo_accuracy_only"}
+    for name, m in summary["stages"].items():
+        low, high = m["pass@1"]["ci95"]
+        assert low <= m["pass@1"]["mean"] <= high, name
+    assert set(summary["paired"]) == {"sft_minus_base", "grpo_minus_sft"}
+    assert all(d["questions"] == summary["questions"] and len(d["ci95"]) == 2 for d in summary["paired"].values())
     assert all(m["questions"] == summary["questions"] for m in summary["stages"].values())
     assert summary["ablations"]["grpo_accuracy_only"]["train"]["steps"] == 1
     assert any(r["pass@1"] == 27.5 for r in summary["reported"])

@@ -92,6 +92,49 @@ def test_composite_weights_each_term_and_switches_terms_off():
     full = R.composite(SEARCH_VERIFY, RECORD)
     assert full["total"] == pytest.approx(1.0 + 0.3 * 1.0 - 0.0)
     wrong_slow = {**SEARCH_VERIFY, "prediction": "Gaucher disease", "n_tool_calls": 16}
-    out = R.composite(wrong_slow, RECORD, R.RewardWeights(accuracy=1.0, preference=0.0, efficiency=0.5))
+    out = R.composite(wrong_slow, RECORD, R.RewardWeights(accuracy=1.0, preference=0.0, efficiency=0.5), gate=False)
     assert out["accuracy"] == 0.0 and out["efficiency"] == 0.5 and out["total"] == pytest.approx(-0.25)
-    assert set(R.TERMS) <= set(out) and {"well_formed", "grounded", "verified"} <= set(out)
+    assert set(R.TERMS) <= set(out) and {"well_formed", "grounded", "verified", "efficiency_raw"} <= set(out)
+    gated = R.composite(wrong_slow, RECORD, R.RewardWeights(accuracy=1.0, preference=0.0, efficiency=0.5))
+    assert gated["efficiency"] == 0.0 and gated["efficiency_raw"] == 0.5 and gated["total"] == 0.0
+    right_slow = {**SEARCH_VERIFY, "n_tool_calls": 16}  # a right answer pays for its cost
+    assert R.composite(right_slow, RECORD)["total"] == pytest.approx(1.0 + 0.3 - 0.2 * 0.5)
+
+
+# the answer is shown by the first observation; a wrong early answer names another entity that a tool showed
+EARLY_WRONG = rollout([_call("diagnose"), _tool("1. Gaucher disease (MONDO:0018150)\n2. Fabry disease (MONDO:0010526)"),
+                       _answer("Gaucher disease")], "Gaucher disease")
+SEARCHING_NO_ANSWER = rollout([_call("diagnose"), _tool("1. Gaucher disease (MONDO:0018150)"), _call("related"),
+                               _tool("..."), _call("related"), _tool("...")], None, n_tokens=5000)
+
+
+def test_ungated_the_reward_pays_an_early_wrong_answer_more_than_searching_on():
+    early = R.composite(EARLY_WRONG, RECORD, gate=False)
+    searching = R.composite(SEARCHING_NO_ANSWER, RECORD, gate=False)
+    assert early["accuracy"] == searching["accuracy"] == 0.0 and early["grounded"] == 1.0
+    assert early["total"] > searching["total"]  # the hack: answer early with anything a tool showed
+
+
+def test_gated_a_wrong_rollout_earns_only_its_well_formed_turns_however_it_ends():
+    w = R.RewardWeights()
+    for r in (EARLY_WRONG, SEARCHING_NO_ANSWER, {**SEARCH_VERIFY, "prediction": "Gaucher disease"}):
+        out = R.composite(r, RECORD, w)
+        assert out["accuracy"] == 0.0 and out["efficiency"] == 0.0
+        assert out["total"] == pytest.approx(w.preference * out["well_formed"] / 3, abs=1e-4)
+        assert out["total"] <= w.preference / 3 + 1e-9 < R.composite(SEARCH_VERIFY, RECORD, w)["total"]
+    assert R.composite(EARLY_WRONG, RECORD)["total"] == R.composite(SEARCHING_NO_ANSWER, RECORD)["total"]
+    assert R.preference(EARLY_WRONG, correct=False) == pytest.approx(1 / 3, abs=1e-4)
+    assert R.preference(SEARCH_VERIFY, correct=True) == R.preference(SEARCH_VERIFY) == 1.0
+
+
+def test_ablation_params_name_what_each_ablation_changes():
+    from medkit import grpo as G
+    from medkit.errors import ConfigError
+
+    base = {"W_PREFERENCE": 0.3, "W_EFFICIENCY": 0.2, "GATE_PROCESS": True}
+    assert G.ablation_params("grpo_from_base", base) == (base, True)
+    assert G.ablation_params("grpo_accuracy_only", base)[0] == {**base, "W_PREFERENCE": 0.0, "W_EFFICIENCY": 0.0}
+    assert G.ablation_params("grpo_ungated", base) == ({**base, "GATE_PROCESS": False}, False)
+    assert base["GATE_PROCESS"] is True  # the caller's parameters are not changed
+    with pytest.raises(ConfigError, match="grpo_ungated"):
+        G.ablation_params("grpo_ungatd", base)

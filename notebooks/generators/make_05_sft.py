@@ -224,18 +224,11 @@ for name, adapter, schemas in (("base", None, None), ("sft", saved["adapter"], S
 ''')
 md("## 6 Results")
 code(r'''
-table = pd.DataFrame({name: {"pass@1 mean": e["metrics"]["pass@1"]["mean"], "pass@1 sd": e["metrics"]["pass@1"]["sd"],
-                             f"pass@{P['EVAL_K']}": e["metrics"]["pass@k"], "answer rate": e["metrics"]["answer_rate"],
-                             "format-error rate": e["metrics"]["format_error_rate"],
-                             "tool calls / question": e["metrics"]["tool_calls_per_question"],
-                             "tool-error rate": e["metrics"]["tool_error_rate"]}
-                      for name, e in evals.items()}).T
+table = E.stage_table({name: e["metrics"] for name, e in evals.items()})
 fig, axes = plt.subplots(1, 3, figsize=(11, 3.4))
-names = list(evals)
-axes[0].bar(names, table["pass@1 mean"], yerr=table["pass@1 sd"], capsize=6, color=["#999999", "#4477aa"])
-axes[0].set(title=f"held-out pass@1 (k={P['EVAL_K']}, mean ± sd)", ylim=(0, 1))
-axes[1].bar(names, table["answer rate"], color=["#999999", "#4477aa"]); axes[1].set(title="rollouts ending with an answer", ylim=(0, 1))
-axes[2].bar(names, table["tool calls / question"], color=["#999999", "#4477aa"]); axes[2].set(title="tool calls per rollout")
+plots.stage_bars(table, "pass@1", f"held-out pass@1 (k={P['EVAL_K']}, 95% CI)", ci=("ci95 low", "ci95 high"), ax=axes[0])
+plots.stage_bars(table, "answer rate", "rollouts ending with an answer", ax=axes[1])
+plots.stage_bars(table, "tool calls / rollout", "tool calls per rollout", ax=axes[2], ylim=None)
 fig.tight_layout(); plots.save(fig, FIG / "05_base_vs_sft.png")
 table
 ''')

@@ -60,6 +60,7 @@ W_PREFERENCE = None           # reward weight of expert preference: well-formed,
 W_EFFICIENCY = None           # weight of the efficiency penalty, subtracted (0.2)
 CALL_BUDGET = None            # tool calls above this are penalised (8)
 TOKEN_BUDGET = None           # rollout tokens above this are penalised (3072)
+GATE_PROCESS = None           # True (default): preference (grounded, verified) and efficiency pay only alongside a right answer; False: the plain sum (rewarded early wrong answers)
 BF16 = None                   # bf16 autocast, True or False; None uses it where the hardware computes bf16
 QUANTIZE = None               # base precision of a fresh adapter when START is base: nf4 or none; an SFT adapter keeps its own
 LORA_R = None                 # rank of a fresh adapter, when START is base
@@ -86,7 +87,7 @@ P = profiles.resolve(PROFILE, "grpo", SEED=SEED, START=START, N_QUESTIONS=N_QUES
                      TEMPERATURE=TEMPERATURE, MAX_COMPLETION_LENGTH=MAX_COMPLETION_LENGTH,
                      TURN_MAX_NEW_TOKENS=TURN_MAX_NEW_TOKENS, MAX_CALLS=MAX_CALLS, W_ACCURACY=W_ACCURACY,
                      W_PREFERENCE=W_PREFERENCE, W_EFFICIENCY=W_EFFICIENCY, CALL_BUDGET=CALL_BUDGET,
-                     TOKEN_BUDGET=TOKEN_BUDGET, BF16=BF16, QUANTIZE=QUANTIZE, LORA_R=LORA_R, LORA_ALPHA=LORA_ALPHA,
+                     TOKEN_BUDGET=TOKEN_BUDGET, GATE_PROCESS=GATE_PROCESS, BF16=BF16, QUANTIZE=QUANTIZE, LORA_R=LORA_R, LORA_ALPHA=LORA_ALPHA,
                      LORA_DROPOUT=LORA_DROPOUT, SAVE_STEPS=SAVE_STEPS, ENGINE=ENGINE,
                      ENGINE_PRECISION=ENGINE_PRECISION, ENGINE_BATCH=ENGINE_BATCH, ENGINE_SYNC_STEPS=ENGINE_SYNC_STEPS)
 EVAL = profiles.resolve(PROFILE, "sft")          # notebook 05's evaluation settings, unchanged
@@ -114,6 +115,15 @@ and sums them with the weights `W_ACCURACY`, `W_PREFERENCE`, `−W_EFFICIENCY`:
 | preference | mean of *well-formed* (share of turns that parse), *grounded* (the answer appeared in a tool response before it was given), *verified* (a further tool call after the first observation that showed the answer: search → verify → synthesise) | 0 … 1 |
 | efficiency | penalty for tool calls above `CALL_BUDGET` and tokens above `TOKEN_BUDGET`, each capped | 0 … 1 |
 
+**Gating** (`GATE_PROCESS = True`, the default). Summed as they are, the process terms pay a wrong
+answer: a rollout that answers early with any entity a tool showed earns *grounded*, and by
+stopping early it also avoids the efficiency penalty. In the first cpu reference run nothing was
+ever right, so this was the only signal GRPO had — the answer rate rose while accuracy fell (reward
+hacking). Gated, *grounded* and *verified* count only when the answer is right and the efficiency
+penalty applies only to right answers (it ranks them by cost); a wrong rollout earns at most
+`W_PREFERENCE / 3` for well-formed turns, the same whether it answers early, late or never. The
+table shows the paid terms, the raw preference parts and the raw penalty (`efficiency_raw`).
+
 Below, the terms on three real cases: a KG-guided trajectory of notebook 04 (the behaviour the
 reward is meant to favour), the same trajectory answering right after its first observation (no
 verification), and one answering with a guess that no tool ever showed.
@@ -135,7 +145,7 @@ cases = {"KG-guided trajectory (04)": as_rollout(msgs),
          "a guess no tool showed": as_rollout(msgs[:first_obs + 1] + [{"role": "assistant",
                                         "content": "<think>I guess.</think>\n<answer>Marfan syndrome</answer>"}])}
 pd.DataFrame({name: R.composite(r, rec, weights, call_budget=P["CALL_BUDGET"], token_budget=P["TOKEN_BUDGET"],
-                                resolve=toolbox.resolve_ids) for name, r in cases.items()}).T
+                                gate=P["GATE_PROCESS"], resolve=toolbox.resolve_ids) for name, r in cases.items()}).T
 ''')
 md(r'''
 ## 2 Training questions and the policy
@@ -252,12 +262,9 @@ grpo_eval = E.evaluate_adapter(PROFILE, run["adapter"], test_q, toolbox, EVAL, n
 mio.write_jsonl(RES / "06_eval_grpo.jsonl", [{k: v for k, v in r.items() if k != "messages"} for r in grpo_eval["rows"]])
 before = json.loads((RES / "05_sft.json").read_text())["eval"]
 stages = {"base": before["base"], "sft": before["sft"], "sft+grpo": grpo_eval["metrics"]}
-table = pd.DataFrame({n: {"pass@1 mean": m["pass@1"]["mean"], "pass@1 sd": m["pass@1"]["sd"], f"pass@{EVAL['EVAL_K']}": m["pass@k"],
-                          "answer rate": m["answer_rate"], "format-error rate": m["format_error_rate"],
-                          "tool calls / rollout": m["tool_calls_per_question"], "tool-error rate": m["tool_error_rate"]}
-                      for n, m in stages.items()}).T
+table = E.stage_table(stages)
 fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
-plots.stage_bars(table, "pass@1 mean", f"held-out pass@1 (k={EVAL['EVAL_K']}, mean ± sd)", sd="pass@1 sd", ax=axes[0])
+plots.stage_bars(table, "pass@1", f"held-out pass@1 (k={EVAL['EVAL_K']}, 95% CI)", ci=("ci95 low", "ci95 high"), ax=axes[0])
 plots.stage_bars(table, "answer rate", "rollouts ending with an answer", ax=axes[1])
 plots.stage_bars(table, "tool calls / rollout", "tool calls per rollout", ax=axes[2], ylim=None)
 fig.tight_layout(); plots.save(fig, FIG / "06_sft_vs_grpo.png")

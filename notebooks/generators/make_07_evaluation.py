@@ -13,8 +13,9 @@ md(r'''
 
 The results notebook a reviewer asks for. It puts the base model, SFT (notebook 05) and SFT+GRPO
 (notebook 06) side by side on the *same* held-out questions with the same harness (k sampled
-rollouts, pass@1 mean ± sd, per hop count and specialty), runs the ablations the paper's reviewers
-missed — GRPO from the base model without SFT, and GRPO with the accuracy term alone — and plots the
+rollouts, pass@1 with its 95% bootstrap interval over questions, paired differences between stages,
+per hop count and specialty), runs the ablations the paper's reviewers missed — GRPO from the base
+model without SFT, GRPO with the accuracy term alone, GRPO with the ungated reward — and plots the
 paper's reported MedBrowseComp / GAIA / xBench-DeepSearch numbers beside the kit's own runs,
 labelled *reported* or *measured*. It ends with the kit's benchmark results (`results/bench/`).
 
@@ -74,18 +75,27 @@ runs = {"base": rows_of("05_eval_base.jsonl"), "sft": rows_of("05_eval_sft.jsonl
 questions = {name: sorted({r["question_id"] for r in rows}) for name, rows in runs.items()}
 assert len({tuple(q) for q in questions.values()}) == 1, "the stages were not evaluated on the same questions"
 metrics = {name: E.metrics(rows) for name, rows in runs.items()}
-def table_of(metrics):
-    return pd.DataFrame({n: {"pass@1 mean": m["pass@1"]["mean"], "pass@1 sd": m["pass@1"]["sd"], "pass@k": m["pass@k"],
-                             "answer rate": m["answer_rate"], "format-error rate": m["format_error_rate"],
-                             "tool calls / rollout": m["tool_calls_per_question"], "tool-error rate": m["tool_error_rate"]}
-                         for n, m in metrics.items()}).T
-stage_table = table_of(metrics)
+stage_table = E.stage_table(metrics)
 print(f"{len(questions['base'])} held-out questions x {metrics['base']['rollouts']} rollouts each")
 stage_table
 ''')
+md(r'''
+Is a stage better than the one before it? Both were scored on the same questions, so the right test
+is **paired**: the per-question difference in accuracy, bootstrapped over questions. It removes the
+variation both stages share (some questions are hard for every model) and is much tighter than two
+separate intervals. An interval that excludes 0 is a difference the evaluation can see; `better` /
+`worse` count the questions that moved each way.
+''')
+code(r'''
+paired = E.compare(runs, {"sft_minus_base": ("base", "sft"), "grpo_minus_sft": ("sft", "sft+grpo")})
+paired_table = pd.DataFrame({k: {"mean": v["mean"], "ci95 low": v["ci95"][0], "ci95 high": v["ci95"][1],
+                                 "questions better": v["better"], "questions worse": v["worse"]}
+                             for k, v in paired.items()}).T
+paired_table
+''')
 code(r'''
 fig, axes = plt.subplots(1, 4, figsize=(15, 3.6))
-plots.stage_bars(stage_table, "pass@1 mean", "held-out pass@1 (mean ± sd)", sd="pass@1 sd", ax=axes[0])
+plots.stage_bars(stage_table, "pass@1", "held-out pass@1 (95% CI over questions)", ci=("ci95 low", "ci95 high"), ax=axes[0])
 plots.stage_bars(stage_table, "answer rate", "rollouts ending with an answer", ax=axes[1])
 plots.stage_bars(stage_table, "format-error rate", "turns that break the protocol", ax=axes[2])
 plots.stage_bars(stage_table, "tool calls / rollout", "tool calls per rollout", ax=axes[3], ylim=None)
@@ -117,6 +127,8 @@ as notebook 06 (`medkit.grpo.run_grpo`) followed by the same held-out evaluation
   notebook 05's base evaluation.
 * `grpo_accuracy_only` — GRPO from the SFT adapter with `W_PREFERENCE = W_EFFICIENCY = 0`: the
   reward terms' contribution, switched off.
+* `grpo_ungated` — GRPO from the SFT adapter with the plain sum of the reward terms
+  (`GATE_PROCESS = False`): preference and efficiency pay wrong answers too (see notebook 06).
 ''')
 code(r'''
 index, toolbox = TR.open_tools(DATA)
@@ -128,12 +140,10 @@ train_q = G.select_training_questions(mio.read_jsonl(DATA / "questions_train.jso
 SFT_SCHEMAS = None if EVAL["TOOLS_IN_PROMPT"] else []
 ablation = {}
 for name in P["ABLATIONS"]:
-    params = {**GP, "MAX_STEPS": P["ABLATION_STEPS"] or GP["MAX_STEPS"]}
+    params, from_base = G.ablation_params(name, {**GP, "MAX_STEPS": P["ABLATION_STEPS"] or GP["MAX_STEPS"]})
     start, schemas = DATA / "sft" / "adapter", SFT_SCHEMAS
-    if name == "grpo_from_base":
+    if from_base:
         start, schemas = None, None          # fresh adapter on the base; full tool schemas in the prompt
-    if name == "grpo_accuracy_only":
-        params.update(W_PREFERENCE=0.0, W_EFFICIENCY=0.0)
     run = G.run_grpo(PROFILE, params, adapter_dir=start, questions=train_q, toolbox=toolbox,
                      out_dir=DATA / "ablations" / name, schemas=schemas, use_cpu=not ON_CUDA)
     ev = E.evaluate_adapter(PROFILE, run["adapter"], test_q, toolbox, EVAL, name=name, schemas=schemas)
@@ -143,10 +153,11 @@ for name in P["ABLATIONS"]:
                       "training_reward_accuracy": float(hist["reward_accuracy"].mean()) if len(hist) else None}
     print(name, "pass@1", ev["metrics"]["pass@1"], "| training accuracy", ablation[name]["training_reward_accuracy"])
 all_metrics = {**metrics, **{k: v["metrics"] for k, v in ablation.items()}}
-ablation_table = table_of(all_metrics)
+ablation_table = E.stage_table(all_metrics)
 if ablation:
     fig, ax = plt.subplots(figsize=(7, 3.4))
-    plots.stage_bars(ablation_table, "pass@1 mean", "held-out pass@1: stages and ablations", sd="pass@1 sd", ax=ax)
+    plots.stage_bars(ablation_table, "pass@1", "held-out pass@1: stages and ablations (95% CI)",
+                     ci=("ci95 low", "ci95 high"), ax=ax)
     fig.tight_layout(); plots.save(fig, FIG / "07_ablations.png")
 ablation_table
 ''')
@@ -200,8 +211,9 @@ the ablation runs' training figures, and the reported numbers with their sources
 ''')
 code(r'''
 summary = {"profile": PROFILE, "questions": len(questions["base"]), "k": metrics["base"]["rollouts"],
-           "stages": all_metrics, "ablations": ablation, "reported": reported.reported_frame().to_dict("records")}
+           "stages": all_metrics, "paired": paired, "ablations": ablation,
+           "reported": reported.reported_frame().to_dict("records")}
 mio.write_json(RES / "07_evaluation.json", summary)
-ablation_table[["pass@1 mean", "pass@1 sd", "pass@k", "answer rate"]]
+ablation_table[["pass@1", "ci95 low", "ci95 high", "pass@k", "answer rate"]]
 ''')
 B.write(Path(__file__).resolve().parents[1] / "07_evaluation.ipynb")
