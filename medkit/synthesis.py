@@ -57,7 +57,7 @@ from .agent import SYSTEM_PROMPT
 from .ner import surface_key
 from .questions import TYPE_NOUN, QuestionIndex, Variable, clue_phrase, contains_words, variables_from_record
 
-SYNTHESIS_VERSION = 6  # bump when trajectories change (actions, thoughts, prompt): stale rows are redone
+SYNTHESIS_VERSION = 7  # bump when trajectories change (actions, thoughts, prompt): stale rows are redone
 DIAGNOSE_K = 3
 SEARCH_K = 3
 MAX_CHECKS = 4      # discriminating calls per hop at most
@@ -717,7 +717,7 @@ def synthesise(record: dict[str, Any], index: QuestionIndex, toolbox: Any, *, va
             # else its miss (kept: a real observation), then the cheapest grounded alternative
             miss = [] if first.found else _assign(planner.with_lookups(replace(first), [], eid), lead)
             options = [[*miss, *_assign(planner.with_lookups(replace(d), miss, eid),
-                                        f"That did not show the {n} I need." if miss else lead)]
+                                        f"That does not settle which {n} it is." if miss else lead)]
                        for d in tried[1:] if d.found]
             plans = [p for p in (plan, *(planner.ground(i, var, o) for o in options)) if p is not None]
             plan = min(plans, key=lambda p: p.cost) if plans else None  # ties: the preferred

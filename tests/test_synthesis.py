@@ -416,6 +416,8 @@ def test_thoughts_are_terse_but_keep_the_evidence(records, synthesised, index):
             continue
         thoughts = [A.parse_turn(A.assistant_text(m)).think for m in syn.messages if m["role"] == "assistant"]
         assert not any("chain of" in t or "satisfied along" in t or "must be linked to each" in t for t in thoughts)
+        # a call that shows candidates without settling the pick is not dismissed in hindsight
+        assert not any("did not show the" in t for t in thoughts)
         assert thoughts[0].startswith("First I need the ")  # the question's clues are not restated
         # the previous entity is "it" right after the thought that names it, never spelled out again there
         for t in thoughts[1:]:
