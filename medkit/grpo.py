@@ -633,6 +633,34 @@ def select_training_questions(records: Sequence[dict[str, Any]], n: int, *, max_
     return kept[:n]
 
 
+def probe_settings(eval_params: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+    """Notebook 05's evaluation settings changed to sample like GRPO's rollouts (``POOL_PROBE_K`` rollouts per
+    question at the rollout ``TEMPERATURE``, ``MAX_CALLS`` calls, ``TURN_MAX_NEW_TOKENS`` per turn): the
+    probe that measures which pool questions the starting policy answers sometimes."""
+    return {**eval_params, "EVAL_K": int(params["POOL_PROBE_K"]), "EVAL_TEMPERATURE": float(params["TEMPERATURE"]),
+            "EVAL_MAX_CALLS": int(params["MAX_CALLS"]), "EVAL_MAX_NEW_TOKENS": int(params["TURN_MAX_NEW_TOKENS"])}
+
+
+def learnable_questions(candidates: Sequence[dict[str, Any]], probe_rows: Sequence[dict[str, Any]], *,
+                        n: int | None = None) -> tuple[list[dict[str, Any]], dict[str, float]]:
+    """The candidates the starting policy answers *sometimes*: measured success rate strictly between 0
+    and 1 over its probe rollouts (``probe_rows``: :func:`medkit.evaluation.evaluate` rows of the policy on
+    ``candidates``). Only such questions give a GRPO group rewards that differ, so an advantage that is
+    not zero for the accuracy term; always-right and never-right questions teach nothing. Returns (at most
+    ``n`` of them, in candidate order; every candidate's rate by question id). A candidate without probe
+    rollouts is an error (the probe and the pool must be the same question set)."""
+    from .bootstrap import per_question
+    from .trajectories import question_id
+
+    rates = per_question(probe_rows)
+    missing = [question_id(q) for q in candidates if question_id(q) not in rates]
+    if missing:
+        raise InputError(None, f"{len(missing)} of {len(candidates)} pool candidates have no probe rollouts "
+                         f"(e.g. {missing[:3]}): probe the same questions you select from", field="question_id")
+    kept = [q for q in candidates if 0.0 < rates[question_id(q)] < 1.0]
+    return (kept[:n] if n else kept), {question_id(q): rates[question_id(q)] for q in candidates}
+
+
 def stop_reason_counts(history: Sequence[dict[str, Any]]) -> dict[str, int]:
     return dict(sorted(Counter(h.get("stop_reason") for h in history).items()))
 

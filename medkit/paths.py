@@ -42,3 +42,20 @@ def cache_dir() -> Path:
 
 def notebooks_dir() -> Path:
     return REPO_ROOT / "notebooks"
+
+
+def portable(path: str | Path | None) -> str | None:
+    """``path`` as results files record it: relative to the repository (``data/cpu/sft/adapter``), or to the
+    data / results root it lies under (``data/…``, ``results/…`` even when ``MEDKIT_DATA`` /
+    ``MEDKIT_RESULTS`` move them), so committed metrics never hold a machine's absolute paths; a path
+    outside all of them stays absolute."""
+    if path is None:
+        return None
+    p = Path(path).resolve()
+    for root, name in ((data_dir(), "data"), (results_dir(), "results"), (REPO_ROOT, None)):
+        try:
+            rel = p.relative_to(Path(root).resolve())
+        except ValueError:
+            continue
+        return (Path(name) / rel).as_posix() if name else rel.as_posix()
+    return str(p)  # outside every root: only the full path says where

@@ -78,6 +78,7 @@ _BASE: dict[str, dict[str, Any]] = {
     "sft": {
         "SEED": 13,
         "N_TRAIN": None,               # accepted trajectories to train on (None = all of notebook 04's)
+        "CURRICULUM": "hops",          # training order: hops = shortest chains first (shuffled within a hop count), none = shuffled
         "QUANTIZE": "nf4",             # nf4 = QLoRA (4-bit base, bitsandbytes); None = plain LoRA on the full-precision base
         "MAX_LENGTH": 4096,            # tokens per trajectory; longer ones are truncated (and counted) or dropped
         "DROP_LONGER": False,          # True: train only on trajectories that fit MAX_LENGTH (a cut one loses its answer)
@@ -106,6 +107,8 @@ _BASE: dict[str, dict[str, Any]] = {
         "SEED": 13,
         "START": "sft",                # sft = continue the SFT adapter (the paper's recipe); base = a fresh adapter on the base model
         "N_QUESTIONS": 64,             # training questions in the GRPO pool (notebook 03's train split)
+        "POOL_CANDIDATES": 64,         # training questions probed with the starting policy to build the pool
+        "POOL_PROBE_K": 4,             # probe rollouts per candidate; the pool keeps success rates strictly in (0, 1); 0 = no probe
         "MAX_HOPS": 3,                 # only training questions with at most this many hops (None = all)
         "QUESTIONS_PER_STEP": 2,       # distinct questions per optimizer step
         "NUM_GENERATIONS": 4,          # rollouts per question (the GRPO group)
@@ -148,7 +151,7 @@ _OVERRIDES: dict[str, dict[str, dict[str, Any]]] = {
         "sft": {"N_TRAIN": 8, "MAX_STEPS": 2, "MAX_LENGTH": 2048, "GRAD_ACCUM": 1, "SAVE_STEPS": 1,
                 "DROP_LONGER": True, "TOOLS_IN_PROMPT": False,
                 "EVAL_QUESTIONS": 2, "EVAL_K": 1, "EVAL_MAX_CALLS": 3, "EVAL_MAX_NEW_TOKENS": 32},
-        "grpo": {"N_QUESTIONS": 4, "MAX_HOPS": None, "QUESTIONS_PER_STEP": 1, "NUM_GENERATIONS": 2, "MAX_STEPS": 2,
+        "grpo": {"N_QUESTIONS": 4, "POOL_CANDIDATES": 4, "POOL_PROBE_K": 2, "MAX_HOPS": None, "QUESTIONS_PER_STEP": 1, "NUM_GENERATIONS": 2, "MAX_STEPS": 2,
                  "MAX_COMPLETION_LENGTH": 256, "TURN_MAX_NEW_TOKENS": 48, "MAX_CALLS": 3, "SAVE_STEPS": 1},
         "evaluation": {"ABLATION_STEPS": 1},
     },
@@ -159,7 +162,7 @@ _OVERRIDES: dict[str, dict[str, dict[str, Any]]] = {
                 "GRAD_ACCUM": 1, "LEARNING_RATE": 2e-3, "WARMUP_STEPS": 4, "SAVE_STEPS": 8,
                 "EVAL_QUESTIONS": 12, "EVAL_MAX_HOPS": 4, "EVAL_TEMPERATURE": 0.3, "EVAL_MAX_CALLS": 10,
                 "EVAL_MAX_NEW_TOKENS": 160},
-        "grpo": {"QUESTIONS_PER_STEP": 1, "MAX_STEPS": 6, "LEARNING_RATE": 3e-4, "MAX_COMPLETION_LENGTH": 1024,
+        "grpo": {"POOL_CANDIDATES": 32, "QUESTIONS_PER_STEP": 1, "MAX_STEPS": 6, "LEARNING_RATE": 3e-4, "MAX_COMPLETION_LENGTH": 1024,
                  "MAX_CALLS": 6},
         "evaluation": {"ABLATIONS": ["grpo_from_base"], "ABLATION_STEPS": 2},
     },

@@ -8,6 +8,8 @@ Scope (notebook 05):
   the agent's text protocol (tools in the system prompt, ``<tool_call>`` / ``<tool_response>``)
   plus ``{% generation %}`` markers, so ``assistant_only_loss`` masks system, user and tool
   turns. :func:`label_view` shows which tokens of a real rendered trajectory carry loss.
+* :func:`curriculum_order` puts the rows in training order (seeded shuffle; shortest chains first
+  with ``CURRICULUM="hops"``), which the trainer then keeps.
 * :func:`length_report` counts tokens per trajectory and how many exceed ``max_length``
   (they are truncated by TRL — reported, never silent).
 * :func:`build_trainer` wires :class:`trl.SFTTrainer` with a peft LoRA adapter on the
@@ -139,6 +141,32 @@ def select_rows(tokenizer: Any, rows: list[dict[str, Any]], n: int | None, max_l
     return kept, skipped
 
 
+CURRICULA = ("none", "hops")  # the training orders :func:`curriculum_order` knows
+
+
+def curriculum_order(rows: list[dict[str, Any]], curriculum: str | None, seed: int) -> list[dict[str, Any]]:
+    """The rows in the order training sees them: a seeded shuffle (``"none"`` / None), or with ``"hops"``
+    the shuffle stably sorted by hop count — the shortest chains first, mixed within each hop count.
+
+    With a budget (``N_TRAIN``) below the data, the first rows are the ones trained on, so a curriculum
+    also chooses the shortest chains; :func:`sft_config` keeps this order (a sequential sampler) when a
+    curriculum is set, and TRL's random sampler otherwise.
+    """
+    import random
+
+    if curriculum not in (None, *CURRICULA):
+        raise ConfigError(f"CURRICULUM must be one of {CURRICULA}, got {curriculum!r}")
+    out = list(rows)
+    random.Random(seed).shuffle(out)
+    if curriculum == "hops":
+        bad = [i for i, r in enumerate(out) if isinstance(r.get("hops"), bool) or not isinstance(r.get("hops"), int)]
+        if bad:
+            raise InputError(None, f"{len(bad)} of {len(out)} trajectories have no integer hop count "
+                             "(a curriculum by hops needs it; use CURRICULUM='none')", field="hops")
+        out.sort(key=lambda r: r["hops"])
+    return out
+
+
 def to_train_dataset(rows: list[dict[str, Any]]) -> Any:
     """A datasets.Dataset with ``messages`` (JSON-typed, heterogeneous tool arguments intact) and ``tools``."""
     from .trajectories import to_dataset
@@ -170,6 +198,8 @@ def sft_config(params: dict[str, Any], output_dir: str | Path, *, use_cpu: bool)
         gradient_accumulation_steps=int(params["GRAD_ACCUM"]), learning_rate=float(params["LEARNING_RATE"]),
         lr_scheduler_type="cosine", warmup_steps=int(params.get("WARMUP_STEPS") or 0),
         max_length=int(params["MAX_LENGTH"]), assistant_only_loss=True, packing=False,
+        # a curriculum (curriculum_order) is an order: keep it; otherwise TRL shuffles
+        train_sampling_strategy="random" if params.get("CURRICULUM") in (None, "none") else "sequential",
         gradient_checkpointing=not use_cpu,  # slow on CPU; saves memory on a GPU
         use_cpu=use_cpu, bf16=use_bf16(params.get("BF16"), on_cuda=not use_cpu), logging_steps=1, save_strategy="steps",
         save_steps=int(params["SAVE_STEPS"]), save_total_limit=2, report_to="none",

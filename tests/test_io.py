@@ -82,3 +82,13 @@ def test_everything_written_is_strict_json(tmp_path):
     mio.append_jsonl(tmp_path / "r.jsonl", {"v": float("nan")})
     assert [json.loads(line) for line in (tmp_path / "r.jsonl").read_text().splitlines()][1] == {"v": None}
     assert mio.dumps({"a": 1}) == json.dumps({"a": 1})
+
+
+def test_recorded_paths_are_portable(tmp_path, monkeypatch):
+    from medkit import paths
+
+    monkeypatch.setenv("MEDKIT_DATA", str(tmp_path / "elsewhere" / "d"))
+    assert paths.portable(tmp_path / "elsewhere" / "d" / "cpu" / "sft" / "adapter") == "data/cpu/sft/adapter"
+    assert paths.portable(paths.REPO_ROOT / "notebooks" / "05_sft.ipynb") == "notebooks/05_sft.ipynb"
+    assert paths.portable(paths.results_dir("cpu") / "05_sft.json") == "results/cpu/05_sft.json"
+    assert paths.portable(None) is None and paths.portable("/opt/x") == "/opt/x"

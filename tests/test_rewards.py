@@ -138,3 +138,21 @@ def test_ablation_params_name_what_each_ablation_changes():
     assert base["GATE_PROCESS"] is True  # the caller's parameters are not changed
     with pytest.raises(ConfigError, match="grpo_ungated"):
         G.ablation_params("grpo_ungatd", base)
+
+
+def test_the_grpo_pool_keeps_questions_the_policy_answers_sometimes():
+    from medkit import grpo as G
+    from medkit.errors import InputError
+
+    qs = [{"id": f"q{i}", "question": "?", "answer": "A"} for i in range(5)]
+    rows = [{"question_id": f"q{i}", "rollout": j, "correct": c}
+            for i, cs in enumerate([[0, 0, 0, 0], [1, 0, 0, 0], [1, 1, 1, 1], [0, 1, 1, 0], [1, 1, 1, 0]])
+            for j, c in enumerate(cs)]
+    kept, rates = G.learnable_questions(qs, rows)
+    assert [q["id"] for q in kept] == ["q1", "q3", "q4"] and rates == {"q0": 0.0, "q1": 0.25, "q2": 1.0, "q3": 0.5, "q4": 0.75}
+    assert [q["id"] for q in G.learnable_questions(qs, rows, n=2)[0]] == ["q1", "q3"]
+    with pytest.raises(InputError, match="no probe rollouts"):
+        G.learnable_questions(qs + [{"id": "q9", "question": "?", "answer": "B"}], rows)
+    probe = G.probe_settings({"EVAL_K": 3, "EVAL_TEMPERATURE": 0.3, "SEED": 13},
+                             {"POOL_PROBE_K": 4, "TEMPERATURE": 0.7, "MAX_CALLS": 6, "TURN_MAX_NEW_TOKENS": 160})
+    assert probe == {"EVAL_K": 4, "EVAL_TEMPERATURE": 0.7, "SEED": 13, "EVAL_MAX_CALLS": 6, "EVAL_MAX_NEW_TOKENS": 160}

@@ -9,7 +9,7 @@ import pytest
 from medkit import agent as A
 from medkit import sft
 from medkit import trajectories as TR
-from medkit.errors import InputError
+from medkit.errors import ConfigError, InputError
 
 
 @pytest.fixture(scope="module")
@@ -213,3 +213,21 @@ def test_a_qlora_adapter_is_merged_into_the_weights_it_was_trained_on(tmp_path):
     same = (got.argmax(-1) == want.argmax(-1)).float().mean().item()
     assert same >= 0.9 and same > (naive.argmax(-1) == want.argmax(-1)).float().mean().item()
     assert sft.adapter_base(adapter)["quantize"] == "nf4" and sft.adapter_base(tmp_path) == {}
+
+
+def test_a_curriculum_orders_by_hops_and_the_trainer_keeps_the_order(tok, rows, tmp_path):
+    rows = [{**r, "hops": h} for r, h in zip(rows, [4, 2, 6, 2, 3, 5, 2, 4] * len(rows))]
+    ordered = sft.curriculum_order(rows, "hops", seed=13)
+    assert [r["hops"] for r in ordered] == sorted(r["hops"] for r in rows)
+    assert ordered == sft.curriculum_order(rows, "hops", seed=13)  # the same seed, the same order
+    shuffled = sft.curriculum_order(rows, "none", seed=13)
+    assert sorted(map(id, shuffled)) == sorted(map(id, rows))
+    trainer = _tiny_trainer(tok, ordered[:4], tmp_path / "run", CURRICULUM="hops")
+    assert trainer.args.train_sampling_strategy == "sequential"
+    first = next(iter(trainer.get_train_dataloader()))["input_ids"][0].tolist()
+    assert first[:len(sft.encode(tok, ordered[0])["input_ids"])] == sft.encode(tok, ordered[0])["input_ids"]
+    assert _tiny_trainer(tok, ordered[:4], tmp_path / "r2").args.train_sampling_strategy == "random"
+    with pytest.raises(ConfigError, match="CURRICULUM"):
+        sft.curriculum_order(rows, "longest", seed=13)
+    with pytest.raises(InputError, match="hop count"):
+        sft.curriculum_order([{**rows[0], "hops": None}], "hops", seed=13)

@@ -43,6 +43,7 @@ code(r'''
 PROFILE = "cpu"               # smoke | cpu | gpu; selects every default below
 SEED = None                   # random seed of data order, adapter init and rollouts (default 13)
 N_TRAIN = None                # accepted trajectories to train on (cpu 64 to fit 2 cores, None for all)
+CURRICULUM = None             # training order: hops (default) = shortest chains first, none = shuffled; with N_TRAIN below the data, hops also picks the shortest
 QUANTIZE = None               # nf4 for QLoRA (default), or none for plain LoRA on the full-precision base
 MAX_LENGTH = None             # tokens per trajectory (cpu 3072: every grounded cpu trajectory fits; default 4096); longer ones are truncated and counted
 DROP_LONGER = None            # True skips trajectories over MAX_LENGTH instead of truncating them (cpu True)
@@ -78,7 +79,7 @@ from IPython.display import Markdown, display
 from medkit import (agent as A, evaluation as E, llm, model as M, paths, plots, profiles, sft,
                     trajectories as TR, io as mio)
 
-P = profiles.resolve(PROFILE, "sft", SEED=SEED, N_TRAIN=N_TRAIN, QUANTIZE=QUANTIZE, MAX_LENGTH=MAX_LENGTH,
+P = profiles.resolve(PROFILE, "sft", SEED=SEED, N_TRAIN=N_TRAIN, CURRICULUM=CURRICULUM, QUANTIZE=QUANTIZE, MAX_LENGTH=MAX_LENGTH,
                      DROP_LONGER=DROP_LONGER, TOOLS_IN_PROMPT=TOOLS_IN_PROMPT, BF16=BF16,
                      EPOCHS=EPOCHS, MAX_STEPS=MAX_STEPS, BATCH_SIZE=BATCH_SIZE, GRAD_ACCUM=GRAD_ACCUM,
                      LEARNING_RATE=LEARNING_RATE, WARMUP_STEPS=WARMUP_STEPS, LORA_R=LORA_R, LORA_ALPHA=LORA_ALPHA,
@@ -101,8 +102,10 @@ P
 md(r'''
 ## 1 The training data
 
-The accepted trajectories of notebook 04, in the order TRL will see them (a seeded shuffle, so a
-subset mixes specialties and variants). Every row is rendered with TRL's Qwen2.5 *training* chat
+The accepted trajectories of notebook 04, in the order TRL will see them: a seeded shuffle (so a
+subset mixes specialties and variants) and, with `CURRICULUM = "hops"`, sorted by hop count —
+a small model first learns the protocol and single hops on short chains, then composes them on
+long ones; the trainer keeps this order instead of reshuffling. Every row is rendered with TRL's Qwen2.5 *training* chat
 template — identical to the agent's prompt, plus `{% generation %}` markers around assistant
 output.
 
@@ -114,9 +117,7 @@ and `DROP_LONGER = True` trains only on trajectories that fit `MAX_LENGTH` — t
 cut off its answer, the part that matters most. Both are reported below, not silent.
 ''')
 code(r'''
-import random
-rows = sft.load_trajectories(DATA / "trajectories.jsonl")
-random.Random(P["SEED"]).shuffle(rows)
+rows = sft.curriculum_order(sft.load_trajectories(DATA / "trajectories.jsonl"), P["CURRICULUM"], P["SEED"])
 tok = sft.prepare_tokenizer(M.load_tokenizer(PROFILE))
 if not P["TOOLS_IN_PROMPT"]:
     rows = sft.without_tool_schemas(rows)
@@ -242,7 +243,8 @@ display(Markdown(TR.render_markdown(best["messages"], 400)))
 ''')
 code(r'''
 summary = {"profile": PROFILE, "qlora": QLORA, "train": {k: v for k, v in train_out.items() if k != "loss_curve"},
-           "lengths": lengths, "eval": {n: e["metrics"] for n, e in evals.items()}, "saved": saved,
+           "lengths": lengths, "eval": {n: e["metrics"] for n, e in evals.items()},
+           "saved": {k: paths.portable(v) if k in ("adapter", "merged") else v for k, v in saved.items()},
            "questions": len(test_q), "k": P["EVAL_K"]}
 mio.write_json(RES / "05_sft.json", summary)
 {n: (e["metrics"]["pass@1"], e["metrics"]["answer_rate"]) for n, e in evals.items()}

@@ -43,6 +43,8 @@ PROFILE = "cpu"               # smoke | cpu | gpu; selects every default below
 SEED = None                   # seed of question order, rollouts and the trainer (default 13)
 START = None                  # sft: continue the adapter of notebook 05, the paper recipe; base: a fresh adapter on the base model
 N_QUESTIONS = None            # training questions in the GRPO pool (cpu 64)
+POOL_CANDIDATES = None        # training questions probed with the starting policy to build the pool (cpu 32, default 64)
+POOL_PROBE_K = None           # probe rollouts per candidate (4); the pool keeps questions answered sometimes, 0 = no probe
 MAX_HOPS = None               # only training questions with at most this many hops (cpu 3: the SFT model answers some of them)
 QUESTIONS_PER_STEP = None     # distinct questions per optimizer step (cpu 1, default 2)
 NUM_GENERATIONS = None        # rollouts per question, the GRPO group (cpu 4; at least 2)
@@ -81,7 +83,8 @@ from IPython.display import Markdown, display
 from medkit import (evaluation as E, grpo as G, model as M, paths, plots, profiles, rewards as R,
                     trajectories as TR, io as mio)
 
-P = profiles.resolve(PROFILE, "grpo", SEED=SEED, START=START, N_QUESTIONS=N_QUESTIONS, MAX_HOPS=MAX_HOPS,
+P = profiles.resolve(PROFILE, "grpo", SEED=SEED, START=START, N_QUESTIONS=N_QUESTIONS,
+                     POOL_CANDIDATES=POOL_CANDIDATES, POOL_PROBE_K=POOL_PROBE_K, MAX_HOPS=MAX_HOPS,
                      QUESTIONS_PER_STEP=QUESTIONS_PER_STEP, NUM_GENERATIONS=NUM_GENERATIONS, MAX_STEPS=MAX_STEPS,
                      LEARNING_RATE=LEARNING_RATE, BETA=BETA, LOSS_TYPE=LOSS_TYPE, SCALE_REWARDS=SCALE_REWARDS,
                      TEMPERATURE=TEMPERATURE, MAX_COMPLETION_LENGTH=MAX_COMPLETION_LENGTH,
@@ -150,19 +153,39 @@ pd.DataFrame({name: R.composite(r, rec, weights, call_budget=P["CALL_BUDGET"], t
 md(r'''
 ## 2 Training questions and the policy
 
-GRPO learns only from groups whose rollouts score differently, so the pool favours questions the
-SFT model can sometimes answer: training questions (never the held-out split) of at most
-`MAX_HOPS` hops. The policy is the base model with notebook 05's adapter loaded *trainable* — on
+GRPO learns only from groups whose rollouts score differently: if all `NUM_GENERATIONS` rollouts of
+a question are wrong (or all right), every advantage of the accuracy term is zero and the step
+learns nothing about being right. So the pool is *measured*: `POOL_CANDIDATES` training questions
+(never the held-out split) of at most `MAX_HOPS` hops are probed with the starting policy,
+`POOL_PROBE_K` rollouts each sampled like GRPO's, and the pool keeps the questions it answers
+sometimes (success rate strictly between 0 and 1). If none qualifies the candidates are kept, and
+the run is marked: its accuracy term can then give no signal. The policy is the base model with notebook 05's adapter loaded *trainable* — on
 the same 4-bit nf4 weights it was trained on — and, with `BETA > 0`, TRL keeps a frozen copy of
 that adapter as the reference for the KL term.
 ''')
 code(r'''
-train_q = G.select_training_questions(mio.read_jsonl(DATA / "questions_train.jsonl"), P["N_QUESTIONS"],
-                                      max_hops=P["MAX_HOPS"], seed=P["SEED"])
+start = SFT_ADAPTER if P["START"] == "sft" else None
+candidates = G.select_training_questions(mio.read_jsonl(DATA / "questions_train.jsonl"), P["POOL_CANDIDATES"],
+                                         max_hops=P["MAX_HOPS"], seed=P["SEED"])
+pool = {"candidates": len(candidates), "probe_k": P["POOL_PROBE_K"], "learnable": None, "rates": {}}
+train_q = candidates[:P["N_QUESTIONS"]]
+if P["POOL_PROBE_K"]:
+    probe = E.evaluate_adapter(PROFILE, start, candidates, toolbox, G.probe_settings(EVAL, P), name="probe",
+                               schemas=SCHEMAS)
+    learnable, pool["rates"] = G.learnable_questions(candidates, probe["rows"], n=P["N_QUESTIONS"])
+    pool["learnable"] = len(learnable)
+    rates = pd.Series(pool["rates"])
+    print(f"probe: {len(candidates)} candidates x {P['POOL_PROBE_K']} rollouts in {probe['metrics']['seconds']} s; "
+          f"never right {int((rates == 0).sum())}, always right {int((rates == 1).sum())}, sometimes {len(learnable)}")
+    if learnable:
+        train_q = learnable
+    else:
+        print("no candidate is answered sometimes: the pool keeps the candidates, and the accuracy term will give "
+              "no learning signal (every group's rollouts score the same)")
+mio.write_json(RUN / "pool.json", {**mio.provenance(**P), **pool, "question_ids": [TR.question_id(q) for q in train_q]})
 print(f"{len(train_q)} training questions; hops:", dict(sorted(pd.Series([q['hops'] for q in train_q]).value_counts().items())),
       f"| {P['MAX_STEPS']} steps x {P['QUESTIONS_PER_STEP']} questions x {P['NUM_GENERATIONS']} rollouts "
       f"= {P['MAX_STEPS'] * P['QUESTIONS_PER_STEP'] * P['NUM_GENERATIONS']} rollouts")
-start = SFT_ADAPTER if P["START"] == "sft" else None
 print("policy starts from:", start or "the base model with a fresh adapter")
 pd.DataFrame([{k: q[k] for k in ("question", "answer", "hops", "specialty")} for q in train_q[:5]])
 ''')
@@ -273,11 +296,11 @@ print(f"SFT+GRPO - SFT: {delta:+.1f} points of held-out pass@1 ({len(test_q)} qu
 table
 ''')
 code(r'''
-summary = {"profile": PROFILE, "parameters": P, "start": str(start or "base"),
+summary = {"profile": PROFILE, "parameters": P, "start": paths.portable(start) or "base", "pool": {k: v for k, v in pool.items() if k != "rates"},
            "train": {k: v for k, v in train_out.items() if k != "loss_curve"},
            "training_rollouts": len(hist), "stop_reasons": G.stop_reason_counts(run["history"]),
            "eval": {"grpo": grpo_eval["metrics"]}, "delta_pass@1_points": round(delta, 2),
-           "questions": len(test_q), "k": EVAL["EVAL_K"], "adapter": run["adapter"]}
+           "questions": len(test_q), "k": EVAL["EVAL_K"], "adapter": paths.portable(run["adapter"])}
 mio.write_json(RES / "06_grpo.json", summary)
 {k: summary[k] for k in ("training_rollouts", "stop_reasons", "delta_pass@1_points")}
 ''')

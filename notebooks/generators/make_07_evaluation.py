@@ -135,8 +135,9 @@ index, toolbox = TR.open_tools(DATA)
 all_test = mio.read_jsonl(DATA / "questions_test.jsonl")
 test_q = [q for q in E.select_questions(all_test, EVAL["EVAL_QUESTIONS"], EVAL["EVAL_MAX_HOPS"])]
 assert sorted(TR.question_id(q) for q in test_q) == questions["base"], "held-out questions differ from notebook 05's"
-train_q = G.select_training_questions(mio.read_jsonl(DATA / "questions_train.jsonl"), GP["N_QUESTIONS"],
-                                      max_hops=GP["MAX_HOPS"], seed=GP["SEED"])
+pool_ids = mio.read_json(DATA / "grpo" / "pool.json")["question_ids"]  # notebook 06's measured pool: same questions
+by_id = {TR.question_id(q): q for q in mio.read_jsonl(DATA / "questions_train.jsonl")}
+train_q = [by_id[i] for i in pool_ids]
 SFT_SCHEMAS = None if EVAL["TOOLS_IN_PROMPT"] else []
 ablation = {}
 for name in P["ABLATIONS"]:
