@@ -57,7 +57,7 @@ from .agent import SYSTEM_PROMPT
 from .ner import surface_key
 from .questions import TYPE_NOUN, QuestionIndex, Variable, clue_phrase, contains_words, variables_from_record
 
-SYNTHESIS_VERSION = 7  # bump when trajectories change (actions, thoughts, prompt): stale rows are redone
+SYNTHESIS_VERSION = 8  # bump when trajectories change (actions, thoughts, prompt): stale rows are redone
 DIAGNOSE_K = 3
 SEARCH_K = 3
 MAX_CHECKS = 4      # discriminating calls per hop at most
@@ -428,7 +428,8 @@ def evidence_phrase(index: QuestionIndex, commit: G.Commit, intro: str | None = 
         elif ev.kind in ("intersection", "list"):
             parts.append(f"{who} {be} not among {_list_phrase(index, ev.tool, ev.anchors, ev.relation, ev.side)}")
         elif ev.kind == "own_entry":
-            parts.append(f"{who} {'has' if one else 'have'} no {ev.relation} link to {name_of(index, ev.anchors[0])}")
+            # what the check showed: the competitor's own links of one direction, so say "listed", not "has no"
+            parts.append(f"the {ev.relation} links listed for {who} do not include {name_of(index, ev.anchors[0])}")
         elif ev.kind == "diagnose" and len(groups) == 1 and commit.introduced_by == "diagnose":
             parts.append(f"the {'other' if one else 'others'} {'lacks' if one else 'lack'} "  # all shown above
                          f"{name_of(index, ev.anchors[0])}")
@@ -767,7 +768,8 @@ def synthesise(record: dict[str, Any], index: QuestionIndex, toolbox: Any, *, va
             messages.append(_call_message(thought, action))
             messages.append({"role": "tool", "name": action.name, "content": obs})
             out.steps.append(Step(action, obs, None, True, _sentence(thought)))
-            context = f"Confirmed: the entry of {name_of(index, target.entity_id)} shows {name_of(index, evidence)}."
+            shown_by = "its entry shows" if action.name == "read" else f"the {action.name} output shows"
+            context = f"Confirmed for {name_of(index, target.entity_id)}: {shown_by} {name_of(index, evidence)}."
     final = f"{context} The answer is {name_of(index, target.entity_id)}."
     messages.append({"role": "assistant",
                      "content": f"<think>{_sentence(final)}</think>\n<answer>{record['answer']}</answer>"})

@@ -418,6 +418,8 @@ def test_thoughts_are_terse_but_keep_the_evidence(records, synthesised, index):
         assert not any("chain of" in t or "satisfied along" in t or "must be linked to each" in t for t in thoughts)
         # a call that shows candidates without settling the pick is not dismissed in hindsight
         assert not any("did not show the" in t for t in thoughts)
+        # a competitor's own links were listed in one direction: the thought says what the list shows
+        assert not any(re.search(r"ha(?:s|ve) no \S+ link to", t) or "Confirmed: the entry of" in t for t in thoughts)
         assert thoughts[0].startswith("First I need the ")  # the question's clues are not restated
         # the previous entity is "it" right after the thought that names it, never spelled out again there
         for t in thoughts[1:]:
@@ -463,3 +465,17 @@ def test_token_report_counts_as_the_trained_model_sees_them(records, synthesised
     empty = TR.token_report(small_tokenizer, [], [])
     assert empty["trajectories"] == 0 and empty["mean_tokens"] is None
     json.dumps(report, allow_nan=False), json.dumps(empty, allow_nan=False)
+
+
+def test_an_own_entry_check_is_worded_as_what_its_list_shows(index):
+    """A competitor's own related list is one direction of its links: the thought says the list lacks the
+    anchor, never that the competitor "has no" such link (it may have one the other way)."""
+    ids = sorted(index.type)[:3]
+    winner, rival, anchor = ids
+    ev = G.Evidence("own_entry", "its is_a list lacks the anchor", at=3, tool="related", anchors=(anchor,),
+                    relation="is_a", side="out")
+    commit = G.Commit(winner, 1, 4, "call:common", "common", 2, True, "competitors_ruled_out",
+                      competitors=(rival,), ruled_out=((rival, ev.text),), evidence=((rival, ev),))
+    text = S.evidence_phrase(index, commit)
+    assert f"the is_a links listed for {S.name_of(index, rival)} do not include {S.name_of(index, anchor)}" in text
+    assert "has no" not in text
