@@ -31,7 +31,7 @@ as chat messages with tool calls, ready for TRL SFT (notebook 05).
 | `cpu` | 1,094 train | 2 per question (2,188) | 2,184 (99.8%) over 1,092 questions, 18 specialties | ~6.5 (paper: 4.2) | 8 with SmolLM2-135M: 0 accepted | ~6 min |
 | `gpu` | all train | 2 per question | as `cpu` | as `cpu` | 300 with the 7B teacher | ~20 min |
 
-The `cpu` row is the committed run (synthesis v7): 100% of 12,220 picks grounded, 1,809 tokens per
+The `cpu` row is the committed run (synthesis v8): 100% of 12,220 picks grounded, 1,809 tokens per
 trajectory as SFT sees them (2,644 with the JSON tool schemas the filter counts), the longest 2,826.
 
 The base 135M model does not follow the tool protocol (it writes prose): its free rollouts end
