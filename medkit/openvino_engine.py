@@ -35,7 +35,9 @@ openvino, openvino_genai and gguf are imported lazily; nothing here imports a GP
 from __future__ import annotations
 
 import json
+import logging
 import random
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -48,9 +50,15 @@ from .llm import TokenIdChat, chat_prompt_ids, eos_ids
 GGUF_FILE = "model.gguf"
 STAMP = "medkit_engine.json"
 EXPORT_FORMAT = 1  # bump when the recipe changes: every cached export is redone
+log = logging.getLogger(__name__)
 WEIGHT_PRECISION = "float16"  # what OpenVINO's GGUF reader takes for matrices
 DEFAULT_KV_CACHE_GB = 4.0  # KV-cache blocks (prefix cache included); SmolLM2-135M: ~46 kB per token at float32
 DEFAULT_MAX_BATCHED_TOKENS = 2048  # tokens per scheduler step (long prompts are prefilled in chunks)
+# A generate call that has not returned after this many seconds is taken as hung: OpenVINO GenAI 2026.4's
+# sampler was seen (once, in a smoke run) waiting forever on its own thread pool with every thread idle.
+# The batch is then rerun once on a fresh pipeline; a second hang raises. The longest legitimate call
+# measured here (64 agent turns of the 135M model at once) takes about a minute.
+GENERATE_WATCHDOG_S = 600.0
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM",)
 # ENGINE_PRECISION -> (INFERENCE_PRECISION_HINT, KV_CACHE_PRECISION): OpenVINO's CPU plugin needs the
 # KV cache in the compute precision (or u8), and picks bf16 by itself on a bf16 CPU unless told
@@ -204,15 +212,18 @@ class OpenVINOBackend(TokenIdChat):
         self.progress = progress
         self.eos_ids = eos_ids(tokenizer)
         self.parity: dict[str, Any] | None = None
+        self.watchdog_s = GENERATE_WATCHDOG_S
+        self.restarts = 0  # pipelines rebuilt after a hung generate call
         sched = ov_genai.SchedulerConfig()
         sched.enable_prefix_caching = bool(prefix_caching)
         sched.cache_size = max(1, int(round(kv_cache_gb)))
         sched.max_num_seqs = batch_size
         sched.max_num_batched_tokens = DEFAULT_MAX_BATCHED_TOKENS
         hint, kv = PRECISION_PROPERTIES[precision]
-        self.pipe = ov_genai.ContinuousBatchingPipeline(
-            str(self.folder / GGUF_FILE), sched, "CPU",
-            {"INFERENCE_NUM_THREADS": self.threads, "INFERENCE_PRECISION_HINT": hint, "KV_CACHE_PRECISION": kv})
+        properties = {"INFERENCE_NUM_THREADS": self.threads, "INFERENCE_PRECISION_HINT": hint, "KV_CACHE_PRECISION": kv}
+        self._new_pipe = lambda: ov_genai.ContinuousBatchingPipeline(str(self.folder / GGUF_FILE), sched, "CPU",
+                                                                      properties)
+        self.pipe = self._new_pipe()
 
     def __repr__(self) -> str:
         return f"OpenVINOBackend(name={self.name!r})"
@@ -255,8 +266,37 @@ class OpenVINOBackend(TokenIdChat):
         configs = [self._config(limit, temperature, stops, None if seed is None else seed + i, min_new_tokens)
                    for i, limit in enumerate(limits)]
         tensors = [ov.Tensor(np.asarray([list(x)], dtype=np.int64)) for x in inputs]
-        results = self.pipe.generate(tensors, configs)
+        results = self._guarded_generate(tensors, configs)
         return [list(r.m_generation_ids[0])[:limit] for r, limit in zip(results, limits)]
+
+    def _guarded_generate(self, tensors: list[Any], configs: list[Any]) -> list[Any]:
+        """``pipe.generate`` under a watchdog (:data:`GENERATE_WATCHDOG_S`): a call that hangs is rerun once on
+        a freshly built pipeline (the hung one is abandoned in its daemon thread); a second hang raises."""
+        for attempt in (1, 2):
+            box: dict[str, Any] = {}
+            pipe = self.pipe
+
+            def work() -> None:
+                try:
+                    box["out"] = pipe.generate(tensors, configs)
+                except BaseException as e:  # handed to the caller's thread below
+                    box["err"] = e
+
+            worker = threading.Thread(target=work, name="openvino-generate", daemon=True)
+            worker.start()
+            worker.join(self.watchdog_s)
+            if not worker.is_alive():
+                if "err" in box:
+                    raise box["err"]
+                return box["out"]
+            if attempt == 2:
+                raise MedkitError(f"{self.name}: the OpenVINO engine did not return within {self.watchdog_s:.0f} s, "
+                                  "twice (a hung generate call); rerun, or use ENGINE='transformers'")
+            log.warning("%s: generate did not return within %.0f s; rebuilding the pipeline and retrying the batch",
+                        self.name, self.watchdog_s)
+            self.restarts += 1
+            self.pipe = self._new_pipe()
+        raise AssertionError("unreachable")
 
     def greedy_logprobs(self, ids: Sequence[int], n_tokens: int) -> tuple[list[int], list[float]]:
         """The engine's greedy continuation of ``ids`` (exactly ``n_tokens``) and its per-token log-probs."""

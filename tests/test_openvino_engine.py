@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,7 @@ import torch
 from medkit import engine as EN
 from medkit import llm
 from medkit import openvino_engine as OV
-from medkit.errors import ConfigError
+from medkit.errors import ConfigError, MedkitError
 
 pytest.importorskip("openvino_genai")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -83,6 +84,40 @@ def test_generate_ids_honours_per_row_limits_and_seeds_each_row(tiny_model, toke
     assert same[0] != same[1]                                            # a group of one prompt gets distinct samples
     with pytest.raises(ConfigError, match="max_new_tokens"):
         backend.generate_ids(prompts, max_new_tokens=[3, 0, 1])
+
+
+class _HangingPipe:
+    """A pipeline whose generate blocks until released (the hang seen in OpenVINO GenAI's sampler)."""
+
+    def __init__(self, config=None) -> None:
+        self.release = threading.Event()
+        self.calls = 0
+        self.config = config
+
+    def get_config(self):
+        return self.config
+
+    def generate(self, tensors, configs):
+        self.calls += 1
+        self.release.wait(30)
+        raise RuntimeError("released")
+
+
+def test_a_hung_generate_is_rerun_on_a_fresh_pipeline_and_a_second_hang_raises(tiny_model, tokenizer, tmp_path) -> None:
+    backend = OV.OpenVINOBackend(OV.export(tiny_model, tokenizer, root=tmp_path), tokenizer, progress=False)
+    prompts = [backend.prompt_ids(c) for c in CONVERSATIONS]
+    want = backend.generate_ids(prompts, max_new_tokens=4)
+    hung = _HangingPipe(backend.pipe.get_config())
+    backend.pipe, backend.watchdog_s = hung, 0.5
+    assert backend.generate_ids(prompts, max_new_tokens=4) == want  # rerun on a rebuilt pipeline: same tokens
+    assert hung.calls == 1 and backend.restarts == 1 and backend.pipe is not hung
+    real = backend._new_pipe
+    config = backend.pipe.get_config()
+    backend.pipe, backend._new_pipe = _HangingPipe(config), lambda: _HangingPipe(config)
+    with pytest.raises(MedkitError, match="did not return within"):
+        backend.generate_ids(prompts, max_new_tokens=4)
+    backend._new_pipe = real
+    hung.release.set()
 
 
 def test_engine_choice_auto_is_openvino_on_cpu(tiny_model, tokenizer, tmp_path, monkeypatch) -> None:
