@@ -21,7 +21,7 @@ import psutil
 
 from . import io as mio
 from .errors import ConfigError, MedkitError
-from .paths import notebooks_dir, results_dir
+from .paths import notebooks_dir, portable, results_dir
 from .profiles import check_profile
 
 
@@ -141,7 +141,7 @@ def run_pipeline(profile: str, echo: Callable[[str], None] = print) -> Path:
         out = results_dir() / "bench" / f"pipeline_{profile}.json"
         mio.write_json(out, {"profile": profile, "total_seconds": round(time.perf_counter() - t0, 1),
                              "stages": report, "machine": machine_facts()})
-    echo(f"stage report: {out}")
+    echo(f"stage report: {portable(out)}")
     return out
 
 

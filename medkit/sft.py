@@ -31,6 +31,7 @@ from typing import Any
 
 from .errors import ConfigError, InputError
 from .io import read_jsonl, write_json, write_text
+from .paths import portable
 
 ROW_FIELDS = ("messages", "tools")
 
@@ -367,7 +368,7 @@ def train(trainer: Any, *, resume: bool = True) -> dict[str, Any]:
     losses = [float(h["loss"]) for h in logs]
     if any(math.isnan(x) for x in losses):
         raise ConfigError("the training loss became NaN: lower LEARNING_RATE")
-    return {"seconds": round(seconds, 1), "resumed_from": ckpt, "already_finished": finished,
+    return {"seconds": round(seconds, 1), "resumed_from": portable(ckpt), "already_finished": finished,
             "steps": trainer.state.global_step,
             "steps_this_run": trainer.state.global_step - (_checkpoint_step(ckpt) if ckpt else 0),
             "train_loss": round(sum(losses) / len(losses), 4) if losses else None,
