@@ -33,6 +33,11 @@ def test_notebook_hygiene(path):
     for line in params:
         name, _, rest = line.partition("=")
         assert name.strip().isupper() and "#" in rest, f"parameter without an UPPER_CASE name or comment: {line}"
+    # papermill reads names, defaults and help from this cell (--help-notebook); a second '=' on a line,
+    # even in the comment, makes it skip the line with a warning
+    import papermill
+
+    assert list(papermill.inspect_notebook(str(path))) == [line.partition("=")[0].strip() for line in params]
     assert all(not c.get("outputs") and c.get("execution_count") is None for c in nb.cells if c.cell_type == "code")
     headings = [c.source.split("\n")[0] for c in nb.cells if c.cell_type == "markdown" and c.source.startswith("## ")]
     numbers = [int(h.split()[1]) for h in headings]

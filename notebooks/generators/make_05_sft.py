@@ -43,7 +43,7 @@ code(r'''
 PROFILE = "cpu"               # smoke | cpu | gpu; selects every default below
 SEED = None                   # random seed of data order, adapter init and rollouts (default 13)
 N_TRAIN = None                # accepted trajectories to train on (cpu 64 to fit 2 cores, None for all)
-CURRICULUM = None             # training order: hops (default) = shortest chains first, none = shuffled; with N_TRAIN below the data, hops also picks the shortest
+CURRICULUM = None             # training order: "hops" (default) puts the shortest chains first, "none" shuffles; with N_TRAIN below the data, hops also picks the shortest
 QUANTIZE = None               # nf4 for QLoRA (default), or none for plain LoRA on the full-precision base
 MAX_LENGTH = None             # tokens per trajectory (cpu 3072: every grounded cpu trajectory fits; default 4096); longer ones are truncated and counted
 DROP_LONGER = None            # True skips trajectories over MAX_LENGTH instead of truncating them (cpu True)

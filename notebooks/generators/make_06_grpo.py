@@ -44,7 +44,7 @@ SEED = None                   # seed of question order, rollouts and the trainer
 START = None                  # sft: continue the adapter of notebook 05, the paper recipe; base: a fresh adapter on the base model
 N_QUESTIONS = None            # training questions in the GRPO pool (cpu 64)
 POOL_CANDIDATES = None        # training questions probed with the starting policy to build the pool (cpu 32, default 64)
-POOL_PROBE_K = None           # probe rollouts per candidate (4); the pool keeps questions answered sometimes, 0 = no probe
+POOL_PROBE_K = None           # probe rollouts per candidate (4); the pool keeps questions answered sometimes; 0 skips the probe
 MAX_HOPS = None               # only training questions with at most this many hops (cpu 3: the SFT model answers some of them)
 QUESTIONS_PER_STEP = None     # distinct questions per optimizer step (cpu 1, default 2)
 NUM_GENERATIONS = None        # rollouts per question, the GRPO group (cpu 4; at least 2)
