@@ -52,6 +52,8 @@ _BASE: dict[str, dict[str, Any]] = {
         "K_MAX": 12,
         "MAX_HOPS": 6,                 # longest chain considered
         "MIN_HOPS": 2,                 # shorter chains are dropped
+        "SHORT_SHARE": 0.0,            # share of seeds whose chain is capped at MIN_HOPS..SHORT_MAX_HOPS (qgen.hop_cap)
+        "SHORT_MAX_HOPS": 3,
         "MAX_ATTEMPTS": 3,             # generation attempts per seed while a solver still answers
         "TEST_SHARE": 0.15,            # share of source entities held out for evaluation
         "SOLVER_MODEL": "local",       # no-tool solver: "local" (the profile's model), an endpoint spec, or None
@@ -94,6 +96,8 @@ _BASE: dict[str, dict[str, Any]] = {
         "LORA_ALPHA": 32,
         "LORA_DROPOUT": 0.05,
         "SAVE_STEPS": 10,              # checkpoint every N steps (training resumes from the last one)
+        "CURVE": [0.25, 0.5],          # shares of training after which the adapter is snapshotted and evaluated (learning curve)
+        "CURVE_K": None,               # rollouts per question at those points (None = EVAL_K)
         "EVAL_QUESTIONS": None,        # held-out questions to evaluate on (None = all)
         "EVAL_MAX_HOPS": None,         # only held-out questions with at most this many hops (None = all)
         "EVAL_K": 3,                   # rollouts per question (pass@1 = mean +- sd over them)
@@ -157,7 +161,7 @@ _OVERRIDES: dict[str, dict[str, dict[str, Any]]] = {
     },
     "cpu": {
         "kg": {"N_SEEDS": 3000},
-        "questions": {"N_SEEDS": 2000},
+        "questions": {"N_SEEDS": 2000, "SHORT_SHARE": 0.5},
         "sft": {"N_TRAIN": 64, "MAX_LENGTH": 3072, "DROP_LONGER": True, "TOOLS_IN_PROMPT": False,
                 "GRAD_ACCUM": 1, "LEARNING_RATE": 2e-3, "WARMUP_STEPS": 4, "SAVE_STEPS": 8,
                 "EVAL_QUESTIONS": 12, "EVAL_MAX_HOPS": 4, "EVAL_TEMPERATURE": 0.3, "EVAL_MAX_CALLS": 10,

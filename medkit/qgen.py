@@ -23,7 +23,7 @@ from . import questions as Q
 from . import subgraph as S
 
 # Bump when generation logic changes: records of another version are regenerated on resume.
-GENERATOR_VERSION = 3  # 3: a masked name inside a longer clue word is a leak; "rare" only for mining-rare entities
+GENERATOR_VERSION = 4  # 4: SHORT_SHARE caps some seeds' chains at 2-3 hops; 3: a masked name inside a longer clue word is a leak
 
 
 def orient(chain: list[str], types: dict[str, str]) -> list[str] | None:
@@ -36,11 +36,35 @@ def orient(chain: list[str], types: dict[str, str]) -> list[str] | None:
     return chain
 
 
+def hop_cap(base_seed: int, seed: str, *, max_hops: int, min_hops: int, short_share: float,
+            short_max_hops: int) -> int:
+    """The longest chain this seed's questions may use: ``max_hops``, or, for a ``short_share`` of the
+    seeds, a cap drawn from ``min_hops``..``short_max_hops``.
+
+    The longest-path search prefers the longest chain a subgraph holds, so without a cap the
+    questions are mostly 4-6 hops; a small model needs short chains to learn single hops first
+    (the SFT curriculum) and an evaluation needs enough of them to measure. The draw depends on
+    ``(base_seed, seed)`` only, so every attempt of a seed (and a resumed run) keeps its cap.
+    """
+    if not 0.0 <= short_share <= 1.0:
+        raise ValueError(f"short_share must be in [0, 1], got {short_share!r}")
+    rng = random.Random(f"{base_seed}:{seed}:hop-cap")
+    if rng.random() >= short_share:
+        return max_hops
+    return rng.randint(min(min_hops, short_max_hops), min(short_max_hops, max_hops))
+
+
 def generate_for_seed(index: Q.QuestionIndex, view: nx.Graph, seed: str, *, base_seed: int, attempt: int,
                       strategy: str, k_range: tuple[int, int], max_hops: int, min_hops: int, level: int,
-                      specialty: str | None = None) -> dict[str, Any]:
-    """One attempt for one seed: a question record, or {'status': 'dropped', 'reason': ...}."""
+                      specialty: str | None = None, short_share: float = 0.0,
+                      short_max_hops: int = 3) -> dict[str, Any]:
+    """One attempt for one seed: a question record, or {'status': 'dropped', 'reason': ...}.
+
+    The chain is the longest one up to :func:`hop_cap` hops (never below ``min_hops``, which a
+    calibration retry raises)."""
     rng = random.Random(f"{base_seed}:{seed}:{attempt}")
+    cap = max(hop_cap(base_seed, seed, max_hops=max_hops, min_hops=min_hops, short_share=short_share,
+                      short_max_hops=short_max_hops), min_hops)
     base = {"source_entity_id": seed, "attempt": attempt, "obfuscation_level": level,
             "generator_version": GENERATOR_VERSION}
     if seed not in view:
@@ -52,11 +76,11 @@ def generate_for_seed(index: Q.QuestionIndex, view: nx.Graph, seed: str, *, base
     types = index.type
     valid_end = (lambda n: types.get(n) in S.ANSWER_TYPES) if types.get(seed) != "gene" else \
         (lambda n: types.get(n) in ("disease", "drug"))
-    chain, expansions, exact = S.longest_path(sub, seed, max_len=max_hops, valid_end=valid_end,
+    chain, expansions, exact = S.longest_path(sub, seed, max_len=cap, valid_end=valid_end,
                                               prefer=S.type_diversity(sub))
     search_ms = (time.perf_counter() - t0) * 1000
     chain = orient(chain, types) if chain else None
-    meta = {"sampling_algorithm": sample.strategy, "requested_algorithm": sample.requested, "subgraph_k": k,
+    meta = {"sampling_algorithm": sample.strategy, "requested_algorithm": sample.requested, "subgraph_k": k, "hop_cap": cap,
             "subgraph_nodes": sample.nodes, "longest_path_exact": exact, "longest_path_expansions": expansions,
             "chain_search_ms": round(search_ms, 2)}
     if chain is None or len(chain) - 1 < min_hops:
@@ -135,14 +159,14 @@ def calibrated_questions(index: Q.QuestionIndex, view: nx.Graph, seeds: list[str
 
     attempts_path, calib_path = out_dir / "questions_attempts.jsonl", out_dir / "calibration.jsonl"
     base_seed = settings["seed"]
-    gen_keys = ("strategy", "k_range", "max_hops", "min_hops", "level")
+    gen_keys = ("strategy", "k_range", "max_hops", "min_hops", "level", "short_share", "short_max_hops")
     all_recs: dict[tuple[str, int], dict[str, Any]] = {}
     calib: dict[str, dict[str, Any]] = {}
     active = list(seeds)
     for attempt in range(max_attempts):
         def make(seed: str, att: int, kw: dict[str, Any]) -> dict[str, Any]:
             return generate_for_seed(index, view, seed, base_seed=base_seed, attempt=att,
-                                     specialty=specialty_of.get(seed), **{k: kw[k] for k in gen_keys})
+                                     specialty=specialty_of.get(seed), **{k: kw[k] for k in gen_keys if k in kw})
         jobs = []
         for seed in active:
             prev = all_recs.get((seed, attempt - 1))

@@ -78,6 +78,29 @@ def test_generated_question_is_unique_masked_and_well_formed(index, view):
         json.dumps(rec)  # serialisable
 
 
+def test_hop_cap_is_per_seed_deterministic_and_honours_the_share():
+    seeds = [f"S:{i}" for i in range(400)]
+    caps = [qgen.hop_cap(13, s, max_hops=6, min_hops=2, short_share=0.5, short_max_hops=3) for s in seeds]
+    assert caps == [qgen.hop_cap(13, s, max_hops=6, min_hops=2, short_share=0.5, short_max_hops=3) for s in seeds]
+    assert set(caps) == {2, 3, 6} and 0.4 < sum(c <= 3 for c in caps) / len(caps) < 0.6
+    assert {qgen.hop_cap(13, s, max_hops=6, min_hops=2, short_share=0.0, short_max_hops=3) for s in seeds} == {6}
+    assert {qgen.hop_cap(13, s, max_hops=6, min_hops=2, short_share=1.0, short_max_hops=3) for s in seeds} == {2, 3}
+    with pytest.raises(ValueError, match="short_share"):
+        qgen.hop_cap(13, "S:1", max_hops=6, min_hops=2, short_share=1.5, short_max_hops=3)
+
+
+def test_short_share_gives_short_chains_and_records_the_cap(index, view):
+    seeds = ["MONDO:0012648", "MONDO:0010526", "MONDO:0007376"]
+    recs = [qgen.generate_for_seed(index, view, s, base_seed=13, attempt=0, strategy="mixed", k_range=(8, 12),
+                                   max_hops=6, min_hops=2, level=0, short_share=1.0, short_max_hops=3) for s in seeds]
+    ok = [r for r in recs if r["status"] == "ok"]
+    assert ok and all(2 <= r["hops"] <= r["hop_cap"] <= 3 for r in ok)
+    # a calibration retry that needs a longer chain than the cap gets it (min_hops wins)
+    retry = qgen.generate_for_seed(index, view, seeds[0], base_seed=13, attempt=2, strategy="max_chain",
+                                   k_range=(12, 12), max_hops=6, min_hops=4, level=1, short_share=1.0)
+    assert retry["hop_cap"] == 4 and (retry["status"] != "ok" or retry["hops"] == 4)
+
+
 def test_solve_detects_ambiguity(index, view):
     rec = next(r for s in ["MONDO:0012648", "MONDO:0010526", "MONDO:0007376"]
                if (r := qgen.generate_for_seed(index, view, s, base_seed=13, attempt=0, strategy="mixed",

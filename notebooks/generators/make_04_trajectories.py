@@ -28,11 +28,12 @@ as chat messages with tool calls, ready for TRL SFT (notebook 05).
 | profile | questions | KG-guided trajectories | accepted | mean tool calls | free rollouts (teacher) | wall time (2 CPU cores) |
 |---|---|---|---|---|---|---|
 | `smoke` | ~24 train | 1 per question | ~100% | ~6 | 2, small model | ~1 min |
-| `cpu` | 1,094 train | 2 per question (2,188) | 2,184 (99.8%) over 1,092 questions, 18 specialties | ~6.5 (paper: 4.2) | 8 with SmolLM2-135M: 0 accepted | ~6 min |
+| `cpu` | 1,101 train | 2 per question (2,202) | 2,188 (99.4%) over 1,094 questions, 18 specialties | ~5.3 (paper: 4.2) | 8 with SmolLM2-135M: 0 accepted | ~6 min |
 | `gpu` | all train | 2 per question | as `cpu` | as `cpu` | 300 with the 7B teacher | ~20 min |
 
-The `cpu` row is the committed run (synthesis v8): 100% of 12,220 picks grounded, 1,809 tokens per
-trajectory as SFT sees them (2,644 with the JSON tool schemas the filter counts), the longest 2,826.
+The `cpu` row is the committed run (synthesis v8, questions of generator v4 with half the seeds'
+chains capped at 2-3 hops): 100% of 9,790 picks grounded, 1,519 tokens per trajectory as SFT sees
+them (2,354 with the JSON tool schemas the filter counts), the longest 2,850; 7.0 min.
 
 The base 135M model does not follow the tool protocol (it writes prose): its free rollouts end
 with format errors. That is the point of notebook 05, which fine-tunes it on these trajectories.
@@ -238,9 +239,9 @@ notebook 05): the system prompt keeps a one-line-per-tool list, so the model sti
 and the agent is evaluated with the same prompt. Training time grows with tokens, and tokens that
 carry nothing the next step needs teach nothing, so this is the count that matters. Each
 trajectory is split into system prompt, question, thoughts, calls, observations, answer and the
-chat template's own tokens, by hop count. Expected on `cpu` (the committed run): mean 1,809 tokens,
-observations 35%, thoughts 20%, calls 19%, system prompt 12%; 2-hop 1,113 and 6-hop 2,169, 65%
-within 2,048 and 13% within 1,200.
+chat template's own tokens, by hop count. Expected on `cpu` (the committed run): mean 1,519 tokens,
+observations 34%, thoughts 19%, calls 19%, system prompt 15%; 2-hop 1,148 and 6-hop 2,177, 83%
+within 2,048 and 27% within 1,200.
 ''')
 code(r'''
 sft_schemas = schemas if profiles.defaults(PROFILE, "sft")["TOOLS_IN_PROMPT"] else []
