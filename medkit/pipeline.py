@@ -179,11 +179,11 @@ def run_modes(script: str, modes: Iterable[str], *args: str) -> dict[str, dict[s
 
 def bench_entry(run_mode: Callable[..., dict[str, Any]], main: Callable[..., Any]) -> None:
     """``__main__`` of a per-mode benchmark: ``--mode M [profile]`` runs one mode and prints its JSON,
-    otherwise ``main([profile])`` runs them all."""
+    otherwise ``main([profile [extra ...]])`` runs them all (a benchmark may take extra arguments, e.g. modes)."""
     import json
     import sys
 
     if sys.argv[1:2] == ["--mode"]:
         print(json.dumps(run_mode(sys.argv[2], *(sys.argv[3:4] or ["cpu"]))))
     else:
-        main(*(sys.argv[1:2] or ["cpu"]))
+        main(*(sys.argv[1:] or ["cpu"]))

@@ -221,6 +221,26 @@ def stage_bars(table: pd.DataFrame, column: str, title: str, *, sd: str | None =
     return fig
 
 
+def learning_curve(table: pd.DataFrame, title: str, *, column: str = "pass@1",
+                   ci: tuple[str, str] = ("ci95 low", "ci95 high"), xlabel: str = "training trajectories seen",
+                   ax: plt.Axes | None = None) -> plt.Figure:
+    """Held-out accuracy against training data: the table's index is the x value (e.g. trajectories seen,
+    0 = the base model), ``column`` the y value with its (low, high) interval as error bars
+    (a :func:`medkit.evaluation.stage_table` keyed by the x values)."""
+    fig, ax = _axis(ax, (6, 3.4))
+    x = np.asarray(table.index, dtype=float)
+    y = table[column].astype(float).values
+    low, high = table[ci[0]].astype(float).values, table[ci[1]].astype(float).values
+    err = np.nan_to_num(np.vstack([y - low, high - y]).clip(min=0))
+    ax.errorbar(x, y, yerr=err, marker="o", capsize=4, color=STAGE_COLOURS["sft"])
+    for xi, yi in zip(x, y):
+        ax.annotate(f"{yi:.2f}", (xi, yi), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=8)
+    ax.set(title=title, xlabel=xlabel, ylabel=f"held-out {column} (95% CI)")
+    ax.set_ylim(0, max(0.1, float(np.nanmax(high)) * 1.15) if len(high) else 1)
+    fig.tight_layout()
+    return fig
+
+
 def reported_vs_measured(frame: pd.DataFrame, ax: plt.Axes | None = None) -> plt.Figure:
     """Horizontal bars of pass@1 (%) grouped by benchmark; reported ones hatched, measured ones solid with sd."""
     fig, ax = _axis(ax, (10, max(3.5, 0.34 * len(frame) + 1.5)))

@@ -86,6 +86,7 @@ _BASE: dict[str, dict[str, Any]] = {
         "DROP_LONGER": False,          # True: train only on trajectories that fit MAX_LENGTH (a cut one loses its answer)
         "TOOLS_IN_PROMPT": True,       # False: no tool-schema block in the system prompt, in training and evaluation
         "BF16": None,                  # bf16 autocast; None = where the hardware computes bf16 natively
+        "GRADIENT_CHECKPOINTING": None,  # recompute activations in the backward pass; None = on a GPU only
         "EPOCHS": 1,
         "MAX_STEPS": None,             # optimizer steps; None = EPOCHS over the data
         "BATCH_SIZE": 1,               # trajectories per forward pass
@@ -132,6 +133,7 @@ _BASE: dict[str, dict[str, Any]] = {
         "TOKEN_BUDGET": 3072,          # tokens above this are penalised
         "GATE_PROCESS": True,          # preference (grounded, verified) and efficiency pay only alongside a right answer; False = the plain sum, which rewarded early wrong answers
         "BF16": None,                  # bf16 autocast; None = where the hardware computes bf16 natively
+        "GRADIENT_CHECKPOINTING": None,  # recompute activations in the backward pass; None = on a GPU only
         "QUANTIZE": "nf4",             # base precision for a fresh adapter (START=base); an SFT adapter keeps its own
         "LORA_R": 16,                  # fresh adapter only (START=base)
         "LORA_ALPHA": 32,
@@ -162,7 +164,7 @@ _OVERRIDES: dict[str, dict[str, dict[str, Any]]] = {
     "cpu": {
         "kg": {"N_SEEDS": 3000},
         "questions": {"N_SEEDS": 2000, "SHORT_SHARE": 0.5},
-        "sft": {"N_TRAIN": 64, "MAX_LENGTH": 3072, "DROP_LONGER": True, "TOOLS_IN_PROMPT": False,
+        "sft": {"N_TRAIN": 64, "QUANTIZE": None, "MAX_LENGTH": 3072, "DROP_LONGER": True, "TOOLS_IN_PROMPT": False,
                 "GRAD_ACCUM": 1, "LEARNING_RATE": 2e-3, "WARMUP_STEPS": 4, "SAVE_STEPS": 8,
                 "EVAL_QUESTIONS": 12, "EVAL_MAX_HOPS": 4, "EVAL_TEMPERATURE": 0.3, "EVAL_MAX_CALLS": 10,
                 "EVAL_MAX_NEW_TOKENS": 160},

@@ -16,6 +16,9 @@ Scope (notebook 05):
   profile's model: 4-bit nf4 QLoRA (bitsandbytes, CPU or CUDA), plain LoRA, or unsloth on a
   CUDA machine where it is installed (:func:`medkit.model.select_backend`; never imported
   otherwise). :func:`train` resumes from the last checkpoint in the output folder.
+* :func:`curve_steps` / :func:`snapshot_callback` / :func:`snapshots`: the adapter as it stood
+  after given shares of training (e.g. 25%, 50%, 100%), saved while training runs, so notebook 05
+  can show held-out accuracy growing with data (the learning curve).
 * :func:`save_outputs` writes the adapter, a merged full-precision model (a QLoRA adapter folded
   into the dequantized 4-bit weights it was trained on, :func:`merge_adapter`) and a model
   card with data, parameters and metrics.
@@ -186,6 +189,11 @@ def lora_config(params: dict[str, Any]) -> Any:
                       bias="none", task_type="CAUSAL_LM")
 
 
+def gradient_checkpointing(setting: bool | None, *, use_cpu: bool) -> bool:
+    """Recompute activations in the backward pass: an explicit ``setting`` wins; None means on a GPU only."""
+    return (not use_cpu) if setting is None else bool(setting)
+
+
 def sft_config(params: dict[str, Any], output_dir: str | Path, *, use_cpu: bool) -> Any:
     """TRL's SFTConfig from the notebook parameters (``BF16`` None: where the hardware has it)."""
     from trl import SFTConfig
@@ -201,7 +209,8 @@ def sft_config(params: dict[str, Any], output_dir: str | Path, *, use_cpu: bool)
         max_length=int(params["MAX_LENGTH"]), assistant_only_loss=True, packing=False,
         # a curriculum (curriculum_order) is an order: keep it; otherwise TRL shuffles
         train_sampling_strategy="random" if params.get("CURRICULUM") in (None, "none") else "sequential",
-        gradient_checkpointing=not use_cpu,  # slow on CPU; saves memory on a GPU
+        gradient_checkpointing=gradient_checkpointing(params.get("GRADIENT_CHECKPOINTING"), use_cpu=use_cpu),
+        gradient_checkpointing_kwargs={"use_reentrant": False},
         use_cpu=use_cpu, bf16=use_bf16(params.get("BF16"), on_cuda=not use_cpu), logging_steps=1, save_strategy="steps",
         save_steps=int(params["SAVE_STEPS"]), save_total_limit=2, report_to="none",
         dataloader_num_workers=0, dataset_num_proc=None, disable_tqdm=False,
@@ -297,14 +306,17 @@ def load_for_inference(profile: str, adapter_dir: str | Path | None = None, *,
 
 
 def build_trainer(model: Any, tokenizer: Any, rows: list[dict[str, Any]], params: dict[str, Any],
-                  output_dir: str | Path, *, use_cpu: bool = True, peft_config: Any = None) -> Any:
-    """An SFTTrainer over ``rows`` with a LoRA adapter (``peft_config`` None: from ``params``)."""
+                  output_dir: str | Path, *, use_cpu: bool = True, peft_config: Any = None,
+                  callbacks: list[Any] | None = None) -> Any:
+    """An SFTTrainer over ``rows`` with a LoRA adapter (``peft_config`` None: from ``params``);
+    ``callbacks`` e.g. :func:`snapshot_callback`."""
     from trl import SFTTrainer
 
     prepare_tokenizer(tokenizer)
     return SFTTrainer(model=model, args=sft_config(params, output_dir, use_cpu=use_cpu),
                       train_dataset=to_train_dataset(rows), processing_class=tokenizer,
-                      peft_config=peft_config if peft_config is not None else lora_config(params))
+                      peft_config=peft_config if peft_config is not None else lora_config(params),
+                      callbacks=callbacks)
 
 
 def last_checkpoint(output_dir: str | Path) -> str | None:
@@ -375,6 +387,49 @@ def train(trainer: Any, *, resume: bool = True) -> dict[str, Any]:
             "loss_curve": [{"step": int(h["step"]), "loss": float(h["loss"])} for h in logs]}
 
 
+def adapter_meta(params: dict[str, Any], *, profile: str | None = None, base_model: str | None = None) -> dict[str, Any]:
+    """What :data:`ADAPTER_META` records next to an adapter: the base it was trained on (a QLoRA adapter
+    must be merged into the same dequantized 4-bit weights, :func:`merge_adapter`)."""
+    return {"profile": params.get("PROFILE", profile), "base_model": base_model, "quantize": params.get("QUANTIZE")}
+
+
+def curve_steps(total_steps: int, fractions: list[float] | tuple[float, ...]) -> list[int]:
+    """Optimizer steps at which the learning curve snapshots the adapter: ``fractions`` of ``total_steps``
+    (each in (0, 1]), rounded, at least step 1, without duplicates."""
+    bad = [f for f in fractions if not isinstance(f, (int, float)) or isinstance(f, bool) or not 0 < f <= 1]
+    if bad:
+        raise ConfigError(f"learning-curve fractions must be numbers in (0, 1], got {bad}")
+    return sorted({max(1, round(total_steps * float(f))) for f in fractions})
+
+
+def snapshot_callback(steps: list[int], dest: str | Path, meta: dict[str, Any]) -> Any:
+    """A TrainerCallback that saves the adapter (with ``meta``) to ``dest/step-N`` after each step in ``steps``.
+
+    A snapshot already on disk is kept (a resumed run does not rewrite it). The snapshots are the
+    learning curve's models: each is evaluated like the final adapter.
+    """
+    from transformers import TrainerCallback
+
+    wanted, root = set(int(s) for s in steps), Path(dest)
+
+    class _Snapshots(TrainerCallback):
+        def on_step_end(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
+            folder = root / f"step-{state.global_step}"
+            if state.global_step in wanted and model is not None and not (folder / ADAPTER_META).exists():
+                model.save_pretrained(str(folder))
+                write_json(folder / ADAPTER_META, {**meta, "step": state.global_step})
+
+    return _Snapshots()
+
+
+def snapshots(dest: str | Path) -> list[tuple[int, Path]]:
+    """(step, folder) of every complete snapshot under ``dest``, in step order."""
+    root = Path(dest)
+    found = [(int(p.name.split("-")[-1]), p) for p in root.glob("step-*") if (p / ADAPTER_META).exists()] \
+        if root.is_dir() else []
+    return sorted(found)
+
+
 def save_outputs(trainer: Any, tokenizer: Any, out_dir: str | Path, card: dict[str, Any], *,
                  profile: str | None = None) -> dict[str, str]:
     """Adapter (+ tokenizer), README model card and, with ``profile``, a merged model under ``out_dir``.
@@ -387,8 +442,7 @@ def save_outputs(trainer: Any, tokenizer: Any, out_dir: str | Path, card: dict[s
     trainer.model.save_pretrained(str(adapter))
     tokenizer.save_pretrained(str(adapter))
     params = card.get("parameters", {})
-    write_json(adapter / ADAPTER_META, {"profile": params.get("PROFILE", profile), "base_model": card.get("base_model"),
-                                        "quantize": params.get("QUANTIZE")})
+    write_json(adapter / ADAPTER_META, adapter_meta(params, profile=profile, base_model=card.get("base_model")))
     paths = {"adapter": str(adapter)}
     if profile is not None:
         merged_dir = out / "merged"

@@ -92,3 +92,21 @@ def test_select_questions_keeps_file_order_and_the_hop_limit():
     assert [r["id"] for r in E.select_questions(recs, max_hops=3)] == ["1", "3", "5"]
     assert [r["id"] for r in E.select_questions(recs, 2, max_hops=4)] == ["1", "2"]
     assert E.select_questions(recs) == recs and E.select_questions(recs, 1) == recs[:1]
+
+
+def test_learning_curve_plots_a_stage_table_keyed_by_data_seen():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from medkit import plots
+
+    def rows(right):  # 4 questions x 2 rollouts, `right` of the 4 answered correctly in both
+        return [{"question_id": f"q{i}", "rollout": j, "correct": i < right, "stop_reason": "answer",
+                 "n_format_errors": 0, "n_model_calls": 2, "n_tool_calls": 1, "n_tool_errors": 0, "hops": 2,
+                 "specialty": "x"} for i in range(4) for j in range(2)]
+
+    table = E.stage_table({0: E.metrics(rows(0)), 32: E.metrics(rows(1)), 64: E.metrics(rows(3))})
+    fig = plots.learning_curve(table, "curve")
+    line = fig.axes[0].lines[0]
+    assert list(line.get_xdata()) == [0, 32, 64] and list(line.get_ydata()) == [0.0, 0.25, 0.75]
+    assert table.loc[64, "ci95 low"] < 0.75 < table.loc[64, "ci95 high"]

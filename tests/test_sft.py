@@ -89,6 +89,29 @@ def test_resume_continues_and_a_finished_run_is_not_trained_again(tok, rows, tmp
         torch.equal(live[k.replace(".weight", ".default.weight")], v) for k, v in saved.items())
 
 
+def test_learning_curve_snapshots_are_the_adapter_at_those_steps(tok, rows, tmp_path):
+    import torch
+    from safetensors.torch import load_file
+
+    assert sft.curve_steps(40, [0.25, 0.5, 1.0]) == [10, 20, 40]
+    assert sft.curve_steps(3, [0.1, 0.34, 1.0]) == [1, 3]  # at least step 1, no duplicates
+    with pytest.raises(ConfigError, match="fractions"):
+        sft.curve_steps(10, [0.5, 1.5])
+    dest = tmp_path / "curve"
+    meta = sft.adapter_meta({"PROFILE": "cpu", "QUANTIZE": "nf4"}, base_model="tiny")
+    trainer = _tiny_trainer(tok, rows[:3], tmp_path / "run", MAX_STEPS=3, SAVE_STEPS=100)
+    trainer.add_callback(sft.snapshot_callback([1, 3], dest, meta))
+    sft.train(trainer, resume=False)
+    found = sft.snapshots(dest)
+    assert [step for step, _ in found] == [1, 3]
+    assert sft.adapter_base(found[0][1]) == {**meta, "step": 1}  # merged like the final adapter (nf4 base)
+    first, last = (load_file(str(p / "adapter_model.safetensors")) for _, p in found)
+    live = {k: v for k, v in trainer.model.state_dict().items() if "lora_B" in k}
+    assert all(torch.equal(live[k.replace(".weight", ".default.weight")], v) for k, v in last.items() if "lora_B" in k)
+    assert any(not torch.equal(first[k], last[k]) for k in last if "lora_B" in k)
+    assert sft.snapshots(tmp_path / "nothing") == []
+
+
 def test_rows_that_fit_and_prompts_without_tool_schemas(tok, rows):
     bare = sft.without_tool_schemas(rows)
     full_len = len(sft.encode(tok, rows[0])["input_ids"])
@@ -113,6 +136,16 @@ def test_bf16_follows_the_cpu_flags():
     assert M.cpu_has_bf16("processor : 0\nflags\t\t: fpu sse2 avx512f avx512_bf16 amx_tile\n")
     assert not M.cpu_has_bf16("processor : 0\nflags\t\t: fpu sse2 avx2\n")
     assert M.use_bf16(False, on_cuda=False) is False and M.use_bf16(True, on_cuda=False) is True
+
+
+def test_gradient_checkpointing_setting(tmp_path):
+    from medkit import profiles
+
+    assert sft.gradient_checkpointing(None, use_cpu=True) is False and sft.gradient_checkpointing(None, use_cpu=False)
+    assert sft.gradient_checkpointing(True, use_cpu=True) is True
+    p = profiles.resolve("smoke", "sft", GRADIENT_CHECKPOINTING=True)
+    cfg = sft.sft_config(p, tmp_path, use_cpu=True)
+    assert cfg.gradient_checkpointing and cfg.gradient_checkpointing_kwargs == {"use_reentrant": False}
 
 
 def test_length_report_counts_truncation(tok, rows):

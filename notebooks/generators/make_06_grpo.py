@@ -64,6 +64,7 @@ CALL_BUDGET = None            # tool calls above this are penalised (8)
 TOKEN_BUDGET = None           # rollout tokens above this are penalised (3072)
 GATE_PROCESS = None           # True (default): preference (grounded, verified) and efficiency pay only alongside a right answer; False: the plain sum (rewarded early wrong answers)
 BF16 = None                   # bf16 autocast, True or False; None uses it where the hardware computes bf16
+GRADIENT_CHECKPOINTING = None # recompute activations in the backward pass: less memory, slower steps (None on a GPU only)
 QUANTIZE = None               # base precision of a fresh adapter when START is base: nf4 or none; an SFT adapter keeps its own
 LORA_R = None                 # rank of a fresh adapter, when START is base
 LORA_ALPHA = None             # scaling of a fresh adapter
@@ -90,7 +91,7 @@ P = profiles.resolve(PROFILE, "grpo", SEED=SEED, START=START, N_QUESTIONS=N_QUES
                      TEMPERATURE=TEMPERATURE, MAX_COMPLETION_LENGTH=MAX_COMPLETION_LENGTH,
                      TURN_MAX_NEW_TOKENS=TURN_MAX_NEW_TOKENS, MAX_CALLS=MAX_CALLS, W_ACCURACY=W_ACCURACY,
                      W_PREFERENCE=W_PREFERENCE, W_EFFICIENCY=W_EFFICIENCY, CALL_BUDGET=CALL_BUDGET,
-                     TOKEN_BUDGET=TOKEN_BUDGET, GATE_PROCESS=GATE_PROCESS, BF16=BF16, QUANTIZE=QUANTIZE, LORA_R=LORA_R, LORA_ALPHA=LORA_ALPHA,
+                     TOKEN_BUDGET=TOKEN_BUDGET, GATE_PROCESS=GATE_PROCESS, BF16=BF16, GRADIENT_CHECKPOINTING=GRADIENT_CHECKPOINTING, QUANTIZE=QUANTIZE, LORA_R=LORA_R, LORA_ALPHA=LORA_ALPHA,
                      LORA_DROPOUT=LORA_DROPOUT, SAVE_STEPS=SAVE_STEPS, ENGINE=ENGINE,
                      ENGINE_PRECISION=ENGINE_PRECISION, ENGINE_BATCH=ENGINE_BATCH, ENGINE_SYNC_STEPS=ENGINE_SYNC_STEPS)
 EVAL = profiles.resolve(PROFILE, "sft")          # notebook 05's evaluation settings, unchanged
