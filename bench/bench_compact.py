@@ -39,9 +39,6 @@ def main(profile: str = "cpu", n: int = 150, out: str | None = None) -> dict:
     questions = mio.read_jsonl(data / "questions_train.jsonl")
     sample = random.Random(13).sample(questions, min(n, len(questions)))
 
-    def n_tok(s: str) -> int:
-        return len(tok(s, add_special_tokens=False)["input_ids"])
-
     rows = []
     for rec in sample:
         for variant in (0, 1):
@@ -64,7 +61,7 @@ def main(profile: str = "cpu", n: int = 150, out: str | None = None) -> dict:
         "profile": profile, "questions": len(sample), "trajectories": len(rows), "accepted": len(acc),
         "acceptance_rate": round(len(acc) / len(rows), 4),
         "questions_covered": len({t["question_id"] for t in acc}),
-        "tools_in_prompt": bool(schemas), "max_tokens": max_tokens, "json_schema_block_tokens": n_tok(A.tools_block(full)),
+        "tools_in_prompt": bool(schemas), "max_tokens": max_tokens, "json_schema_block_tokens": TR.text_tokens(tok, A.tools_block(full)),
         "mean_tokens_filter": round(sum(t["filter"]["n_tokens"] for t in acc) / max(len(acc), 1), 1),
         "mean_tokens": report["mean_tokens"], "max_tokens_seen": report["max_tokens"],
         "share_le_1200": report["share_within"]["1200"], "share_le_2048": report["share_within"]["2048"],

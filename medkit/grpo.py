@@ -401,6 +401,9 @@ class _autocast:
 # --------------------------------------------------------------------------- rewards
 
 
+_UNJUDGED = object()  # a rollout whose accuracy term has not run yet
+
+
 def reward_functions(*, call_budget: int = 8, token_budget: int = 3072, gate: bool = True,
                      resolve: Callable[[str], Iterable[str]] | None = None) -> list[Callable[..., list[float | None]]]:
     """TRL reward functions ``accuracy``, ``preference``, ``efficiency`` over forwarded rollouts.
@@ -416,12 +419,17 @@ def reward_functions(*, call_budget: int = 8, token_budget: int = 3072, gate: bo
             raise InputError("GRPO rollout", "no question record for this prompt", field="record")
         return R.accuracy(r, r["record"], resolve=resolve)
 
+    def correct(r: dict[str, Any]) -> bool:
+        """The accuracy term's verdict, judged once: the accuracy reward (computed first) stored it."""
+        stored = (r.get("rewards") or {}).get("accuracy", _UNJUDGED)
+        return (acc(r) if stored is _UNJUDGED else stored) == 1.0
+
     def pref(r: dict[str, Any]) -> float:
-        return R.preference(r, correct=acc(r) == 1.0 if gate else None)
+        return R.preference(r, correct=correct(r) if gate else None)
 
     def eff(r: dict[str, Any]) -> float:
         if gate:
-            return R.gated_efficiency(r, correct=acc(r) == 1.0, call_budget=call_budget, token_budget=token_budget)
+            return R.gated_efficiency(r, correct=correct(r), call_budget=call_budget, token_budget=token_budget)
         return R.efficiency_penalty(r, call_budget=call_budget, token_budget=token_budget)
 
     terms: dict[str, Callable[[dict[str, Any]], float]] = {"accuracy": acc, "preference": pref, "efficiency": eff}
@@ -502,6 +510,7 @@ def grpo_config(params: dict[str, Any], output_dir: str | Path, *, use_cpu: bool
 
     from .engine import DEFAULT_ENGINE
     from .model import use_bf16
+    from .sft import gradient_checkpointing
     from .vllm_engine import colocate_options
 
     g = int(params["NUM_GENERATIONS"])
@@ -518,7 +527,8 @@ def grpo_config(params: dict[str, Any], output_dir: str | Path, *, use_cpu: bool
         beta=float(params["BETA"]), loss_type=str(params["LOSS_TYPE"]), scale_rewards=str(params["SCALE_REWARDS"]),
         reward_weights=[float(params["W_ACCURACY"]), float(params["W_PREFERENCE"]), -float(params["W_EFFICIENCY"])],
         temperature=float(params["TEMPERATURE"]), mask_truncated_completions=False,
-        gradient_checkpointing=not use_cpu, use_cpu=use_cpu, bf16=use_bf16(params.get("BF16"), on_cuda=not use_cpu),
+        gradient_checkpointing=gradient_checkpointing(params.get("GRADIENT_CHECKPOINTING"), use_cpu=use_cpu),
+        gradient_checkpointing_kwargs={"use_reentrant": False}, use_cpu=use_cpu, bf16=use_bf16(params.get("BF16"), on_cuda=not use_cpu),
         logging_steps=1, save_strategy="steps", save_steps=int(params["SAVE_STEPS"]), save_total_limit=2,
         report_to="none", dataloader_num_workers=0, disable_tqdm=False, log_completions=False,
     )

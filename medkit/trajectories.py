@@ -220,13 +220,18 @@ def token_counter(tokenizer: Any, schemas: list[dict[str, Any]]) -> Callable[[li
 SEGMENTS = ("system", "question", "thoughts", "calls", "observations", "answer", "template")
 
 
+def text_tokens(tokenizer: Any, text: str) -> int:
+    """Tokens of a piece of text alone (no special tokens added)."""
+    return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
 def token_segments(tokenizer: Any, messages: list[dict], schemas: list[dict[str, Any]]) -> dict[str, int]:
     """Where a trajectory's tokens go, as :func:`token_counter` counts them: the system prompt (with the
     tool list, and the JSON schema block when ``schemas``), the question, thoughts, calls, observations
     (with their ``<tool_response>`` tags), the answer, and ``template`` (chat-template tokens between
     turns: the total minus the rest). Each piece is tokenised alone, so the split is close, the total exact."""
     def n(text: str) -> int:
-        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+        return text_tokens(tokenizer, text)
 
     seg = dict.fromkeys(SEGMENTS, 0)
     seg["system"] = n(to_text_messages(messages, schemas)[0]["content"])

@@ -159,11 +159,30 @@ def test_reward_functions_are_separate_logged_and_survive_a_broken_term():
         acc(prompts=["p"], completions=["c"])
 
 
+def test_gated_terms_reuse_the_accuracy_verdict(monkeypatch):
+    from medkit import rewards as R
+
+    calls = []
+    judge = R.accuracy
+    monkeypatch.setattr(R, "accuracy", lambda *a, **k: calls.append(1) or judge(*a, **k))
+    acc, pref, eff = G.reward_functions(call_budget=2, token_budget=1000, gate=True)
+    rollouts = [_rollout("Fabry disease"), _rollout("Gaucher disease")]
+    for term in (acc, pref, eff):
+        term(rollout=rollouts)
+    assert len(calls) == 2  # once per rollout, not once per term
+    # wrong answer: grounded and verified do not pay, only well-formedness (1 of 3 parts)
+    assert rollouts[1]["rewards"]["preference"] == pytest.approx(1 / 3, abs=1e-3)
+    assert rollouts[0]["rewards"]["preference"] > rollouts[1]["rewards"]["preference"]
+    fresh = [_rollout("Gaucher disease")]
+    assert pref(rollout=fresh) == [pytest.approx(1 / 3, abs=1e-3)] and len(calls) == 3  # no stored verdict: judged on demand
+
+
 def test_grpo_config_from_the_profile():
     p = profiles.resolve("smoke", "grpo")
     cfg = G.grpo_config(p, "/tmp/unused-grpo", use_cpu=True)
     assert cfg.num_generations == 2 and cfg.per_device_train_batch_size == 2
     assert cfg.reward_weights == [1.0, 0.3, -0.2] and cfg.gradient_checkpointing is False
+    assert G.grpo_config({**p, "GRADIENT_CHECKPOINTING": True}, "/tmp/unused-grpo", use_cpu=True).gradient_checkpointing
     with pytest.raises(ConfigError, match="NUM_GENERATIONS"):
         G.grpo_config({**p, "NUM_GENERATIONS": 1}, "/tmp/unused-grpo", use_cpu=True)
 
