@@ -201,6 +201,12 @@ class OpenVINOBackend(TokenIdChat):
             raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
         if precision not in PRECISION_PROPERTIES:
             raise ConfigError(f"the OpenVINO engine computes in {' or '.join(PRECISION_PROPERTIES)}, not {precision!r}")
+        if precision == "bf16":
+            from .model import cpu_has_bf16
+
+            if not cpu_has_bf16():  # OpenVINO's AVX2 kernels refuse a bf16 KV cache deep inside the plugin
+                raise ConfigError("ENGINE_PRECISION bf16 needs a CPU with native bf16 (avx512_bf16 or AMX); "
+                                  "this one has neither: use float32 (or auto)")
         self.precision = precision
         self.folder = Path(folder)
         if not is_complete(self.folder):
