@@ -172,7 +172,10 @@ def test_smoke_sft_outputs(smoke_run):
     card = json.loads((run / "card.json").read_text())
     assert card["parameters"]["PROFILE"] == "smoke" and card["metrics"]["steps"] == 2
     assert "## Metrics" in (run / "README.md").read_text()
-    for fig in ("05_sft_loss.png", "05_base_vs_sft.png"):
+    # the learning curve: smoke's 2 steps snapshot after step 1 (CURVE 25% / 50%), evaluated like the final adapter
+    assert [p["trajectories"] for p in summary["learning_curve"]] == [1]
+    assert summary["learning_curve"][0]["rollouts"] == summary["k"] and (run / "curve" / "step-1").is_dir()
+    for fig in ("05_sft_loss.png", "05_base_vs_sft.png", "05_learning_curve.png"):
         assert (results / "figures" / fig).stat().st_size > 10_000
 
 
