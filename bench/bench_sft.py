@@ -4,7 +4,7 @@ Modes (each in its own process, so peak memory is its own):
 
 * ``lora``      plain LoRA on the fp32 base
 * ``lora_gc``   plain LoRA with gradient checkpointing
-* ``qlora``     QLoRA (4-bit nf4 base) — the baseline: the cpu profile's setting before gradient checkpointing
+* ``qlora``     QLoRA (4-bit nf4 base) — the baseline: the cpu profile's SFT setting until 2026-12-03
 * ``qlora_gc``  QLoRA with gradient checkpointing (activations recomputed in the backward pass)
 * ``qlora_bf16`` QLoRA with bf16 autocast — only where the CPU computes bf16 natively
 * ``lora_d0`` / ``lora_gc_d0``: as ``lora`` / ``lora_gc`` without LoRA dropout (peft then skips the

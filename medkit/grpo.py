@@ -510,7 +510,7 @@ def grpo_config(params: dict[str, Any], output_dir: str | Path, *, use_cpu: bool
 
     from .engine import DEFAULT_ENGINE
     from .model import use_bf16
-    from .sft import gradient_checkpointing
+    from .sft import checkpointing_args
     from .vllm_engine import colocate_options
 
     g = int(params["NUM_GENERATIONS"])
@@ -527,8 +527,7 @@ def grpo_config(params: dict[str, Any], output_dir: str | Path, *, use_cpu: bool
         beta=float(params["BETA"]), loss_type=str(params["LOSS_TYPE"]), scale_rewards=str(params["SCALE_REWARDS"]),
         reward_weights=[float(params["W_ACCURACY"]), float(params["W_PREFERENCE"]), -float(params["W_EFFICIENCY"])],
         temperature=float(params["TEMPERATURE"]), mask_truncated_completions=False,
-        gradient_checkpointing=gradient_checkpointing(params.get("GRADIENT_CHECKPOINTING"), use_cpu=use_cpu),
-        gradient_checkpointing_kwargs={"use_reentrant": False}, use_cpu=use_cpu, bf16=use_bf16(params.get("BF16"), on_cuda=not use_cpu),
+        **checkpointing_args(params.get("GRADIENT_CHECKPOINTING"), use_cpu=use_cpu), use_cpu=use_cpu, bf16=use_bf16(params.get("BF16"), on_cuda=not use_cpu),
         logging_steps=1, save_strategy="steps", save_steps=int(params["SAVE_STEPS"]), save_total_limit=2,
         report_to="none", dataloader_num_workers=0, disable_tqdm=False, log_completions=False,
     )

@@ -194,6 +194,13 @@ def gradient_checkpointing(setting: bool | None, *, use_cpu: bool) -> bool:
     return (not use_cpu) if setting is None else bool(setting)
 
 
+def checkpointing_args(setting: bool | None, *, use_cpu: bool) -> dict[str, Any]:
+    """The trainer arguments for :func:`gradient_checkpointing` (SFT's and GRPO's configs share them):
+    non-reentrant checkpointing, which needs no inputs that require grad under a frozen, adapted base."""
+    return {"gradient_checkpointing": gradient_checkpointing(setting, use_cpu=use_cpu),
+            "gradient_checkpointing_kwargs": {"use_reentrant": False}}
+
+
 def sft_config(params: dict[str, Any], output_dir: str | Path, *, use_cpu: bool) -> Any:
     """TRL's SFTConfig from the notebook parameters (``BF16`` None: where the hardware has it)."""
     from trl import SFTConfig
@@ -209,8 +216,7 @@ def sft_config(params: dict[str, Any], output_dir: str | Path, *, use_cpu: bool)
         max_length=int(params["MAX_LENGTH"]), assistant_only_loss=True, packing=False,
         # a curriculum (curriculum_order) is an order: keep it; otherwise TRL shuffles
         train_sampling_strategy="random" if params.get("CURRICULUM") in (None, "none") else "sequential",
-        gradient_checkpointing=gradient_checkpointing(params.get("GRADIENT_CHECKPOINTING"), use_cpu=use_cpu),
-        gradient_checkpointing_kwargs={"use_reentrant": False},
+        **checkpointing_args(params.get("GRADIENT_CHECKPOINTING"), use_cpu=use_cpu),
         use_cpu=use_cpu, bf16=use_bf16(params.get("BF16"), on_cuda=not use_cpu), logging_steps=1, save_strategy="steps",
         save_steps=int(params["SAVE_STEPS"]), save_total_limit=2, report_to="none",
         dataloader_num_workers=0, dataset_num_proc=None, disable_tqdm=False,
@@ -306,17 +312,14 @@ def load_for_inference(profile: str, adapter_dir: str | Path | None = None, *,
 
 
 def build_trainer(model: Any, tokenizer: Any, rows: list[dict[str, Any]], params: dict[str, Any],
-                  output_dir: str | Path, *, use_cpu: bool = True, peft_config: Any = None,
-                  callbacks: list[Any] | None = None) -> Any:
-    """An SFTTrainer over ``rows`` with a LoRA adapter (``peft_config`` None: from ``params``);
-    ``callbacks`` e.g. :func:`snapshot_callback`."""
+                  output_dir: str | Path, *, use_cpu: bool = True, peft_config: Any = None) -> Any:
+    """An SFTTrainer over ``rows`` with a LoRA adapter (``peft_config`` None: from ``params``)."""
     from trl import SFTTrainer
 
     prepare_tokenizer(tokenizer)
     return SFTTrainer(model=model, args=sft_config(params, output_dir, use_cpu=use_cpu),
                       train_dataset=to_train_dataset(rows), processing_class=tokenizer,
-                      peft_config=peft_config if peft_config is not None else lora_config(params),
-                      callbacks=callbacks)
+                      peft_config=peft_config if peft_config is not None else lora_config(params))
 
 
 def last_checkpoint(output_dir: str | Path) -> str | None:
