@@ -516,13 +516,20 @@ def grpo_config(params: dict[str, Any], output_dir: str | Path, *, use_cpu: bool
     g = int(params["NUM_GENERATIONS"])
     if g < 2:
         raise ConfigError(f"NUM_GENERATIONS must be >= 2 (GRPO compares rollouts of one question), got {g}")
+    per_step = g * int(params["QUESTIONS_PER_STEP"])  # rollouts per optimizer step: one generation batch
+    micro = int(params.get("MICRO_BATCH") or g)
+    if micro < 1 or per_step % micro:
+        raise ConfigError(f"MICRO_BATCH ({micro}) must divide the rollouts of one step "
+                          f"(QUESTIONS_PER_STEP x NUM_GENERATIONS = {per_step})")
     engine = rollout_engine(str(params.get("ENGINE") or DEFAULT_ENGINE), use_cpu=use_cpu)
     return GRPOConfig(
         **(colocate_options() if engine == "vllm" else {}),
         output_dir=str(output_dir), seed=int(params["SEED"]), data_seed=int(params["SEED"]),
         max_steps=int(params["MAX_STEPS"]), learning_rate=float(params["LEARNING_RATE"]),
         lr_scheduler_type="constant", warmup_steps=0,
-        per_device_train_batch_size=g, gradient_accumulation_steps=int(params["QUESTIONS_PER_STEP"]),
+        # the loss runs over MICRO_BATCH rollouts at a time (activation memory); gradients accumulate to the
+        # whole generation batch, so one optimizer step still sees every group of the step
+        per_device_train_batch_size=micro, gradient_accumulation_steps=per_step // micro,
         num_generations=g, max_completion_length=int(params["MAX_COMPLETION_LENGTH"]),
         beta=float(params["BETA"]), loss_type=str(params["LOSS_TYPE"]), scale_rewards=str(params["SCALE_REWARDS"]),
         reward_weights=[float(params["W_ACCURACY"]), float(params["W_PREFERENCE"]), -float(params["W_EFFICIENCY"])],
@@ -674,6 +681,48 @@ def stop_reason_counts(history: Sequence[dict[str, Any]]) -> dict[str, int]:
     return dict(sorted(Counter(h.get("stop_reason") for h in history).items()))
 
 
+def reward_hacking_check(log: Sequence[dict[str, Any]], heldout: Sequence[tuple[int, Sequence[dict[str, Any]]]]
+                         ) -> dict[str, Any]:
+    """Did the training reward rise while held-out accuracy fell?
+
+    ``log``: the run's per-step log (:func:`train`'s ``log``: ``step``, ``reward``, TRL's
+    ``rewards/accuracy/mean`` and ``rollout/answer_rate``); ``heldout``: (step, evaluation rows) of the
+    starting policy (step 0), the checkpoints and the final adapter, all on the same held-out questions.
+    Returns one row per checkpoint (training reward, accuracy term and answer rate over the steps since
+    the previous checkpoint; held-out pass@1 with its interval and answer rate), the paired held-out
+    difference last − start (:func:`medkit.bootstrap.paired_difference`), the change of the training
+    reward (mean of the later half of the steps − the earlier half) and a verdict:
+    ``"hacking"`` — the reward rose and held-out pass@1 fell with the paired interval below 0;
+    ``"suspect"`` — the reward rose and held-out pass@1 fell within the noise; ``"none"`` otherwise.
+    """
+    from .bootstrap import paired_difference, pass_at_1
+
+    points = sorted(heldout, key=lambda p: p[0])
+    if len(points) < 2 or points[0][0] != 0:
+        raise ConfigError("reward_hacking_check needs the starting policy (step 0) and at least one later evaluation")
+    steps = sorted((int(h["step"]), h) for h in log if "step" in h)
+    rows, prev = [], 0
+    for step, ev in points:
+        window = [h for s, h in steps if prev < s <= step] if step else []
+        mean = (lambda key: round(statistics.fmean(h[key] for h in window if key in h), 4)
+                if any(key in h for h in window) else None)
+        p1 = pass_at_1(ev)
+        rows.append({"step": step, "train_reward": mean("reward"), "train_accuracy": mean("rewards/accuracy/mean"),
+                     "train_answer_rate": mean("rollout/answer_rate"), "heldout_pass@1": p1["mean"],
+                     "heldout_ci95": p1["ci95"],
+                     "heldout_answer_rate": round(sum(r.get("stop_reason") == "answer" for r in ev) / max(len(ev), 1), 4)})
+        prev = step
+    rewards = [float(h["reward"]) for _, h in steps if isinstance(h.get("reward"), (int, float))]
+    half = len(rewards) // 2
+    reward_change = (round(statistics.fmean(rewards[half:]) - statistics.fmean(rewards[:half]), 4)
+                     if half else None)
+    diff = paired_difference(points[0][1], points[-1][1], names=("start", f"step {points[-1][0]}"))
+    rose = reward_change is not None and reward_change > 0
+    verdict = ("hacking" if rose and diff["ci95"][1] < 0 else
+               "suspect" if rose and diff["mean"] < 0 else "none")
+    return {"checkpoints": rows, "reward_change": reward_change, "heldout_change": diff, "verdict": verdict}
+
+
 # --------------------------------------------------------------------------- one whole run (notebooks 06 and 07)
 
 
@@ -711,22 +760,30 @@ def run_grpo(profile: str, params: dict[str, Any], *, adapter_dir: str | Path | 
     ``out_dir`` gets ``checkpoints/`` (a rerun resumes; a finished run is loaded, not retrained),
     ``adapter/`` (with the base it needs, for :func:`medkit.sft.load_for_inference`) and
     ``rollouts.jsonl`` (every training rollout with its step and reward terms, kept from the run
-    that trained, so a rerun that only loads still has them).
+    that trained, so a rerun that only loads still has them) and, with ``CURVE``, ``curve/step-N``:
+    the adapter after those shares of ``MAX_STEPS``, for held-out checkpoints (returned as
+    ``curve``: (step, folder) pairs before the last step, which is ``adapter/``).
     """
     from .io import read_jsonl, write_json, write_jsonl
-    from .sft import ADAPTER_META, adapter_base
+    from .model import model_spec
+    from .paths import portable
+    from .sft import ADAPTER_META, adapter_base, adapter_meta, curve_steps, dequantized_base, snapshot_callback, snapshots
 
     out = Path(out_dir)
     model, tokenizer, peft_config = load_policy(profile, adapter_dir, params)
-    from .sft import dequantized_base
-
     quantized = policy_quantized(adapter_dir, params)
+    quantize = (adapter_base(adapter_dir).get("quantize") if adapter_dir is not None else params.get("QUANTIZE"))
+    meta = {**adapter_meta({"QUANTIZE": quantize}, profile=profile, base_model=model_spec(profile).name_or_path),
+            "started_from": portable(adapter_dir) if adapter_dir else "base"}
     rollouts = AgentRollouts(toolbox, questions, rollout_config(params, use_cpu=use_cpu), schemas=schemas,
                              export_dir=out / "engine_exports",
                              base_loader=lambda: dequantized_base(profile, quantized)[0])
     trainer = build_trainer(model, tokenizer, questions, rollouts, params, out / "checkpoints", use_cpu=use_cpu,
                             peft_config=peft_config, resolve=resolve if resolve is not None
                             else getattr(toolbox, "resolve_ids", None))
+    if params.get("CURVE"):  # held-out checkpoints: the adapter after these shares of MAX_STEPS (out/curve/step-N)
+        trainer.add_callback(snapshot_callback(curve_steps(int(params["MAX_STEPS"]), params["CURVE"]),
+                                               out / "curve", meta))
     result = train(trainer)
     result["rollout_seconds"] = round(rollouts.seconds, 1)
     result["rollouts_per_second"] = round(rollouts.n_rollouts / rollouts.seconds, 4) if rollouts.seconds else None
@@ -741,8 +798,7 @@ def run_grpo(profile: str, params: dict[str, Any], *, adapter_dir: str | Path | 
     adapter = out / "adapter"
     trainer.model.save_pretrained(str(adapter), selected_adapters=["default"])
     tokenizer.save_pretrained(str(adapter))
-    quantize = (adapter_base(adapter_dir).get("quantize") if adapter_dir is not None else params.get("QUANTIZE"))
-    write_json(adapter / ADAPTER_META, {"profile": profile, "quantize": quantize,
-                                        "started_from": str(adapter_dir) if adapter_dir else "base"})
+    write_json(adapter / ADAPTER_META, {**meta, "step": result["steps"]})
+    curve = [(step, str(folder)) for step, folder in snapshots(out / "curve") if step < result["steps"]]
     del trainer, model
-    return {"train": result, "history": history, "adapter": str(adapter)}
+    return {"train": result, "history": history, "adapter": str(adapter), "curve": curve}

@@ -241,6 +241,35 @@ def learning_curve(table: pd.DataFrame, title: str, *, column: str = "pass@1",
     return fig
 
 
+def reward_vs_heldout(log: pd.DataFrame, checkpoints: pd.DataFrame, title: str) -> plt.Figure:
+    """The reward-hacking picture: GRPO's training reward per step (left axis) against held-out pass@1
+    with its 95% interval at each checkpoint (right axis, step 0 = the starting policy), and the
+    answer rates of both. ``log``: per-step ``step``, ``reward`` (and ``rollout/answer_rate``);
+    ``checkpoints``: :func:`medkit.grpo.reward_hacking_check` rows (``step``, ``heldout_pass@1``,
+    ``heldout_ci95``, ``heldout_answer_rate``)."""
+    fig, (ax, ax_rate) = plt.subplots(1, 2, figsize=(11, 3.6))
+    ax.plot(log["step"], log["reward"], marker=".", color="#555555", label="training reward")
+    ax.set(xlabel="GRPO step", ylabel="composite training reward", title=title)
+    right = ax.twinx()
+    x = checkpoints["step"].astype(float).values
+    y = checkpoints["heldout_pass@1"].astype(float).values
+    ci = np.array([c if c else (np.nan, np.nan) for c in checkpoints["heldout_ci95"]], dtype=float)
+    err = np.nan_to_num(np.vstack([y - ci[:, 0], ci[:, 1] - y]).clip(min=0))
+    right.errorbar(x, y, yerr=err, marker="o", capsize=4, color=STAGE_COLOURS["grpo"], label="held-out pass@1")
+    right.set_ylabel("held-out pass@1 (95% CI)")
+    right.set_ylim(0, max(0.1, float(np.nanmax(ci[:, 1])) * 1.15) if len(ci) else 1)
+    handles = ax.get_legend_handles_labels()[0] + right.get_legend_handles_labels()[0]
+    ax.legend(handles, [h.get_label() for h in handles], fontsize=8, loc="upper left")
+    if "rollout/answer_rate" in log:
+        ax_rate.plot(log["step"], log["rollout/answer_rate"], marker=".", color="#555555", label="training rollouts")
+    ax_rate.plot(x, checkpoints["heldout_answer_rate"].astype(float).values, marker="o",
+                 color=STAGE_COLOURS["grpo"], label="held-out rollouts")
+    ax_rate.set(xlabel="GRPO step", ylabel="rollouts ending with an answer", title="answer rate", ylim=(-0.05, 1.05))
+    ax_rate.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
 def reported_vs_measured(frame: pd.DataFrame, ax: plt.Axes | None = None) -> plt.Figure:
     """Horizontal bars of pass@1 (%) grouped by benchmark; reported ones hatched, measured ones solid with sd."""
     fig, ax = _axis(ax, (10, max(3.5, 0.34 * len(frame) + 1.5)))

@@ -1,7 +1,10 @@
 """Run profiles: one name selects every default of every notebook.
 
 ``smoke``  CI: tiny sizes, the whole pipeline in minutes.
-``cpu``    default: the full pipeline for real on 2 CPU cores with SmolLM2-135M-Instruct.
+``cpu``    default: the full pipeline for real on 2 CPU cores with SmolLM2-135M-Instruct (~60 minutes).
+``cpu_long`` the same data, with the training and evaluation sizes a statistically meaningful
+           result needs on 2 cores (~2 hours): more SFT data on 2- and 3-hop chains, GRPO groups
+           of 8, 60 held-out questions of <= 3 hops x 4 rollouts for every stage.
 ``gpu``    one CUDA GPU: a 7B-class instruct model from the hub, 4-bit QLoRA (unsloth if present).
 
 A notebook's ``parameters`` cell sets ``PROFILE`` and leaves the other parameters at
@@ -17,7 +20,7 @@ from typing import Any
 from .engine import DEFAULT_COMPUTE_TYPE, DEFAULT_ENGINE, DEFAULT_ENGINE_BATCH
 from .errors import ConfigError
 
-PROFILES: tuple[str, ...] = ("smoke", "cpu", "gpu")
+PROFILES: tuple[str, ...] = ("smoke", "cpu", "cpu_long", "gpu")
 
 # every stage that generates text picks its engine the same way (medkit.engine)
 _ENGINE: dict[str, Any] = {
@@ -80,7 +83,8 @@ _BASE: dict[str, dict[str, Any]] = {
     "sft": {
         "SEED": 13,
         "N_TRAIN": None,               # accepted trajectories to train on (None = all of notebook 04's)
-        "CURRICULUM": "hops",          # training order: hops = shortest chains first (shuffled within a hop count), none = shuffled
+        "CURRICULUM": "hops",          # training order: hops = shortest chains first (shuffled within a hop count), mixed = hop counts in turn, none = shuffled
+        "TRAIN_MAX_HOPS": None,        # only trajectories of at most this many hops (None = all)
         "QUANTIZE": "nf4",             # nf4 = QLoRA (4-bit base, bitsandbytes); None = plain LoRA on the full-precision base
         "MAX_LENGTH": 4096,            # tokens per trajectory; longer ones are truncated (and counted) or dropped
         "DROP_LONGER": False,          # True: train only on trajectories that fit MAX_LENGTH (a cut one loses its answer)
@@ -117,6 +121,7 @@ _BASE: dict[str, dict[str, Any]] = {
         "MAX_HOPS": 3,                 # only training questions with at most this many hops (None = all)
         "QUESTIONS_PER_STEP": 2,       # distinct questions per optimizer step
         "NUM_GENERATIONS": 4,          # rollouts per question (the GRPO group)
+        "MICRO_BATCH": None,           # rollouts per forward/backward pass (None = NUM_GENERATIONS); lower it to cut peak memory
         "MAX_STEPS": 8,                # optimizer steps
         "LEARNING_RATE": 1e-4,
         "BETA": 0.04,                  # KL coefficient against the starting adapter (0 = no reference model, no KL)
@@ -139,6 +144,8 @@ _BASE: dict[str, dict[str, Any]] = {
         "LORA_ALPHA": 32,
         "LORA_DROPOUT": 0.05,
         "SAVE_STEPS": 2,               # checkpoint interval; a rerun resumes from the last checkpoint
+        "CURVE": [0.5],                # shares of MAX_STEPS after which the adapter is kept and scored on held-out questions
+        "CURVE_K": None,               # rollouts per held-out question at those checkpoints (None = notebook 05's EVAL_K)
         **_ENGINE,
         "ENGINE_SYNC_STEPS": 1,        # export the policy to the engine every N optimizer steps (1 = always on-policy)
     },
@@ -183,6 +190,21 @@ _OVERRIDES: dict[str, dict[str, dict[str, Any]]] = {
                  "SAVE_STEPS": 25},
     },
 }
+
+
+def _with(base: dict[str, dict[str, Any]], changes: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Stage-wise overrides ``base`` with ``changes`` on top (a profile derived from another)."""
+    return {stage: {**base.get(stage, {}), **changes.get(stage, {})} for stage in {*base, *changes}}
+
+
+# cpu_long: cpu's data stages unchanged (the same questions and trajectories), larger training and evaluation
+_OVERRIDES["cpu_long"] = _with(_OVERRIDES["cpu"], {
+    "sft": {"N_TRAIN": 128, "CURRICULUM": "mixed", "TRAIN_MAX_HOPS": 3, "LORA_DROPOUT": 0.0,
+            "EVAL_QUESTIONS": 60, "EVAL_MAX_HOPS": 3, "EVAL_K": 4, "CURVE": [0.5], "CURVE_K": 2},
+    "grpo": {"NUM_GENERATIONS": 8, "MICRO_BATCH": 2, "GRADIENT_CHECKPOINTING": True, "MAX_STEPS": 8,
+             "POOL_CANDIDATES": 32, "CURVE_K": 2},
+    "evaluation": {"ABLATIONS": []},
+})
 
 
 def check_profile(profile: str) -> str:

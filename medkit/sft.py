@@ -145,16 +145,20 @@ def select_rows(tokenizer: Any, rows: list[dict[str, Any]], n: int | None, max_l
     return kept, skipped
 
 
-CURRICULA = ("none", "hops")  # the training orders :func:`curriculum_order` knows
+CURRICULA = ("none", "hops", "mixed")  # the training orders :func:`curriculum_order` knows
 
 
-def curriculum_order(rows: list[dict[str, Any]], curriculum: str | None, seed: int) -> list[dict[str, Any]]:
-    """The rows in the order training sees them: a seeded shuffle (``"none"`` / None), or with ``"hops"``
-    the shuffle stably sorted by hop count — the shortest chains first, mixed within each hop count.
+def curriculum_order(rows: list[dict[str, Any]], curriculum: str | None, seed: int, *,
+                     max_hops: int | None = None) -> list[dict[str, Any]]:
+    """The rows in the order training sees them: a seeded shuffle (``"none"`` / None); with ``"hops"``
+    the shuffle stably sorted by hop count — the shortest chains first, mixed within each hop count;
+    with ``"mixed"`` the hop counts taken in turn (2, 3, …, 2, 3, …), so any budget holds every hop
+    count in equal shares until the rarer ones run out.
 
-    With a budget (``N_TRAIN``) below the data, the first rows are the ones trained on, so a curriculum
-    also chooses the shortest chains; :func:`sft_config` keeps this order (a sequential sampler) when a
-    curriculum is set, and TRL's random sampler otherwise.
+    With a budget (``N_TRAIN``) below the data, the first rows are the ones trained on, so ``"hops"``
+    chooses only the shortest chains and ``"mixed"`` an even mix; :func:`sft_config` keeps this order
+    (a sequential sampler) when a curriculum is set, and TRL's random sampler otherwise.
+    ``max_hops`` drops longer chains first (``TRAIN_MAX_HOPS``; None keeps all).
     """
     import random
 
@@ -162,12 +166,21 @@ def curriculum_order(rows: list[dict[str, Any]], curriculum: str | None, seed: i
         raise ConfigError(f"CURRICULUM must be one of {CURRICULA}, got {curriculum!r}")
     out = list(rows)
     random.Random(seed).shuffle(out)
-    if curriculum == "hops":
+    if curriculum in ("hops", "mixed") or max_hops is not None:
         bad = [i for i, r in enumerate(out) if isinstance(r.get("hops"), bool) or not isinstance(r.get("hops"), int)]
         if bad:
             raise InputError(None, f"{len(bad)} of {len(out)} trajectories have no integer hop count "
-                             "(a curriculum by hops needs it; use CURRICULUM='none')", field="hops")
+                             "(a curriculum by hops or TRAIN_MAX_HOPS needs it; use CURRICULUM='none')", field="hops")
+    if max_hops is not None:
+        out = [r for r in out if r["hops"] <= max_hops]
+    if curriculum == "hops":
         out.sort(key=lambda r: r["hops"])
+    elif curriculum == "mixed":
+        by_hops: dict[int, list[dict[str, Any]]] = {}
+        for r in out:
+            by_hops.setdefault(r["hops"], []).append(r)
+        queues = [by_hops[h] for h in sorted(by_hops)]
+        out = [q[i] for i in range(max(map(len, queues), default=0)) for q in queues if i < len(q)]
     return out
 
 

@@ -185,6 +185,13 @@ def test_grpo_config_from_the_profile():
     assert G.grpo_config({**p, "GRADIENT_CHECKPOINTING": True}, "/tmp/unused-grpo", use_cpu=True).gradient_checkpointing
     with pytest.raises(ConfigError, match="NUM_GENERATIONS"):
         G.grpo_config({**p, "NUM_GENERATIONS": 1}, "/tmp/unused-grpo", use_cpu=True)
+    # micro-batches: 2 questions x 8 rollouts in passes of 2, one generation batch per optimizer step
+    micro = G.grpo_config({**p, "NUM_GENERATIONS": 8, "QUESTIONS_PER_STEP": 2, "MICRO_BATCH": 2}, "/tmp/unused-grpo",
+                          use_cpu=True)
+    assert (micro.per_device_train_batch_size, micro.gradient_accumulation_steps) == (2, 8)
+    assert micro.generation_batch_size == 16 and micro.steps_per_generation == 8
+    with pytest.raises(ConfigError, match="MICRO_BATCH"):
+        G.grpo_config({**p, "NUM_GENERATIONS": 8, "MICRO_BATCH": 3}, "/tmp/unused-grpo", use_cpu=True)
 
 
 def test_bad_questions_are_named():
@@ -281,3 +288,45 @@ def test_rollout_engine_choice():
         G.AgentRollouts(None, [RECORD], G.RolloutConfig(engine="ctranslate2"), schemas=[])
     with pytest.raises(ConfigError, match="base_loader"):
         G.AgentRollouts(None, [RECORD], G.RolloutConfig(engine="auto"), schemas=[], export_dir="/tmp/unused")
+
+
+def _heldout_rows(correct_by_question: dict[str, list[bool]]) -> list[dict]:
+    return [{"question_id": q, "rollout": i, "correct": c, "stop_reason": "answer" if c else "max_calls"}
+            for q, cs in correct_by_question.items() for i, c in enumerate(cs)]
+
+
+def test_the_reward_hacking_check_flags_reward_up_while_heldout_accuracy_falls():
+    qs = [f"q{i}" for i in range(20)]
+    start = _heldout_rows({q: [True, True] if i < 10 else [False, False] for i, q in enumerate(qs)})
+    worse = _heldout_rows({q: [False, False] for q in qs})
+    same = _heldout_rows({q: [True, True] if i < 10 else [False, False] for i, q in enumerate(qs)})
+    slightly = _heldout_rows({q: [True, True] if i < 9 else [False, False] for i, q in enumerate(qs)})
+    rising = [{"step": s, "reward": 0.1 * s, "rewards/accuracy/mean": 0.0, "rollout/answer_rate": 0.2 * s}
+              for s in range(1, 5)]
+    falling = [{**h, "reward": 1.0 - 0.1 * h["step"]} for h in rising]
+    hacked = G.reward_hacking_check(rising, [(0, start), (2, worse), (4, worse)])
+    assert hacked["verdict"] == "hacking" and hacked["reward_change"] == pytest.approx(0.2)
+    assert hacked["heldout_change"]["mean"] == -0.5 and hacked["heldout_change"]["worse"] == 10
+    first, mid, last = hacked["checkpoints"]
+    assert (first["step"], first["train_reward"], first["heldout_pass@1"]) == (0, None, 0.5)
+    assert mid["train_reward"] == pytest.approx(0.15) and last["train_answer_rate"] == pytest.approx(0.7)
+    assert last["heldout_answer_rate"] == 0.0
+    assert G.reward_hacking_check(rising, [(0, start), (4, slightly)])["verdict"] == "suspect"
+    assert G.reward_hacking_check(rising, [(0, start), (4, same)])["verdict"] == "none"
+    assert G.reward_hacking_check(falling, [(0, start), (4, worse)])["verdict"] == "none"  # worse, but no hacking
+    with pytest.raises(InputError, match="different question sets"):
+        G.reward_hacking_check(rising, [(0, start), (4, worse[:-2])])
+    with pytest.raises(ConfigError, match="step 0"):
+        G.reward_hacking_check(rising, [(4, worse)])
+
+    import matplotlib
+    import pandas as pd
+
+    matplotlib.use("Agg")
+    from medkit import plots
+
+    fig = plots.reward_vs_heldout(pd.DataFrame(rising), pd.DataFrame(hacked["checkpoints"]), "check")
+    reward_ax, heldout_ax = fig.axes[0], fig.axes[-1]
+    assert list(reward_ax.lines[0].get_ydata()) == [h["reward"] for h in rising]
+    assert list(heldout_ax.lines[0].get_xdata()) == [0, 2, 4]  # held-out pass@1 at the start and each checkpoint
+    assert list(heldout_ax.lines[0].get_ydata()) == [0.5, 0.0, 0.0]

@@ -198,7 +198,14 @@ def test_smoke_grpo_outputs(smoke_run):
     rows = pd.read_json(results / "06_eval_grpo.jsonl", lines=True)
     assert len(rows) == m["questions"] * m["rollouts"] == summary["questions"] * summary["k"]
     assert (data / "grpo" / "adapter" / "adapter_config.json").exists()
-    for fig in ("06_grpo_curves.png", "06_sft_vs_grpo.png"):
+    meta = json.loads((data / "grpo" / "adapter" / "medkit_adapter.json").read_text())
+    assert meta["started_from"] == "data/smoke/sft/adapter" and meta["step"] == 2 and meta["base_model"]
+    # the held-out checkpoint after half the steps, the start (SFT) and the end, on the same questions
+    check = summary["reward_hacking"]
+    assert [c["step"] for c in check["checkpoints"]] == [0, 1, 2]
+    assert check["verdict"] in ("none", "suspect", "hacking")
+    assert summary["paired_minus_start"]["questions"] == summary["questions"]
+    for fig in ("06_grpo_curves.png", "06_sft_vs_grpo.png", "06_reward_vs_heldout.png"):
         assert (results / "figures" / fig).stat().st_size > 10_000
 
 

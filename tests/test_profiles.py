@@ -24,10 +24,22 @@ def test_resolve_returns_a_copy():
 
 @pytest.mark.parametrize("bad", ["CPU", "tpu", ""])
 def test_unknown_profile_is_a_clear_error(bad):
-    with pytest.raises(ConfigError, match="unknown profile .* choose one of smoke, cpu, gpu"):
+    with pytest.raises(ConfigError, match="unknown profile .* choose one of smoke, cpu, cpu_long, gpu"):
         profiles.resolve(bad, "kg")
 
 
 def test_unknown_parameter_is_not_ignored():
     with pytest.raises(ConfigError, match="RARE_MAX_DFF"):
         profiles.resolve("cpu", "entity_mining", RARE_MAX_DFF=5)
+
+
+def test_cpu_long_keeps_cpus_data_and_enlarges_training_and_evaluation():
+    for stage in ("entity_mining", "kg", "questions", "trajectories"):  # the same data, so the same questions
+        assert {k: v for k, v in profiles.resolve("cpu_long", stage).items() if k != "PROFILE"} == \
+               {k: v for k, v in profiles.resolve("cpu", stage).items() if k != "PROFILE"}
+    sft, cpu_sft = profiles.resolve("cpu_long", "sft"), profiles.resolve("cpu", "sft")
+    assert sft["N_TRAIN"] > cpu_sft["N_TRAIN"] and sft["EVAL_K"] >= 4 and sft["EVAL_QUESTIONS"] >= 60
+    assert sft["QUANTIZE"] == cpu_sft["QUANTIZE"] and sft["LEARNING_RATE"] == cpu_sft["LEARNING_RATE"]
+    grpo = profiles.resolve("cpu_long", "grpo")
+    assert grpo["NUM_GENERATIONS"] >= 8 and grpo["MICRO_BATCH"] < grpo["NUM_GENERATIONS"]
+    assert profiles.resolve("cpu", "grpo")["MICRO_BATCH"] is None  # cpu's GRPO step is unchanged

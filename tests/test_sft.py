@@ -264,3 +264,16 @@ def test_a_curriculum_orders_by_hops_and_the_trainer_keeps_the_order(tok, rows, 
         sft.curriculum_order(rows, "longest", seed=13)
     with pytest.raises(InputError, match="hop count"):
         sft.curriculum_order([{**rows[0], "hops": None}], "hops", seed=13)
+
+
+def test_a_mixed_curriculum_takes_hop_counts_in_turn_and_max_hops_drops_longer_chains():
+    rows = [{"id": i, "hops": h} for i, h in enumerate([2] * 6 + [3] * 3 + [5] * 4)]
+    mixed = sft.curriculum_order(rows, "mixed", seed=13)
+    assert [r["hops"] for r in mixed] == [2, 3, 5, 2, 3, 5, 2, 3, 5, 2, 5, 2, 2]  # rarer counts run out first
+    assert sorted(r["id"] for r in mixed) == list(range(13))  # nothing lost or repeated
+    assert mixed == sft.curriculum_order(rows, "mixed", seed=13)
+    short = sft.curriculum_order(rows, "mixed", seed=13, max_hops=3)
+    assert [r["hops"] for r in short][:6] == [2, 3] * 3 and len(short) == 9
+    assert all(r["hops"] <= 3 for r in sft.curriculum_order(rows, "none", seed=13, max_hops=3))
+    with pytest.raises(InputError, match="hop count"):
+        sft.curriculum_order([{"hops": "2"}], "none", seed=13, max_hops=3)

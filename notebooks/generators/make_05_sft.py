@@ -54,7 +54,8 @@ code(r'''
 PROFILE = "cpu"               # smoke | cpu | gpu; selects every default below
 SEED = None                   # random seed of data order, adapter init and rollouts (default 13)
 N_TRAIN = None                # accepted trajectories to train on (cpu 64 to fit 2 cores, None for all)
-CURRICULUM = None             # training order: "hops" (default) puts the shortest chains first, "none" shuffles; with N_TRAIN below the data, hops also picks the shortest
+CURRICULUM = None             # training order: "hops" (default) puts the shortest chains first, "mixed" takes hop counts in turn, "none" shuffles; with N_TRAIN below the data this also picks which chains
+TRAIN_MAX_HOPS = None         # train only on chains of at most this many hops (None for all)
 QUANTIZE = None               # nf4 for QLoRA (default), or "none" for plain LoRA on the full-precision base (cpu: 1.5x the tokens/s of QLoRA without bf16)
 MAX_LENGTH = None             # tokens per trajectory (cpu 3072: every grounded cpu trajectory fits; default 4096); longer ones are truncated and counted
 DROP_LONGER = None            # True skips trajectories over MAX_LENGTH instead of truncating them (cpu True)
@@ -93,7 +94,7 @@ from IPython.display import Markdown, display
 from medkit import (agent as A, evaluation as E, llm, model as M, paths, plots, profiles, sft,
                     trajectories as TR, io as mio)
 
-P = profiles.resolve(PROFILE, "sft", SEED=SEED, N_TRAIN=N_TRAIN, CURRICULUM=CURRICULUM, QUANTIZE=QUANTIZE, MAX_LENGTH=MAX_LENGTH,
+P = profiles.resolve(PROFILE, "sft", SEED=SEED, N_TRAIN=N_TRAIN, CURRICULUM=CURRICULUM, TRAIN_MAX_HOPS=TRAIN_MAX_HOPS, QUANTIZE=QUANTIZE, MAX_LENGTH=MAX_LENGTH,
                      DROP_LONGER=DROP_LONGER, TOOLS_IN_PROMPT=TOOLS_IN_PROMPT, BF16=BF16,
                      GRADIENT_CHECKPOINTING=GRADIENT_CHECKPOINTING,
                      EPOCHS=EPOCHS, MAX_STEPS=MAX_STEPS, BATCH_SIZE=BATCH_SIZE, GRAD_ACCUM=GRAD_ACCUM,
@@ -120,7 +121,9 @@ md(r'''
 The accepted trajectories of notebook 04, in the order TRL will see them: a seeded shuffle (so a
 subset mixes specialties and variants) and, with `CURRICULUM = "hops"`, sorted by hop count —
 a small model first learns the protocol and single hops on short chains, then composes them on
-long ones; the trainer keeps this order instead of reshuffling. Every row is rendered with TRL's Qwen2.5 *training* chat
+long ones; the trainer keeps this order instead of reshuffling. With a budget below the data,
+`"hops"` trains on the shortest chains only; `"mixed"` takes the hop counts in turn (2, 3, 2, 3, …
+with `TRAIN_MAX_HOPS = 3`), so the budget teaches both the single step and its composition. Every row is rendered with TRL's Qwen2.5 *training* chat
 template — identical to the agent's prompt, plus `{% generation %}` markers around assistant
 output.
 
@@ -132,7 +135,8 @@ and `DROP_LONGER = True` trains only on trajectories that fit `MAX_LENGTH` — t
 cut off its answer, the part that matters most. Both are reported below, not silent.
 ''')
 code(r'''
-rows = sft.curriculum_order(sft.load_trajectories(DATA / "trajectories.jsonl"), P["CURRICULUM"], P["SEED"])
+rows = sft.curriculum_order(sft.load_trajectories(DATA / "trajectories.jsonl"), P["CURRICULUM"], P["SEED"],
+                            max_hops=P["TRAIN_MAX_HOPS"])
 tok = sft.prepare_tokenizer(M.load_tokenizer(PROFILE))
 if not P["TOOLS_IN_PROMPT"]:
     rows = sft.without_tool_schemas(rows)

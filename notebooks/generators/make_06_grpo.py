@@ -48,6 +48,7 @@ POOL_PROBE_K = None           # probe rollouts per candidate (4); the pool keeps
 MAX_HOPS = None               # only training questions with at most this many hops (cpu 3: the SFT model answers some of them)
 QUESTIONS_PER_STEP = None     # distinct questions per optimizer step (cpu 1, default 2)
 NUM_GENERATIONS = None        # rollouts per question, the GRPO group (cpu 4; at least 2)
+MICRO_BATCH = None            # rollouts per forward/backward pass (None: the whole group); lower it if memory is short, the step is the same
 MAX_STEPS = None              # optimizer steps (cpu 6, each a few minutes on 2 cores; default 8)
 LEARNING_RATE = None          # adapter learning rate (cpu 3e-4 for so few steps, default 1e-4; lower it if the KL explodes)
 BETA = None                   # KL coefficient against the starting adapter (0.04; 0 skips the reference pass and the KL)
@@ -70,6 +71,8 @@ LORA_R = None                 # rank of a fresh adapter, when START is base
 LORA_ALPHA = None             # scaling of a fresh adapter
 LORA_DROPOUT = None           # dropout of a fresh adapter
 SAVE_STEPS = None             # checkpoint interval; a rerun resumes from the last checkpoint (a finished run is loaded)
+CURVE = None                  # shares of MAX_STEPS after which the adapter is scored on the held-out questions (default [0.5]; [] skips)
+CURVE_K = None                # rollouts per held-out question at those checkpoints (None: notebook 05's EVAL_K)
 ENGINE = None                 # rollout engine: auto (default: an OpenVINO copy of the policy on CPU), openvino, ctranslate2 or transformers (the policy itself)
 ENGINE_PRECISION = None       # auto (default: bf16 on OpenVINO where the CPU has it, 1.5x faster), float32 (closest to the policy's own tokens) or int8 (CTranslate2 only: off-policy samples)
 ENGINE_BATCH = None           # conversations the engine schedules at once (default 64; lower it if memory is short)
@@ -86,13 +89,13 @@ from medkit import (evaluation as E, grpo as G, model as M, paths, plots, profil
 
 P = profiles.resolve(PROFILE, "grpo", SEED=SEED, START=START, N_QUESTIONS=N_QUESTIONS,
                      POOL_CANDIDATES=POOL_CANDIDATES, POOL_PROBE_K=POOL_PROBE_K, MAX_HOPS=MAX_HOPS,
-                     QUESTIONS_PER_STEP=QUESTIONS_PER_STEP, NUM_GENERATIONS=NUM_GENERATIONS, MAX_STEPS=MAX_STEPS,
+                     QUESTIONS_PER_STEP=QUESTIONS_PER_STEP, NUM_GENERATIONS=NUM_GENERATIONS, MICRO_BATCH=MICRO_BATCH, MAX_STEPS=MAX_STEPS,
                      LEARNING_RATE=LEARNING_RATE, BETA=BETA, LOSS_TYPE=LOSS_TYPE, SCALE_REWARDS=SCALE_REWARDS,
                      TEMPERATURE=TEMPERATURE, MAX_COMPLETION_LENGTH=MAX_COMPLETION_LENGTH,
                      TURN_MAX_NEW_TOKENS=TURN_MAX_NEW_TOKENS, MAX_CALLS=MAX_CALLS, W_ACCURACY=W_ACCURACY,
                      W_PREFERENCE=W_PREFERENCE, W_EFFICIENCY=W_EFFICIENCY, CALL_BUDGET=CALL_BUDGET,
                      TOKEN_BUDGET=TOKEN_BUDGET, GATE_PROCESS=GATE_PROCESS, BF16=BF16, GRADIENT_CHECKPOINTING=GRADIENT_CHECKPOINTING, QUANTIZE=QUANTIZE, LORA_R=LORA_R, LORA_ALPHA=LORA_ALPHA,
-                     LORA_DROPOUT=LORA_DROPOUT, SAVE_STEPS=SAVE_STEPS, ENGINE=ENGINE,
+                     LORA_DROPOUT=LORA_DROPOUT, SAVE_STEPS=SAVE_STEPS, CURVE=CURVE, CURVE_K=CURVE_K, ENGINE=ENGINE,
                      ENGINE_PRECISION=ENGINE_PRECISION, ENGINE_BATCH=ENGINE_BATCH, ENGINE_SYNC_STEPS=ENGINE_SYNC_STEPS)
 EVAL = profiles.resolve(PROFILE, "sft")          # notebook 05's evaluation settings, unchanged
 DATA = paths.profile_data_dir(PROFILE)
@@ -296,13 +299,46 @@ delta = 100 * (stages["sft+grpo"]["pass@1"]["mean"] - stages["sft"]["pass@1"]["m
 print(f"SFT+GRPO - SFT: {delta:+.1f} points of held-out pass@1 ({len(test_q)} questions x {EVAL['EVAL_K']} rollouts)")
 table
 ''')
+md(r'''
+## 7 Did the reward rise while held-out accuracy fell? (reward hacking)
+
+The first cpu run's failure mode, checked on every run: the training reward can rise for reasons
+that have nothing to do with being right (answering early, a format the reward likes), and the
+only honest test is accuracy on questions GRPO never trained on. The adapters kept after each share
+of training in `CURVE` (`RUN/curve/step-N`) are scored on the same held-out questions (`CURVE_K`
+rollouts each), next to the starting policy (step 0: notebook 05's rows of the same questions) and
+the final adapter. `medkit.grpo.reward_hacking_check` compares the change of the training reward
+(later half of the steps − earlier half) with the paired held-out change (final − start, bootstrap
+over questions): **hacking** if the reward rose while held-out pass@1 fell with its interval below
+0, **suspect** if it fell within the noise, **none** otherwise.
+''')
+code(r'''
+curve_params = {**EVAL, "EVAL_K": P["CURVE_K"] or EVAL["EVAL_K"]}
+start_rows = mio.read_jsonl(RES / ("05_eval_sft.jsonl" if P["START"] == "sft" else "05_eval_base.jsonl"))
+heldout = [(0, start_rows)]
+for step, folder in run["curve"]:
+    ev = E.evaluate_adapter(PROFILE, folder, test_q, toolbox, curve_params, name=f"grpo@{step}", schemas=SCHEMAS)
+    heldout.append((step, ev["rows"]))
+    print(f"after step {step}: held-out pass@1", ev["metrics"]["pass@1"])
+heldout.append((train_out["steps"], grpo_eval["rows"]))
+check = G.reward_hacking_check(train_out["log"], heldout)
+checkpoints = pd.DataFrame(check["checkpoints"])
+fig = plots.reward_vs_heldout(log, checkpoints, f"training reward vs held-out pass@1 ({PROFILE})")
+plots.save(fig, FIG / "06_reward_vs_heldout.png")
+change = check["heldout_change"]
+print(f"training reward change (later half - earlier half of the steps): {check['reward_change']}; "
+      f"held-out pass@1 final - start: {change['mean']:+.3f} (95% CI {change['ci95']}, "
+      f"{change['better']} questions better, {change['worse']} worse) -> verdict: {check['verdict']}")
+checkpoints.set_index("step")
+''')
 code(r'''
 summary = {"profile": PROFILE, "parameters": P, "start": paths.portable(start) or "base", "pool": {k: v for k, v in pool.items() if k != "rates"},
            "train": {k: v for k, v in train_out.items() if k != "loss_curve"},
            "training_rollouts": len(hist), "stop_reasons": G.stop_reason_counts(run["history"]),
            "eval": {"grpo": grpo_eval["metrics"]}, "delta_pass@1_points": round(delta, 2),
+           "paired_minus_start": check["heldout_change"], "reward_hacking": check,
            "questions": len(test_q), "k": EVAL["EVAL_K"], "adapter": paths.portable(run["adapter"])}
 mio.write_json(RES / "06_grpo.json", summary)
-{k: summary[k] for k in ("training_rollouts", "stop_reasons", "delta_pass@1_points")}
+{k: summary[k] for k in ("training_rollouts", "stop_reasons", "delta_pass@1_points", "paired_minus_start")}
 ''')
 B.write(Path(__file__).resolve().parents[1] / "06_grpo.ipynb")
