@@ -44,6 +44,14 @@ with an answer, 0.8% of turns malformed. The learning curve (snapshots after 32 
 0.05 (0.01–0.10) and 0.04 (0.01–0.09), then 0.18 — the snapshots are taken mid-schedule, at a high
 learning rate, so part of the last jump is the cosine decay's, not only more data's. Record:
 `results/cpu/experiments/05_sft_learning_curve.json` (and `.png`, per-rollout `.jsonl`).
+
+**Shortest chains only, or 2- and 3-hop chains in turn?** The same budget with `CURRICULUM="mixed"
+TRAIN_MAX_HOPS=3` (64 2-hop + 64 3-hop trajectories, LoRA dropout 0; 16.5 s per trajectory alone
+on the cores) scored 0.13 (0.06–0.21) on the same 60 questions × 4 rollouts: 2-hop 0.18, 3-hop
+0.05 — the 3-hop chains did not lift the 3-hop questions, and the 2-hop questions lost with half
+the 2-hop data (paired mixed − 2-hop-only −0.05, 95% CI −0.13 to +0.01). At this scale more data on
+the shortest chains is the better use of training time; the record is
+`results/cpu/experiments/05_sft_mixed.json`.
 ''')
 md(r'''
 ## 0 Parameters
