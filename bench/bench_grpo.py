@@ -28,18 +28,16 @@ MODES = {"qlora_bf16": (True, "transformers"),  # (bf16 autocast, engine)
 BASELINE = "qlora_bf16"
 
 
-def run_mode(mode: str, profile: str = "cpu") -> dict:
+def timed_grpo(profile: str, params: dict) -> dict:
+    """One :func:`medkit.grpo.run_grpo` from the profile's SFT adapter on its training pool, in a scratch
+    folder: the cost figures every GRPO benchmark reports (also used by ``bench_grpo_memory.py``)."""
     import torch
 
     from medkit import grpo as G
     from medkit import model as M
-    from medkit import profiles
     from medkit import trajectories as TR
 
     data = paths.profile_data_dir(profile)
-    bf16, engine = MODES[mode]
-    params = {**profiles.resolve(profile, "grpo"), "MAX_STEPS": STEPS, "BF16": bf16, "ENGINE": engine,
-              "SAVE_STEPS": 10_000}
     questions = G.select_training_questions(mio.read_jsonl(data / "questions_train.jsonl"), params["N_QUESTIONS"],
                                             max_hops=params["MAX_HOPS"], seed=params["SEED"])
     _, toolbox = TR.open_tools(data)
@@ -50,15 +48,25 @@ def run_mode(mode: str, profile: str = "cpu") -> dict:
         seconds = time.perf_counter() - t0
     out, hist = run["train"], run["history"]
     n = len(hist)
-    return {"mode": mode, "bf16": bf16, "engine": out["engine"], "steps": out["steps"], "rollouts": n,
+    return {"engine": out["engine"], "steps": out["steps"], "rollouts": n,
             "engine_sync_seconds": out["engine_sync_seconds"], "engine_syncs": out["engine_syncs"],
             "seconds": round(seconds, 1), "seconds_per_step": round(out["seconds"] / max(out["steps"], 1), 1),
             "rollout_seconds": out["rollout_seconds"], "rollout_share": round(out["rollout_seconds"] / out["seconds"], 3),
             "rollouts_per_second": out["rollouts_per_second"],
             "policy_tokens_per_rollout": round(sum(h["n_policy_tokens"] for h in hist) / max(n, 1), 1),
             "completion_tokens_per_rollout": round(sum(h["n_completion_tokens"] for h in hist) / max(n, 1), 1),
+            "max_completion_tokens": max((h["n_completion_tokens"] for h in hist), default=0),
             "tool_calls_per_rollout": round(sum(h["n_tool_calls"] for h in hist) / max(n, 1), 2),
             "peak_rss_mb": M.memory_report()["peak_rss_mb"], "torch_threads": torch.get_num_threads()}
+
+
+def run_mode(mode: str, profile: str = "cpu") -> dict:
+    from medkit import profiles
+
+    bf16, engine = MODES[mode]
+    params = {**profiles.resolve(profile, "grpo"), "MAX_STEPS": STEPS, "BF16": bf16, "ENGINE": engine,
+              "SAVE_STEPS": 10_000}
+    return {"mode": mode, "bf16": bf16, **timed_grpo(profile, params)}
 
 
 def main(profile: str = "cpu", modes: list[str] | None = None) -> dict:

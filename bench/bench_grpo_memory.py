@@ -21,8 +21,6 @@ one mode and merges it into the file.
 from __future__ import annotations
 
 import json
-import tempfile
-import time
 
 from medkit import io as mio
 from medkit import paths
@@ -37,32 +35,13 @@ BASELINE = "g8_whole"
 
 
 def run_mode(mode: str, profile: str = "cpu_long") -> dict:
-    import torch
+    from bench_grpo import timed_grpo  # bench/ is on the path: run_modes runs this file as a script
 
-    from medkit import grpo as G
-    from medkit import model as M
     from medkit import profiles
-    from medkit import trajectories as TR
 
-    data = paths.profile_data_dir(profile)
     params = {**profiles.resolve(profile, "grpo"), **MODES[mode], "NUM_GENERATIONS": GROUP, "QUESTIONS_PER_STEP": 1,
               "MAX_STEPS": STEPS, "SAVE_STEPS": 10_000, "CURVE": []}
-    questions = G.select_training_questions(mio.read_jsonl(data / "questions_train.jsonl"), params["N_QUESTIONS"],
-                                            max_hops=params["MAX_HOPS"], seed=params["SEED"])
-    _, toolbox = TR.open_tools(data)
-    with tempfile.TemporaryDirectory() as tmp:
-        t0 = time.perf_counter()
-        run = G.run_grpo(profile, params, adapter_dir=data / "sft" / "adapter", questions=questions, toolbox=toolbox,
-                         out_dir=tmp, schemas=[])
-        seconds = time.perf_counter() - t0
-    out, hist = run["train"], run["history"]
-    n = len(hist)
-    return {"mode": mode, **MODES[mode], "group": GROUP, "steps": out["steps"], "rollouts": n,
-            "seconds": round(seconds, 1), "seconds_per_step": round(out["seconds"] / max(out["steps"], 1), 1),
-            "rollout_seconds": out["rollout_seconds"], "rollout_share": round(out["rollout_seconds"] / out["seconds"], 3),
-            "completion_tokens_per_rollout": round(sum(h["n_completion_tokens"] for h in hist) / max(n, 1), 1),
-            "max_completion_tokens": max((h["n_completion_tokens"] for h in hist), default=0),
-            "peak_rss_mb": M.memory_report()["peak_rss_mb"], "torch_threads": torch.get_num_threads()}
+    return {"mode": mode, **MODES[mode], "group": GROUP, **timed_grpo(profile, params)}
 
 
 def main(profile: str = "cpu_long", *only: str) -> dict:
