@@ -89,7 +89,7 @@ def test_importing_medkit_model_does_not_import_unsloth_or_transformers() -> Non
 # --------------------------------------------------------------------------- specs
 
 
-@pytest.mark.parametrize("profile", ["smoke", "cpu"])
+@pytest.mark.parametrize("profile", ["smoke", "cpu", "cpu_long"])
 def test_model_spec_cpu_profiles_use_local_smollm2(profile: str, tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("MEDKIT_CACHE", str(tmp_path))
     spec = mm.model_spec(profile)
@@ -113,7 +113,7 @@ def test_model_spec_gpu_is_7b_qlora() -> None:
 
 
 def test_model_spec_unknown_profile() -> None:
-    with pytest.raises(ConfigError, match="choose one of smoke, cpu, gpu"):
+    with pytest.raises(ConfigError, match="choose one of smoke, cpu, cpu_long, gpu"):
         mm.model_spec("large")
     with pytest.raises(MedkitError):
         mm.load_model("large")
