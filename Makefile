@@ -10,7 +10,7 @@ PY := $(VENV)/bin/python
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup data model notebooks pipeline test bench lock clean-results
+.PHONY: setup data model notebooks pipeline test bench lock clean-results sync-notebooks
 
 setup: $(VENV)/.medkit-installed
 
@@ -37,6 +37,9 @@ pipeline: setup
 
 test: setup
 	$(PY) -m pytest -q
+
+sync-notebooks: setup
+	$(PY) -m jupytext --sync notebooks/[0-9][0-9]_*.ipynb
 
 bench: setup
 	$(PY) -m medkit bench

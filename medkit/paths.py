@@ -9,6 +9,7 @@ and ``MEDKIT_CACHE`` (downloaded wheels and converted models; default
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -59,3 +60,19 @@ def portable(path: str | Path | None) -> str | None:
             continue
         return (Path(name) / rel).as_posix() if name else rel.as_posix()
     return str(p)  # outside every root: only the full path says where
+
+
+_SITE_PACKAGES = re.compile(r"(?:[A-Za-z]:)?[\\/][^\s\"'<>]*?[\\/](?:site|dist)-packages[\\/]")
+
+
+def portable_text(text: str) -> str:
+    """``text`` (a notebook output, a warning, a log line) with this machine's absolute paths made
+    portable: installed packages become ``<site-packages>/…``, the download cache ``<cache>/…``, and
+    paths under the data / results roots or the repository become relative as :func:`portable` writes
+    them. Executed notebooks committed under ``results/`` go through this, so they name no machine."""
+    text = _SITE_PACKAGES.sub("<site-packages>/", text)
+    roots = [(data_dir(), "data/"), (results_dir(), "results/"), (cache_dir(), "<cache>/"), (REPO_ROOT, "")]
+    for root, name in sorted(roots, key=lambda r: -len(str(r[0]))):  # longest root first: data/ inside the repo
+        for form in {str(Path(root)), str(Path(root).resolve())}:
+            text = text.replace(form + os.sep, name).replace(form, name.rstrip("/") or ".")
+    return text

@@ -21,7 +21,8 @@ import psutil
 
 from . import io as mio
 from .errors import ConfigError, MedkitError
-from .paths import notebooks_dir, portable, results_dir
+from .notebook_sources import check_pair
+from .paths import notebooks_dir, portable, portable_text, results_dir
 from .profiles import check_profile
 
 
@@ -89,19 +90,72 @@ def stage(report: list[dict[str, Any]], name: str) -> Iterator[None]:
 
 
 def run_notebook(path: Path, profile: str, out_dir: Path, parameters: dict[str, Any] | None = None) -> Path:
-    """Execute one notebook with papermill; the executed copy goes to ``out_dir``."""
+    """Execute one notebook with papermill; the executed copy goes to ``out_dir/<name>``.
+
+    The kernel writes into a scratch copy (``.<name>.running.ipynb``); only a run that finishes
+    replaces ``<name>``, so a failed rerun never clobbers a committed reference notebook: its copy
+    is kept as ``<name-stem>.failed.ipynb`` beside it. Both copies go through :func:`portable_copy`."""
     import papermill as pm
 
+    check_pair(path)
     out_dir.mkdir(parents=True, exist_ok=True)
     out = out_dir / path.name
+    running = out_dir / f".{path.stem}.running.ipynb"
     params = {"PROFILE": profile, **(parameters or {})}
     try:
-        pm.execute_notebook(str(path), str(out), parameters=params, kernel_name="python3",
+        pm.execute_notebook(str(path), str(running), parameters=params, kernel_name="python3",
                             cwd=str(path.parent), progress_bar=False, log_output=False)
     except pm.PapermillExecutionError as e:
+        failed = portable_copy(running, out_dir / f"{path.stem}.failed.ipynb")
         raise MedkitError(f"{path.name} failed in cell {e.exec_count} ({e.ename}: {e.evalue}); "
-                          f"the executed copy with the error is {out}") from None
-    return out
+                          f"the executed copy with the error is {portable(failed)}") from None
+    except Exception as e:  # a dead kernel (e.g. killed for memory) or a papermill error: name the notebook
+        failed = portable_copy(running, out_dir / f"{path.stem}.failed.ipynb") if running.exists() else None
+        where = f"; partial copy: {portable(failed)}" if failed else ""
+        raise MedkitError(f"{path.name} did not finish ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+                          f"{where}") from None
+    return portable_copy(running, out)
+
+
+def portable_copy(src: Path, dest: Path) -> Path:
+    """Move the executed notebook ``src`` to ``dest`` (atomically), with every text output and the
+    papermill paths made machine-independent by :func:`paths.portable_text`."""
+    import nbformat
+
+    nb = nbformat.read(src, as_version=4)
+    portable_outputs(nb)
+    if "papermill" in nb.metadata:
+        nb.metadata["papermill"]["output_path"] = portable(dest)
+    with mio.atomic_path(dest) as tmp:
+        nbformat.write(nb, str(tmp))
+    src.unlink(missing_ok=True)
+    return dest
+
+
+def portable_outputs(nb: Any) -> None:
+    """Rewrite, in place, the text of ``nb``'s outputs and its papermill metadata with portable paths."""
+    def fix(value: Any) -> Any:
+        if isinstance(value, str):
+            return portable_text(value)
+        if isinstance(value, list):
+            return [fix(v) for v in value]
+        return value
+
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            if "text" in out:
+                out["text"] = fix(out["text"])
+            if "traceback" in out:
+                out["traceback"] = fix(out["traceback"])
+            if "evalue" in out:
+                out["evalue"] = fix(out["evalue"])
+            for mime in ("text/plain", "text/html", "text/markdown"):
+                if mime in out.get("data", {}):
+                    out["data"][mime] = fix(out["data"][mime])
+    meta = nb.metadata.get("papermill", {})
+    for key in ("input_path", "output_path"):
+        if meta.get(key):
+            meta[key] = portable(meta[key])
 
 
 def run_notebooks(profile: str, *, only: list[str] | None = None, report: list[dict[str, Any]] | None = None,

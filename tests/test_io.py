@@ -92,3 +92,16 @@ def test_recorded_paths_are_portable(tmp_path, monkeypatch):
     assert paths.portable(paths.REPO_ROOT / "notebooks" / "05_sft.ipynb") == "notebooks/05_sft.ipynb"
     assert paths.portable(paths.results_dir("cpu") / "05_sft.json") == "results/cpu/05_sft.json"
     assert paths.portable(None) is None and paths.portable("/opt/x") == "/opt/x"
+
+
+def test_portable_text_names_no_machine_path():
+    from medkit.paths import REPO_ROOT, cache_dir, data_dir, portable_text
+
+    text = (f"{REPO_ROOT}/.venv/lib/python3.11/site-packages/tqdm/auto.py:21: TqdmWarning\n"
+            f"policy starts from: {data_dir()}/cpu/sft/adapter\n"
+            f"model in {cache_dir()}/models/x and {REPO_ROOT}/notebooks/05_sft.ipynb\n"
+            "/usr/lib/python3/dist-packages/foo.py:1: Warning")
+    assert portable_text(text) == ("<site-packages>/tqdm/auto.py:21: TqdmWarning\n"
+                                   "policy starts from: data/cpu/sft/adapter\n"
+                                   "model in <cache>/models/x and notebooks/05_sft.ipynb\n"
+                                   "<site-packages>/foo.py:1: Warning")

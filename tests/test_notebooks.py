@@ -9,7 +9,8 @@ import nbformat
 import pandas as pd
 import pytest
 
-from medkit import kg, pipeline
+from medkit import kg, notebook_sources, pipeline
+from medkit.errors import ConfigError, MedkitError
 from medkit.paths import REPO_ROOT, kb_dir
 
 NOTEBOOKS = pipeline.numbered_notebooks()
@@ -42,6 +43,52 @@ def test_notebook_hygiene(path):
     headings = [c.source.split("\n")[0] for c in nb.cells if c.cell_type == "markdown" and c.source.startswith("## ")]
     numbers = [int(h.split()[1]) for h in headings]
     assert numbers == sorted(numbers) and numbers[-1] >= 5, "numbered sections in order"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_and_twin_hold_the_same_cells(path):
+    assert notebook_sources.pair_problems(path) == [], f"run `{notebook_sources.SYNC_COMMAND}`"
+
+
+def test_an_edit_on_one_side_only_is_caught(tmp_path):
+    import shutil
+
+    nb = tmp_path / NOTEBOOKS[4].name
+    shutil.copy(NOTEBOOKS[4], nb)
+    shutil.copy(notebook_sources.paired_script(NOTEBOOKS[4]), notebook_sources.paired_script(nb))
+    notebook_sources.check_pair(nb)
+    twin = notebook_sources.paired_script(nb)
+    twin.write_text(twin.read_text().replace("EVAL_K", "EVAL_KK", 1))
+    with pytest.raises(ConfigError, match=r"out of sync: cell \d+ \(source\) differs.*make sync-notebooks"):
+        notebook_sources.check_pair(nb)
+    twin.unlink()
+    assert notebook_sources.pair_problems(nb) == [f"{twin.name} is missing (every notebook has a py:percent twin)"]
+    with pytest.raises(ConfigError):
+        pipeline.run_notebook(nb, "smoke", tmp_path / "out")  # refused before any kernel starts
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_failed_run_keeps_the_finished_copy(tmp_path):
+    import nbformat
+
+    book = tmp_path / "nb" / "09_fail.ipynb"
+    book.parent.mkdir()
+    cells = [nbformat.v4.new_code_cell('PROFILE = "cpu"  # profile', metadata={"tags": ["parameters"]}),
+             nbformat.v4.new_code_cell("from medkit.paths import REPO_ROOT\nprint(f'{REPO_ROOT}/data/x')\n"
+                                         "assert PROFILE == 'smoke', PROFILE")]
+    nbformat.write(nbformat.v4.new_notebook(cells=cells, metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}}), book)
+    import jupytext
+
+    jupytext.write(nbformat.read(book, as_version=4), notebook_sources.paired_script(book), fmt="py:percent")
+    out = tmp_path / "results"
+    finished = pipeline.run_notebook(book, "smoke", out)
+    text = finished.read_text()
+    assert "data/x" in text and str(REPO_ROOT) not in text, "executed copies name no machine path"
+    assert nbformat.read(finished, as_version=4).metadata.papermill.output_path.endswith("09_fail.ipynb")
+    with pytest.raises(MedkitError, match=r"09_fail.ipynb failed in cell \d+ \(AssertionError: cpu\).*09_fail.failed.ipynb"):
+        pipeline.run_notebook(book, "cpu", out)
+    assert finished.read_text() == text, "a failed rerun leaves the finished copy untouched"
+    assert (out / "09_fail.failed.ipynb").exists() and not list(out.glob(".*running*"))
 
 
 @pytest.fixture(scope="module")

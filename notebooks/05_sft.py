@@ -1,64 +1,54 @@
-"""Writes notebooks/05_sft.ipynb (without outputs); run it after editing the cells below."""
-import sys
-from pathlib import Path
+# %% [markdown]
+# # 05 · LoRA / QLoRA SFT on the trajectories, and the evaluation harness that shows whether it helps
+#
+# Stage one of the paper's training — the "knowledge-anchored" cold start — is supervised
+# fine-tuning on the trajectories of notebook 04. The authors released no training code; here it is
+# TRL's `SFTTrainer` with a peft LoRA adapter — on a 4-bit nf4 base (QLoRA, bitsandbytes; `smoke` and
+# `gpu`) or on the full-precision base (plain LoRA: `cpu`, where a 135M model needs no 4-bit base and
+# LoRA trains 1.5x faster on a CPU without bf16, `results/bench/sft.json`) — loss on the assistant's tokens only (thoughts, tool calls, answers — never the tool
+# responses, the system prompt or the question), then the **evaluation harness**: the base model
+# and the fine-tuned model run the same agent loop with the same real tools on held-out questions,
+# `k` sampled rollouts each, scored by the KG-aware judge.
+#
+# **Expected results**
+#
+# | profile | model | trained on | training | held-out evaluation | wall time (2 CPU cores) |
+# |---|---|---|---|---|---|
+# | `smoke` | SmolLM2-135M, QLoRA | 8 trajectories, 2 steps | seconds | 2 questions × 1 rollout | ~2 min |
+# | `cpu` | SmolLM2-135M, LoRA (fp32 base) | the 64 shortest-chain trajectories (curriculum), no tool schemas, 1 epoch (64 steps) | ~17 min (~75 tokens/s) | 12 held-out questions of ≤ 4 hops × 3 rollouts, base vs SFT, plus the learning curve | ~30 min |
+# | `gpu` | Qwen2.5-7B-Instruct, QLoRA (unsloth if installed) | all accepted, 2 epochs | ~1 h on one 24 GB GPU | all held-out, 3 rollouts | ~2 h |
+#
+# On `cpu`, expect the base model to score 0 (it never calls a tool: format errors), and the SFT
+# model to follow the protocol and call the tools; how often a 135M model then reaches the right
+# answer is what the table in section 6 measures. The committed `results/cpu/05_*` are still the
+# older run (QLoRA, pre-grounding trajectories: pass@1 0.00 vs 0.03 on 12 questions); they are
+# refreshed with the next reference run.
+#
+# **Measured on the grounded data** (2026-12-03, 2 cores without bf16, not the committed run):
+# `-p N_TRAIN 128 -p QUANTIZE none -p EVAL_QUESTIONS 60 -p EVAL_MAX_HOPS 3 -p EVAL_K 2` trained on the
+# 128 shortest-chain trajectories (all 2-hop) in 33 min (74.6 tokens/s, peak 7.5 GB, mean loss 0.23)
+# and scored, on 60 held-out questions of ≤ 3 hops × 2 rollouts: base 0.00, SFT **0.18** (95% CI
+# 0.10–0.28; paired SFT − base +0.18, CI 0.09–0.28, 13 questions better, 0 worse); 2-hop 0.26
+# (0.14–0.39, 38 questions), 3-hop 0.05 (22 questions; it saw no 3-hop chain); 80% of rollouts end
+# with an answer, 0.8% of turns malformed. The learning curve (snapshots after 32 and 64 trajectories):
+# 0.05 (0.01–0.10) and 0.04 (0.01–0.09), then 0.18 — the snapshots are taken mid-schedule, at a high
+# learning rate, so part of the last jump is the cosine decay's, not only more data's. Record:
+# `results/cpu/experiments/05_sft_learning_curve.json` (and `.png`, per-rollout `.jsonl`).
+#
+# **Shortest chains only, or 2- and 3-hop chains in turn?** The same budget with `CURRICULUM="mixed"
+# TRAIN_MAX_HOPS=3` (64 2-hop + 64 3-hop trajectories, LoRA dropout 0; 16.5 s per trajectory alone
+# on the cores) scored 0.13 (0.06–0.21) on the same 60 questions × 4 rollouts: 2-hop 0.18, 3-hop
+# 0.05 — the 3-hop chains did not lift the 3-hop questions, and the 2-hop questions lost with half
+# the 2-hop data (paired mixed − 2-hop-only −0.05, 95% CI −0.13 to +0.01). At this scale more data on
+# the shortest chains is the better use of training time; the record is
+# `results/cpu/experiments/05_sft_mixed.json`.
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from nbbuild import Builder  # noqa: E402
+# %% [markdown]
+# ## 0 Parameters
+#
+# `None` means *use the profile's default* (see `medkit/profiles.py`).
 
-B = Builder()
-md, code = B.md, B.code
-
-md(r'''
-# 05 · LoRA / QLoRA SFT on the trajectories, and the evaluation harness that shows whether it helps
-
-Stage one of the paper's training — the "knowledge-anchored" cold start — is supervised
-fine-tuning on the trajectories of notebook 04. The authors released no training code; here it is
-TRL's `SFTTrainer` with a peft LoRA adapter — on a 4-bit nf4 base (QLoRA, bitsandbytes; `smoke` and
-`gpu`) or on the full-precision base (plain LoRA: `cpu`, where a 135M model needs no 4-bit base and
-LoRA trains 1.5x faster on a CPU without bf16, `results/bench/sft.json`) — loss on the assistant's tokens only (thoughts, tool calls, answers — never the tool
-responses, the system prompt or the question), then the **evaluation harness**: the base model
-and the fine-tuned model run the same agent loop with the same real tools on held-out questions,
-`k` sampled rollouts each, scored by the KG-aware judge.
-
-**Expected results**
-
-| profile | model | trained on | training | held-out evaluation | wall time (2 CPU cores) |
-|---|---|---|---|---|---|
-| `smoke` | SmolLM2-135M, QLoRA | 8 trajectories, 2 steps | seconds | 2 questions × 1 rollout | ~2 min |
-| `cpu` | SmolLM2-135M, LoRA (fp32 base) | the 64 shortest-chain trajectories (curriculum), no tool schemas, 1 epoch (64 steps) | ~17 min (~75 tokens/s) | 12 held-out questions of ≤ 4 hops × 3 rollouts, base vs SFT, plus the learning curve | ~30 min |
-| `gpu` | Qwen2.5-7B-Instruct, QLoRA (unsloth if installed) | all accepted, 2 epochs | ~1 h on one 24 GB GPU | all held-out, 3 rollouts | ~2 h |
-
-On `cpu`, expect the base model to score 0 (it never calls a tool: format errors), and the SFT
-model to follow the protocol and call the tools; how often a 135M model then reaches the right
-answer is what the table in section 6 measures. The committed `results/cpu/05_*` are still the
-older run (QLoRA, pre-grounding trajectories: pass@1 0.00 vs 0.03 on 12 questions); they are
-refreshed with the next reference run.
-
-**Measured on the grounded data** (2026-12-03, 2 cores without bf16, not the committed run):
-`-p N_TRAIN 128 -p QUANTIZE none -p EVAL_QUESTIONS 60 -p EVAL_MAX_HOPS 3 -p EVAL_K 2` trained on the
-128 shortest-chain trajectories (all 2-hop) in 33 min (74.6 tokens/s, peak 7.5 GB, mean loss 0.23)
-and scored, on 60 held-out questions of ≤ 3 hops × 2 rollouts: base 0.00, SFT **0.18** (95% CI
-0.10–0.28; paired SFT − base +0.18, CI 0.09–0.28, 13 questions better, 0 worse); 2-hop 0.26
-(0.14–0.39, 38 questions), 3-hop 0.05 (22 questions; it saw no 3-hop chain); 80% of rollouts end
-with an answer, 0.8% of turns malformed. The learning curve (snapshots after 32 and 64 trajectories):
-0.05 (0.01–0.10) and 0.04 (0.01–0.09), then 0.18 — the snapshots are taken mid-schedule, at a high
-learning rate, so part of the last jump is the cosine decay's, not only more data's. Record:
-`results/cpu/experiments/05_sft_learning_curve.json` (and `.png`, per-rollout `.jsonl`).
-
-**Shortest chains only, or 2- and 3-hop chains in turn?** The same budget with `CURRICULUM="mixed"
-TRAIN_MAX_HOPS=3` (64 2-hop + 64 3-hop trajectories, LoRA dropout 0; 16.5 s per trajectory alone
-on the cores) scored 0.13 (0.06–0.21) on the same 60 questions × 4 rollouts: 2-hop 0.18, 3-hop
-0.05 — the 3-hop chains did not lift the 3-hop questions, and the 2-hop questions lost with half
-the 2-hop data (paired mixed − 2-hop-only −0.05, 95% CI −0.13 to +0.01). At this scale more data on
-the shortest chains is the better use of training time; the record is
-`results/cpu/experiments/05_sft_mixed.json`.
-''')
-md(r'''
-## 0 Parameters
-
-`None` means *use the profile's default* (see `medkit/profiles.py`).
-''')
-code(r'''
+# %% tags=["parameters"]
 PROFILE = "cpu"               # smoke | cpu | gpu; selects every default below
 SEED = None                   # random seed of data order, adapter init and rollouts (default 13)
 N_TRAIN = None                # accepted trajectories to train on (cpu 64 to fit 2 cores, None for all)
@@ -92,9 +82,11 @@ EVAL_BATCH = None             # conversations per generate batch (default 16)
 ENGINE = None                 # generation engine: auto (default: OpenVINO on CPU where it runs), openvino, ctranslate2 or transformers (the reference)
 ENGINE_PRECISION = None       # auto (default: bf16 on OpenVINO where the CPU has it, 1.5x faster, like transformers' bf16), float32 (the exact model) or int8 (CTranslate2 only: approximate)
 ENGINE_BATCH = None           # conversations the engine schedules at once (default 64; lower it if memory is short)
-''', tags=["parameters"])
-md("## 0 Global settings")
-code(r'''
+
+# %% [markdown]
+# ## 0 Global settings
+
+# %%
 import json, time
 import pandas as pd
 import matplotlib.pyplot as plt
@@ -122,27 +114,27 @@ ON_CUDA = torch.cuda.is_available()
 print("training backend:", backend_name, "| QLoRA" if QLORA else "| LoRA",
       "| bf16 autocast" if M.use_bf16(P["BF16"], on_cuda=ON_CUDA) else "| fp32")
 P
-''')
-md(r'''
-## 1 The training data
 
-The accepted trajectories of notebook 04, in the order TRL will see them: a seeded shuffle (so a
-subset mixes specialties and variants) and, with `CURRICULUM = "hops"`, sorted by hop count —
-a small model first learns the protocol and single hops on short chains, then composes them on
-long ones; the trainer keeps this order instead of reshuffling. With a budget below the data,
-`"hops"` trains on the shortest chains only; `"mixed"` takes the hop counts in turn (2, 3, 2, 3, …
-with `TRAIN_MAX_HOPS = 3`), so the budget teaches both the single step and its composition. Every row is rendered with TRL's Qwen2.5 *training* chat
-template — identical to the agent's prompt, plus `{% generation %}` markers around assistant
-output.
+# %% [markdown]
+# ## 1 The training data
+#
+# The accepted trajectories of notebook 04, in the order TRL will see them: a seeded shuffle (so a
+# subset mixes specialties and variants) and, with `CURRICULUM = "hops"`, sorted by hop count —
+# a small model first learns the protocol and single hops on short chains, then composes them on
+# long ones; the trainer keeps this order instead of reshuffling. With a budget below the data,
+# `"hops"` trains on the shortest chains only; `"mixed"` takes the hop counts in turn (2, 3, 2, 3, …
+# with `TRAIN_MAX_HOPS = 3`), so the budget teaches both the single step and its composition. Every row is rendered with TRL's Qwen2.5 *training* chat
+# template — identical to the agent's prompt, plus `{% generation %}` markers around assistant
+# output.
+#
+# Two settings make the `cpu` run fit 2 cores (SFT runs at ~95 tokens/s here, see
+# `results/bench/sft.json`): `TOOLS_IN_PROMPT = False` leaves the ~880-token tool-schema block out
+# of the system prompt (the model learns the tools' names and arguments from the calls themselves;
+# the evaluation then runs without the block too, so the model sees the prompt it was trained on),
+# and `DROP_LONGER = True` trains only on trajectories that fit `MAX_LENGTH` — truncating one would
+# cut off its answer, the part that matters most. Both are reported below, not silent.
 
-Two settings make the `cpu` run fit 2 cores (SFT runs at ~95 tokens/s here, see
-`results/bench/sft.json`): `TOOLS_IN_PROMPT = False` leaves the ~880-token tool-schema block out
-of the system prompt (the model learns the tools' names and arguments from the calls themselves;
-the evaluation then runs without the block too, so the model sees the prompt it was trained on),
-and `DROP_LONGER = True` trains only on trajectories that fit `MAX_LENGTH` — truncating one would
-cut off its answer, the part that matters most. Both are reported below, not silent.
-''')
-code(r'''
+# %%
 rows = sft.curriculum_order(sft.load_trajectories(DATA / "trajectories.jsonl"), P["CURRICULUM"], P["SEED"],
                             max_hops=P["TRAIN_MAX_HOPS"])
 tok = sft.prepare_tokenizer(M.load_tokenizer(PROFILE))
@@ -154,15 +146,15 @@ print(f"{len(rows)} trajectories ({skipped} longer than {P['MAX_LENGTH']} tokens
       f"{pd.Series([r['specialty'] for r in rows]).nunique()} specialties, hops:",
       dict(sorted(pd.Series([r['hops'] for r in rows]).value_counts().items())))
 lengths
-''')
-md(r'''
-## 2 What carries loss
 
-Green: tokens the model is trained to produce (thoughts, tool calls, the answer, each turn's end
-token). Grey: masked — the system prompt (with the tool schemas when `TOOLS_IN_PROMPT`), the
-question, and every tool response.
-''')
-code(r'''
+# %% [markdown]
+# ## 2 What carries loss
+#
+# Green: tokens the model is trained to produce (thoughts, tool calls, the answer, each turn's end
+# token). Grey: masked — the system prompt (with the tool schemas when `TOOLS_IN_PROMPT`), the
+# question, and every tool response.
+
+# %%
 import html
 enc = sft.encode(tok, rows[0])
 spans, cur, buf = [], None, []
@@ -179,18 +171,18 @@ display(Markdown("<pre style='white-space:pre-wrap;font-size:11px'>" + "".join(
 trained, masked = sft.label_view(tok, rows[0])
 assert all(m["content"] not in trained for m in rows[0]["messages"] if m["role"] == "tool")
 print(f"trained tokens {sum(enc['assistant_masks'])} of {len(enc['input_ids'])}")
-''')
-md(r'''
-## 3 Train
 
-With `QUANTIZE = "nf4"` (QLoRA) the base is loaded in 4-bit nf4 (double quantisation, fp32
-compute on CPU); with `QUANTIZE = None` it stays full precision. Either way an r=16 LoRA adapter
-on every linear projection is trained in fp32. Memory before and after, the loss curve,
-and a checkpoint every `SAVE_STEPS` — rerunning the notebook resumes from the last checkpoint.
-The adapter is also saved after each share of training in `CURVE` (`RUN/curve/step-N`): section 5
-evaluates those snapshots too, so the learning curve shows what more data buys.
-''')
-code(r'''
+# %% [markdown]
+# ## 3 Train
+#
+# With `QUANTIZE = "nf4"` (QLoRA) the base is loaded in 4-bit nf4 (double quantisation, fp32
+# compute on CPU); with `QUANTIZE = None` it stays full precision. Either way an r=16 LoRA adapter
+# on every linear projection is trained in fp32. Memory before and after, the loss curve,
+# and a checkpoint every `SAVE_STEPS` — rerunning the notebook resumes from the last checkpoint.
+# The adapter is also saved after each share of training in `CURVE` (`RUN/curve/step-N`): section 5
+# evaluates those snapshots too, so the learning curve shows what more data buys.
+
+# %%
 print("memory before loading:", M.memory_report())
 model, _ = M.load_model(PROFILE, for_training=True, quantize_4bit=QLORA)
 model, peft_config = sft.with_adapter(model, P, backend_name)
@@ -209,16 +201,18 @@ tokens_seen = (lengths["tokens"] - lengths["truncated_tokens"]) * (  # tokens pe
 train_out["tokens_per_second"] = round(tokens_seen / train_out["seconds"], 1) if train_out["steps_this_run"] else None
 print("memory after training:", M.memory_report())
 {k: v for k, v in train_out.items() if k != "loss_curve"}
-''')
-code(r'''
+
+# %%
 curve = pd.DataFrame(train_out["loss_curve"])
 fig, ax = plt.subplots(figsize=(7, 3.5))
 ax.plot(curve["step"], curve["loss"], marker="o", ms=3)
 ax.set(xlabel="optimizer step", ylabel="training loss (assistant tokens)", title=f"SFT loss ({PROFILE}, {'QLoRA' if QLORA else 'LoRA'})")
 fig.tight_layout(); plots.save(fig, FIG / "05_sft_loss.png")
-''')
-md("## 4 Save: adapter, merged model and model card")
-code(r'''
+
+# %% [markdown]
+# ## 4 Save: adapter, merged model and model card
+
+# %%
 card = {"name": f"medkit SFT adapter ({PROFILE})", "base_model": M.model_spec(PROFILE).name_or_path,
         "summary": "LoRA adapter trained by medkit notebook 05 with TRL SFT (assistant-only loss) on KG-guided "
                    "tool-use trajectories over the kit's medical knowledge base.",
@@ -228,22 +222,22 @@ card = {"name": f"medkit SFT adapter ({PROFILE})", "base_model": M.model_spec(PR
 saved = sft.save_outputs(trainer, tok, RUN, card, profile=PROFILE)
 del trainer, model
 saved
-''')
-md(r'''
-## 5 Evaluate base vs SFT on held-out questions
 
-The harness (`medkit.evaluation`) runs each model through the agent loop with the real tools on
-held-out questions (notebook 03's test split: no source entity or answer seen in training), `k`
-sampled rollouts each: pass@1 as mean ± sd over rollouts, pass@k, how often a rollout ends with an
-answer, format-error rate and tool calls per question. Both models run from the same base
-weights (the adapter merged in for SFT), generated by the engine `ENGINE` picks: OpenVINO GenAI
-by default on CPU (float32 compute on float16 weights: the same greedy tokens as transformers, several
-times the rollouts per second: `results/bench/engine.json`), or transformers in bf16 where the
-CPU computes it natively (`ENGINE="transformers"`). Each model gets the prompt that suits it best: the base model the
-full tool schemas (it has never seen the tools otherwise), the SFT model the prompt it was trained
-on.
-''')
-code(r'''
+# %% [markdown]
+# ## 5 Evaluate base vs SFT on held-out questions
+#
+# The harness (`medkit.evaluation`) runs each model through the agent loop with the real tools on
+# held-out questions (notebook 03's test split: no source entity or answer seen in training), `k`
+# sampled rollouts each: pass@1 as mean ± sd over rollouts, pass@k, how often a rollout ends with an
+# answer, format-error rate and tool calls per question. Both models run from the same base
+# weights (the adapter merged in for SFT), generated by the engine `ENGINE` picks: OpenVINO GenAI
+# by default on CPU (float32 compute on float16 weights: the same greedy tokens as transformers, several
+# times the rollouts per second: `results/bench/engine.json`), or transformers in bf16 where the
+# CPU computes it natively (`ENGINE="transformers"`). Each model gets the prompt that suits it best: the base model the
+# full tool schemas (it has never seen the tools otherwise), the SFT model the prompt it was trained
+# on.
+
+# %%
 all_test = mio.read_jsonl(DATA / "questions_test.jsonl")
 test_q = E.select_questions(all_test, P["EVAL_QUESTIONS"], P["EVAL_MAX_HOPS"])
 print(f"{len(test_q)} of {len(all_test)} held-out questions; hops:",
@@ -257,15 +251,15 @@ for name, adapter, schemas in (("base", None, None), ("sft", saved["adapter"], S
                                                     for r in evals[name]["rows"]])
     print(name, {k: evals[name]["metrics"][k] for k in ("pass@1", "pass@k", "answer_rate", "format_error_rate",
                                                       "tool_calls_per_question", "seconds", "engine")})
-''')
-md(r'''
-### The learning curve
 
-The snapshots saved during training (section 3), evaluated on the same held-out questions with
-the same harness (`CURVE_K` rollouts each). With the curriculum, the early snapshots have seen only
-the shortest chains.
-''')
-code(r'''
+# %% [markdown]
+# ### The learning curve
+#
+# The snapshots saved during training (section 3), evaluated on the same held-out questions with
+# the same harness (`CURVE_K` rollouts each). With the curriculum, the early snapshots have seen only
+# the shortest chains.
+
+# %%
 PER_STEP = P["BATCH_SIZE"] * P["GRAD_ACCUM"]      # trajectories per optimizer step
 curve_params = {**P, "EVAL_K": P["CURVE_K"] or P["EVAL_K"]}
 curve = {}
@@ -274,9 +268,11 @@ for step, folder in sft.snapshots(RUN / "curve"):
         curve[step * PER_STEP] = E.evaluate_adapter(PROFILE, folder, test_q, toolbox, curve_params,
                                                     name=f"sft@{step}", schemas=SFT_SCHEMAS)["metrics"]
         print(f"after {step * PER_STEP} trajectories:", curve[step * PER_STEP]["pass@1"])
-''')
-md("## 6 Results")
-code(r'''
+
+# %% [markdown]
+# ## 6 Results
+
+# %%
 table = E.stage_table({name: e["metrics"] for name, e in evals.items()})
 fig, axes = plt.subplots(1, 3, figsize=(11, 3.4))
 plots.stage_bars(table, "pass@1", f"held-out pass@1 (k={P['EVAL_K']}, 95% CI)", ci=("ci95 low", "ci95 high"), ax=axes[0])
@@ -284,23 +280,23 @@ plots.stage_bars(table, "answer rate", "rollouts ending with an answer", ax=axes
 plots.stage_bars(table, "tool calls / rollout", "tool calls per rollout", ax=axes[2], ylim=None)
 fig.tight_layout(); plots.save(fig, FIG / "05_base_vs_sft.png")
 table
-''')
-code(r'''
+
+# %%
 curve_table = E.stage_table({0: evals["base"]["metrics"], **curve,
                              TOTAL_STEPS * PER_STEP: evals["sft"]["metrics"]})
 fig = plots.learning_curve(curve_table, f"learning curve ({PROFILE}; 0 = the base model)")
 plots.save(fig, FIG / "05_learning_curve.png")
 curve_table[["pass@1", "ci95 low", "ci95 high", "answer rate", "format-error rate", "rollouts"]].rename_axis("trajectories seen")
-''')
-code(r'''
+
+# %%
 by_hops = pd.DataFrame({n: {h: v["mean"] for h, v in e["metrics"]["pass@1_by_hops"].items()} for n, e in evals.items()})
 by_spec = pd.DataFrame({n: {s: v["mean"] for s, v in e["metrics"]["pass@1_by_specialty"].items()} for n, e in evals.items()})
 display(by_hops.rename_axis("hops")); display(by_spec.rename_axis("specialty"))
 best = max(evals["sft"]["rows"], key=lambda r: (r["correct"], r["n_tool_calls"] > 0, -r["n_format_errors"]))
 print(f"one SFT rollout (correct={best['correct']}, answer {best['answer']!r}):")
 display(Markdown(TR.render_markdown(best["messages"], 400)))
-''')
-code(r'''
+
+# %%
 summary = {"profile": PROFILE, "qlora": QLORA, "train": {k: v for k, v in train_out.items() if k != "loss_curve"},
            "lengths": lengths, "eval": {n: e["metrics"] for n, e in evals.items()},
            "saved": {k: paths.portable(v) if k in ("adapter", "merged") else v for k, v in saved.items()},
@@ -309,5 +305,3 @@ summary = {"profile": PROFILE, "qlora": QLORA, "train": {k: v for k, v in train_
                                "rollouts": m["rollouts"]} for n, m in sorted(curve.items())]}
 mio.write_json(RES / "05_sft.json", summary)
 {n: (e["metrics"]["pass@1"], e["metrics"]["answer_rate"]) for n, e in evals.items()}
-''')
-B.write(Path(__file__).resolve().parents[1] / "05_sft.ipynb")

@@ -1,49 +1,41 @@
-"""Writes notebooks/07_evaluation.ipynb (without outputs); run it after editing the cells below."""
-import sys
-from pathlib import Path
+# %% [markdown]
+# # 07 · Evaluation and plots: every stage on the same held-out questions, ablations, reported vs measured
+#
+# The results notebook a reviewer asks for. It puts the base model, SFT (notebook 05) and SFT+GRPO
+# (notebook 06) side by side on the *same* held-out questions with the same harness (k sampled
+# rollouts, pass@1 with its 95% bootstrap interval over questions, paired differences between stages,
+# per hop count and specialty), runs the ablations the paper's reviewers missed — GRPO from the base
+# model without SFT, GRPO with the accuracy term alone, GRPO with the ungated reward — and plots the
+# paper's reported MedBrowseComp / GAIA / xBench-DeepSearch numbers beside the kit's own runs,
+# labelled *reported* or *measured*. It ends with the kit's benchmark results (`results/bench/`).
+#
+# **Expected results**
+#
+# | profile | what runs here | wall time (2 CPU cores) |
+# |---|---|---|
+# | `smoke` | tables and plots from notebooks 05-06; both ablations with 1 GRPO step each, 2 questions × 1 rollout | ~1 min |
+# | `cpu` | tables and plots; ablation *GRPO from base* (2 steps), evaluated on the 12 held-out questions × 3 rollouts; the accuracy-only ablation is off (another ~15 min: set `ABLATIONS`) | ~7 min |
+# | `gpu` | both ablations with notebook 06's settings | hours |
+#
+# The reported numbers come from a 32B model with web search on public benchmarks; the measured ones
+# from a 135M model on the kit's own held-out KG questions. They share a plot so the scale of the gap
+# is visible, not because they are comparable.
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from nbbuild import Builder  # noqa: E402
+# %% [markdown]
+# ## 0 Parameters
+#
+# `None` means *use the profile's default* (stage `evaluation`; GRPO settings of the ablations are
+# notebook 06's, evaluation settings notebook 05's).
 
-B = Builder()
-md, code = B.md, B.code
-
-md(r'''
-# 07 · Evaluation and plots: every stage on the same held-out questions, ablations, reported vs measured
-
-The results notebook a reviewer asks for. It puts the base model, SFT (notebook 05) and SFT+GRPO
-(notebook 06) side by side on the *same* held-out questions with the same harness (k sampled
-rollouts, pass@1 with its 95% bootstrap interval over questions, paired differences between stages,
-per hop count and specialty), runs the ablations the paper's reviewers missed — GRPO from the base
-model without SFT, GRPO with the accuracy term alone, GRPO with the ungated reward — and plots the
-paper's reported MedBrowseComp / GAIA / xBench-DeepSearch numbers beside the kit's own runs,
-labelled *reported* or *measured*. It ends with the kit's benchmark results (`results/bench/`).
-
-**Expected results**
-
-| profile | what runs here | wall time (2 CPU cores) |
-|---|---|---|
-| `smoke` | tables and plots from notebooks 05-06; both ablations with 1 GRPO step each, 2 questions × 1 rollout | ~1 min |
-| `cpu` | tables and plots; ablation *GRPO from base* (2 steps), evaluated on the 12 held-out questions × 3 rollouts; the accuracy-only ablation is off (another ~15 min: set `ABLATIONS`) | ~7 min |
-| `gpu` | both ablations with notebook 06's settings | hours |
-
-The reported numbers come from a 32B model with web search on public benchmarks; the measured ones
-from a 135M model on the kit's own held-out KG questions. They share a plot so the scale of the gap
-is visible, not because they are comparable.
-''')
-md(r'''
-## 0 Parameters
-
-`None` means *use the profile's default* (stage `evaluation`; GRPO settings of the ablations are
-notebook 06's, evaluation settings notebook 05's).
-''')
-code(r'''
+# %% tags=["parameters"]
 PROFILE = "cpu"               # smoke | cpu | gpu; selects every default below
 ABLATIONS = None              # extra GRPO runs: grpo_from_base (no SFT), grpo_accuracy_only (preference and efficiency weights 0); [] for none
 ABLATION_STEPS = None         # optimizer steps of each ablation run; None means MAX_STEPS of notebook 06
-''', tags=["parameters"])
-md("## 0 Global settings")
-code(r'''
+
+# %% [markdown]
+# ## 0 Global settings
+
+# %%
 import json
 import pandas as pd
 import matplotlib.pyplot as plt
@@ -61,14 +53,15 @@ RES = paths.results_dir(PROFILE); FIG = RES / "figures"; FIG.mkdir(parents=True,
 import torch
 ON_CUDA = torch.cuda.is_available()
 P
-''')
-md(r'''
-## 1 Every stage on the same held-out questions
 
-Rows written by notebooks 05 (base, SFT) and 06 (SFT+GRPO): one per question and rollout, judged by
-the KG-aware judge. Metrics are recomputed here from the rows, not copied.
-''')
-code(r'''
+
+# %% [markdown]
+# ## 1 Every stage on the same held-out questions
+#
+# Rows written by notebooks 05 (base, SFT) and 06 (SFT+GRPO): one per question and rollout, judged by
+# the KG-aware judge. Metrics are recomputed here from the rows, not copied.
+
+# %%
 def rows_of(name):
     return mio.read_jsonl(RES / name)
 runs = {"base": rows_of("05_eval_base.jsonl"), "sft": rows_of("05_eval_sft.jsonl"), "sft+grpo": rows_of("06_eval_grpo.jsonl")}
@@ -78,30 +71,31 @@ metrics = {name: E.metrics(rows) for name, rows in runs.items()}
 stage_table = E.stage_table(metrics)
 print(f"{len(questions['base'])} held-out questions x {metrics['base']['rollouts']} rollouts each")
 stage_table
-''')
-md(r'''
-Is a stage better than the one before it? Both were scored on the same questions, so the right test
-is **paired**: the per-question difference in accuracy, bootstrapped over questions. It removes the
-variation both stages share (some questions are hard for every model) and is much tighter than two
-separate intervals. An interval that excludes 0 is a difference the evaluation can see; `better` /
-`worse` count the questions that moved each way.
-''')
-code(r'''
+
+# %% [markdown]
+# Is a stage better than the one before it? Both were scored on the same questions, so the right test
+# is **paired**: the per-question difference in accuracy, bootstrapped over questions. It removes the
+# variation both stages share (some questions are hard for every model) and is much tighter than two
+# separate intervals. An interval that excludes 0 is a difference the evaluation can see; `better` /
+# `worse` count the questions that moved each way.
+
+# %%
 paired = E.compare(runs, {"sft_minus_base": ("base", "sft"), "grpo_minus_sft": ("sft", "sft+grpo")})
 paired_table = pd.DataFrame({k: {"mean": v["mean"], "ci95 low": v["ci95"][0], "ci95 high": v["ci95"][1],
                                  "questions better": v["better"], "questions worse": v["worse"]}
                              for k, v in paired.items()}).T
 paired_table
-''')
-code(r'''
+
+# %%
 fig, axes = plt.subplots(1, 4, figsize=(15, 3.6))
 plots.stage_bars(stage_table, "pass@1", "held-out pass@1 (95% CI over questions)", ci=("ci95 low", "ci95 high"), ax=axes[0])
 plots.stage_bars(stage_table, "answer rate", "rollouts ending with an answer", ax=axes[1])
 plots.stage_bars(stage_table, "format-error rate", "turns that break the protocol", ax=axes[2])
 plots.stage_bars(stage_table, "tool calls / rollout", "tool calls per rollout", ax=axes[3], ylim=None)
 fig.tight_layout(); plots.save(fig, FIG / "07_stages.png")
-''')
-code(r'''
+
+
+# %%
 def by(key):
     return pd.DataFrame({n: {g: v["mean"] for g, v in m[f"pass@1_by_{key}"].items()} for n, m in metrics.items()})
 hops, spec = by("hops"), by("specialty")
@@ -115,22 +109,22 @@ for (i, j), v in pd.DataFrame(spec.values).stack().items():
 axes[1].set_title("pass@1 by specialty"); fig.colorbar(im, ax=axes[1], fraction=0.03)
 fig.tight_layout(); plots.save(fig, FIG / "07_by_hops_specialty.png")
 display(hops.rename_axis("hops"))
-''')
-md(r'''
-## 2 Ablations
 
-*SFT only* is notebook 05's row above. Each ablation here is a full GRPO run through the same code
-as notebook 06 (`medkit.grpo.run_grpo`) followed by the same held-out evaluation:
+# %% [markdown]
+# ## 2 Ablations
+#
+# *SFT only* is notebook 05's row above. Each ablation here is a full GRPO run through the same code
+# as notebook 06 (`medkit.grpo.run_grpo`) followed by the same held-out evaluation:
+#
+# * `grpo_from_base` — GRPO straight from the base model with a fresh adapter, no SFT cold start.
+#   The base model sees the tool schemas in its prompt (it has never seen the tools otherwise), as in
+#   notebook 05's base evaluation.
+# * `grpo_accuracy_only` — GRPO from the SFT adapter with `W_PREFERENCE = W_EFFICIENCY = 0`: the
+#   reward terms' contribution, switched off.
+# * `grpo_ungated` — GRPO from the SFT adapter with the plain sum of the reward terms
+#   (`GATE_PROCESS = False`): preference and efficiency pay wrong answers too (see notebook 06).
 
-* `grpo_from_base` — GRPO straight from the base model with a fresh adapter, no SFT cold start.
-  The base model sees the tool schemas in its prompt (it has never seen the tools otherwise), as in
-  notebook 05's base evaluation.
-* `grpo_accuracy_only` — GRPO from the SFT adapter with `W_PREFERENCE = W_EFFICIENCY = 0`: the
-  reward terms' contribution, switched off.
-* `grpo_ungated` — GRPO from the SFT adapter with the plain sum of the reward terms
-  (`GATE_PROCESS = False`): preference and efficiency pay wrong answers too (see notebook 06).
-''')
-code(r'''
+# %%
 index, toolbox = TR.open_tools(DATA)
 all_test = mio.read_jsonl(DATA / "questions_test.jsonl")
 test_q = [q for q in E.select_questions(all_test, EVAL["EVAL_QUESTIONS"], EVAL["EVAL_MAX_HOPS"])]
@@ -161,31 +155,31 @@ if ablation:
                      ci=("ci95 low", "ci95 high"), ax=ax)
     fig.tight_layout(); plots.save(fig, FIG / "07_ablations.png")
 ablation_table
-''')
-md(r'''
-## 3 Reported vs measured
 
-Grey hatched bars: pass@1 as *reported* by the paper (MedResearcher-R1-32B and its baselines on
-MedBrowseComp, GAIA text and xBench-DeepSearch) and by the MedBrowseComp maintainers — copied from
-`shared/docs`, not re-run: those benchmarks need live web search and hosted models. Green bars:
-*measured* here, on the kit's held-out KG questions (the `measured` benchmark label says which),
-with the sd over rollouts. `medkit.evaluation.read_medbrowsecomp` reads the MedBrowseComp CSV for a
-user who has it and a web-search tool.
-''')
-code(r'''
+# %% [markdown]
+# ## 3 Reported vs measured
+#
+# Grey hatched bars: pass@1 as *reported* by the paper (MedResearcher-R1-32B and its baselines on
+# MedBrowseComp, GAIA text and xBench-DeepSearch) and by the MedBrowseComp maintainers — copied from
+# `shared/docs`, not re-run: those benchmarks need live web search and hosted models. Green bars:
+# *measured* here, on the kit's held-out KG questions (the `measured` benchmark label says which),
+# with the sd over rollouts. `medkit.evaluation.read_medbrowsecomp` reads the MedBrowseComp CSV for a
+# user who has it and a web-search tool.
+
+# %%
 model_name = json.loads((DATA / "sft" / "card.json").read_text())["base_model"].split("/")[-1]
 measured = reported.measured_rows(all_metrics, benchmark=f"kit held-out KG questions ({PROFILE})", model=model_name)
 frame = pd.concat([reported.reported_frame(), measured], ignore_index=True)
 fig = plots.reported_vs_measured(frame); plots.save(fig, FIG / "07_reported_vs_measured.png")
 frame[["benchmark", "system", "pass@1", "sd", "kind", "source"]].round(2)
-''')
-md(r'''
-## 4 The kit's benchmarks
 
-Throughput and latency measured by `make bench` (`bench/*.py` → `results/bench/*.json`), each
-against a named baseline in the same run.
-''')
-code(r'''
+# %% [markdown]
+# ## 4 The kit's benchmarks
+#
+# Throughput and latency measured by `make bench` (`bench/*.py` → `results/bench/*.json`), each
+# against a named baseline in the same run.
+
+# %%
 BENCH = next((d for d in (paths.results_dir() / "bench", paths.REPO_ROOT / "results" / "bench")
               if any(d.glob("*.json"))), paths.REPO_ROOT / "results" / "bench")   # a scratch run reads the committed ones
 print("benchmark results from", BENCH)
@@ -203,18 +197,16 @@ for ax, (name, (bars, ylabel)) in zip(axes[0], panels):
         ax.set_yscale("log")
 fig.tight_layout(); plots.save(fig, FIG / "07_benchmarks.png")
 {n: bars for n, (bars, _) in panels}
-''')
-md(r'''
-## 5 Summary
 
-Everything above in `results/<profile>/07_evaluation.json`: every stage's and ablation's metrics,
-the ablation runs' training figures, and the reported numbers with their sources.
-''')
-code(r'''
+# %% [markdown]
+# ## 5 Summary
+#
+# Everything above in `results/<profile>/07_evaluation.json`: every stage's and ablation's metrics,
+# the ablation runs' training figures, and the reported numbers with their sources.
+
+# %%
 summary = {"profile": PROFILE, "questions": len(questions["base"]), "k": metrics["base"]["rollouts"],
            "stages": all_metrics, "paired": paired, "ablations": ablation,
            "reported": reported.reported_frame().to_dict("records")}
 mio.write_json(RES / "07_evaluation.json", summary)
 ablation_table[["pass@1", "ci95 low", "ci95 high", "pass@k", "answer rate"]]
-''')
-B.write(Path(__file__).resolve().parents[1] / "07_evaluation.ipynb")

@@ -1,45 +1,35 @@
-"""Writes notebooks/06_grpo.ipynb (without outputs); run it after editing the cells below."""
-import sys
-from pathlib import Path
+# %% [markdown]
+# # 06 · GRPO with the composite reward: online RL against the real tools
+#
+# Stage two of the paper's training. Starting from notebook 05's SFT adapter, the agent answers
+# training questions with the kit's real tools, several rollouts per question, and TRL's
+# `GRPOTrainer` pushes the policy toward the rollouts that score above their group's mean under the
+# paper's **composite reward** — task accuracy + expert preference − efficiency penalty — each term a
+# separate function, logged on its own. Rollouts are generated *token by token* by the policy being
+# trained (`medkit.grpo.AgentRollouts`, TRL's `rollout_func`): the ids the loss sees are the ids the
+# policy sampled, and every tool-response token is masked out of the loss (`env_mask`).
+#
+# **Expected results**
+#
+# | profile | policy | GRPO run | wall time (2 CPU cores) |
+# |---|---|---|---|
+# | `smoke` | SmolLM2-135M + smoke SFT adapter (QLoRA) | 2 steps × 1 question × 2 rollouts, 48-token turns | ~1 min |
+# | `cpu` | SmolLM2-135M + the cpu SFT adapter (nf4, bf16 autocast) | 6 steps × 1 question × 4 rollouts (≤ 3-hop training questions, ≤ 1,024 completion tokens, ~85 s/step), then the held-out evaluation of notebook 05 | ~12 min |
+# | `cpu_long` | SmolLM2-135M + the cpu_long SFT adapter (LoRA, fp32) | probe 32 questions × 4, then 8 steps × 1 question × 8 rollouts in passes of 2; held-out checkpoint after step 4; 60 held-out questions × 4 | ~1 h (measured without gradient checkpointing: probe 7.7 min, 265 s/step, peak 15.9 GB; `results/cpu/experiments/06_grpo_g8.json`) |
+# | `gpu` | Qwen2.5-7B-Instruct + its SFT adapter (4-bit, unsloth if installed) | 250 steps × 4 questions × 8 rollouts | several hours on one 24 GB GPU |
+#
+# On `cpu` expect a noisy, short run: 24 rollouts in all is far too few for RL to move a 135M model
+# much. What the curves show is the mechanics — per-term rewards, tool-call and tool-failure
+# frequency, KL to the SFT adapter — and the last table says honestly whether held-out pass@1 moved.
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from nbbuild import Builder  # noqa: E402
+# %% [markdown]
+# ## 0 Parameters
+#
+# `None` means *use the profile's default* (see `medkit/profiles.py`, stage `grpo`). The held-out
+# evaluation uses notebook 05's `EVAL_*` settings of the same profile, so SFT and SFT+GRPO are scored
+# on the same questions with the same harness.
 
-B = Builder()
-md, code = B.md, B.code
-
-md(r'''
-# 06 · GRPO with the composite reward: online RL against the real tools
-
-Stage two of the paper's training. Starting from notebook 05's SFT adapter, the agent answers
-training questions with the kit's real tools, several rollouts per question, and TRL's
-`GRPOTrainer` pushes the policy toward the rollouts that score above their group's mean under the
-paper's **composite reward** — task accuracy + expert preference − efficiency penalty — each term a
-separate function, logged on its own. Rollouts are generated *token by token* by the policy being
-trained (`medkit.grpo.AgentRollouts`, TRL's `rollout_func`): the ids the loss sees are the ids the
-policy sampled, and every tool-response token is masked out of the loss (`env_mask`).
-
-**Expected results**
-
-| profile | policy | GRPO run | wall time (2 CPU cores) |
-|---|---|---|---|
-| `smoke` | SmolLM2-135M + smoke SFT adapter (QLoRA) | 2 steps × 1 question × 2 rollouts, 48-token turns | ~1 min |
-| `cpu` | SmolLM2-135M + the cpu SFT adapter (nf4, bf16 autocast) | 6 steps × 1 question × 4 rollouts (≤ 3-hop training questions, ≤ 1,024 completion tokens, ~85 s/step), then the held-out evaluation of notebook 05 | ~12 min |
-| `cpu_long` | SmolLM2-135M + the cpu_long SFT adapter (LoRA, fp32) | probe 32 questions × 4, then 8 steps × 1 question × 8 rollouts in passes of 2; held-out checkpoint after step 4; 60 held-out questions × 4 | ~1 h (measured without gradient checkpointing: probe 7.7 min, 265 s/step, peak 15.9 GB; `results/cpu/experiments/06_grpo_g8.json`) |
-| `gpu` | Qwen2.5-7B-Instruct + its SFT adapter (4-bit, unsloth if installed) | 250 steps × 4 questions × 8 rollouts | several hours on one 24 GB GPU |
-
-On `cpu` expect a noisy, short run: 24 rollouts in all is far too few for RL to move a 135M model
-much. What the curves show is the mechanics — per-term rewards, tool-call and tool-failure
-frequency, KL to the SFT adapter — and the last table says honestly whether held-out pass@1 moved.
-''')
-md(r'''
-## 0 Parameters
-
-`None` means *use the profile's default* (see `medkit/profiles.py`, stage `grpo`). The held-out
-evaluation uses notebook 05's `EVAL_*` settings of the same profile, so SFT and SFT+GRPO are scored
-on the same questions with the same harness.
-''')
-code(r'''
+# %% tags=["parameters"]
 PROFILE = "cpu"               # smoke | cpu | gpu; selects every default below
 SEED = None                   # seed of question order, rollouts and the trainer (default 13)
 START = None                  # sft: continue the adapter of notebook 05, the paper recipe; base: a fresh adapter on the base model
@@ -78,9 +68,11 @@ ENGINE = None                 # rollout engine: auto (default: an OpenVINO copy 
 ENGINE_PRECISION = None       # auto (default: bf16 on OpenVINO where the CPU has it, 1.5x faster), float32 (closest to the policy's own tokens) or int8 (CTranslate2 only: off-policy samples)
 ENGINE_BATCH = None           # conversations the engine schedules at once (default 64; lower it if memory is short)
 ENGINE_SYNC_STEPS = None      # export the policy to the engine every N optimizer steps (default 1: always on-policy; higher saves export time)
-''', tags=["parameters"])
-md("## 0 Global settings")
-code(r'''
+
+# %% [markdown]
+# ## 0 Global settings
+
+# %%
 import json, time
 import pandas as pd
 import matplotlib.pyplot as plt
@@ -109,34 +101,34 @@ SCHEMAS = None if EVAL["TOOLS_IN_PROMPT"] else []   # the prompt the SFT model w
 print("training backend:", M.select_backend(PROFILE), "| start:", P["START"],
       "| bf16 autocast" if M.use_bf16(P["BF16"], on_cuda=ON_CUDA) else "| fp32")
 P
-''')
-md(r'''
-## 1 The composite reward, term by term
 
-Each term is a function of one finished rollout (`medkit.rewards`), and each is its own TRL reward
-function, so TRL logs `rewards/accuracy`, `rewards/preference` and `rewards/efficiency` separately
-and sums them with the weights `W_ACCURACY`, `W_PREFERENCE`, `−W_EFFICIENCY`:
+# %% [markdown]
+# ## 1 The composite reward, term by term
+#
+# Each term is a function of one finished rollout (`medkit.rewards`), and each is its own TRL reward
+# function, so TRL logs `rewards/accuracy`, `rewards/preference` and `rewards/efficiency` separately
+# and sums them with the weights `W_ACCURACY`, `W_PREFERENCE`, `−W_EFFICIENCY`:
+#
+# | term | what it checks | range |
+# |---|---|---|
+# | accuracy | the final answer is the question's answer (the evaluation harness's KG-aware judge) | 0 / 1 |
+# | preference | mean of *well-formed* (share of turns that parse), *grounded* (the answer appeared in a tool response before it was given), *verified* (a further tool call after the first observation that showed the answer: search → verify → synthesise) | 0 … 1 |
+# | efficiency | penalty for tool calls above `CALL_BUDGET` and tokens above `TOKEN_BUDGET`, each capped | 0 … 1 |
+#
+# **Gating** (`GATE_PROCESS = True`, the default). Summed as they are, the process terms pay a wrong
+# answer: a rollout that answers early with any entity a tool showed earns *grounded*, and by
+# stopping early it also avoids the efficiency penalty. In the first cpu reference run nothing was
+# ever right, so this was the only signal GRPO had — the answer rate rose while accuracy fell (reward
+# hacking). Gated, *grounded* and *verified* count only when the answer is right and the efficiency
+# penalty applies only to right answers (it ranks them by cost); a wrong rollout earns at most
+# `W_PREFERENCE / 3` for well-formed turns, the same whether it answers early, late or never. The
+# table shows the paid terms, the raw preference parts and the raw penalty (`efficiency_raw`).
+#
+# Below, the terms on three real cases: a KG-guided trajectory of notebook 04 (the behaviour the
+# reward is meant to favour), the same trajectory answering right after its first observation (no
+# verification), and one answering with a guess that no tool ever showed.
 
-| term | what it checks | range |
-|---|---|---|
-| accuracy | the final answer is the question's answer (the evaluation harness's KG-aware judge) | 0 / 1 |
-| preference | mean of *well-formed* (share of turns that parse), *grounded* (the answer appeared in a tool response before it was given), *verified* (a further tool call after the first observation that showed the answer: search → verify → synthesise) | 0 … 1 |
-| efficiency | penalty for tool calls above `CALL_BUDGET` and tokens above `TOKEN_BUDGET`, each capped | 0 … 1 |
-
-**Gating** (`GATE_PROCESS = True`, the default). Summed as they are, the process terms pay a wrong
-answer: a rollout that answers early with any entity a tool showed earns *grounded*, and by
-stopping early it also avoids the efficiency penalty. In the first cpu reference run nothing was
-ever right, so this was the only signal GRPO had — the answer rate rose while accuracy fell (reward
-hacking). Gated, *grounded* and *verified* count only when the answer is right and the efficiency
-penalty applies only to right answers (it ranks them by cost); a wrong rollout earns at most
-`W_PREFERENCE / 3` for well-formed turns, the same whether it answers early, late or never. The
-table shows the paid terms, the raw preference parts and the raw penalty (`efficiency_raw`).
-
-Below, the terms on three real cases: a KG-guided trajectory of notebook 04 (the behaviour the
-reward is meant to favour), the same trajectory answering right after its first observation (no
-verification), and one answering with a guess that no tool ever showed.
-''')
-code(r'''
+# %%
 index, toolbox = TR.open_tools(DATA)
 weights = R.RewardWeights(P["W_ACCURACY"], P["W_PREFERENCE"], P["W_EFFICIENCY"])
 good = mio.read_jsonl(DATA / "trajectories.jsonl")[0]   # an accepted trajectory, as SFT trained on it
@@ -154,21 +146,21 @@ cases = {"KG-guided trajectory (04)": as_rollout(msgs),
                                         "content": "<think>I guess.</think>\n<answer>Marfan syndrome</answer>"}])}
 pd.DataFrame({name: R.composite(r, rec, weights, call_budget=P["CALL_BUDGET"], token_budget=P["TOKEN_BUDGET"],
                                 gate=P["GATE_PROCESS"], resolve=toolbox.resolve_ids) for name, r in cases.items()}).T
-''')
-md(r'''
-## 2 Training questions and the policy
 
-GRPO learns only from groups whose rollouts score differently: if all `NUM_GENERATIONS` rollouts of
-a question are wrong (or all right), every advantage of the accuracy term is zero and the step
-learns nothing about being right. So the pool is *measured*: `POOL_CANDIDATES` training questions
-(never the held-out split) of at most `MAX_HOPS` hops are probed with the starting policy,
-`POOL_PROBE_K` rollouts each sampled like GRPO's, and the pool keeps the questions it answers
-sometimes (success rate strictly between 0 and 1). If none qualifies the candidates are kept, and
-the run is marked: its accuracy term can then give no signal. The policy is the base model with notebook 05's adapter loaded *trainable* — on
-the same 4-bit nf4 weights it was trained on — and, with `BETA > 0`, TRL keeps a frozen copy of
-that adapter as the reference for the KL term.
-''')
-code(r'''
+# %% [markdown]
+# ## 2 Training questions and the policy
+#
+# GRPO learns only from groups whose rollouts score differently: if all `NUM_GENERATIONS` rollouts of
+# a question are wrong (or all right), every advantage of the accuracy term is zero and the step
+# learns nothing about being right. So the pool is *measured*: `POOL_CANDIDATES` training questions
+# (never the held-out split) of at most `MAX_HOPS` hops are probed with the starting policy,
+# `POOL_PROBE_K` rollouts each sampled like GRPO's, and the pool keeps the questions it answers
+# sometimes (success rate strictly between 0 and 1). If none qualifies the candidates are kept, and
+# the run is marked: its accuracy term can then give no signal. The policy is the base model with notebook 05's adapter loaded *trainable* — on
+# the same 4-bit nf4 weights it was trained on — and, with `BETA > 0`, TRL keeps a frozen copy of
+# that adapter as the reference for the KL term.
+
+# %%
 start = SFT_ADAPTER if P["START"] == "sft" else None
 candidates = G.select_training_questions(mio.read_jsonl(DATA / "questions_train.jsonl"), P["POOL_CANDIDATES"],
                                          max_hops=P["MAX_HOPS"], seed=P["SEED"])
@@ -193,25 +185,25 @@ print(f"{len(train_q)} training questions; hops:", dict(sorted(pd.Series([q['hop
       f"= {P['MAX_STEPS'] * P['QUESTIONS_PER_STEP'] * P['NUM_GENERATIONS']} rollouts")
 print("policy starts from:", start or "the base model with a fresh adapter")
 pd.DataFrame([{k: q[k] for k in ("question", "answer", "hops", "specialty")} for q in train_q[:5]])
-''')
-md(r'''
-## 3 Train
 
-Each optimizer step: `QUESTIONS_PER_STEP` questions × `NUM_GENERATIONS` rollouts generated by the
-current policy (batched, multi-turn, real tool calls), scored term by term, group-normalised
-advantages, one update on the policy's own tokens. A reward term that raises on a rollout becomes a
-missing value for it (counted in `reward_errors/*`), a rollout that reaches
-`MAX_COMPLETION_LENGTH` stops and is kept, and a NaN loss stops the run with a clear message.
-Checkpoints every `SAVE_STEPS`: rerunning resumes, and a finished run is loaded, not retrained.
+# %% [markdown]
+# ## 3 Train
+#
+# Each optimizer step: `QUESTIONS_PER_STEP` questions × `NUM_GENERATIONS` rollouts generated by the
+# current policy (batched, multi-turn, real tool calls), scored term by term, group-normalised
+# advantages, one update on the policy's own tokens. A reward term that raises on a rollout becomes a
+# missing value for it (counted in `reward_errors/*`), a rollout that reaches
+# `MAX_COMPLETION_LENGTH` stops and is kept, and a NaN loss stops the run with a clear message.
+# Checkpoints every `SAVE_STEPS`: rerunning resumes, and a finished run is loaded, not retrained.
+#
+# The rollouts are generated by the engine `ENGINE` picks. On CPU that is an OpenVINO GenAI copy of
+# the policy (continuous batching; the KV cache of earlier turns is reused, so a turn computes only
+# what a tool added): after every `ENGINE_SYNC_STEPS` optimizer steps the frozen base plus the
+# current LoRA deltas are exported and checked against the exported weights (the `engine_syncs` below
+# time each export); the token ids it samples are what TRL trains on, exactly as when the policy
+# generates itself.
 
-The rollouts are generated by the engine `ENGINE` picks. On CPU that is an OpenVINO GenAI copy of
-the policy (continuous batching; the KV cache of earlier turns is reused, so a turn computes only
-what a tool added): after every `ENGINE_SYNC_STEPS` optimizer steps the frozen base plus the
-current LoRA deltas are exported and checked against the exported weights (the `engine_syncs` below
-time each export); the token ids it samples are what TRL trains on, exactly as when the policy
-generates itself.
-''')
-code(r'''
+# %%
 print("memory before:", M.memory_report())
 t0 = time.time()
 run = G.run_grpo(PROFILE, P, adapter_dir=start, questions=train_q, toolbox=toolbox, out_dir=RUN,
@@ -222,15 +214,15 @@ print(f"{train_out['steps']} steps ({train_out['steps_this_run']} this run) in {
       f"{train_out['seconds_per_step']} s/step; {len(hist)} training rollouts; rollouts by {train_out['engine']}, "
       f"{train_out['engine_sync_seconds']} s in {len(train_out['engine_syncs'])} policy exports")
 {k: v for k, v in train_out.items() if k not in ("loss_curve", "log")}
-''')
-md(r'''
-## 4 Training curves
 
-Per step: the mean of each reward term over that step's rollouts (TRL's `rewards/*` logs), tool
-calls per rollout and the share of tool calls that returned an error, the KL to the starting
-adapter and the loss.
-''')
-code(r'''
+# %% [markdown]
+# ## 4 Training curves
+#
+# Per step: the mean of each reward term over that step's rollouts (TRL's `rewards/*` logs), tool
+# calls per rollout and the share of tool calls that returned an error, the KL to the starting
+# adapter and the loss.
+
+# %%
 log = pd.DataFrame(train_out["log"])
 def col(name):
     return log[name] if name in log else pd.Series([float("nan")] * len(log))
@@ -255,14 +247,14 @@ axes[1, 2].set(title="KL to the start (orange) and loss (grey)", xlabel="step")
 fig.tight_layout(); plots.save(fig, FIG / "06_grpo_curves.png")
 log[[c for c in ("step", "reward", "rewards/accuracy/mean", "rewards/preference/mean", "rewards/efficiency/mean",
                  "tools/call_frequency", "tools/failure_frequency", "kl", "loss") if c in log]].round(4)
-''')
-md(r'''
-## 5 Before and after: rollouts of the first and the last step
 
-Every training rollout is kept with its reward terms (`data/<profile>/grpo/rollouts.jsonl`). Below,
-stop reasons and mean terms at the first and the last step, then the best-scoring rollout of each.
-''')
-code(r'''
+# %% [markdown]
+# ## 5 Before and after: rollouts of the first and the last step
+#
+# Every training rollout is kept with its reward terms (`data/<profile>/grpo/rollouts.jsonl`). Below,
+# stop reasons and mean terms at the first and the last step, then the best-scoring rollout of each.
+
+# %%
 if len(hist):
     hist["total"] = (P["W_ACCURACY"] * hist["reward_accuracy"].fillna(0) + P["W_PREFERENCE"] * hist["reward_preference"].fillna(0)
                      - P["W_EFFICIENCY"] * hist["reward_efficiency"].fillna(0))
@@ -276,14 +268,14 @@ if len(hist):
         display(Markdown(f"**{label} ({step}), best rollout**: total reward {hist.loc[i, 'total']:.3f}, "
                          f"answer {h['prediction']!r} (expected {hist.loc[i, 'answer']!r}), stop: {h['stop_reason']}"))
         display(Markdown(TR.render_markdown(h["messages"], 300)))
-''')
-md(r'''
-## 6 Held-out evaluation: SFT vs SFT+GRPO
 
-The GRPO adapter merged into the same nf4 base, through the same harness, questions, `k`,
-temperature and seeds as notebook 05 (its results are read back from `results/<profile>/05_sft.json`).
-''')
-code(r'''
+# %% [markdown]
+# ## 6 Held-out evaluation: SFT vs SFT+GRPO
+#
+# The GRPO adapter merged into the same nf4 base, through the same harness, questions, `k`,
+# temperature and seeds as notebook 05 (its results are read back from `results/<profile>/05_sft.json`).
+
+# %%
 all_test = mio.read_jsonl(DATA / "questions_test.jsonl")
 test_q = E.select_questions(all_test, EVAL["EVAL_QUESTIONS"], EVAL["EVAL_MAX_HOPS"])
 grpo_eval = E.evaluate_adapter(PROFILE, run["adapter"], test_q, toolbox, EVAL, name="grpo", schemas=SCHEMAS)
@@ -299,21 +291,21 @@ fig.tight_layout(); plots.save(fig, FIG / "06_sft_vs_grpo.png")
 delta = 100 * (stages["sft+grpo"]["pass@1"]["mean"] - stages["sft"]["pass@1"]["mean"])
 print(f"SFT+GRPO - SFT: {delta:+.1f} points of held-out pass@1 ({len(test_q)} questions x {EVAL['EVAL_K']} rollouts)")
 table
-''')
-md(r'''
-## 7 Did the reward rise while held-out accuracy fell? (reward hacking)
 
-The first cpu run's failure mode, checked on every run: the training reward can rise for reasons
-that have nothing to do with being right (answering early, a format the reward likes), and the
-only honest test is accuracy on questions GRPO never trained on. The adapters kept after each share
-of training in `CURVE` (`RUN/curve/step-N`) are scored on the same held-out questions (`CURVE_K`
-rollouts each), next to the starting policy (step 0: notebook 05's rows of the same questions) and
-the final adapter. `medkit.grpo.reward_hacking_check` compares the change of the training reward
-(later half of the steps − earlier half) with the paired held-out change (final − start, bootstrap
-over questions): **hacking** if the reward rose while held-out pass@1 fell with its interval below
-0, **suspect** if it fell within the noise, **none** otherwise.
-''')
-code(r'''
+# %% [markdown]
+# ## 7 Did the reward rise while held-out accuracy fell? (reward hacking)
+#
+# The first cpu run's failure mode, checked on every run: the training reward can rise for reasons
+# that have nothing to do with being right (answering early, a format the reward likes), and the
+# only honest test is accuracy on questions GRPO never trained on. The adapters kept after each share
+# of training in `CURVE` (`RUN/curve/step-N`) are scored on the same held-out questions (`CURVE_K`
+# rollouts each), next to the starting policy (step 0: notebook 05's rows of the same questions) and
+# the final adapter. `medkit.grpo.reward_hacking_check` compares the change of the training reward
+# (later half of the steps − earlier half) with the paired held-out change (final − start, bootstrap
+# over questions): **hacking** if the reward rose while held-out pass@1 fell with its interval below
+# 0, **suspect** if it fell within the noise, **none** otherwise.
+
+# %%
 curve_params = {**EVAL, "EVAL_K": P["CURVE_K"] or EVAL["EVAL_K"]}
 start_rows = mio.read_jsonl(RES / ("05_eval_sft.jsonl" if P["START"] == "sft" else "05_eval_base.jsonl"))
 heldout = [(0, start_rows)]
@@ -331,8 +323,8 @@ print(f"training reward change (later half - earlier half of the steps): {check[
       f"held-out pass@1 final - start: {change['mean']:+.3f} (95% CI {change['ci95']}, "
       f"{change['better']} questions better, {change['worse']} worse) -> verdict: {check['verdict']}")
 checkpoints.set_index("step")
-''')
-code(r'''
+
+# %%
 summary = {"profile": PROFILE, "parameters": P, "start": paths.portable(start) or "base", "pool": {k: v for k, v in pool.items() if k != "rates"},
            "train": {k: v for k, v in train_out.items() if k != "loss_curve"},
            "training_rollouts": len(hist), "stop_reasons": G.stop_reason_counts(run["history"]),
@@ -341,5 +333,3 @@ summary = {"profile": PROFILE, "parameters": P, "start": paths.portable(start) o
            "questions": len(test_q), "k": EVAL["EVAL_K"], "adapter": paths.portable(run["adapter"])}
 mio.write_json(RES / "06_grpo.json", summary)
 {k: summary[k] for k in ("training_rollouts", "stop_reasons", "delta_pass@1_points", "paired_minus_start")}
-''')
-B.write(Path(__file__).resolve().parents[1] / "06_grpo.ipynb")

@@ -1,49 +1,39 @@
-"""Writes 04_trajectories.ipynb (without outputs); run it after editing the cells below."""
-import sys
-from pathlib import Path
+# %% [markdown]
+# # 04 · Tools, the ReAct agent and knowledge-informed trajectories (with Masked Trajectory Guidance)
+#
+# The model learns from trajectories: *think → call a tool → read the result → … → answer*. This
+# notebook builds them offline over the kit's own medical data. It introduces the agent's tools (a
+# private BM25 medical retriever, entity read, relation lookups and a Bayesian clinical reasoning
+# engine over HPO annotation frequencies), the upstream text protocol (`<think>`, `<tool_call>`,
+# `<tool_response>`, `<answer>`) which is exactly what the Qwen2.5 chat template renders for TRL, and
+# a defensive parser. Then, for every training question of notebook 03, it **walks the question's
+# knowledge-graph chain with real tool calls** — a hop counts only if the entity shows up in the
+# observation — and writes thoughts that justify each action. A teacher model can also roll out
+# freely with the **masked reasoning path as guidance** (MTG): the guidance is in its prompt, never in
+# the saved sample. Every trajectory goes through the paper's filters; the accepted ones are saved
+# as chat messages with tool calls, ready for TRL SFT (notebook 05).
+#
+# **Expected results**
+#
+# | profile | questions | KG-guided trajectories | accepted | mean tool calls | free rollouts (teacher) | wall time (2 CPU cores) |
+# |---|---|---|---|---|---|---|
+# | `smoke` | ~24 train | 1 per question | ~100% | ~6 | 2, small model | ~1 min |
+# | `cpu` | 1,101 train | 2 per question (2,202) | 2,188 (99.4%) over 1,094 questions, 18 specialties | ~5.3 (paper: 4.2) | 8 with SmolLM2-135M: 0 accepted | ~6 min |
+# | `gpu` | all train | 2 per question | as `cpu` | as `cpu` | 300 with the 7B teacher | ~20 min |
+#
+# The `cpu` row is the committed run (synthesis v8, questions of generator v4 with half the seeds'
+# chains capped at 2-3 hops): 100% of 9,790 picks grounded, 1,519 tokens per trajectory as SFT sees
+# them (2,354 with the JSON tool schemas the filter counts), the longest 2,850; 7.0 min.
+#
+# The base 135M model does not follow the tool protocol (it writes prose): its free rollouts end
+# with format errors. That is the point of notebook 05, which fine-tunes it on these trajectories.
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from nbbuild import Builder  # noqa: E402
+# %% [markdown]
+# ## 0 Parameters
+#
+# `None` means *use the profile's default* (see `medkit/profiles.py`).
 
-B = Builder()
-md, code = B.md, B.code
-
-md(r'''
-# 04 · Tools, the ReAct agent and knowledge-informed trajectories (with Masked Trajectory Guidance)
-
-The model learns from trajectories: *think → call a tool → read the result → … → answer*. This
-notebook builds them offline over the kit's own medical data. It introduces the agent's tools (a
-private BM25 medical retriever, entity read, relation lookups and a Bayesian clinical reasoning
-engine over HPO annotation frequencies), the upstream text protocol (`<think>`, `<tool_call>`,
-`<tool_response>`, `<answer>`) which is exactly what the Qwen2.5 chat template renders for TRL, and
-a defensive parser. Then, for every training question of notebook 03, it **walks the question's
-knowledge-graph chain with real tool calls** — a hop counts only if the entity shows up in the
-observation — and writes thoughts that justify each action. A teacher model can also roll out
-freely with the **masked reasoning path as guidance** (MTG): the guidance is in its prompt, never in
-the saved sample. Every trajectory goes through the paper's filters; the accepted ones are saved
-as chat messages with tool calls, ready for TRL SFT (notebook 05).
-
-**Expected results**
-
-| profile | questions | KG-guided trajectories | accepted | mean tool calls | free rollouts (teacher) | wall time (2 CPU cores) |
-|---|---|---|---|---|---|---|
-| `smoke` | ~24 train | 1 per question | ~100% | ~6 | 2, small model | ~1 min |
-| `cpu` | 1,101 train | 2 per question (2,202) | 2,188 (99.4%) over 1,094 questions, 18 specialties | ~5.3 (paper: 4.2) | 8 with SmolLM2-135M: 0 accepted | ~6 min |
-| `gpu` | all train | 2 per question | as `cpu` | as `cpu` | 300 with the 7B teacher | ~20 min |
-
-The `cpu` row is the committed run (synthesis v8, questions of generator v4 with half the seeds'
-chains capped at 2-3 hops): 100% of 9,790 picks grounded, 1,519 tokens per trajectory as SFT sees
-them (2,354 with the JSON tool schemas the filter counts), the longest 2,850; 7.0 min.
-
-The base 135M model does not follow the tool protocol (it writes prose): its free rollouts end
-with format errors. That is the point of notebook 05, which fine-tunes it on these trajectories.
-''')
-md(r'''
-## 0 Parameters
-
-`None` means *use the profile's default* (see `medkit/profiles.py`).
-''')
-code(r'''
+# %% tags=["parameters"]
 PROFILE = "cpu"               # smoke | cpu | gpu; selects every default below
 SEED = None                   # base random seed (default 13); the same seed gives the same trajectories
 N_QUESTIONS = None            # training questions to synthesise for, None takes the whole train split of notebook 03
@@ -60,9 +50,11 @@ RERANK = None                 # True re-ranks search hits with the offline MiniL
 ENGINE = None                 # local teacher's engine: auto (default: OpenVINO on CPU where it runs), openvino, ctranslate2 or transformers (the reference)
 ENGINE_PRECISION = None       # auto (default: bf16 on OpenVINO where the CPU has it, 1.5x faster, like transformers' bf16), float32 (the exact model) or int8 (CTranslate2 only: approximate)
 ENGINE_BATCH = None           # conversations the engine schedules at once (default 64; lower it if memory is short)
-''', tags=["parameters"])
-md("## 0 Global settings")
-code(r'''
+
+# %% [markdown]
+# ## 0 Global settings
+
+# %%
 import json, time
 import pandas as pd
 from IPython.display import Markdown, display
@@ -77,16 +69,16 @@ P = profiles.resolve(PROFILE, "trajectories", SEED=SEED, N_QUESTIONS=N_QUESTIONS
 OUT = paths.profile_data_dir(PROFILE)
 FIG = paths.results_dir(PROFILE) / "figures"; FIG.mkdir(parents=True, exist_ok=True)
 P
-''')
-md(r'''
-## 1 The tools
 
-Six typed Python functions over the kit's knowledge base and the profile's drug–disease
-definition links; their docstrings become the JSON schemas the model sees. They never raise:
-bad input comes back as a one-line `Error: …` observation, and outputs are capped at 4,000
-characters.
-''')
-code(r'''
+# %% [markdown]
+# ## 1 The tools
+#
+# Six typed Python functions over the kit's knowledge base and the profile's drug–disease
+# definition links; their docstrings become the JSON schemas the model sees. They never raise:
+# bad input comes back as a one-line `Error: …` observation, and outputs are capped at 4,000
+# characters.
+
+# %%
 t0 = time.time()
 index, toolbox = TR.open_tools(OUT, rerank=P["RERANK"])
 schemas = A.tool_schemas(toolbox.tools())
@@ -94,8 +86,8 @@ train = mio.read_jsonl(OUT / "questions_train.jsonl")
 print(f"tools loaded in {time.time() - t0:.1f} s; {len(train):,} training questions")
 pd.DataFrame([{"tool": s["function"]["name"], "description": s["function"]["description"],
                "arguments": ", ".join(s["function"]["parameters"]["properties"])} for s in schemas])
-''')
-code(r'''
+
+# %%
 fabry = "MONDO:0010526"
 print(toolbox.call("lookup", {"name": "Fabry disease"}), end="\n\n")
 print(toolbox.call("diagnose", {"phenotypes": ["Angiokeratoma", "Hypohidrosis", "Acroparesthesia", "Corneal opacity"], "k": 3}), end="\n\n")
@@ -104,12 +96,12 @@ print(toolbox.call("search", {"query": "alpha-galactosidase deficiency angiokera
 for bad in [("read", {"entity_id": "MONDO:9999999"}), ("search", {"query": ""}), ("diagnose", {"phenotypes": "fever"}),
             ("teleport", {}), ("related", {"entity_id": fabry})]:
     print(bad[0], "->", toolbox.call(*bad))
-''')
-md(r'''
-The private retriever is BM25 (bm25s); dense re-ranking of a wider BM25 candidate set with the
-offline MiniLM embedder is optional (`RERANK`). Below, one paraphrased query both ways.
-''')
-code(r'''
+
+# %% [markdown]
+# The private retriever is BM25 (bm25s); dense re-ranking of a wider BM25 candidate set with the
+# offline MiniLM embedder is optional (`RERANK`). Below, one paraphrased query both ways.
+
+# %%
 from medkit import retriever as R
 query = "inherited enzyme deficiency with angiokeratomas, burning pain in the hands and kidney failure"
 t0 = time.time(); bm25_hits = toolbox.retriever.search(query, k=5); bm25_ms = (time.time() - t0) * 1000
@@ -118,16 +110,16 @@ t0 = time.time(); dense_hits = R.rerank(query, toolbox.retriever.search(query, k
 print(f"BM25 {bm25_ms:.1f} ms; BM25 top 30 + MiniLM re-rank {dense_ms:.0f} ms")
 pd.DataFrame({"BM25": [f"{h.title} ({h.entity_id})" for h in bm25_hits],
               "BM25 + MiniLM re-rank": [f"{h.title} ({h.entity_id})" for h in dense_hits]}, index=range(1, 6))
-''')
-md(r'''
-## 2 The protocol, two views of one trajectory, and a parser that never raises
 
-Trajectories are stored as TRL chat messages (assistant `tool_calls`, `role: "tool"` results) plus
-the tool schemas. `to_text_messages` gives the upstream text protocol for any chat model or
-endpoint. For a ChatML model (SmolLM2, Qwen) the two views are **the same token stream** — checked
-below with TRL's Qwen2.5 training template — so what SFT trains on is exactly what the agent sees.
-''')
-code(r'''
+# %% [markdown]
+# ## 2 The protocol, two views of one trajectory, and a parser that never raises
+#
+# Trajectories are stored as TRL chat messages (assistant `tool_calls`, `role: "tool"` results) plus
+# the tool schemas. `to_text_messages` gives the upstream text protocol for any chat model or
+# endpoint. For a ChatML model (SmolLM2, Qwen) the two views are **the same token stream** — checked
+# below with TRL's Qwen2.5 training template — so what SFT trains on is exactly what the agent sees.
+
+# %%
 for text in ['<think>Rank diseases for the phenotypes.</think>\n<tool_call>\n{"name": "diagnose", "arguments": {"phenotypes": ["Angiokeratoma"]}}\n</tool_call>',
              '<think>Done.</think>\n<answer>Hepatitis B</answer>',
              '<tool_call>{"name": "search", "arguments": {"query": "x"</tool_call>',
@@ -135,24 +127,24 @@ for text in ['<think>Rank diseases for the phenotypes.</think>\n<tool_call>\n{"n
              '<think><think>nested</think><tool_call>[1, 2]</tool_call><answer></answer>']:
     t = A.parse_turn(text)
     print(repr(text[:60]), "->", {"calls": t.tool_calls, "answer": t.answer, "errors": t.errors})
-''')
-md(r'''
-## 3 One question, one knowledge-informed trajectory
 
-The synthesiser reads the question's verifiable constraints (notebook 03), picks for every hop the
-tool that exposes that relation (`diagnose` for a disease described by phenotypes, `related` /
-`common` for a typed relation, a keyword `search` otherwise), executes it, and keeps the step only
-if the next chain entity is in the observation. Thoughts use only the question and what has been
-observed so far; the last call verifies the answer from the other side.
-''')
-code(r'''
+# %% [markdown]
+# ## 3 One question, one knowledge-informed trajectory
+#
+# The synthesiser reads the question's verifiable constraints (notebook 03), picks for every hop the
+# tool that exposes that relation (`diagnose` for a disease described by phenotypes, `related` /
+# `common` for a typed relation, a keyword `search` otherwise), executes it, and keeps the step only
+# if the next chain entity is in the observation. Thoughts use only the question and what has been
+# observed so far; the last call verifies the answer from the other side.
+
+# %%
 example_record = next(r for r in train if r["hops"] >= 3 and r["answer_type"] == "disease")
 example = S.synthesise(example_record, index, toolbox, seed=P["SEED"])
 print("masked path (never shown to the agent):", example_record["reasoning_path"])
 print("chain:", " -> ".join(index.name[e] for e in example_record["chain"]), "| failure:", example.failure)
 display(Markdown(TR.render_markdown(example.messages)))
-''')
-code(r'''
+
+# %%
 tok = M.load_tokenizer(PROFILE)
 from trl.chat_template_utils import qwen2_5_training_chat_template
 as_trl = tok.apply_chat_template(example.messages, tools=schemas, chat_template=qwen2_5_training_chat_template, tokenize=False)
@@ -160,18 +152,18 @@ as_text = tok.apply_chat_template(A.to_text_messages(example.messages, schemas),
 assert as_trl == as_text, "the TRL view and the text-protocol view differ"
 count_tokens = TR.token_counter(tok, schemas)
 print(f"identical renderings: {len(as_trl):,} characters, {count_tokens(example.messages):,} tokens")
-''')
-md(r'''
-## 4 KG-guided synthesis for every training question
 
-Resumable: each (question, variant) is appended to `trajectories_all.jsonl` as soon as it is
-filtered; a rerun skips what is there (a torn last line is cut and redone). The filters are the
-paper's: synthesis failed (a hop never observed), unmatched call/response, format error, tool
-error, no answer, wrong answer (judge: exact / id / normalised / KG synonym — never a
-multiple-choice letter), too few turns, over the token limit, guidance leak — plus one of the
-kit's: **ungrounded**, a pick that nothing visible in the conversation narrows down (section 7).
-''')
-code(r'''
+# %% [markdown]
+# ## 4 KG-guided synthesis for every training question
+#
+# Resumable: each (question, variant) is appended to `trajectories_all.jsonl` as soon as it is
+# filtered; a rerun skips what is there (a torn last line is cut and redone). The filters are the
+# paper's: synthesis failed (a hop never observed), unmatched call/response, format error, tool
+# error, no answer, wrong answer (judge: exact / id / normalised / KG synonym — never a
+# multiple-choice letter), too few turns, over the token limit, guidance leak — plus one of the
+# kit's: **ungrounded**, a pick that nothing visible in the conversation narrows down (section 7).
+
+# %%
 questions = train if P["N_QUESTIONS"] is None else train[: P["N_QUESTIONS"]]
 by_id = {TR.question_id(r): r for r in questions}
 log = OUT / "trajectories_all.jsonl"
@@ -190,14 +182,14 @@ synth_seconds = time.time() - t0
 made = sum(v for k, v in counts.items() if not k.startswith("skipped"))
 print(dict(counts))
 print(f"this run made {made:,} trajectories in {synth_seconds:.1f} s (the rest were already in the log)")
-''')
-md(r'''
-## 5 Acceptance by filter reason, and the judge
 
-Bars show the *first* reason each rejected trajectory failed on (a trajectory whose hop was
-never observed also has no answer, and so on).
-''')
-code(r'''
+# %% [markdown]
+# ## 5 Acceptance by filter reason, and the judge
+#
+# Bars show the *first* reason each rejected trajectory failed on (a trajectory whose hop was
+# never observed also has no answer, and so on).
+
+# %%
 rows = [r for r in mio.read_jsonl(log) if r["source"] == "kg_guided" and r["question_id"] in by_id]
 summary = TR.summarise(rows)
 reasons = pd.Series({"accepted": summary["accepted"], **summary["first_reject_reason"]})
@@ -205,16 +197,18 @@ fig = plots.bar_counts(reasons, f"KG-guided trajectories by outcome ({PROFILE})"
 plots.save(fig, FIG / "04_filter_reasons.png")
 print(f"acceptance {summary['acceptance_rate']:.1%} ({summary['accepted']:,} of {summary['trajectories']:,}); "
       f"{summary['trajectories_per_second']} trajectories per second of synthesis + filtering (summed over runs)")
-''')
-code(r'''
+
+# %%
 hep_b = {"answer": "Hepatitis B", "answer_id": "MONDO:0005344", "answer_aliases": ["Hepatitis B", "HBV infection"]}
 for pred in ["Hepatitis B", "B", "The answer is **hepatitis b**.", "HBV infection", "Hepatitis B (MONDO:0005344)",
              "Hepatitis B or hepatitis C", "Hepatitis C"]:
     v = J.judge(pred, hep_b)
     print(f"{pred!r:40} -> correct={v.correct} ({v.method})")
-''')
-md("## 6 Tool use, length and coverage of the accepted trajectories")
-code(r'''
+
+# %% [markdown]
+# ## 6 Tool use, length and coverage of the accepted trajectories
+
+# %%
 acc = [r for r in rows if r["filter"]["accepted"]]
 tools_used = pd.Series(summary["tool_calls_by_tool"])
 plots.save(plots.bar_counts(tools_used, "Tool calls in accepted trajectories", xlabel="calls"), FIG / "04_tool_calls.png")
@@ -229,21 +223,21 @@ spec = pd.Series([r["specialty"] for r in acc]).value_counts()
 plots.save(plots.bar_counts(spec, "Accepted trajectories by specialty", xlabel="trajectories"), FIG / "04_specialties.png")
 print(f"mean tool calls {summary['mean_tool_calls']} (paper 4.2); mean tokens {summary['mean_tokens']}; "
       f"{summary['specialties']} specialties; {summary['questions_covered']:,} questions covered")
-''')
-md(r'''
-### Where the tokens go, as SFT sees them
 
-The histogram counts tokens as the filter does: with every tool's JSON schema in the system prompt
-(~840 tokens). SFT on the `cpu` profile leaves that block out (`TOOLS_IN_PROMPT = False` in
-notebook 05): the system prompt keeps a one-line-per-tool list, so the model still sees every tool,
-and the agent is evaluated with the same prompt. Training time grows with tokens, and tokens that
-carry nothing the next step needs teach nothing, so this is the count that matters. Each
-trajectory is split into system prompt, question, thoughts, calls, observations, answer and the
-chat template's own tokens, by hop count. Expected on `cpu` (the committed run): mean 1,519 tokens,
-observations 34%, thoughts 19%, calls 19%, system prompt 15%; 2-hop 1,148 and 6-hop 2,177, 83%
-within 2,048 and 27% within 1,200.
-''')
-code(r'''
+# %% [markdown]
+# ### Where the tokens go, as SFT sees them
+#
+# The histogram counts tokens as the filter does: with every tool's JSON schema in the system prompt
+# (~840 tokens). SFT on the `cpu` profile leaves that block out (`TOOLS_IN_PROMPT = False` in
+# notebook 05): the system prompt keeps a one-line-per-tool list, so the model still sees every tool,
+# and the agent is evaluated with the same prompt. Training time grows with tokens, and tokens that
+# carry nothing the next step needs teach nothing, so this is the count that matters. Each
+# trajectory is split into system prompt, question, thoughts, calls, observations, answer and the
+# chat template's own tokens, by hop count. Expected on `cpu` (the committed run): mean 1,519 tokens,
+# observations 34%, thoughts 19%, calls 19%, system prompt 15%; 2-hop 1,148 and 6-hop 2,177, 83%
+# within 2,048 and 27% within 1,200.
+
+# %%
 sft_schemas = schemas if profiles.defaults(PROFILE, "sft")["TOOLS_IN_PROMPT"] else []
 tokens_sft = TR.token_report(tok, acc, sft_schemas)
 seg = pd.DataFrame({h: v["segments_mean"] for h, v in tokens_sft["by_hops"].items()}).T
@@ -253,23 +247,23 @@ plots.save(plots.stacked_segments(seg, f"Tokens per accepted trajectory as SFT s
 print(f"mean {tokens_sft['mean_tokens']:,} tokens as SFT sees them (max {tokens_sft['max_tokens']:,}); "
       f"within 1,200: {tokens_sft['share_within']['1200']:.0%}, within 2,048: {tokens_sft['share_within']['2048']:.0%}")
 display(pd.Series(tokens_sft["segments_share"], name="share of tokens").to_frame().T)
-''')
-md(r'''
-## 7 Is every pick grounded in what the agent has seen?
 
-A model learns from a trajectory what the trajectory shows. If the agent lists seven drugs and
-then "picks" the right one, the sample teaches guessing: nothing visible singled it out. The
-grounding rule (`medkit.grounding`, stated in its docstring) checks every *commit* — the turn that
-first names a chain entity — and asks whether every other candidate of the same kind in the
-observation that introduced it was ruled out by something already visible: a complete list for
-another constraint of the hop, an intersection (`common`), a `diagnose` line lacking a clue, the
-competitor's own entry. Synthesis adds exactly those checks before committing and gives up
-(`ungrounded`) when none exists; the filter re-checks every trajectory. The tables show, for the
-accepted trajectories, the grounded share by the tool that introduced the pick and by hop count
-(expected: 1.0 everywhere; the pre-grounding synthesis scored 0.77 of commits and 0.27 of
-trajectories on the cpu profile, with `related` lists introducing 81% of the guesses).
-''')
-code(r'''
+# %% [markdown]
+# ## 7 Is every pick grounded in what the agent has seen?
+#
+# A model learns from a trajectory what the trajectory shows. If the agent lists seven drugs and
+# then "picks" the right one, the sample teaches guessing: nothing visible singled it out. The
+# grounding rule (`medkit.grounding`, stated in its docstring) checks every *commit* — the turn that
+# first names a chain entity — and asks whether every other candidate of the same kind in the
+# observation that introduced it was ruled out by something already visible: a complete list for
+# another constraint of the hop, an intersection (`common`), a `diagnose` line lacking a clue, the
+# competitor's own entry. Synthesis adds exactly those checks before committing and gives up
+# (`ungrounded`) when none exists; the filter re-checks every trajectory. The tables show, for the
+# accepted trajectories, the grounded share by the tool that introduced the pick and by hop count
+# (expected: 1.0 everywhere; the pre-grounding synthesis scored 0.77 of commits and 0.27 of
+# trajectories on the cpu profile, with `related` lists introducing 81% of the guesses).
+
+# %%
 grounding = GR.summarise(GR.check_rows(acc, questions))
 fig = plots.bar_counts(grounding["by_tool"]["commits"], "Which tool introduced each pick (accepted trajectories)",
                        xlabel="commits")
@@ -278,17 +272,17 @@ print(f"grounded commits {grounding['grounded_commit_rate']:.1%} of {grounding['
       f"grounded trajectories {grounding['grounded_trajectory_rate']:.1%} of {grounding['trajectories']:,}; "
       f"ids never shown before use: {grounding['never_shown_commits']}")
 display(grounding["by_tool"]); display(grounding["by_hops"])
-''')
-md(r'''
-## 8 Free rollouts with Masked Trajectory Guidance
 
-The teacher (the profile's local model, or any OpenAI-compatible endpoint in `TEACHER`) runs the
-same agent loop on questions, with the masked reasoning path in its system prompt. The saved
-messages never contain it; a sample whose thoughts still refer to it ("hint", `Entity_A`, …) is
-rejected. Stop rules: an answer, `AGENT_MAX_CALLS` model calls, the token budget, an identical
-repeated call, two format errors in a row, or a backend error.
-''')
-code(r'''
+# %% [markdown]
+# ## 8 Free rollouts with Masked Trajectory Guidance
+#
+# The teacher (the profile's local model, or any OpenAI-compatible endpoint in `TEACHER`) runs the
+# same agent loop on questions, with the masked reasoning path in its system prompt. The saved
+# messages never contain it; a sample whose thoughts still refer to it ("hint", `Entity_A`, …) is
+# rejected. Stop rules: an answer, `AGENT_MAX_CALLS` model calls, the token budget, an identical
+# repeated call, two format errors in a row, or a backend error.
+
+# %%
 free_rows, free_summary = [], None
 if P["FREE_QUESTIONS"]:
     from medkit import llm
@@ -317,16 +311,16 @@ if P["FREE_QUESTIONS"]:
                     "mean_format_errors": float(pd.Series([r["n_format_errors"] for r in free_rows]).mean())}
     display(Markdown(TR.render_markdown(free_rows[0]["messages"], 400)))
 free_summary
-''')
-md(r'''
-## 9 Optional: rewrite the thoughts with an LLM
 
-With `REWRITE_ENDPOINT` set, every `<think>` of the accepted KG-guided trajectories is rewritten
-by that model to justify its action in freer language. A rewrite is kept only if it leaks no
-guidance and names no id the conversation has not shown yet; the rewritten set is saved beside
-the original (`trajectories_rewritten.jsonl`).
-''')
-code(r'''
+# %% [markdown]
+# ## 9 Optional: rewrite the thoughts with an LLM
+#
+# With `REWRITE_ENDPOINT` set, every `<think>` of the accepted KG-guided trajectories is rewritten
+# by that model to justify its action in freer language. A rewrite is kept only if it leaks no
+# guidance and names no id the conversation has not shown yet; the rewritten set is saved beside
+# the original (`trajectories_rewritten.jsonl`).
+
+# %%
 rewrite_stats = None
 if P["REWRITE_ENDPOINT"]:
     from medkit import llm
@@ -341,15 +335,15 @@ if P["REWRITE_ENDPOINT"]:
         mio.write_jsonl(OUT / "trajectories_rewritten.jsonl", TR.accepted_records(rewritten, schemas))
         rewrite_stats = {"trajectories": len(rewritten), "thoughts_rewritten": kept}
 rewrite_stats
-''')
-md(r'''
-## 10 Save the TRL dataset and read it back
 
-`trajectories.jsonl` holds the accepted trajectories (KG-guided and free) as `messages` with tool
-calls plus `tools` (the schemas as a JSON string), which TRL's `SFTTrainer` takes directly; the
-provenance file records sources, versions, seed and parameters.
-''')
-code(r'''
+# %% [markdown]
+# ## 10 Save the TRL dataset and read it back
+#
+# `trajectories.jsonl` holds the accepted trajectories (KG-guided and free) as `messages` with tool
+# calls plus `tools` (the schemas as a JSON string), which TRL's `SFTTrainer` takes directly; the
+# provenance file records sources, versions, seed and parameters.
+
+# %%
 all_rows = [r for r in mio.read_jsonl(log) if r["question_id"] in by_id]
 final = TR.accepted_records(all_rows, schemas)
 mio.write_jsonl(OUT / "trajectories.jsonl", final)
@@ -370,5 +364,3 @@ assert back == tok.apply_chat_template(final[0]["messages"], tools=json.loads(fi
                                        chat_template=qwen2_5_training_chat_template, tokenize=False)
 print(ds); print(pd.read_json(OUT / "trajectories.jsonl", lines=True)[["question_id", "source", "specialty", "n_tool_calls", "n_tokens"]].head())
 {k: metrics["kg_guided"][k] for k in ("accepted", "acceptance_rate", "mean_tool_calls", "specialties")}
-''')
-B.write(Path(__file__).resolve().parents[1] / "04_trajectories.ipynb")
