@@ -23,12 +23,14 @@ from medkit import grounding as G
 from medkit import io as mio
 from medkit import paths, profiles
 from medkit import synthesis as S
+from medkit import questions as Q
+from medkit import tools as T
 from medkit import trajectories as TR
 from medkit.model import load_tokenizer
 
 def main(profile: str = "cpu", n: int = 150, out: str | None = None) -> dict:
     data = paths.profile_data_dir(profile)
-    index, toolbox = TR.open_tools(data)
+    index, toolbox = T.open_tools(data)
     tok = load_tokenizer(profile)
     full = A.tool_schemas(toolbox.tools())
     # the filter counts as notebook 04 does (every tool's JSON schema in the prompt); SFT drops the
@@ -43,7 +45,7 @@ def main(profile: str = "cpu", n: int = 150, out: str | None = None) -> dict:
     for rec in sample:
         for variant in (0, 1):
             traj = S.synthesise(rec, index, toolbox, variant=variant).to_record()
-            traj.update({"question_id": TR.question_id(rec), "variant": variant, "source": "kg_guided",
+            traj.update({"question_id": Q.question_id(rec), "variant": variant, "source": "kg_guided",
                          "hops": rec.get("hops")})
             traj["filter"] = TR.filter_trajectory(traj, rec, max_tokens=max_tokens, count_tokens=count,
                                                   resolve=toolbox.resolve_ids)

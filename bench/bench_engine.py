@@ -266,7 +266,7 @@ def run_agent_mode(mode: str, profile: str) -> dict[str, Any]:
     from medkit import engine as EN
     from medkit import evaluation as E
     from medkit import openvino_engine as OV
-    from medkit import trajectories as TR
+    from medkit import tools as T
     from medkit.llm import LocalTransformersBackend
     from medkit.sft import load_for_inference
 
@@ -274,7 +274,7 @@ def run_agent_mode(mode: str, profile: str) -> dict[str, Any]:
     engine, precision, batch = spec["engine"], spec["precision"], spec["batch"]
     params, data, adapter = _sft(profile)
     questions = _questions(data)[:ABLATION_QUESTIONS.get(mode, N_QUESTIONS)]
-    _, toolbox = TR.open_tools(data)
+    _, toolbox = T.open_tools(data)
     t0 = time.perf_counter()
     if engine == "transformers":
         model, tok = load_for_inference(profile, adapter, bf16=params["BF16"] if precision is None else False)
@@ -379,11 +379,11 @@ def run_mismatch(profile: str) -> dict[str, Any]:
     from medkit import agent as A
     from medkit import engine as EN
     from medkit import grpo as G
-    from medkit import trajectories as TR
+    from medkit import tools as T
     from medkit.sft import load_for_inference
 
     params, data, adapter = _sft(profile)
-    _, toolbox = TR.open_tools(data)
+    _, toolbox = T.open_tools(data)
     model, tok = load_for_inference(profile, adapter, bf16=False)
     engines = {p: EN.engine_backend(model, tok, compute_type=p, progress=False) for p in EN.ENGINE_PRECISIONS["ctranslate2"]}
     cfg = A.AgentConfig(max_calls=int(params["EVAL_MAX_CALLS"]), max_new_tokens=int(params["EVAL_MAX_NEW_TOKENS"]),

@@ -35,12 +35,12 @@ def timed_grpo(profile: str, params: dict) -> dict:
 
     from medkit import grpo as G
     from medkit import model as M
-    from medkit import trajectories as TR
+    from medkit import tools as T
 
     data = paths.profile_data_dir(profile)
     questions = G.select_training_questions(mio.read_jsonl(data / "questions_train.jsonl"), params["N_QUESTIONS"],
                                             max_hops=params["MAX_HOPS"], seed=params["SEED"])
-    _, toolbox = TR.open_tools(data)
+    _, toolbox = T.open_tools(data)
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         run = G.run_grpo(profile, params, adapter_dir=data / "sft" / "adapter", questions=questions, toolbox=toolbox,

@@ -21,6 +21,8 @@ from medkit import agent as A
 from medkit import io as mio
 from medkit import llm, paths
 from medkit import synthesis as S
+from medkit import questions as Q
+from medkit import tools as T
 from medkit import trajectories as TR
 from medkit.model import load_tokenizer
 
@@ -28,7 +30,7 @@ from medkit.model import load_tokenizer
 def main(profile: str = "cpu", n: int = 300, n_free: int = 8) -> dict:
     data = paths.profile_data_dir(profile)
     t0 = time.perf_counter()
-    index, toolbox = TR.open_tools(data)
+    index, toolbox = T.open_tools(data)
     setup = time.perf_counter() - t0
     schemas = A.tool_schemas(toolbox.tools())
     count = TR.token_counter(load_tokenizer(profile), schemas)
@@ -61,7 +63,7 @@ def main(profile: str = "cpu", n: int = 300, n_free: int = 8) -> dict:
     t0 = time.perf_counter()
     rollouts = A.run_agent(teacher, toolbox, free_qs, config=A.AgentConfig(max_calls=10, max_new_tokens=192,
                                                                            token_budget=4096, seed=13),
-                           schemas=schemas, guidance={TR.question_id(r): TR.guidance_text(r) for r in free_qs},
+                           schemas=schemas, guidance={Q.question_id(r): TR.guidance_text(r) for r in free_qs},
                            progress=False)
     free_s = time.perf_counter() - t0
     free = [verdict(t, r) for t, r in zip(rollouts, free_qs)]

@@ -305,15 +305,64 @@ class AgentConfig:
     seed: int | None = None
 
 
-def _call_key(call: dict[str, Any]) -> str:
-    return json.dumps([call["name"], call["arguments"]], sort_keys=True, default=str)
+def new_state(q: dict[str, Any], system: str = SYSTEM_PROMPT) -> dict[str, Any]:
+    """A fresh conversation state for question record ``q`` — the one state every agent loop
+    (:func:`run_agent`, GRPO's token-level rollouts) steps through :func:`take_turn`.
 
-
-def _new_state(q: dict[str, Any], system: str) -> dict[str, Any]:
+    Public keys: ``question_id``, ``question``, ``messages``, ``format_errors``, ``tool_errors``,
+    ``n_model_calls``, ``n_tool_calls``, ``n_tokens``, ``prediction``, ``stop_reason``. Keys that
+    start with ``_`` are the step rules' own bookkeeping, removed by :func:`finish_state`."""
     return {"question_id": str(q.get("question_id") or q.get("id")), "question": q["question"],
             "messages": [{"role": "system", "content": system}, {"role": "user", "content": q["question"]}],
             "format_errors": [], "tool_errors": [], "n_model_calls": 0, "n_tool_calls": 0,
             "n_tokens": 0, "prediction": None, "stop_reason": None, "_seen": set(), "_bad_turns": 0}
+
+
+def stop_before_call(state: dict[str, Any], cfg: AgentConfig) -> bool:
+    """Apply the stop rules that hold before the next model call (call budget, consecutive
+    malformed turns); ``True`` when the state may take another turn."""
+    if state["stop_reason"] is None:
+        if state["n_model_calls"] >= cfg.max_calls:
+            state["stop_reason"] = "max_calls"
+        elif state["_bad_turns"] >= cfg.max_format_errors:
+            state["stop_reason"] = "format_errors"
+    return state["stop_reason"] is None
+
+
+def take_turn(state: dict[str, Any], text: str, finish_reason: str, call_tool: Callable[[str, dict], str], *,
+              cfg: AgentConfig, n_tokens: int | None = None) -> None:
+    """One model reply applied to ``state``: parse it (closing a tag cut by a stop string), append
+    the messages, run its tool call, and apply the stop rules that follow a reply (answer, repeated
+    call, token budget). ``finish_reason`` is the backend's (``stop`` / ``length``); ``n_tokens``
+    the prompt + completion tokens of this call, when the caller counts them."""
+    state["n_model_calls"] += 1
+    if n_tokens is not None:
+        state["n_tokens"] = n_tokens
+    if finish_reason == "stop":
+        text = close_open_tag(text)
+    _act(state, parse_turn(text), call_tool)
+    if state["stop_reason"] is None and n_tokens is not None and n_tokens > cfg.token_budget:
+        state["stop_reason"] = "token_budget"
+    if state["stop_reason"] is None and finish_reason == "length" and state["_bad_turns"]:
+        state["format_errors"][-1]["errors"].append("reply cut at max_new_tokens")
+
+
+def backend_failed(state: dict[str, Any], error: str) -> None:
+    """Record a model call that returned no text (the backend's error) and stop the state."""
+    state["n_model_calls"] += 1
+    state["stop_reason"] = "backend_error"
+    state["format_errors"].append({"turn": state["n_model_calls"], "errors": [f"backend: {error}"]})
+
+
+def finish_state(state: dict[str, Any]) -> dict[str, Any]:
+    """Drop the step rules' bookkeeping and count the format errors: the trajectory as stored."""
+    state.pop("_seen", None), state.pop("_bad_turns", None)
+    state["n_format_errors"] = len(state["format_errors"])
+    return state
+
+
+def _call_key(call: dict[str, Any]) -> str:
+    return json.dumps([call["name"], call["arguments"]], sort_keys=True, default=str)
 
 
 def _act(state: dict[str, Any], turn: ParsedTurn, call_tool: Callable[[str, dict], str]) -> None:
@@ -362,24 +411,16 @@ def run_agent(backend: Any, toolbox: Any, questions: Sequence[dict[str, Any]], *
     TRL-ready ``messages`` (without guidance), ``prediction``, ``stop_reason``, counts of model
     and tool calls, recorded ``format_errors`` / ``tool_errors`` and the last call's token count.
     """
-    from tqdm.auto import tqdm
+    from .notebook_output import progress as tqdm  # tqdm.auto, off in headless runs
 
     cfg = config or AgentConfig()
     schemas = schemas if schemas is not None else tool_schemas(toolbox.tools())
     guidance = guidance or {}
-    states = [_new_state(q, system) for q in questions]
+    states = [new_state(q, system) for q in questions]
     bar = tqdm(total=len(states), desc="agent", unit="question", disable=not progress)
     step = 0
     while True:
-        active = [s for s in states if s["stop_reason"] is None]
-        if not active:
-            break
-        for s in active:
-            if s["n_model_calls"] >= cfg.max_calls:
-                s["stop_reason"] = "max_calls"
-            elif s["_bad_turns"] >= cfg.max_format_errors:
-                s["stop_reason"] = "format_errors"
-        active = [s for s in states if s["stop_reason"] is None]
+        active = [s for s in states if stop_before_call(s, cfg)]
         if not active:
             break
         convs = [to_text_messages(s["messages"], schemas, guidance.get(s["question_id"]), demo) for s in active]
@@ -387,22 +428,42 @@ def run_agent(backend: Any, toolbox: Any, questions: Sequence[dict[str, Any]], *
         outs = backend.generate(convs, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                                 stop=STOP_STRINGS, seed=seed)
         for s, out in zip(active, outs):
-            s["n_model_calls"] += 1
             if not out.ok:
-                s["stop_reason"] = "backend_error"
-                s["format_errors"].append({"turn": s["n_model_calls"], "errors": [f"backend: {out.error}"]})
+                backend_failed(s, out.error)
                 continue
-            s["n_tokens"] = out.n_prompt_tokens + out.n_completion_tokens
-            text = close_open_tag(out.text) if out.finish_reason == "stop" else out.text
-            _act(s, parse_turn(text), toolbox.call)
-            if s["stop_reason"] is None and s["n_tokens"] > cfg.token_budget:
-                s["stop_reason"] = "token_budget"
-            if s["stop_reason"] is None and out.finish_reason == "length" and s["_bad_turns"]:
-                s["format_errors"][-1]["errors"].append("reply cut at max_new_tokens")
+            take_turn(s, out.text, out.finish_reason, toolbox.call, cfg=cfg,
+                      n_tokens=out.n_prompt_tokens + out.n_completion_tokens)
         bar.update(sum(1 for s in active if s["stop_reason"] is not None))
         step += 1
     bar.close()
     for s in states:
-        s.pop("_seen"), s.pop("_bad_turns")
-        s["n_format_errors"] = len(s["format_errors"])
+        finish_state(s)
     return states
+
+
+def render_markdown(messages: Sequence[dict[str, Any]], max_observation_chars: int = 700) -> str:
+    """A trajectory turn by turn, for display in a notebook (observations shortened)."""
+    out = []
+    for i, m in enumerate(messages):
+        role = m.get("role")
+        if role == "system":
+            continue
+        if role == "user":
+            out.append(f"**{'Question' if i <= 1 else 'User'}:** {m.get('content')}")
+        elif role == "assistant":
+            turn = parse_turn(str(m.get("content") or ""))
+            if turn.think:
+                out.append(f"**Think:** {turn.think}")
+            for c in m.get("tool_calls") or []:
+                fn = c.get("function", c)
+                out.append(f"**Call:** `{fn.get('name')}({json.dumps(fn.get('arguments'), ensure_ascii=False)})`")
+            if turn.answer:
+                out.append(f"**Answer:** {turn.answer}")
+            if not (turn.think or m.get("tool_calls") or turn.answer):
+                out.append(f"**Assistant (unparsed):** {str(m.get('content'))[:300]}")
+        elif role == "tool":
+            text = str(m.get("content", ""))
+            if len(text) > max_observation_chars:
+                text = text[:max_observation_chars] + f" … [{len(text) - max_observation_chars} more characters]"
+            out.append("**Observation:**\n```\n" + text + "\n```")
+    return "\n\n".join(out)

@@ -458,7 +458,7 @@ def _torch_threads() -> int:
 
 @contextlib.contextmanager
 def _bar(total: int, desc: str, enabled: bool) -> Iterator[Any]:
-    from tqdm.auto import tqdm
+    from .notebook_output import progress as tqdm  # tqdm.auto, off in headless runs
 
     bar = tqdm(total=total, desc=desc, unit="conv", disable=not enabled, leave=False)
     try:

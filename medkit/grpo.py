@@ -100,6 +100,11 @@ class RolloutConfig:
     engine_sync_steps: int = 1         # export the policy to the engine every N optimizer steps
     engine_batch: int = 64             # conversations per engine batch
 
+    def agent_config(self) -> A.AgentConfig:
+        """The agent's stop rules and sampling for these rollouts (the completion budget is GRPO's own)."""
+        return A.AgentConfig(max_calls=self.max_calls, max_new_tokens=self.max_new_tokens,
+                             max_format_errors=self.max_format_errors, temperature=self.temperature, seed=self.seed)
+
 
 @dataclass
 class TokenRollout:
@@ -304,7 +309,7 @@ class AgentRollouts:
         for prompt in prompts:
             question = _question_of(prompt)
             record = self.records.get(question, {"question": question, "id": None})
-            state = A._new_state(record, prompt[0]["content"] if prompt[0].get("role") == "system" else A.SYSTEM_PROMPT)
+            state = A.new_state(record, prompt[0]["content"] if prompt[0].get("role") == "system" else A.SYSTEM_PROMPT)
             prompt_ids = tokenizer.apply_chat_template(list(prompt), add_generation_prompt=True, tokenize=True,
                                                        return_dict=False)
             if hasattr(prompt_ids, "keys"):  # some tokenizers return a BatchEncoding
@@ -332,18 +337,14 @@ class AgentRollouts:
                     self._apply(r, ids, done, tokenizer, eos_ids, eos_id)
             turn += 1
         for r in rollouts:
-            r.state.setdefault("n_format_errors", len(r.state["format_errors"]))
+            A.finish_state(r.state)
         return rollouts
 
     def _still_going(self, r: TokenRollout) -> bool:
         s, cfg = r.state, self.config
-        if s["stop_reason"] is not None:
+        if not A.stop_before_call(s, cfg.agent_config()):
             return False
-        if s["n_model_calls"] >= cfg.max_calls:
-            s["stop_reason"] = "max_calls"
-        elif s["_bad_turns"] >= cfg.max_format_errors:
-            s["stop_reason"] = "format_errors"
-        elif len(r.completion_ids) >= cfg.max_completion_length - 1:
+        if len(r.completion_ids) >= cfg.max_completion_length - 1:
             s["stop_reason"] = "token_budget"
         return s["stop_reason"] is None
 
@@ -351,24 +352,20 @@ class AgentRollouts:
                eos_id: int) -> None:
         """Append one generated turn (and, if the rollout goes on, the template's continuation)."""
         s, cfg = r.state, self.config
-        s["n_model_calls"] += 1
         ended_with_eos = bool(ids) and ids[-1] in eos_ids
         r.turn_ids.append(list(ids))
         r.turn_texts.append(tokenizer.decode(ids, skip_special_tokens=False))
         r.completion_ids += ids
         r.env_mask += [1] * len(ids)
-        text = A.close_open_tag(done.text) if done.finish_reason == "stop" else done.text
         n_before = len(s["messages"])
-        A._act(s, A.parse_turn(text), self.toolbox.call)
-        if done.finish_reason == "length" and s["stop_reason"] is None and s["_bad_turns"]:
-            s["format_errors"][-1]["errors"].append("reply cut at max_new_tokens")
+        A.take_turn(s, done.text, done.finish_reason, self.toolbox.call, cfg=cfg.agent_config())
         if not ended_with_eos:  # the turn ended at a stop string (or its budget): close it as the template does
             r.completion_ids.append(eos_id)
             r.env_mask.append(1 if done.finish_reason == "stop" else 0)
         if s["stop_reason"] is not None or len(s["messages"]) == n_before:
             return
-        if s["n_model_calls"] >= cfg.max_calls or s["_bad_turns"] >= cfg.max_format_errors:
-            return  # the loop stops it before the next turn: no continuation to append
+        if not A.stop_before_call(s, cfg.agent_config()):
+            return  # it stops before the next turn (call budget, malformed turns): no continuation to append
         _, continuation = turn_close_and_continuation(
             tokenizer, text_messages_after_last_assistant(s["messages"], self.schemas))
         more = tokenizer(continuation, add_special_tokens=False)["input_ids"]
@@ -666,7 +663,7 @@ def learnable_questions(candidates: Sequence[dict[str, Any]], probe_rows: Sequen
     ``n`` of them, in candidate order; every candidate's rate by question id). A candidate without probe
     rollouts is an error (the probe and the pool must be the same question set)."""
     from .bootstrap import per_question
-    from .trajectories import question_id
+    from .questions import question_id
 
     rates = per_question(probe_rows)
     missing = [question_id(q) for q in candidates if question_id(q) not in rates]

@@ -136,7 +136,7 @@ def truncate_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
 
 
 def _progress(total: int, desc: str, enabled: bool) -> Any:
-    from tqdm.auto import tqdm
+    from .notebook_output import progress as tqdm  # tqdm.auto, off in headless runs
 
     return tqdm(total=total, desc=desc, unit="conv", disable=not enabled, leave=False)
 

@@ -75,7 +75,7 @@ def mine_mentions(passages: pd.DataFrame, matcher: Matcher, *, backend: str = "s
     if passages.empty:
         raise InputError(None, "the corpus is empty: no passages to mine")
     work = list(chunks(passages, chunk_size))
-    from tqdm.auto import tqdm
+    from .notebook_output import progress as tqdm  # tqdm.auto, off in headless runs
 
     bar = tqdm(total=len(passages), desc=f"mining ({backend})", unit="passage", disable=not progress)
     parts: list[pd.DataFrame] = []

@@ -113,7 +113,7 @@ def run(path: Path, jobs: Iterable[tuple[str, int, dict[str, Any]]],
         make: Callable[[str, int, dict[str, Any]], dict[str, Any]], *, progress: bool = True,
         desc: str = "questions") -> dict[tuple[str, int], dict[str, Any]]:
     """Append one record per (seed, attempt) job not yet in ``path``; return all records."""
-    from tqdm.auto import tqdm
+    from .notebook_output import progress as tqdm  # tqdm.auto, off in headless runs
 
     mio.repair_jsonl_tail(path)
     done = processed(path)
@@ -129,7 +129,7 @@ def calibrate_pending(path: Path, records: list[dict[str, Any]],
                       solvers: dict[str, Callable[[list[dict[str, Any]]], list[dict[str, Any]]]], *,
                       batch_size: int = 64, progress: bool = True) -> dict[str, dict[str, Any]]:
     """Run every solver on records not yet calibrated (resumable, one JSONL line per record)."""
-    from tqdm.auto import tqdm
+    from .notebook_output import progress as tqdm  # tqdm.auto, off in headless runs
 
     mio.repair_jsonl_tail(path)
     done = {r["id"]: r["calibration"] for r in mio.read_jsonl(path)} if path.exists() else {}

@@ -545,3 +545,8 @@ def polish_records(index: QuestionIndex, records: list[dict[str, Any]], backend:
             result.append({**r, "question": o.text.strip(), "question_original": r["question"],
                            "polish": {"status": "polished", "backend": getattr(backend, "name", "llm")}})
     return result, stats
+
+
+def question_id(record: dict[str, Any]) -> str:
+    """A question record's id (notebook 03 writes ``id``; trajectories carry ``question_id``)."""
+    return str(record.get("question_id") or record["id"])

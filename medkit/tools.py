@@ -633,3 +633,21 @@ def _type_name(hint: Any) -> str:
     if typing.get_origin(hint) is list:
         return "a list of " + _type_name(typing.get_args(hint)[0]) + "s"
     return {int: "an integer", str: "a string"}.get(hint, str(hint))
+
+
+def open_tools(data_dir: Path, kb: Any = None, rerank: bool = False) -> tuple[Any, Any]:
+    """The question index and the agent's toolbox for one profile's data folder.
+
+    Both see the KB's curated relations plus the profile's corpus ``definition_mentions``
+    edges with a drug at one end (:func:`medkit.questions.question_relations`), so every hop a
+    question can use is reachable with a tool. ``rerank``: dense re-ranking of search hits (MiniLM).
+    """
+    from .io import read_parquet
+    from .kb import load_kb
+    from .questions import QuestionIndex, question_relations
+
+    entities, relations, _ = load_kb(kb)
+    corpus = read_parquet(Path(data_dir) / "corpus_relations.parquet")
+    index = QuestionIndex(entities, question_relations(entities, relations, corpus))
+    drug_edges = question_relations(entities, relations.iloc[:0], corpus)
+    return index, MedicalToolbox.from_kb(kb, extra_relations=drug_edges, rerank=rerank)

@@ -37,6 +37,7 @@ from .agent import assistant_text, parse_turn, render_tool_call, to_text_message
 from .grounding import check_trajectory
 from .io import append_jsonl, read_jsonl, repair_jsonl_tail
 from .judge import judge
+from .questions import question_id
 
 FILTER_REASONS = ("synthesis_failed", "unmatched_call_response", "format_error", "tool_error", "no_answer",
                   "wrong_answer", "too_few_turns", "over_token_limit", "guidance_leak", "ungrounded")
@@ -47,25 +48,6 @@ _LEAK = re.compile(r"\b(?:hints?|guidance|guided|reasoning path|masked path|plac
 
 
 # --------------------------------------------------------------------------- inputs
-
-
-def open_tools(data_dir: Path, kb: Any = None, rerank: bool = False) -> tuple[Any, Any]:
-    """The question index and the agent's toolbox for one profile's data folder.
-
-    Both see the KB's curated relations plus the profile's corpus ``definition_mentions``
-    edges with a drug at one end (:func:`medkit.questions.question_relations`), so every hop a
-    question can use is reachable with a tool. ``rerank``: dense re-ranking of search hits (MiniLM).
-    """
-    from .io import read_parquet
-    from .kb import load_kb
-    from .questions import QuestionIndex, question_relations
-    from .tools import MedicalToolbox
-
-    entities, relations, _ = load_kb(kb)
-    corpus = read_parquet(Path(data_dir) / "corpus_relations.parquet")
-    index = QuestionIndex(entities, question_relations(entities, relations, corpus))
-    drug_edges = question_relations(entities, relations.iloc[:0], corpus)
-    return index, MedicalToolbox.from_kb(kb, extra_relations=drug_edges, rerank=rerank)
 
 
 # --------------------------------------------------------------------------- MTG
@@ -298,11 +280,6 @@ def token_report(tokenizer: Any, rows: Iterable[dict[str, Any]], schemas: list[d
 # --------------------------------------------------------------------------- resumable collection
 
 
-def question_id(record: dict[str, Any]) -> str:
-    """A question record's id (notebook 03 writes ``id``; trajectories carry ``question_id``)."""
-    return str(record.get("question_id") or record["id"])
-
-
 def _key(row: dict[str, Any]) -> tuple[str, int, str]:
     return str(row["question_id"]), int(row.get("variant", 0)), str(row.get("source", "kg_guided"))
 
@@ -337,7 +314,7 @@ def collect(path: Path, jobs: Iterable[tuple[dict[str, Any], int]], make: Callab
     version are regenerated. Returns counts of this call's outcomes ("accepted" and the first
     reject reason).
     """
-    from tqdm.auto import tqdm
+    from .notebook_output import progress as tqdm  # tqdm.auto, off in headless runs
 
     path = Path(path)
     done = done_keys(path, source, version)
@@ -409,31 +386,3 @@ def summarise(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
             "max_tokens": max(tokens) if tokens else None,
             "first_reject_reason": dict(first.most_common()), "any_reject_reason": dict(every.most_common()),
             "tool_calls_by_tool": dict(tools.most_common())}
-
-
-def render_markdown(messages: Sequence[dict[str, Any]], max_observation_chars: int = 700) -> str:
-    """A trajectory turn by turn, for display in a notebook (observations shortened)."""
-    out = []
-    for i, m in enumerate(messages):
-        role = m.get("role")
-        if role == "system":
-            continue
-        if role == "user":
-            out.append(f"**{'Question' if i <= 1 else 'User'}:** {m.get('content')}")
-        elif role == "assistant":
-            turn = parse_turn(str(m.get("content") or ""))
-            if turn.think:
-                out.append(f"**Think:** {turn.think}")
-            for c in m.get("tool_calls") or []:
-                fn = c.get("function", c)
-                out.append(f"**Call:** `{fn.get('name')}({json.dumps(fn.get('arguments'), ensure_ascii=False)})`")
-            if turn.answer:
-                out.append(f"**Answer:** {turn.answer}")
-            if not (turn.think or m.get("tool_calls") or turn.answer):
-                out.append(f"**Assistant (unparsed):** {str(m.get('content'))[:300]}")
-        elif role == "tool":
-            text = str(m.get("content", ""))
-            if len(text) > max_observation_chars:
-                text = text[:max_observation_chars] + f" … [{len(text) - max_observation_chars} more characters]"
-            out.append("**Observation:**\n```\n" + text + "\n```")
-    return "\n\n".join(out)

@@ -53,7 +53,7 @@ import json, random, time
 import numpy as np
 import pandas as pd
 from IPython.display import display
-from medkit import (kb, kg, ner, plots, profiles, paths, questions as Q, qgen, subgraph as S,
+from medkit import (kb, kg, ner, plots, profiles, paths, questions as Q, qgen, subgraph as SG,
                     specialty, calibration as C, retriever as R, io as mio)
 
 P = profiles.resolve(PROFILE, "questions", SEED=SEED, N_SEEDS=N_SEEDS, STRATEGY=STRATEGY, MAX_HOPS=MAX_HOPS,
@@ -78,7 +78,7 @@ types = dict(zip(entities["entity_id"], entities["type"]))
 G = kg.load_graph(OUT / "kg.json.gz")
 rare_ids = [n for n, is_rare in G.nodes(data="rare") if is_rare]  # only these are described as "rare"
 index = Q.QuestionIndex(entities, Q.question_relations(entities, relations, corpus_rel), rare=rare_ids)
-view = S.chain_view(G)
+view = SG.chain_view(G)
 specialty_of = specialty.entity_specialties(entities, relations)
 kg_seeds = sorted(n for n, d in G.nodes(data=True) if d.get("seed"))
 rng = random.Random(P["SEED"])
@@ -95,10 +95,10 @@ print(f"chain view: {view.number_of_nodes():,} nodes, {view.number_of_edges():,}
 # %%
 demo_seed = next(s for s in seeds if types[s] == "disease" and s in view)
 rows = []
-for strategy in [*S.STRATEGIES, "mixed"]:
+for strategy in [*SG.STRATEGIES, "mixed"]:
     r = random.Random(f"demo:{strategy}")
-    smp = S.sample_subgraph(view, demo_seed, strategy, 10, r)
-    chain, expansions, exact = S.longest_path(view.subgraph(smp.nodes), demo_seed, max_len=P["MAX_HOPS"])
+    smp = SG.sample_subgraph(view, demo_seed, strategy, 10, r)
+    chain, expansions, exact = SG.longest_path(view.subgraph(smp.nodes), demo_seed, max_len=P["MAX_HOPS"])
     rows.append({"requested": strategy, "used": smp.strategy, "nodes": len(smp.nodes), "chain_hops": len(chain) - 1,
                  "expansions": expansions, "exact": exact})
 print(demo_seed, index.name[demo_seed])

@@ -58,8 +58,8 @@ ENGINE_BATCH = None           # conversations the engine schedules at once (defa
 import json, time
 import pandas as pd
 from IPython.display import Markdown, display
-from medkit import (agent as A, judge as J, plots, profiles, paths, synthesis as S, trajectories as TR,
-                    grounding as GR, io as mio, model as M)
+from medkit import (agent as A, judge as J, plots, profiles, paths, synthesis as SY, trajectories as TR,
+                    tools as T, questions as Q, grounding as GR, io as mio, model as M)
 
 P = profiles.resolve(PROFILE, "trajectories", SEED=SEED, N_QUESTIONS=N_QUESTIONS, VARIANTS=VARIANTS,
                      MIN_TOOL_CALLS=MIN_TOOL_CALLS, MAX_TOKENS=MAX_TOKENS, FREE_QUESTIONS=FREE_QUESTIONS,
@@ -80,7 +80,7 @@ P
 
 # %%
 t0 = time.time()
-index, toolbox = TR.open_tools(OUT, rerank=P["RERANK"])
+index, toolbox = T.open_tools(OUT, rerank=P["RERANK"])
 schemas = A.tool_schemas(toolbox.tools())
 train = mio.read_jsonl(OUT / "questions_train.jsonl")
 print(f"tools loaded in {time.time() - t0:.1f} s; {len(train):,} training questions")
@@ -139,10 +139,10 @@ for text in ['<think>Rank diseases for the phenotypes.</think>\n<tool_call>\n{"n
 
 # %%
 example_record = next(r for r in train if r["hops"] >= 3 and r["answer_type"] == "disease")
-example = S.synthesise(example_record, index, toolbox, seed=P["SEED"])
+example = SY.synthesise(example_record, index, toolbox, seed=P["SEED"])
 print("masked path (never shown to the agent):", example_record["reasoning_path"])
 print("chain:", " -> ".join(index.name[e] for e in example_record["chain"]), "| failure:", example.failure)
-display(Markdown(TR.render_markdown(example.messages)))
+display(Markdown(A.render_markdown(example.messages)))
 
 # %%
 tok = M.load_tokenizer(PROFILE)
@@ -165,7 +165,7 @@ print(f"identical renderings: {len(as_trl):,} characters, {count_tokens(example.
 
 # %%
 questions = train if P["N_QUESTIONS"] is None else train[: P["N_QUESTIONS"]]
-by_id = {TR.question_id(r): r for r in questions}
+by_id = {Q.question_id(r): r for r in questions}
 log = OUT / "trajectories_all.jsonl"
 
 def judge_row(traj, record):
@@ -173,11 +173,11 @@ def judge_row(traj, record):
                                 count_tokens=count_tokens, resolve=toolbox.resolve_ids)
 
 def make(record, variant):
-    return S.synthesise(record, index, toolbox, variant=variant, seed=P["SEED"]).to_record()
+    return SY.synthesise(record, index, toolbox, variant=variant, seed=P["SEED"]).to_record()
 
 jobs = [(r, v) for r in questions for v in range(P["VARIANTS"])]
 t0 = time.time()
-counts = TR.collect(log, jobs, make, judge_row, source="kg_guided", version=S.SYNTHESIS_VERSION)
+counts = TR.collect(log, jobs, make, judge_row, source="kg_guided", version=SY.SYNTHESIS_VERSION)
 synth_seconds = time.time() - t0
 made = sum(v for k, v in counts.items() if not k.startswith("skipped"))
 print(dict(counts))
@@ -290,7 +290,7 @@ if P["FREE_QUESTIONS"]:
     cfg = A.AgentConfig(max_calls=P["AGENT_MAX_CALLS"], max_new_tokens=P["AGENT_MAX_NEW_TOKENS"],
                         token_budget=P["MAX_TOKENS"], seed=P["SEED"])
     done = TR.done_keys(log, "free", A.PROTOCOL_VERSION)
-    pending = [r for r in picked if (TR.question_id(r), 0, "free") not in done]
+    pending = [r for r in picked if (Q.question_id(r), 0, "free") not in done]
     t0 = time.time()
     if pending:  # a resumed run with every rollout done does not even load the teacher
         teacher = llm.backend_from_config(
@@ -298,10 +298,10 @@ if P["FREE_QUESTIONS"]:
              "precision": P["ENGINE_PRECISION"], "engine_batch": P["ENGINE_BATCH"]} if P["TEACHER"] == "local" else P["TEACHER"])
         rollouts = {t["question_id"]: t for t in A.run_agent(
             teacher, toolbox, pending, config=cfg, schemas=schemas,
-            guidance={TR.question_id(r): TR.guidance_text(r) for r in pending})}
+            guidance={Q.question_id(r): TR.guidance_text(r) for r in pending})}
         for t in rollouts.values():  # batched: each rollout gets its share of the wall time
             t["seconds"] = round((time.time() - t0) / len(pending), 2)
-        TR.collect(log, [(r, 0) for r in pending], lambda r, v: rollouts[TR.question_id(r)], judge_row,
+        TR.collect(log, [(r, 0) for r in pending], lambda r, v: rollouts[Q.question_id(r)], judge_row,
                    source="free", version=A.PROTOCOL_VERSION, progress=False)
     free_rows = [r for r in mio.read_jsonl(log) if r["source"] == "free" and r["question_id"] in by_id]
     assert not any("Search guidance" in str(m.get("content")) for r in free_rows for m in r["messages"])
@@ -309,7 +309,7 @@ if P["FREE_QUESTIONS"]:
                     "stop_reasons": pd.Series([r["stop_reason"] for r in free_rows]).value_counts().to_dict(),
                     "mean_model_calls": float(pd.Series([r["n_model_calls"] for r in free_rows]).mean()),
                     "mean_format_errors": float(pd.Series([r["n_format_errors"] for r in free_rows]).mean())}
-    display(Markdown(TR.render_markdown(free_rows[0]["messages"], 400)))
+    display(Markdown(A.render_markdown(free_rows[0]["messages"], 400)))
 free_summary
 
 # %% [markdown]
@@ -351,7 +351,7 @@ metrics = {"kg_guided": summary, "grounding": GR.summary_record(grounding), "fre
            "mean_tokens_sft": tokens_sft["mean_tokens"], "tokens_sft": tokens_sft,
            "rewrite": rewrite_stats,
            "synthesis_seconds_this_run": round(synth_seconds, 1), "accepted_total": len(final),
-           "synthesis_version": S.SYNTHESIS_VERSION}
+           "synthesis_version": SY.SYNTHESIS_VERSION}
 mio.write_json(OUT / "trajectories.provenance.json",
                {**mio.provenance(**P), "questions": f"data/{PROFILE}/questions_train.jsonl", "kb": "data/kb",
                 "corpus_relations": f"data/{PROFILE}/corpus_relations.parquet", "tools": schemas, "stats": metrics})

@@ -92,7 +92,7 @@ import pandas as pd
 import matplotlib.pyplot as plt
 from IPython.display import Markdown, display
 from medkit import (agent as A, evaluation as E, llm, model as M, paths, plots, profiles, sft,
-                    trajectories as TR, io as mio)
+                    tools as T, io as mio)
 
 P = profiles.resolve(PROFILE, "sft", SEED=SEED, N_TRAIN=N_TRAIN, CURRICULUM=CURRICULUM, TRAIN_MAX_HOPS=TRAIN_MAX_HOPS, QUANTIZE=QUANTIZE, MAX_LENGTH=MAX_LENGTH,
                      DROP_LONGER=DROP_LONGER, TOOLS_IN_PROMPT=TOOLS_IN_PROMPT, BF16=BF16,
@@ -242,7 +242,7 @@ all_test = mio.read_jsonl(DATA / "questions_test.jsonl")
 test_q = E.select_questions(all_test, P["EVAL_QUESTIONS"], P["EVAL_MAX_HOPS"])
 print(f"{len(test_q)} of {len(all_test)} held-out questions; hops:",
       dict(sorted(pd.Series([q['hops'] for q in test_q]).value_counts().items())))
-index, toolbox = TR.open_tools(DATA)
+index, toolbox = T.open_tools(DATA)
 evals = {}
 SFT_SCHEMAS = None if P["TOOLS_IN_PROMPT"] else []   # None = every tool's schema in the prompt
 for name, adapter, schemas in (("base", None, None), ("sft", saved["adapter"], SFT_SCHEMAS)):
@@ -294,7 +294,7 @@ by_spec = pd.DataFrame({n: {s: v["mean"] for s, v in e["metrics"]["pass@1_by_spe
 display(by_hops.rename_axis("hops")); display(by_spec.rename_axis("specialty"))
 best = max(evals["sft"]["rows"], key=lambda r: (r["correct"], r["n_tool_calls"] > 0, -r["n_format_errors"]))
 print(f"one SFT rollout (correct={best['correct']}, answer {best['answer']!r}):")
-display(Markdown(TR.render_markdown(best["messages"], 400)))
+display(Markdown(A.render_markdown(best["messages"], 400)))
 
 # %%
 summary = {"profile": PROFILE, "qlora": QLORA, "train": {k: v for k, v in train_out.items() if k != "loss_curve"},

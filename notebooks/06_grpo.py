@@ -77,8 +77,8 @@ import json, time
 import pandas as pd
 import matplotlib.pyplot as plt
 from IPython.display import Markdown, display
-from medkit import (evaluation as E, grpo as G, model as M, paths, plots, profiles, rewards as R,
-                    trajectories as TR, io as mio)
+from medkit import (agent as A, evaluation as E, grpo as G, model as M, paths, plots, profiles, questions as Q,
+                    rewards as RW, tools as T, trajectories as TR, io as mio)
 
 P = profiles.resolve(PROFILE, "grpo", SEED=SEED, START=START, N_QUESTIONS=N_QUESTIONS,
                      POOL_CANDIDATES=POOL_CANDIDATES, POOL_PROBE_K=POOL_PROBE_K, MAX_HOPS=MAX_HOPS,
@@ -129,10 +129,10 @@ P
 # verification), and one answering with a guess that no tool ever showed.
 
 # %%
-index, toolbox = TR.open_tools(DATA)
-weights = R.RewardWeights(P["W_ACCURACY"], P["W_PREFERENCE"], P["W_EFFICIENCY"])
+index, toolbox = T.open_tools(DATA)
+weights = RW.RewardWeights(P["W_ACCURACY"], P["W_PREFERENCE"], P["W_EFFICIENCY"])
 good = mio.read_jsonl(DATA / "trajectories.jsonl")[0]   # an accepted trajectory, as SFT trained on it
-rec = next(q for q in mio.read_jsonl(DATA / "questions_train.jsonl") if TR.question_id(q) == good["question_id"])
+rec = next(q for q in mio.read_jsonl(DATA / "questions_train.jsonl") if Q.question_id(q) == good["question_id"])
 def as_rollout(messages):
     answer = TR.final_answer(messages)
     calls = sum(1 for m in messages if m.get("tool_calls"))
@@ -144,7 +144,7 @@ cases = {"KG-guided trajectory (04)": as_rollout(msgs),
          "answers after the first observation": as_rollout(msgs[:first_obs + 1] + [msgs[-1]]),
          "a guess no tool showed": as_rollout(msgs[:first_obs + 1] + [{"role": "assistant",
                                         "content": "<think>I guess.</think>\n<answer>Marfan syndrome</answer>"}])}
-pd.DataFrame({name: R.composite(r, rec, weights, call_budget=P["CALL_BUDGET"], token_budget=P["TOKEN_BUDGET"],
+pd.DataFrame({name: RW.composite(r, rec, weights, call_budget=P["CALL_BUDGET"], token_budget=P["TOKEN_BUDGET"],
                                 gate=P["GATE_PROCESS"], resolve=toolbox.resolve_ids) for name, r in cases.items()}).T
 
 # %% [markdown]
@@ -179,7 +179,7 @@ if P["POOL_PROBE_K"]:
     else:
         print("no candidate is answered sometimes: the pool keeps the candidates, and the accuracy term will give "
               "no learning signal (every group's rollouts score the same)")
-mio.write_json(RUN / "pool.json", {**mio.provenance(**P), **pool, "question_ids": [TR.question_id(q) for q in train_q]})
+mio.write_json(RUN / "pool.json", {**mio.provenance(**P), **pool, "question_ids": [Q.question_id(q) for q in train_q]})
 print(f"{len(train_q)} training questions; hops:", dict(sorted(pd.Series([q['hops'] for q in train_q]).value_counts().items())),
       f"| {P['MAX_STEPS']} steps x {P['QUESTIONS_PER_STEP']} questions x {P['NUM_GENERATIONS']} rollouts "
       f"= {P['MAX_STEPS'] * P['QUESTIONS_PER_STEP'] * P['NUM_GENERATIONS']} rollouts")
@@ -267,7 +267,7 @@ if len(hist):
         h = run["history"][i]
         display(Markdown(f"**{label} ({step}), best rollout**: total reward {hist.loc[i, 'total']:.3f}, "
                          f"answer {h['prediction']!r} (expected {hist.loc[i, 'answer']!r}), stop: {h['stop_reason']}"))
-        display(Markdown(TR.render_markdown(h["messages"], 300)))
+        display(Markdown(A.render_markdown(h["messages"], 300)))
 
 # %% [markdown]
 # ## 6 Held-out evaluation: SFT vs SFT+GRPO

@@ -40,7 +40,7 @@ import json
 import pandas as pd
 import matplotlib.pyplot as plt
 from IPython.display import display
-from medkit import evaluation as E, grpo as G, paths, plots, profiles, reported, trajectories as TR, io as mio
+from medkit import evaluation as E, grpo as G, paths, plots, profiles, reported, questions as Q, tools as T, io as mio
 
 P = profiles.resolve(PROFILE, "evaluation", ABLATIONS=ABLATIONS, ABLATION_STEPS=ABLATION_STEPS)
 GP = profiles.resolve(PROFILE, "grpo")          # notebook 06's GRPO settings
@@ -125,12 +125,12 @@ display(hops.rename_axis("hops"))
 #   (`GATE_PROCESS = False`): preference and efficiency pay wrong answers too (see notebook 06).
 
 # %%
-index, toolbox = TR.open_tools(DATA)
+index, toolbox = T.open_tools(DATA)
 all_test = mio.read_jsonl(DATA / "questions_test.jsonl")
 test_q = [q for q in E.select_questions(all_test, EVAL["EVAL_QUESTIONS"], EVAL["EVAL_MAX_HOPS"])]
-assert sorted(TR.question_id(q) for q in test_q) == questions["base"], "held-out questions differ from notebook 05's"
+assert sorted(Q.question_id(q) for q in test_q) == questions["base"], "held-out questions differ from notebook 05's"
 pool_ids = mio.read_json(DATA / "grpo" / "pool.json")["question_ids"]  # notebook 06's measured pool: same questions
-by_id = {TR.question_id(q): q for q in mio.read_jsonl(DATA / "questions_train.jsonl")}
+by_id = {Q.question_id(q): q for q in mio.read_jsonl(DATA / "questions_train.jsonl")}
 train_q = [by_id[i] for i in pool_ids]
 SFT_SCHEMAS = None if EVAL["TOOLS_IN_PROMPT"] else []
 ablation = {}

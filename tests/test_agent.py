@@ -231,3 +231,32 @@ def test_a_dead_endpoint_is_recorded_and_the_run_goes_on(toolbox):
     out = A.run_agent(dead, toolbox, qs, config=A.AgentConfig(max_calls=3), progress=False)
     assert [t["stop_reason"] for t in out] == ["backend_error", "backend_error"]
     assert all("127.0.0.1:9" in t["format_errors"][0]["errors"][0] for t in out)
+
+
+def test_step_api_applies_each_rule_without_a_backend(toolbox):
+    """The step functions run_agent and GRPO's rollouts share: one definition of the stop rules."""
+    cfg = A.AgentConfig(max_calls=3, max_format_errors=2, token_budget=500)
+    s = A.new_state({"id": "q", "question": "Which enzyme?"})
+    assert A.stop_before_call(s, cfg)
+    A.take_turn(s, _call("lookup", name="GLA"), "stop", toolbox.call, cfg=cfg, n_tokens=120)
+    assert s["stop_reason"] is None and s["n_tool_calls"] == 1 and s["messages"][-1]["role"] == "tool"
+    A.take_turn(s, _call("lookup", name="GLA"), "stop", toolbox.call, cfg=cfg, n_tokens=200)
+    assert s["stop_reason"] == "repeated_call" and not A.stop_before_call(s, cfg)
+
+    s = A.new_state({"id": "q", "question": "Which enzyme?"})
+    A.take_turn(s, "prose", "length", toolbox.call, cfg=cfg)
+    assert s["format_errors"][-1]["errors"][-1] == "reply cut at max_new_tokens" and A.stop_before_call(s, cfg)
+    A.take_turn(s, "more prose", "stop", toolbox.call, cfg=cfg)
+    assert not A.stop_before_call(s, cfg) and s["stop_reason"] == "format_errors"
+
+    s = A.new_state({"id": "q", "question": "Which enzyme?"})
+    A.take_turn(s, _call("lookup", name="GLA"), "stop", toolbox.call, cfg=cfg, n_tokens=501)
+    assert s["stop_reason"] == "token_budget"
+
+    s = A.new_state({"id": "q", "question": "Which enzyme?"})
+    for name in ("a", "b", "c"):
+        A.take_turn(s, _call("lookup", name=name), "stop", toolbox.call, cfg=cfg)
+    assert not A.stop_before_call(s, cfg) and s["stop_reason"] == "max_calls"
+    done = A.finish_state(s)
+    assert done["n_format_errors"] == 0 and not [k for k in done if k.startswith("_")]
+    json.dumps(done)  # what is stored is plain JSON

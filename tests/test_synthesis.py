@@ -192,7 +192,7 @@ def test_trl_rows_load_into_datasets_and_render_identically(judged, toolbox, sma
         assert a == b and "null" not in a.split("<tools>")[0]
     summary = TR.summarise(rows)
     assert summary["accepted"] == len(final) and sum(summary["tool_calls_by_tool"].values()) >= 2 * len(final)
-    md = TR.render_markdown(final[0]["messages"])
+    md = A.render_markdown(final[0]["messages"])
     assert "**Call:**" in md and "**Observation:**" in md and "**Answer:**" in md
 
 
