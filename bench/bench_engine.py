@@ -188,7 +188,7 @@ def run_candidates(profile: str) -> dict[str, Any]:
 
     from medkit import engine as EN
     from medkit import openvino_engine as OV
-    from medkit.sft import load_for_inference
+    from medkit.adapters import load_for_inference
 
     _, _, adapter = _sft(profile)
     model, tok = load_for_inference(profile, adapter, bf16=False)
@@ -268,7 +268,7 @@ def run_agent_mode(mode: str, profile: str) -> dict[str, Any]:
     from medkit import openvino_engine as OV
     from medkit import tools as T
     from medkit.llm import LocalTransformersBackend
-    from medkit.sft import load_for_inference
+    from medkit.adapters import load_for_inference
 
     spec = AGENT_MODES[mode]
     engine, precision, batch = spec["engine"], spec["precision"], spec["batch"]
@@ -322,7 +322,7 @@ def run_agent_mode(mode: str, profile: str) -> dict[str, Any]:
 def run_export(profile: str) -> dict[str, Any]:
     from medkit import engine as EN
     from medkit import openvino_engine as OV
-    from medkit.sft import load_for_inference
+    from medkit.adapters import load_for_inference
 
     _, _, adapter = _sft(profile)
     with tempfile.TemporaryDirectory() as cache:
@@ -380,7 +380,7 @@ def run_mismatch(profile: str) -> dict[str, Any]:
     from medkit import engine as EN
     from medkit import grpo as G
     from medkit import tools as T
-    from medkit.sft import load_for_inference
+    from medkit.adapters import load_for_inference
 
     params, data, adapter = _sft(profile)
     _, toolbox = T.open_tools(data)

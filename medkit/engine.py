@@ -529,7 +529,7 @@ def inference_backend(profile: str, adapter_dir: str | Path | None = None, *, en
     bf16 natively), as the reference configuration does.
     """
     from .model import use_bf16
-    from .sft import load_for_inference
+    from .adapters import load_for_inference
 
     check_engine(engine)
     check_compute_type(precision)
@@ -554,7 +554,7 @@ def lora_deltas(model: Any) -> dict[str, Any]:
     Only the adapters are read: a bitsandbytes 4-bit base is never dequantized here, because on
     CPU bitsandbytes repacks 4-bit weights at their first forward pass, after which
     ``dequantize_4bit`` returns wrong values (measured: errors of 2x the largest weight). The base
-    weights come from a fresh load instead (:func:`medkit.sft.dequantized_base`).
+    weights come from a fresh load instead (:func:`medkit.adapters.dequantized_base`).
     """
     import torch
     from peft.tuners.lora import LoraLayer
@@ -574,7 +574,7 @@ class PolicySync:
     """An engine copy (OpenVINO or CTranslate2) of a policy being trained, exported again every ``every`` optimizer steps.
 
     ``base`` is a plain float32 model holding the policy's frozen base weights (for a QLoRA policy:
-    its 4-bit base dequantized from a fresh load, as :func:`medkit.sft.merge_adapter` does); it
+    its 4-bit base dequantized from a fresh load, as :func:`medkit.adapters.merge_adapter` does); it
     becomes the export model. ``backend(model, step)`` returns the engine for rollouts at ``step``,
     re-exported — base + the current LoRA deltas (:func:`lora_deltas`), converted under ``root``,
     parity-checked against the export — when ``every`` steps have passed since the last export

@@ -138,6 +138,22 @@ def stage_table(stages: dict[str, dict[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame({name: row(m) for name, m in stages.items()}).T.astype(float)
 
 
+def by_group(stages: dict[str, dict[str, Any]], key: str) -> pd.DataFrame:
+    """pass@1 per hop count (``key="hops"``) or specialty (``"specialty"``): one column per stage, one
+    row per group, from each stage's :func:`metrics` (a group a stage was not scored on is NaN)."""
+    if key not in ("hops", "specialty"):
+        raise ValueError(f"key must be 'hops' or 'specialty', got {key!r}")
+    return pd.DataFrame({name: {g: v["mean"] for g, v in m.get(f"pass@1_by_{key}", {}).items()}
+                         for name, m in stages.items()}).rename_axis(key)
+
+
+def paired_table(paired: dict[str, dict[str, Any]]) -> pd.DataFrame:
+    """:func:`compare`'s paired differences as a table: mean, 95% interval, questions better / worse."""
+    return pd.DataFrame({k: {"mean": v["mean"], "ci95 low": v["ci95"][0], "ci95 high": v["ci95"][1],
+                             "questions": v["questions"], "questions better": v["better"],
+                             "questions worse": v["worse"]} for k, v in paired.items()}).T
+
+
 # --------------------------------------------------------------------------- MedBrowseComp
 
 
@@ -223,7 +239,7 @@ def _evaluate_on_vllm(profile: str, adapter_dir: str | Path | None, questions: S
     import tempfile
     import time
 
-    from .sft import load_for_inference
+    from .adapters import load_for_inference
     from .vllm_engine import VLLMServer
 
     model, tokenizer = load_for_inference(profile, adapter_dir, bf16=True)

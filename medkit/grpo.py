@@ -507,6 +507,7 @@ def grpo_config(params: dict[str, Any], output_dir: str | Path, *, use_cpu: bool
 
     from .engine import DEFAULT_ENGINE
     from .model import use_bf16
+    from .notebook_output import headless
     from .sft import checkpointing_args
     from .vllm_engine import colocate_options
 
@@ -533,13 +534,13 @@ def grpo_config(params: dict[str, Any], output_dir: str | Path, *, use_cpu: bool
         temperature=float(params["TEMPERATURE"]), mask_truncated_completions=False,
         **checkpointing_args(params.get("GRADIENT_CHECKPOINTING"), use_cpu=use_cpu), use_cpu=use_cpu, bf16=use_bf16(params.get("BF16"), on_cuda=not use_cpu),
         logging_steps=1, save_strategy="steps", save_steps=int(params["SAVE_STEPS"]), save_total_limit=2,
-        report_to="none", dataloader_num_workers=0, disable_tqdm=False, log_completions=False,
+        report_to="none", dataloader_num_workers=0, disable_tqdm=headless(), log_completions=False,
     )
 
 
 def policy_quantized(adapter_dir: str | Path | None, params: dict[str, Any]) -> bool:
     """Whether the policy trains on a 4-bit nf4 base: as the SFT adapter was trained, or ``QUANTIZE`` for a fresh one."""
-    from .sft import adapter_base
+    from .adapters import adapter_base
 
     if adapter_dir is None:
         return str(params.get("QUANTIZE") or "").lower() == "nf4"
@@ -755,7 +756,7 @@ def run_grpo(profile: str, params: dict[str, Any], *, adapter_dir: str | Path | 
     """Train GRPO from ``adapter_dir`` (None: a fresh adapter on the base) and save the adapter.
 
     ``out_dir`` gets ``checkpoints/`` (a rerun resumes; a finished run is loaded, not retrained),
-    ``adapter/`` (with the base it needs, for :func:`medkit.sft.load_for_inference`) and
+    ``adapter/`` (with the base it needs, for :func:`medkit.adapters.load_for_inference`) and
     ``rollouts.jsonl`` (every training rollout with its step and reward terms, kept from the run
     that trained, so a rerun that only loads still has them) and, with ``CURVE``, ``curve/step-N``:
     the adapter after those shares of ``MAX_STEPS``, for held-out checkpoints (returned as
@@ -764,7 +765,7 @@ def run_grpo(profile: str, params: dict[str, Any], *, adapter_dir: str | Path | 
     from .io import read_jsonl, write_json, write_jsonl
     from .model import model_spec
     from .paths import portable
-    from .sft import ADAPTER_META, adapter_base, adapter_meta, curve_steps, dequantized_base, snapshot_callback, snapshots
+    from .adapters import ADAPTER_META, adapter_base, adapter_meta, curve_steps, dequantized_base, snapshot_callback, snapshots
 
     out = Path(out_dir)
     model, tokenizer, peft_config = load_policy(profile, adapter_dir, params)

@@ -62,9 +62,9 @@ def quiet_hf_libraries() -> None:
         hf_logging.disable_progress_bar()  # also the Hugging Face Hub's download bars
         hf_logging.set_verbosity_error()
     if importlib.util.find_spec("datasets") is not None:
-        from datasets.utils.tqdm import disable_progress_bars
+        import datasets
 
-        disable_progress_bars()
+        datasets.disable_progress_bars()
 
 
 def configure() -> None:

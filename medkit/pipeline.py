@@ -95,16 +95,21 @@ def run_notebook(path: Path, profile: str, out_dir: Path, parameters: dict[str, 
     The kernel writes into a scratch copy (``.<name>.running.ipynb``); only a run that finishes
     replaces ``<name>``, so a failed rerun never clobbers a committed reference notebook: its copy
     is kept as ``<name-stem>.failed.ipynb`` beside it. Both copies go through :func:`portable_copy`."""
+    from unittest.mock import patch
+
     import papermill as pm
+
+    from .notebook_output import HEADLESS_ENV
 
     check_pair(path)
     out_dir.mkdir(parents=True, exist_ok=True)
     out = out_dir / path.name
     running = out_dir / f".{path.stem}.running.ipynb"
     params = {"PROFILE": profile, **(parameters or {})}
-    try:
-        pm.execute_notebook(str(path), str(running), parameters=params, kernel_name="python3",
-                            cwd=str(path.parent), progress_bar=False, log_output=False)
+    try:  # the kernel inherits MEDKIT_HEADLESS=1: medkit's bars stay off (notebook_output.headless)
+        with patch.dict(os.environ, {HEADLESS_ENV: "1"}):
+            pm.execute_notebook(str(path), str(running), parameters=params, kernel_name="python3",
+                                cwd=str(path.parent), progress_bar=False, log_output=False)
     except pm.PapermillExecutionError as e:
         failed = portable_copy(running, out_dir / f"{path.stem}.failed.ipynb")
         raise MedkitError(f"{path.name} failed in cell {e.exec_count} ({e.ename}: {e.evalue}); "

@@ -325,3 +325,43 @@ def stacked_segments(segments: pd.DataFrame, title: str, ax: plt.Axes | None = N
     ax.legend(fontsize=8, ncol=4, loc="lower center", bbox_to_anchor=(0.5, 1.08), frameon=False)
     fig.tight_layout()
     return fig
+
+
+STAGE_PANELS = (("pass@1", "held-out pass@1 (95% CI over questions)", (0, 1)),
+                ("answer rate", "rollouts ending with an answer", (0, 1)),
+                ("format-error rate", "turns that break the protocol", (0, 1)),
+                ("tool calls / rollout", "tool calls per rollout", None))
+
+
+def stage_panels(table: pd.DataFrame, columns: tuple[str, ...] = ("pass@1", "answer rate", "format-error rate",
+                                                                   "tool calls / rollout")) -> plt.Figure:
+    """Side-by-side :func:`stage_bars` of a :func:`medkit.evaluation.stage_table` (pass@1 with its interval)."""
+    panels = [p for p in STAGE_PANELS if p[0] in columns]
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.8 * len(panels), 3.5), squeeze=False)
+    for ax, (column, title, ylim) in zip(axes[0], panels):
+        ci = ("ci95 low", "ci95 high") if column == "pass@1" else None
+        stage_bars(table, column, title, ci=ci, ax=ax, ylim=ylim)
+    fig.tight_layout()
+    return fig
+
+
+def by_hops_and_specialty(hops: pd.DataFrame, specialty: pd.DataFrame) -> plt.Figure:
+    """pass@1 per hop count (bars per stage) and per specialty (annotated heatmap), from
+    :func:`medkit.evaluation.by_group` tables."""
+    fig, axes = plt.subplots(1, 2, figsize=(13, max(3.2, 0.35 * len(specialty) + 1.2)))
+    colours = [next((c for k, c in STAGE_COLOURS.items() if k in str(n)), "#999999") for n in hops.columns]
+    hops.plot.bar(ax=axes[0], color=colours)
+    axes[0].set(title="pass@1 by hop count", xlabel="hops", ylim=(0, 1))
+    im = axes[1].imshow(specialty.values, cmap="Greens", vmin=0, vmax=1, aspect="auto")
+    axes[1].set_yticks(range(len(specialty)), specialty.index, fontsize=7)
+    axes[1].set_xticks(range(len(specialty.columns)), specialty.columns)
+    for i in range(specialty.shape[0]):
+        for j in range(specialty.shape[1]):
+            v = specialty.iat[i, j]
+            if pd.notna(v):
+                axes[1].text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7)
+    axes[1].set_title("pass@1 by specialty")
+    fig.colorbar(im, ax=axes[1], fraction=0.03)
+    fig.tight_layout()
+    return fig
+

@@ -15,6 +15,7 @@ values, so ``papermill -p PROFILE smoke -p RARE_MAX_DF 5`` works as expected.
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 from typing import Any
 
 from .engine import DEFAULT_COMPUTE_TYPE, DEFAULT_ENGINE, DEFAULT_ENGINE_BATCH
@@ -39,6 +40,8 @@ _BASE: dict[str, dict[str, Any]] = {
         "MIN_RELATIONS": 3,            # ...and must anchor at least this many curated relations
         "RARE_TYPES": ["disease", "gene", "drug"],
         "MAX_RARE": None,              # None = keep every rare entity that qualifies
+        "DASK_SCHEDULER": None,        # address of a running Dask scheduler (BACKEND dask); None starts a local cluster
+        "PUBMED_FILES": None,          # PubMed baseline files to mine instead of the definitions corpus
     },
     "kg": {
         "SEED": 13,
@@ -240,3 +243,64 @@ def resolve(profile: str, stage: str, **explicit: Any) -> dict[str, Any]:
     params.update({k: v for k, v in explicit.items() if v is not None})
     params["PROFILE"] = profile
     return params
+
+
+def _kind(value: Any) -> tuple[type, ...] | None:
+    """The types a parameter whose default is ``value`` accepts (None: any; numbers accept ints)."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return (bool,)
+    if isinstance(value, int):
+        return (int,)
+    if isinstance(value, float):
+        return (int, float)
+    if isinstance(value, str):
+        return (str,)
+    if isinstance(value, (list, tuple)):
+        return (list, tuple)
+    if isinstance(value, dict):
+        return (dict,)
+    return None
+
+
+_KIND_NAMES = {bool: "true/false", int: "an integer", float: "a number", str: "a string", list: "a list",
+               tuple: "a list", dict: "a mapping"}
+
+
+def check_value(stage: str, name: str, value: Any, default: Any) -> None:
+    """Raise a one-line :class:`ConfigError` when ``value`` is not of the type of ``name``'s default
+    (papermill passes ``-p N 5`` as an int and ``-p N abc`` as a string; bools are not integers)."""
+    kinds = _kind(default)
+    if value is None or kinds is None:
+        return
+    ok = isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds)
+    if not ok:
+        want = " or ".join(dict.fromkeys(_KIND_NAMES[k] for k in kinds))
+        raise ConfigError(f"parameter {name}={value!r} of stage {stage!r} must be {want} "
+                          f"(the profile's default is {default!r}); None keeps the default")
+
+
+def resolve_cell(stage: str, namespace: Mapping[str, Any]) -> dict[str, Any]:
+    """The notebook's parameters, resolved: call it right after the imports as
+    ``P = profiles.resolve_cell("grpo", globals())``.
+
+    Reads ``PROFILE`` and every UPPER_CASE name of ``namespace`` (the ``parameters`` cell and what
+    papermill injected): a name the stage does not know — e.g. ``-p N_SEED 5`` for ``N_SEEDS`` — is
+    refused with the closest known names, a value of the wrong type names the parameter, the value
+    and what is allowed, and ``None`` keeps the profile's default (:func:`resolve`). Module aliases
+    (``A``, ``Q``) and private names are not parameters."""
+    import difflib
+    from types import ModuleType
+
+    profile = check_profile(namespace.get("PROFILE", "cpu"))
+    params = defaults(profile, stage)
+    given = {k: v for k, v in namespace.items() if k.isupper() and not k.startswith("_") and k != "PROFILE"
+             and not isinstance(v, ModuleType) and not callable(v)}
+    for name in sorted(set(given) - set(params)):
+        close = difflib.get_close_matches(name, list(params), n=3)
+        hint = f"; did you mean {' or '.join(close)}?" if close else f"; known: {', '.join(sorted(params))}"
+        raise ConfigError(f"unknown parameter {name}={given[name]!r} for notebook stage {stage!r}{hint}")
+    for name, value in given.items():
+        check_value(stage, name, value, params[name])
+    return resolve(profile, stage, **given)

@@ -13,8 +13,10 @@ from typing import Any
 
 import pandas as pd
 
-PAPER = "MedResearcher-R1 paper (arXiv 2508.14880), as summarised in shared/docs/METHOD.md"
-MBC_REPO = "MedBrowseComp repository, as summarised in shared/docs/PEERS.md"
+PAPER = ("MedResearcher-R1 (Yu et al. 2025, arXiv:2508.14880, github.com/AQ-MedAI/MedResearcher-R1): "
+         "reported pass@1, the paper's results table")
+MBC_REPO = ("MedBrowseComp maintainers (Chen et al. 2025, arXiv:2505.14963, github.com/shan23chen/MedBrowseComp): "
+            "reported MBC-50 pass@1; not in the repository README version read on 2026-12-04, so unverified here")
 
 # (benchmark, system, pass@1 in %, source)
 REPORTED: tuple[tuple[str, str, float, str], ...] = (

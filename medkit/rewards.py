@@ -31,10 +31,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .judge import clean_prediction, judge
 from .ner import surface_key
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 TERMS = ("accuracy", "preference", "efficiency")
 
@@ -44,6 +47,11 @@ class RewardWeights:
     accuracy: float = 1.0
     preference: float = 0.3
     efficiency: float = 0.2
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any]) -> "RewardWeights":
+        """The weights of a resolved GRPO parameter set (``W_ACCURACY``, ``W_PREFERENCE``, ``W_EFFICIENCY``)."""
+        return cls(params["W_ACCURACY"], params["W_PREFERENCE"], params["W_EFFICIENCY"])
 
 
 def accuracy(rollout: dict[str, Any], record: dict[str, Any], *,
@@ -128,3 +136,28 @@ def composite(rollout: dict[str, Any], record: dict[str, Any], weights: RewardWe
     w = asdict(weights)
     total = w["accuracy"] * terms["accuracy"] + w["preference"] * terms["preference"] - w["efficiency"] * terms["efficiency"]
     return {**terms, **parts, "efficiency_raw": raw_eff, "total": round(total, 4)}
+
+
+def as_rollout(messages: list[dict[str, Any]], *, n_tokens: int = 0) -> dict[str, Any]:
+    """A stored conversation (e.g. a notebook-04 trajectory, or a cut of one) in the shape the reward
+    terms read from a rollout: its final answer, tool and model call counts, no format errors."""
+    from .agent import parse_turn
+
+    last = next((m for m in reversed(messages) if m.get("role") == "assistant"), None)
+    answer = parse_turn(str(last.get("content") or "")).answer or None if last else None
+    calls = sum(1 for m in messages if m.get("tool_calls"))
+    return {"messages": messages, "prediction": answer, "format_errors": [], "n_tool_calls": calls,
+            "n_model_calls": calls + 1, "n_tokens": n_tokens}
+
+
+def breakdown(cases: dict[str, dict[str, Any]], record: dict[str, Any], params: dict[str, Any], *,
+              resolve: Callable[[str], Iterable[str]] | None = None) -> "pd.DataFrame":
+    """:func:`composite` of each named rollout under a resolved GRPO parameter set (weights, budgets,
+    gating): one row per case, one column per term."""
+    import pandas as pd
+
+    weights = RewardWeights.from_params(params)
+    return pd.DataFrame({name: composite(r, record, weights, call_budget=params["CALL_BUDGET"],
+                                         token_budget=params["TOKEN_BUDGET"], gate=params["GATE_PROCESS"],
+                                         resolve=resolve) for name, r in cases.items()}).T
+

@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .adapters import ADAPTER_META, adapter_meta, load_for_inference
 from .errors import ConfigError, InputError
 from .io import read_jsonl, write_json, write_text
 from .paths import portable
@@ -209,9 +210,16 @@ def gradient_checkpointing(setting: bool | None, *, use_cpu: bool) -> bool:
 
 def checkpointing_args(setting: bool | None, *, use_cpu: bool) -> dict[str, Any]:
     """The trainer arguments for :func:`gradient_checkpointing` (SFT's and GRPO's configs share them):
-    non-reentrant checkpointing, which needs no inputs that require grad under a frozen, adapted base."""
-    return {"gradient_checkpointing": gradient_checkpointing(setting, use_cpu=use_cpu),
-            "gradient_checkpointing_kwargs": {"use_reentrant": False}}
+    non-reentrant checkpointing, which needs no inputs that require grad under a frozen, adapted base.
+    Named ``activation_checkpointing*`` where transformers has them (5.x deprecates ``gradient_checkpointing*``,
+    which then only alias them and warn); the old names on older releases."""
+    import dataclasses
+
+    from transformers import TrainingArguments
+
+    name = ("activation_checkpointing" if "activation_checkpointing" in
+            {f.name for f in dataclasses.fields(TrainingArguments)} else "gradient_checkpointing")
+    return {name: gradient_checkpointing(setting, use_cpu=use_cpu), f"{name}_kwargs": {"use_reentrant": False}}
 
 
 def sft_config(params: dict[str, Any], output_dir: str | Path, *, use_cpu: bool) -> Any:
@@ -219,6 +227,7 @@ def sft_config(params: dict[str, Any], output_dir: str | Path, *, use_cpu: bool)
     from trl import SFTConfig
 
     from .model import use_bf16
+    from .notebook_output import headless
 
     return SFTConfig(
         output_dir=str(output_dir), seed=int(params["SEED"]), data_seed=int(params["SEED"]),
@@ -232,7 +241,7 @@ def sft_config(params: dict[str, Any], output_dir: str | Path, *, use_cpu: bool)
         **checkpointing_args(params.get("GRADIENT_CHECKPOINTING"), use_cpu=use_cpu),
         use_cpu=use_cpu, bf16=use_bf16(params.get("BF16"), on_cuda=not use_cpu), logging_steps=1, save_strategy="steps",
         save_steps=int(params["SAVE_STEPS"]), save_total_limit=2, report_to="none",
-        dataloader_num_workers=0, dataset_num_proc=None, disable_tqdm=False,
+        dataloader_num_workers=0, dataset_num_proc=None, disable_tqdm=headless(),  # headless: no bar widget, logs printed
     )
 
 
@@ -253,75 +262,6 @@ def with_adapter(model: Any, params: dict[str, Any], backend: str) -> tuple[Any,
             use_gradient_checkpointing="unsloth")
         return wrapped, None
     return model, lora_config(params)
-
-
-ADAPTER_META = "medkit_adapter.json"  # written next to the adapter: which base it was trained on
-
-
-def merge_adapter(model: Any, adapter_dir: str | Path) -> Any:
-    """The adapter folded into ``model``'s weights; a 4-bit base is dequantized first.
-
-    A QLoRA adapter learned its correction on top of the *quantized* weights. Merged into the
-    original full-precision weights instead, it no longer fits: measured on the cpu run, SmolLM2
-    wrote valid first tool calls for 6 of 6 training questions with its nf4 base and for 1 of 6
-    merged into the fp32 base. Merging into the dequantized nf4 weights keeps the trained model.
-    """
-    from peft import PeftModel
-
-    if getattr(model, "hf_quantizer", None) is not None:  # still 4-bit (dequantize() clears it, not the flags)
-        model = model.dequantize()
-    merged = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
-    merged.eval()
-    return merged
-
-
-def adapter_base(adapter_dir: str | Path) -> dict[str, Any]:
-    """What :func:`save_outputs` recorded about the adapter's base (``{}`` for a foreign adapter)."""
-    meta = Path(adapter_dir) / ADAPTER_META
-    return json.loads(meta.read_text(encoding="utf-8")) if meta.exists() else {}
-
-
-def dequantized_base(profile: str, quantized: bool) -> tuple[Any, Any]:
-    """(model, tokenizer): the profile's base as a plain float model a LoRA adapter's delta is added to.
-
-    ``quantized``: the 4-bit nf4 weights a QLoRA adapter was trained on, dequantized right after
-    loading (bitsandbytes repacks 4-bit weights on CPU at the first forward pass, after which they
-    no longer dequantize correctly); otherwise the full-precision base.
-    """
-    from .model import load_model
-
-    model, tokenizer = load_model(profile, quantize_4bit=quantized)
-    if quantized:
-        model = model.dequantize()
-    return model, tokenizer
-
-
-def load_for_inference(profile: str, adapter_dir: str | Path | None = None, *,
-                       bf16: bool | None = False) -> tuple[Any, Any]:
-    """(model, tokenizer) for generation: the profile's base with the adapter merged in.
-
-    An adapter trained with QLoRA (recorded in its folder) is merged into the dequantized 4-bit
-    base it was trained on (:func:`merge_adapter`). ``bf16`` casts the result to bfloat16 (None:
-    where the hardware computes bf16; the dev machine's CPU generates 1.7x faster so). A missing
-    adapter folder is a clear error, not a stack trace from peft.
-    """
-    from .model import use_bf16
-
-    quantized = False
-    if adapter_dir is not None:
-        adapter_dir = Path(adapter_dir)
-        if not (adapter_dir / "adapter_config.json").exists():
-            raise InputError(adapter_dir, "no LoRA adapter here (adapter_config.json missing); train it in notebook 05")
-        quantized = str(adapter_base(adapter_dir).get("quantize") or "").lower() == "nf4"
-    model, tokenizer = dequantized_base(profile, quantized)
-    if adapter_dir is not None:
-        model = merge_adapter(model, adapter_dir)
-    if use_bf16(bf16, on_cuda=model.device.type == "cuda"):
-        import torch
-
-        model = model.to(torch.bfloat16)
-    model.eval()
-    return model, tokenizer
 
 
 def build_trainer(model: Any, tokenizer: Any, rows: list[dict[str, Any]], params: dict[str, Any],
@@ -401,49 +341,6 @@ def train(trainer: Any, *, resume: bool = True) -> dict[str, Any]:
             "steps_this_run": trainer.state.global_step - (_checkpoint_step(ckpt) if ckpt else 0),
             "train_loss": round(sum(losses) / len(losses), 4) if losses else None,
             "loss_curve": [{"step": int(h["step"]), "loss": float(h["loss"])} for h in logs]}
-
-
-def adapter_meta(params: dict[str, Any], *, profile: str | None = None, base_model: str | None = None) -> dict[str, Any]:
-    """What :data:`ADAPTER_META` records next to an adapter: the base it was trained on (a QLoRA adapter
-    must be merged into the same dequantized 4-bit weights, :func:`merge_adapter`)."""
-    return {"profile": params.get("PROFILE", profile), "base_model": base_model, "quantize": params.get("QUANTIZE")}
-
-
-def curve_steps(total_steps: int, fractions: list[float] | tuple[float, ...]) -> list[int]:
-    """Optimizer steps at which the learning curve snapshots the adapter: ``fractions`` of ``total_steps``
-    (each in (0, 1]), rounded, at least step 1, without duplicates."""
-    bad = [f for f in fractions if not isinstance(f, (int, float)) or isinstance(f, bool) or not 0 < f <= 1]
-    if bad:
-        raise ConfigError(f"learning-curve fractions must be numbers in (0, 1], got {bad}")
-    return sorted({max(1, round(total_steps * float(f))) for f in fractions})
-
-
-def snapshot_callback(steps: list[int], dest: str | Path, meta: dict[str, Any]) -> Any:
-    """A TrainerCallback that saves the adapter (with ``meta``) to ``dest/step-N`` after each step in ``steps``.
-
-    A snapshot already on disk is kept (a resumed run does not rewrite it). The snapshots are the
-    learning curve's models: each is evaluated like the final adapter.
-    """
-    from transformers import TrainerCallback
-
-    wanted, root = set(int(s) for s in steps), Path(dest)
-
-    class _Snapshots(TrainerCallback):
-        def on_step_end(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
-            folder = root / f"step-{state.global_step}"
-            if state.global_step in wanted and model is not None and not (folder / ADAPTER_META).exists():
-                model.save_pretrained(str(folder))
-                write_json(folder / ADAPTER_META, {**meta, "step": state.global_step})
-
-    return _Snapshots()
-
-
-def snapshots(dest: str | Path) -> list[tuple[int, Path]]:
-    """(step, folder) of every complete snapshot under ``dest``, in step order."""
-    root = Path(dest)
-    found = [(int(p.name.split("-")[-1]), p) for p in root.glob("step-*") if (p / ADAPTER_META).exists()] \
-        if root.is_dir() else []
-    return sorted(found)
 
 
 def save_outputs(trainer: Any, tokenizer: Any, out_dir: str | Path, card: dict[str, Any], *,

@@ -47,10 +47,10 @@ import json, time
 import pandas as pd
 from IPython.display import display
 from medkit import kb, ner, mining, plots, profiles, paths, io as mio
+from medkit import notebook_output
+notebook_output.configure()  # one-line portable warnings, no library progress bars (medkit/notebook_output.py)
 
-P = profiles.resolve(PROFILE, "entity_mining", SEED=SEED, MAX_PASSAGES=MAX_PASSAGES, BACKEND=BACKEND,
-                     N_WORKERS=N_WORKERS, RARE_MAX_DF=RARE_MAX_DF, MIN_RELATIONS=MIN_RELATIONS,
-                     RARE_TYPES=RARE_TYPES, MAX_RARE=MAX_RARE)
+P = profiles.resolve_cell("entity_mining", globals())  # the parameters above on the profile's defaults; a misspelt or mistyped -p is refused
 OUT = paths.profile_data_dir(PROFILE); OUT.mkdir(parents=True, exist_ok=True)
 FIG = paths.results_dir(PROFILE) / "figures"; FIG.mkdir(parents=True, exist_ok=True)
 pd.set_option("display.max_colwidth", 90)
@@ -108,9 +108,9 @@ for m in matcher.find(demo):
 # local process pool or on a Dask cluster; every backend returns the same rows in the same order.
 
 # %%
-if PUBMED_FILES:
+if P["PUBMED_FILES"]:
     from medkit.pubmed import read_pubmed_passages
-    corpus = read_pubmed_passages(PUBMED_FILES, limit=P["MAX_PASSAGES"])
+    corpus = read_pubmed_passages(P["PUBMED_FILES"], limit=P["MAX_PASSAGES"])
 else:
     corpus = passages
     if P["MAX_PASSAGES"] and len(corpus) > P["MAX_PASSAGES"]:
@@ -119,7 +119,7 @@ corpus = corpus.reset_index(drop=True)
 mb = corpus["text"].str.len().sum() / 1e6
 t0 = time.perf_counter()
 mentions = mining.mine_mentions(corpus, matcher, backend=P["BACKEND"], n_workers=P["N_WORKERS"],
-                                scheduler=DASK_SCHEDULER)
+                                scheduler=P["DASK_SCHEDULER"])
 secs = time.perf_counter() - t0
 print(f"{len(corpus):,} passages, {mb:.2f} M chars, {len(mentions):,} mentions of "
       f"{mentions['entity_id'].nunique():,} entities in {secs:.1f} s "
@@ -169,7 +169,7 @@ summary = {"passages": len(corpus), "mega_chars": round(float(mb), 3), "mentions
            "entities_mentioned": int(mentions["entity_id"].nunique()), "mining_seconds": round(secs, 2),
            "rare_entities": len(rare), "rare_by_type": rare["type"].value_counts().to_dict()}
 mio.write_json(OUT / "entity_mining.provenance.json", {**mio.provenance(**P), "kb": prov["sources"],
-               "corpus": "PubMed: " + ", ".join(map(str, PUBMED_FILES)) if PUBMED_FILES else "data/kb/passages.parquet",
+               "corpus": "PubMed: " + ", ".join(map(str, P["PUBMED_FILES"])) if P["PUBMED_FILES"] else "data/kb/passages.parquet",
                "summary": summary})
 mio.write_json(paths.results_dir(PROFILE) / "01_entity_mining.json", summary)
 summary

@@ -39,9 +39,10 @@ import numpy as np
 import pandas as pd
 from IPython.display import display
 from medkit import kb, kg, plots, profiles, paths, io as mio
+from medkit import notebook_output
+notebook_output.configure()  # one-line portable warnings, no library progress bars (medkit/notebook_output.py)
 
-P = profiles.resolve(PROFILE, "kg", SEED=SEED, N_SEEDS=N_SEEDS, HOPS=HOPS, MAX_NEIGHBOURS=MAX_NEIGHBOURS,
-                     MIN_COOCCURRENCE=MIN_COOCCURRENCE)
+P = profiles.resolve_cell("kg", globals())  # the parameters above on the profile's defaults; a misspelt or mistyped -p is refused
 OUT = paths.profile_data_dir(PROFILE)
 FIG = paths.results_dir(PROFILE) / "figures"; FIG.mkdir(parents=True, exist_ok=True)
 P

@@ -44,6 +44,9 @@ POLISH_ENDPOINT = None        # optional OpenAI-compatible endpoint dict (type, 
 ENGINE = None                 # local solver engine: auto (default: OpenVINO on CPU where it runs), openvino, ctranslate2 or transformers (the reference)
 ENGINE_PRECISION = None       # auto (default: bf16 on OpenVINO where the CPU has it, 1.5x faster, like transformers' bf16), float32 (the exact model) or int8 (CTranslate2 only: approximate)
 ENGINE_BATCH = None           # conversations the engine schedules at once (default 64; lower it if memory is short)
+K_MIN = None                  # smallest sampled subgraph, in nodes (default 8): larger gives longer candidate chains, slower sampling
+K_MAX = None                  # largest sampled subgraph, in nodes (default 12)
+SOLVER_BATCH = None           # questions the no-tool solver answers per batch (default 16; lower it if memory is short)
 
 # %% [markdown]
 # ## 0 Global settings
@@ -55,11 +58,10 @@ import pandas as pd
 from IPython.display import display
 from medkit import (kb, kg, ner, plots, profiles, paths, questions as Q, qgen, subgraph as SG,
                     specialty, calibration as C, retriever as R, io as mio)
+from medkit import notebook_output
+notebook_output.configure()  # one-line portable warnings, no library progress bars (medkit/notebook_output.py)
 
-P = profiles.resolve(PROFILE, "questions", SEED=SEED, N_SEEDS=N_SEEDS, STRATEGY=STRATEGY, MAX_HOPS=MAX_HOPS,
-                     MIN_HOPS=MIN_HOPS, SHORT_SHARE=SHORT_SHARE, SHORT_MAX_HOPS=SHORT_MAX_HOPS, MAX_ATTEMPTS=MAX_ATTEMPTS, TEST_SHARE=TEST_SHARE, SOLVER_MODEL=SOLVER_MODEL,
-                     SOLVER_MAX_NEW_TOKENS=SOLVER_MAX_NEW_TOKENS, POLISH_ENDPOINT=POLISH_ENDPOINT,
-                     ENGINE=ENGINE, ENGINE_PRECISION=ENGINE_PRECISION, ENGINE_BATCH=ENGINE_BATCH)
+P = profiles.resolve_cell("questions", globals())  # the parameters above on the profile's defaults; a misspelt or mistyped -p is refused
 OUT = paths.profile_data_dir(PROFILE)
 FIG = paths.results_dir(PROFILE) / "figures"; FIG.mkdir(parents=True, exist_ok=True)
 P

@@ -60,12 +60,10 @@ import pandas as pd
 from IPython.display import Markdown, display
 from medkit import (agent as A, judge as J, plots, profiles, paths, synthesis as SY, trajectories as TR,
                     tools as T, questions as Q, grounding as GR, io as mio, model as M)
+from medkit import notebook_output
+notebook_output.configure()  # one-line portable warnings, no library progress bars (medkit/notebook_output.py)
 
-P = profiles.resolve(PROFILE, "trajectories", SEED=SEED, N_QUESTIONS=N_QUESTIONS, VARIANTS=VARIANTS,
-                     MIN_TOOL_CALLS=MIN_TOOL_CALLS, MAX_TOKENS=MAX_TOKENS, FREE_QUESTIONS=FREE_QUESTIONS,
-                     TEACHER=TEACHER, AGENT_MAX_CALLS=AGENT_MAX_CALLS, AGENT_MAX_NEW_TOKENS=AGENT_MAX_NEW_TOKENS,
-                     AGENT_BATCH=AGENT_BATCH, REWRITE_ENDPOINT=REWRITE_ENDPOINT, RERANK=RERANK,
-                     ENGINE=ENGINE, ENGINE_PRECISION=ENGINE_PRECISION, ENGINE_BATCH=ENGINE_BATCH)
+P = profiles.resolve_cell("trajectories", globals())  # the parameters above on the profile's defaults; a misspelt or mistyped -p is refused
 OUT = paths.profile_data_dir(PROFILE)
 FIG = paths.results_dir(PROFILE) / "figures"; FIG.mkdir(parents=True, exist_ok=True)
 P

@@ -16,6 +16,7 @@
 # |---|---|---|---|---|---|
 # | `smoke` | SmolLM2-135M, QLoRA | 8 trajectories, 2 steps | seconds | 2 questions × 1 rollout | ~2 min |
 # | `cpu` | SmolLM2-135M, LoRA (fp32 base) | the 64 shortest-chain trajectories (curriculum), no tool schemas, 1 epoch (64 steps) | ~17 min (~75 tokens/s) | 12 held-out questions of ≤ 4 hops × 3 rollouts, base vs SFT, plus the learning curve | ~30 min |
+# | `cpu_long` | SmolLM2-135M, LoRA (fp32 base) | the 128 shortest-chain (2-hop) trajectories, 1 epoch (128 steps) | 25.6 min (96 tokens/s, loss 0.232) | 60 held-out questions of ≤ 3 hops × 4 rollouts, base vs SFT, curve after 64 trajectories: base 0.000, SFT **0.158** (95% CI 0.083–0.242; paired +0.158, 14 questions better, 0 worse), 2-hop 0.237, 3-hop 0.023; after 64 trajectories 0.058 | 63.5 min in the committed reference run (`results/cpu_long/`, uncontended; ~10 min of it one stuck engine call, retried) |
 # | `gpu` | Qwen2.5-7B-Instruct, QLoRA (unsloth if installed) | all accepted, 2 epochs | ~1 h on one 24 GB GPU | all held-out, 3 rollouts | ~2 h |
 #
 # On `cpu`, expect the base model to score 0 (it never calls a tool: format errors), and the SFT
@@ -91,19 +92,12 @@ import json, time
 import pandas as pd
 import matplotlib.pyplot as plt
 from IPython.display import Markdown, display
-from medkit import (agent as A, evaluation as E, llm, model as M, paths, plots, profiles, sft,
+from medkit import (adapters as AD, agent as A, evaluation as E, llm, model as M, paths, plots, profiles, sft,
                     tools as T, io as mio)
+from medkit import notebook_output
+notebook_output.configure()  # one-line portable warnings, no library progress bars (medkit/notebook_output.py)
 
-P = profiles.resolve(PROFILE, "sft", SEED=SEED, N_TRAIN=N_TRAIN, CURRICULUM=CURRICULUM, TRAIN_MAX_HOPS=TRAIN_MAX_HOPS, QUANTIZE=QUANTIZE, MAX_LENGTH=MAX_LENGTH,
-                     DROP_LONGER=DROP_LONGER, TOOLS_IN_PROMPT=TOOLS_IN_PROMPT, BF16=BF16,
-                     GRADIENT_CHECKPOINTING=GRADIENT_CHECKPOINTING,
-                     EPOCHS=EPOCHS, MAX_STEPS=MAX_STEPS, BATCH_SIZE=BATCH_SIZE, GRAD_ACCUM=GRAD_ACCUM,
-                     LEARNING_RATE=LEARNING_RATE, WARMUP_STEPS=WARMUP_STEPS, LORA_R=LORA_R, LORA_ALPHA=LORA_ALPHA,
-                     LORA_DROPOUT=LORA_DROPOUT, SAVE_STEPS=SAVE_STEPS, CURVE=CURVE, CURVE_K=CURVE_K, EVAL_QUESTIONS=EVAL_QUESTIONS,
-                     EVAL_MAX_HOPS=EVAL_MAX_HOPS, EVAL_K=EVAL_K,
-                     EVAL_TEMPERATURE=EVAL_TEMPERATURE, EVAL_MAX_CALLS=EVAL_MAX_CALLS,
-                     EVAL_MAX_NEW_TOKENS=EVAL_MAX_NEW_TOKENS, EVAL_BATCH=EVAL_BATCH,
-                     ENGINE=ENGINE, ENGINE_PRECISION=ENGINE_PRECISION, ENGINE_BATCH=ENGINE_BATCH)
+P = profiles.resolve_cell("sft", globals())  # the parameters above on the profile's defaults; a misspelt or mistyped -p is refused
 QLORA = str(P["QUANTIZE"]).lower() == "nf4"
 DATA = paths.profile_data_dir(PROFILE)
 RUN = DATA / "sft"                     # checkpoints, adapter, merged model, model card
@@ -189,9 +183,9 @@ model, peft_config = sft.with_adapter(model, P, backend_name)
 trainer = sft.build_trainer(model, tok, rows, P, RUN / "checkpoints", use_cpu=not ON_CUDA,
                             peft_config=peft_config)
 TOTAL_STEPS = sft.target_steps(trainer)
-CURVE_STEPS = sft.curve_steps(TOTAL_STEPS, P["CURVE"])
-trainer.add_callback(sft.snapshot_callback(CURVE_STEPS, RUN / "curve",
-                                           sft.adapter_meta(P, base_model=M.model_spec(PROFILE).name_or_path)))
+CURVE_STEPS = AD.curve_steps(TOTAL_STEPS, P["CURVE"])
+trainer.add_callback(AD.snapshot_callback(CURVE_STEPS, RUN / "curve",
+                                          AD.adapter_meta(P, base_model=M.model_spec(PROFILE).name_or_path)))
 print("learning-curve snapshots after steps", CURVE_STEPS, "of", TOTAL_STEPS)
 trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
 print(f"trainable parameters: {trainable:,}; memory before training:", M.memory_report())
@@ -263,7 +257,7 @@ for name, adapter, schemas in (("base", None, None), ("sft", saved["adapter"], S
 PER_STEP = P["BATCH_SIZE"] * P["GRAD_ACCUM"]      # trajectories per optimizer step
 curve_params = {**P, "EVAL_K": P["CURVE_K"] or P["EVAL_K"]}
 curve = {}
-for step, folder in sft.snapshots(RUN / "curve"):
+for step, folder in AD.snapshots(RUN / "curve"):
     if step < TOTAL_STEPS:                          # the last step is the SFT model evaluated above
         curve[step * PER_STEP] = E.evaluate_adapter(PROFILE, folder, test_q, toolbox, curve_params,
                                                     name=f"sft@{step}", schemas=SFT_SCHEMAS)["metrics"]
@@ -274,11 +268,8 @@ for step, folder in sft.snapshots(RUN / "curve"):
 
 # %%
 table = E.stage_table({name: e["metrics"] for name, e in evals.items()})
-fig, axes = plt.subplots(1, 3, figsize=(11, 3.4))
-plots.stage_bars(table, "pass@1", f"held-out pass@1 (k={P['EVAL_K']}, 95% CI)", ci=("ci95 low", "ci95 high"), ax=axes[0])
-plots.stage_bars(table, "answer rate", "rollouts ending with an answer", ax=axes[1])
-plots.stage_bars(table, "tool calls / rollout", "tool calls per rollout", ax=axes[2], ylim=None)
-fig.tight_layout(); plots.save(fig, FIG / "05_base_vs_sft.png")
+fig = plots.stage_panels(table, ("pass@1", "answer rate", "tool calls / rollout"))
+plots.save(fig, FIG / "05_base_vs_sft.png")
 table
 
 # %%
@@ -289,9 +280,8 @@ plots.save(fig, FIG / "05_learning_curve.png")
 curve_table[["pass@1", "ci95 low", "ci95 high", "answer rate", "format-error rate", "rollouts"]].rename_axis("trajectories seen")
 
 # %%
-by_hops = pd.DataFrame({n: {h: v["mean"] for h, v in e["metrics"]["pass@1_by_hops"].items()} for n, e in evals.items()})
-by_spec = pd.DataFrame({n: {s: v["mean"] for s, v in e["metrics"]["pass@1_by_specialty"].items()} for n, e in evals.items()})
-display(by_hops.rename_axis("hops")); display(by_spec.rename_axis("specialty"))
+stage_metrics = {n: e["metrics"] for n, e in evals.items()}
+display(E.by_group(stage_metrics, "hops")); display(E.by_group(stage_metrics, "specialty"))
 best = max(evals["sft"]["rows"], key=lambda r: (r["correct"], r["n_tool_calls"] > 0, -r["n_format_errors"]))
 print(f"one SFT rollout (correct={best['correct']}, answer {best['answer']!r}):")
 display(Markdown(A.render_markdown(best["messages"], 400)))

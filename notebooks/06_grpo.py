@@ -15,11 +15,12 @@
 # |---|---|---|---|
 # | `smoke` | SmolLM2-135M + smoke SFT adapter (QLoRA) | 2 steps × 1 question × 2 rollouts, 48-token turns | ~1 min |
 # | `cpu` | SmolLM2-135M + the cpu SFT adapter (nf4, bf16 autocast) | 6 steps × 1 question × 4 rollouts (≤ 3-hop training questions, ≤ 1,024 completion tokens, ~85 s/step), then the held-out evaluation of notebook 05 | ~12 min |
-# | `cpu_long` | SmolLM2-135M + the cpu_long SFT adapter (LoRA, fp32) | probe 32 questions × 4, then 8 steps × 1 question × 8 rollouts in passes of 2; held-out checkpoint after step 4; 60 held-out questions × 4 | ~1 h (measured without gradient checkpointing: probe 7.7 min, 265 s/step, peak 15.9 GB; `results/cpu/experiments/06_grpo_g8.json`) |
+# | `cpu_long` | SmolLM2-135M + the cpu_long SFT adapter (LoRA, fp32) | probe 32 questions × 4, then 8 steps × 1 question × 8 rollouts in passes of 2; held-out checkpoint after step 4; 60 held-out questions × 4 | 56 min in the committed reference run (`results/cpu_long/`, uncontended): probe 6.4 min → 5 learnable questions; 246 s/step, peak 15.8 GB; training accuracy on the 5 pool questions 0.28 → 0.69, KL ≤ 0.014; held-out pass@1 0.163 (95% CI 0.079–0.254) vs SFT 0.158, paired +0.004 (−0.054 … +0.063): no measurable gain, no reward hacking |
 # | `gpu` | Qwen2.5-7B-Instruct + its SFT adapter (4-bit, unsloth if installed) | 250 steps × 4 questions × 8 rollouts | several hours on one 24 GB GPU |
 #
 # On `cpu` expect a noisy, short run: 24 rollouts in all is far too few for RL to move a 135M model
-# much. What the curves show is the mechanics — per-term rewards, tool-call and tool-failure
+# much; `cpu_long`'s 64 rollouts on a pool of 5 questions learned those 5 (training accuracy rose)
+# without a held-out change the evaluation can see. What the curves show is the mechanics — per-term rewards, tool-call and tool-failure
 # frequency, KL to the SFT adapter — and the last table says honestly whether held-out pass@1 moved.
 
 # %% [markdown]
@@ -78,18 +79,11 @@ import pandas as pd
 import matplotlib.pyplot as plt
 from IPython.display import Markdown, display
 from medkit import (agent as A, evaluation as E, grpo as G, model as M, paths, plots, profiles, questions as Q,
-                    rewards as RW, tools as T, trajectories as TR, io as mio)
+                    rewards as RW, tools as T, io as mio)
+from medkit import notebook_output
+notebook_output.configure()  # one-line portable warnings, no library progress bars (medkit/notebook_output.py)
 
-P = profiles.resolve(PROFILE, "grpo", SEED=SEED, START=START, N_QUESTIONS=N_QUESTIONS,
-                     POOL_CANDIDATES=POOL_CANDIDATES, POOL_PROBE_K=POOL_PROBE_K, MAX_HOPS=MAX_HOPS,
-                     QUESTIONS_PER_STEP=QUESTIONS_PER_STEP, NUM_GENERATIONS=NUM_GENERATIONS, MICRO_BATCH=MICRO_BATCH, MAX_STEPS=MAX_STEPS,
-                     LEARNING_RATE=LEARNING_RATE, BETA=BETA, LOSS_TYPE=LOSS_TYPE, SCALE_REWARDS=SCALE_REWARDS,
-                     TEMPERATURE=TEMPERATURE, MAX_COMPLETION_LENGTH=MAX_COMPLETION_LENGTH,
-                     TURN_MAX_NEW_TOKENS=TURN_MAX_NEW_TOKENS, MAX_CALLS=MAX_CALLS, W_ACCURACY=W_ACCURACY,
-                     W_PREFERENCE=W_PREFERENCE, W_EFFICIENCY=W_EFFICIENCY, CALL_BUDGET=CALL_BUDGET,
-                     TOKEN_BUDGET=TOKEN_BUDGET, GATE_PROCESS=GATE_PROCESS, BF16=BF16, GRADIENT_CHECKPOINTING=GRADIENT_CHECKPOINTING, QUANTIZE=QUANTIZE, LORA_R=LORA_R, LORA_ALPHA=LORA_ALPHA,
-                     LORA_DROPOUT=LORA_DROPOUT, SAVE_STEPS=SAVE_STEPS, CURVE=CURVE, CURVE_K=CURVE_K, ENGINE=ENGINE,
-                     ENGINE_PRECISION=ENGINE_PRECISION, ENGINE_BATCH=ENGINE_BATCH, ENGINE_SYNC_STEPS=ENGINE_SYNC_STEPS)
+P = profiles.resolve_cell("grpo", globals())  # the parameters above on the profile's defaults; a misspelt or mistyped -p is refused
 EVAL = profiles.resolve(PROFILE, "sft")          # notebook 05's evaluation settings, unchanged
 DATA = paths.profile_data_dir(PROFILE)
 SFT_ADAPTER = DATA / "sft" / "adapter"
@@ -130,22 +124,15 @@ P
 
 # %%
 index, toolbox = T.open_tools(DATA)
-weights = RW.RewardWeights(P["W_ACCURACY"], P["W_PREFERENCE"], P["W_EFFICIENCY"])
 good = mio.read_jsonl(DATA / "trajectories.jsonl")[0]   # an accepted trajectory, as SFT trained on it
 rec = next(q for q in mio.read_jsonl(DATA / "questions_train.jsonl") if Q.question_id(q) == good["question_id"])
-def as_rollout(messages):
-    answer = TR.final_answer(messages)
-    calls = sum(1 for m in messages if m.get("tool_calls"))
-    return {"messages": messages, "prediction": answer, "format_errors": [], "n_tool_calls": calls,
-            "n_model_calls": calls + 1, "n_tokens": good.get("n_tokens") or 0}
-msgs = good["messages"]
+msgs, n_tokens = good["messages"], good.get("n_tokens") or 0
 first_obs = next(i for i, m in enumerate(msgs) if m["role"] == "tool")
-cases = {"KG-guided trajectory (04)": as_rollout(msgs),
-         "answers after the first observation": as_rollout(msgs[:first_obs + 1] + [msgs[-1]]),
-         "a guess no tool showed": as_rollout(msgs[:first_obs + 1] + [{"role": "assistant",
-                                        "content": "<think>I guess.</think>\n<answer>Marfan syndrome</answer>"}])}
-pd.DataFrame({name: RW.composite(r, rec, weights, call_budget=P["CALL_BUDGET"], token_budget=P["TOKEN_BUDGET"],
-                                gate=P["GATE_PROCESS"], resolve=toolbox.resolve_ids) for name, r in cases.items()}).T
+guess = {"role": "assistant", "content": "<think>I guess.</think>\n<answer>Marfan syndrome</answer>"}
+cases = {"KG-guided trajectory (04)": RW.as_rollout(msgs, n_tokens=n_tokens),
+         "answers after the first observation": RW.as_rollout(msgs[:first_obs + 1] + [msgs[-1]], n_tokens=n_tokens),
+         "a guess no tool showed": RW.as_rollout(msgs[:first_obs + 1] + [guess], n_tokens=n_tokens)}
+RW.breakdown(cases, rec, P, resolve=toolbox.resolve_ids)
 
 # %% [markdown]
 # ## 2 Training questions and the policy

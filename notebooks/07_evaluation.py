@@ -15,6 +15,7 @@
 # |---|---|---|
 # | `smoke` | tables and plots from notebooks 05-06; both ablations with 1 GRPO step each, 2 questions × 1 rollout | ~1 min |
 # | `cpu` | tables and plots; ablation *GRPO from base* (2 steps), evaluated on the 12 held-out questions × 3 rollouts; the accuracy-only ablation is off (another ~15 min: set `ABLATIONS`) | ~7 min |
+# | `cpu_long` | tables and plots of the reference run: 60 held-out questions × 4 rollouts — base 0.000, SFT 0.158 (95% CI 0.083–0.242), SFT+GRPO 0.163 (0.079–0.254); paired SFT − base +0.158 (+0.083 … +0.242), SFT+GRPO − SFT +0.004 (−0.054 … +0.063); no ablations (set `ABLATIONS`: each is a GRPO run plus an evaluation, ~45 min at notebook 06's measured cost) | 24 s (`results/cpu_long/`) |
 # | `gpu` | both ablations with notebook 06's settings | hours |
 #
 # The reported numbers come from a 32B model with web search on public benchmarks; the measured ones
@@ -41,8 +42,10 @@ import pandas as pd
 import matplotlib.pyplot as plt
 from IPython.display import display
 from medkit import evaluation as E, grpo as G, paths, plots, profiles, reported, questions as Q, tools as T, io as mio
+from medkit import notebook_output
+notebook_output.configure()  # one-line portable warnings, no library progress bars (medkit/notebook_output.py)
 
-P = profiles.resolve(PROFILE, "evaluation", ABLATIONS=ABLATIONS, ABLATION_STEPS=ABLATION_STEPS)
+P = profiles.resolve_cell("evaluation", globals())  # the parameters above on the profile's defaults; a misspelt or mistyped -p is refused
 GP = profiles.resolve(PROFILE, "grpo")          # notebook 06's GRPO settings
 EVAL = profiles.resolve(PROFILE, "sft")         # notebook 05's evaluation settings
 KNOWN = {"grpo_from_base", "grpo_accuracy_only"}
@@ -81,34 +84,17 @@ stage_table
 
 # %%
 paired = E.compare(runs, {"sft_minus_base": ("base", "sft"), "grpo_minus_sft": ("sft", "sft+grpo")})
-paired_table = pd.DataFrame({k: {"mean": v["mean"], "ci95 low": v["ci95"][0], "ci95 high": v["ci95"][1],
-                                 "questions better": v["better"], "questions worse": v["worse"]}
-                             for k, v in paired.items()}).T
-paired_table
+E.paired_table(paired)
 
 # %%
-fig, axes = plt.subplots(1, 4, figsize=(15, 3.6))
-plots.stage_bars(stage_table, "pass@1", "held-out pass@1 (95% CI over questions)", ci=("ci95 low", "ci95 high"), ax=axes[0])
-plots.stage_bars(stage_table, "answer rate", "rollouts ending with an answer", ax=axes[1])
-plots.stage_bars(stage_table, "format-error rate", "turns that break the protocol", ax=axes[2])
-plots.stage_bars(stage_table, "tool calls / rollout", "tool calls per rollout", ax=axes[3], ylim=None)
-fig.tight_layout(); plots.save(fig, FIG / "07_stages.png")
-
+fig = plots.stage_panels(stage_table)
+plots.save(fig, FIG / "07_stages.png")
 
 # %%
-def by(key):
-    return pd.DataFrame({n: {g: v["mean"] for g, v in m[f"pass@1_by_{key}"].items()} for n, m in metrics.items()})
-hops, spec = by("hops"), by("specialty")
-fig, axes = plt.subplots(1, 2, figsize=(13, max(3.2, 0.35 * len(spec) + 1.2)))
-hops.plot.bar(ax=axes[0], color=[plots.STAGE_COLOURS.get(n.split("+")[-1], "#999") for n in hops.columns])
-axes[0].set(title="pass@1 by hop count", xlabel="hops", ylim=(0, 1))
-im = axes[1].imshow(spec.values, cmap="Greens", vmin=0, vmax=1, aspect="auto")
-axes[1].set_yticks(range(len(spec)), spec.index, fontsize=7); axes[1].set_xticks(range(len(spec.columns)), spec.columns)
-for (i, j), v in pd.DataFrame(spec.values).stack().items():
-    axes[1].text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7)
-axes[1].set_title("pass@1 by specialty"); fig.colorbar(im, ax=axes[1], fraction=0.03)
-fig.tight_layout(); plots.save(fig, FIG / "07_by_hops_specialty.png")
-display(hops.rename_axis("hops"))
+hops, spec = E.by_group(metrics, "hops"), E.by_group(metrics, "specialty")
+fig = plots.by_hops_and_specialty(hops, spec)
+plots.save(fig, FIG / "07_by_hops_specialty.png")
+display(hops)
 
 # %% [markdown]
 # ## 2 Ablations
@@ -160,8 +146,9 @@ ablation_table
 # ## 3 Reported vs measured
 #
 # Grey hatched bars: pass@1 as *reported* by the paper (MedResearcher-R1-32B and its baselines on
-# MedBrowseComp, GAIA text and xBench-DeepSearch) and by the MedBrowseComp maintainers — copied from
-# `shared/docs`, not re-run: those benchmarks need live web search and hosted models. Green bars:
+# MedBrowseComp, GAIA text and xBench-DeepSearch; arXiv:2508.14880) and by the MedBrowseComp
+# maintainers (arXiv:2505.14963) — each row's `source` says where it comes from (`medkit.reported`);
+# not re-run: those benchmarks need live web search and hosted models. Green bars:
 # *measured* here, on the kit's held-out KG questions (the `measured` benchmark label says which),
 # with the sd over rollouts. `medkit.evaluation.read_medbrowsecomp` reads the MedBrowseComp CSV for a
 # user who has it and a web-search tool.

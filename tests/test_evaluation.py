@@ -110,3 +110,33 @@ def test_learning_curve_plots_a_stage_table_keyed_by_data_seen():
     line = fig.axes[0].lines[0]
     assert list(line.get_xdata()) == [0, 32, 64] and list(line.get_ydata()) == [0.0, 0.25, 0.75]
     assert table.loc[64, "ci95 low"] < 0.75 < table.loc[64, "ci95 high"]
+
+
+def test_group_and_paired_tables_and_their_figures():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from medkit import plots
+
+    def rows(right, hops=(2, 2, 3, 3)):  # 4 questions x 2 rollouts; the first `right` answered correctly
+        return [{"question_id": f"q{i}", "rollout": j, "correct": i < right, "stop_reason": "answer",
+                 "n_format_errors": 0, "n_model_calls": 2, "n_tool_calls": 1, "n_tool_errors": 0, "hops": hops[i],
+                 "specialty": "Neurology" if i % 2 else "Cardiology"} for i in range(4) for j in range(2)]
+
+    runs = {"base": rows(0), "sft": rows(2), "sft+grpo": rows(3)}
+    m = {name: E.metrics(r) for name, r in runs.items()}
+    hops = E.by_group(m, "hops")
+    assert list(hops.columns) == ["base", "sft", "sft+grpo"] and hops.index.name == "hops"
+    assert hops.loc["2", "sft"] == 1.0 and hops.loc["3", "sft"] == 0.0 and hops.loc["3", "sft+grpo"] == 0.5
+    spec = E.by_group(m, "specialty")
+    assert spec.loc["Cardiology", "sft+grpo"] == 1.0 and spec.loc["Neurology", "sft"] == 0.5
+    with pytest.raises(ValueError):
+        E.by_group(m, "rollout")
+    paired = E.paired_table(E.compare(runs, {"sft_minus_base": ("base", "sft"), "grpo_minus_sft": ("sft", "sft+grpo")}))
+    assert paired.loc["sft_minus_base", "mean"] == 0.5 and paired.loc["sft_minus_base", "questions better"] == 2
+    assert paired.loc["grpo_minus_sft", "questions worse"] == 0 and paired.loc["grpo_minus_sft", "questions"] == 4
+    fig = plots.stage_panels(E.stage_table(m))
+    assert len(fig.axes) == 4 and [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["base", "sft", "sft+grpo"]
+    fig = plots.by_hops_and_specialty(hops, spec)
+    texts = {t.get_text() for t in fig.axes[1].texts}
+    assert {"1.00", "0.50", "0.00"} <= texts and fig.axes[0].get_title() == "pass@1 by hop count"

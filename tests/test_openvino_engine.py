@@ -137,7 +137,7 @@ def test_engine_choice_auto_is_openvino_on_cpu(tiny_model, tokenizer, tmp_path, 
 def test_smollm2_greedy_parity_and_the_agent_s_stop_strings(tmp_path) -> None:
     """The real model: greedy replies equal the transformers backend's; a reply ends at ``</tool_call>``."""
     from medkit import agent as A
-    from medkit.sft import load_for_inference
+    from medkit.adapters import load_for_inference
 
     model, tok = load_for_inference("cpu", None, bf16=False)
     backend = OV.engine_backend(model, tok, root=tmp_path, progress=False)

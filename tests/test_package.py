@@ -40,3 +40,9 @@ def test_the_check_can_fail():
     tree = ast.parse("from . import agent as A\nA._act(1, 2, 3)\nfrom .llm import _eos_ids\n")
     aliases = _medkit_aliases(tree)
     assert aliases["A"] == "agent" and aliases["<import>_eos_ids"] == "llm"
+
+
+def test_the_package_map_names_every_module_once_or_more():
+    doc = medkit.__doc__
+    missing = sorted(m for m in MODULES - {"__init__", "__main__"} if f":mod:`{m}`" not in doc)
+    assert missing == [], "add them to medkit/__init__.py's notebook -> module map (and the README's)"

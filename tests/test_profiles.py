@@ -43,3 +43,36 @@ def test_cpu_long_keeps_cpus_data_and_enlarges_training_and_evaluation():
     grpo = profiles.resolve("cpu_long", "grpo")
     assert grpo["NUM_GENERATIONS"] >= 8 and grpo["MICRO_BATCH"] < grpo["NUM_GENERATIONS"]
     assert profiles.resolve("cpu", "grpo")["MICRO_BATCH"] is None  # cpu's GRPO step is unchanged
+
+
+def test_resolve_cell_reads_the_cell_and_refuses_misspelt_or_mistyped_parameters():
+    import types
+
+    from medkit.errors import ConfigError
+
+    cell = {"PROFILE": "smoke", "SEED": None, "N_SEEDS": 7, "HOPS": None, "A": types.ModuleType("agent"),
+            "_private": 1, "lower": 2}
+    P = profiles.resolve_cell("kg", cell)
+    assert P["N_SEEDS"] == 7 and P["SEED"] == 13 and P["PROFILE"] == "smoke"
+    with pytest.raises(ConfigError, match=r"unknown parameter N_SEED=5 for notebook stage 'kg'; did you mean N_SEEDS"):
+        profiles.resolve_cell("kg", {**cell, "N_SEED": 5})
+    with pytest.raises(ConfigError, match=r"parameter N_SEEDS='abc' of stage 'kg' must be an integer"):
+        profiles.resolve_cell("kg", {**cell, "N_SEEDS": "abc"})
+    with pytest.raises(ConfigError, match=r"must be an integer"):
+        profiles.resolve_cell("kg", {**cell, "N_SEEDS": True})  # a bool is not a count
+    with pytest.raises(ConfigError, match=r"HOPS=1.5 .* must be an integer"):
+        profiles.resolve_cell("kg", {**cell, "HOPS": 1.5})
+    assert profiles.resolve_cell("grpo", {"PROFILE": "cpu", "LEARNING_RATE": 1})["LEARNING_RATE"] == 1  # ints are numbers
+    with pytest.raises(ConfigError, match="unknown profile"):
+        profiles.resolve_cell("kg", {"PROFILE": "cpuu"})
+
+
+@pytest.mark.parametrize("stage,notebook", [("entity_mining", "01"), ("kg", "02"), ("questions", "03"),
+                                            ("trajectories", "04"), ("sft", "05"), ("grpo", "06"), ("evaluation", "07")])
+def test_every_parameters_cell_lists_exactly_its_stages_parameters(stage, notebook):
+    import papermill
+
+    from medkit.pipeline import numbered_notebooks
+
+    [path] = [p for p in numbered_notebooks() if p.name.startswith(notebook)]
+    assert set(papermill.inspect_notebook(str(path))) == set(profiles.defaults("cpu", stage)) | {"PROFILE"}

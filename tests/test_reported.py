@@ -13,6 +13,9 @@ from medkit.paths import REPO_ROOT
 def test_reported_figures_are_the_papers_and_labelled():
     frame = reported.reported_frame()
     assert set(frame["kind"]) == {"reported"} and frame["source"].str.len().min() > 20
+    # every source is a public citation a reader can follow, never a folder outside the project
+    assert frame["source"].str.contains(r"arXiv:\d{4}\.\d{5}").all()
+    assert not frame["source"].str.contains("shared/|docs/").any()
     row = frame[(frame["benchmark"] == "MedBrowseComp") & (frame["system"] == "MedResearcher-R1-32B")]
     assert row["pass@1"].tolist() == [27.5]
     assert frame.set_index(["benchmark", "system"]).loc[("xBench-DeepSearch", "WebSailor-32B"), "pass@1"] == 53.3

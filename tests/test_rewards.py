@@ -156,3 +156,26 @@ def test_the_grpo_pool_keeps_questions_the_policy_answers_sometimes():
     probe = G.probe_settings({"EVAL_K": 3, "EVAL_TEMPERATURE": 0.3, "SEED": 13},
                              {"POOL_PROBE_K": 4, "TEMPERATURE": 0.7, "MAX_CALLS": 6, "TURN_MAX_NEW_TOKENS": 160})
     assert probe == {"EVAL_K": 4, "EVAL_TEMPERATURE": 0.7, "SEED": 13, "EVAL_MAX_CALLS": 6, "EVAL_MAX_NEW_TOKENS": 160}
+
+
+def test_breakdown_of_stored_conversations_uses_the_runs_weights_and_gating():
+    from medkit import profiles
+
+    record = {"id": "q", "question": "Which disease?", "answer": "Fabry disease", "answer_id": "MONDO:0010526"}
+    call = {"type": "function", "function": {"name": "lookup", "arguments": {"name": "Fabry disease"}}}
+    right = [{"role": "system", "content": "s"}, {"role": "user", "content": "Which disease?"},
+             {"role": "assistant", "content": "<think>Look it up.</think>", "tool_calls": [call]},
+             {"role": "tool", "name": "lookup", "content": "MONDO:0010526 Fabry disease"},
+             {"role": "assistant", "content": "<think>Shown above.</think>\n<answer>Fabry disease</answer>"}]
+    wrong = right[:4] + [{"role": "assistant", "content": "<think>I guess.</think>\n<answer>Marfan syndrome</answer>"}]
+    r = R.as_rollout(right, n_tokens=500)
+    assert r["prediction"] == "Fabry disease" and r["n_tool_calls"] == 1 and r["n_model_calls"] == 2
+    assert R.as_rollout(right[:2])["prediction"] is None
+    params = profiles.resolve("cpu", "grpo")
+    table = R.breakdown({"right": r, "wrong": R.as_rollout(wrong, n_tokens=500)}, record, params)
+    assert table.loc["right", "accuracy"] == 1.0 and table.loc["wrong", "accuracy"] == 0.0
+    assert table.loc["right", "total"] > table.loc["wrong", "total"]
+    w = R.RewardWeights.from_params({**params, "W_ACCURACY": 2.0})
+    assert w.accuracy == 2.0 and w.preference == params["W_PREFERENCE"]
+    doubled = R.breakdown({"right": r}, record, {**params, "W_ACCURACY": 2.0})
+    assert doubled.loc["right", "total"] == pytest.approx(table.loc["right", "total"] + 1.0)

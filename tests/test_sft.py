@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from medkit import adapters
 from medkit import agent as A
 from medkit import sft
 from medkit import trajectories as TR
@@ -93,23 +94,23 @@ def test_learning_curve_snapshots_are_the_adapter_at_those_steps(tok, rows, tmp_
     import torch
     from safetensors.torch import load_file
 
-    assert sft.curve_steps(40, [0.25, 0.5, 1.0]) == [10, 20, 40]
-    assert sft.curve_steps(3, [0.1, 0.34, 1.0]) == [1, 3]  # at least step 1, no duplicates
+    assert adapters.curve_steps(40, [0.25, 0.5, 1.0]) == [10, 20, 40]
+    assert adapters.curve_steps(3, [0.1, 0.34, 1.0]) == [1, 3]  # at least step 1, no duplicates
     with pytest.raises(ConfigError, match="fractions"):
-        sft.curve_steps(10, [0.5, 1.5])
+        adapters.curve_steps(10, [0.5, 1.5])
     dest = tmp_path / "curve"
-    meta = sft.adapter_meta({"PROFILE": "cpu", "QUANTIZE": "nf4"}, base_model="tiny")
+    meta = adapters.adapter_meta({"PROFILE": "cpu", "QUANTIZE": "nf4"}, base_model="tiny")
     trainer = _tiny_trainer(tok, rows[:3], tmp_path / "run", MAX_STEPS=3, SAVE_STEPS=100)
-    trainer.add_callback(sft.snapshot_callback([1, 3], dest, meta))
+    trainer.add_callback(adapters.snapshot_callback([1, 3], dest, meta))
     sft.train(trainer, resume=False)
-    found = sft.snapshots(dest)
+    found = adapters.snapshots(dest)
     assert [step for step, _ in found] == [1, 3]
-    assert sft.adapter_base(found[0][1]) == {**meta, "step": 1}  # merged like the final adapter (nf4 base)
+    assert adapters.adapter_base(found[0][1]) == {**meta, "step": 1}  # merged like the final adapter (nf4 base)
     first, last = (load_file(str(p / "adapter_model.safetensors")) for _, p in found)
     live = {k: v for k, v in trainer.model.state_dict().items() if "lora_B" in k}
     assert all(torch.equal(live[k.replace(".weight", ".default.weight")], v) for k, v in last.items() if "lora_B" in k)
     assert any(not torch.equal(first[k], last[k]) for k in last if "lora_B" in k)
-    assert sft.snapshots(tmp_path / "nothing") == []
+    assert adapters.snapshots(tmp_path / "nothing") == []
 
 
 def test_rows_that_fit_and_prompts_without_tool_schemas(tok, rows):
@@ -215,7 +216,7 @@ def test_adapter_backend_selection_without_importing_unsloth(monkeypatch):
 
 def test_missing_adapter_is_a_clear_error(tmp_path):
     with pytest.raises(InputError, match="adapter_config.json missing"):
-        sft.load_for_inference("cpu", tmp_path / "no-adapter")
+        adapters.load_for_inference("cpu", tmp_path / "no-adapter")
 
 
 def test_a_qlora_adapter_is_merged_into_the_weights_it_was_trained_on(tmp_path):
@@ -230,11 +231,11 @@ def test_a_qlora_adapter_is_merged_into_the_weights_it_was_trained_on(tmp_path):
                                                init_lora_weights=False))  # random B: a real correction
     adapter = tmp_path / "adapter"
     trained.save_pretrained(str(adapter))
-    (adapter / sft.ADAPTER_META).write_text(json.dumps({"profile": "smoke", "quantize": "nf4"}))
+    (adapter / adapters.ADAPTER_META).write_text(json.dumps({"profile": "smoke", "quantize": "nf4"}))
     ids = tok("A patient is diagnosed with a rare disorder that presents with", return_tensors="pt")
     with torch.no_grad():
         want = trained(**ids).logits
-        merged, _ = sft.load_for_inference("smoke", adapter)
+        merged, _ = adapters.load_for_inference("smoke", adapter)
         got = merged(**ids).logits
         fp32, _ = M.load_model("smoke")
         naive = PeftModel.from_pretrained(fp32, str(adapter)).merge_and_unload()(**ids).logits
@@ -245,7 +246,7 @@ def test_a_qlora_adapter_is_merged_into_the_weights_it_was_trained_on(tmp_path):
     assert naive_err > 5 * err, (err, naive_err)
     same = (got.argmax(-1) == want.argmax(-1)).float().mean().item()
     assert same >= 0.9 and same > (naive.argmax(-1) == want.argmax(-1)).float().mean().item()
-    assert sft.adapter_base(adapter)["quantize"] == "nf4" and sft.adapter_base(tmp_path) == {}
+    assert adapters.adapter_base(adapter)["quantize"] == "nf4" and adapters.adapter_base(tmp_path) == {}
 
 
 def test_a_curriculum_orders_by_hops_and_the_trainer_keeps_the_order(tok, rows, tmp_path):
