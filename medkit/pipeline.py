@@ -95,8 +95,6 @@ def run_notebook(path: Path, profile: str, out_dir: Path, parameters: dict[str, 
     The kernel writes into a scratch copy (``.<name>.running.ipynb``); only a run that finishes
     replaces ``<name>``, so a failed rerun never clobbers a committed reference notebook: its copy
     is kept as ``<name-stem>.failed.ipynb`` beside it. Both copies go through :func:`portable_copy`."""
-    from unittest.mock import patch
-
     import papermill as pm
 
     from .notebook_output import HEADLESS_ENV
@@ -107,7 +105,7 @@ def run_notebook(path: Path, profile: str, out_dir: Path, parameters: dict[str, 
     running = out_dir / f".{path.stem}.running.ipynb"
     params = {"PROFILE": profile, **(parameters or {})}
     try:  # the kernel inherits MEDKIT_HEADLESS=1: medkit's bars stay off (notebook_output.headless)
-        with patch.dict(os.environ, {HEADLESS_ENV: "1"}):
+        with environment(HEADLESS_ENV, "1"):
             pm.execute_notebook(str(path), str(running), parameters=params, kernel_name="python3",
                                 cwd=str(path.parent), progress_bar=False, log_output=False)
     except pm.PapermillExecutionError as e:
@@ -120,6 +118,20 @@ def run_notebook(path: Path, profile: str, out_dir: Path, parameters: dict[str, 
         raise MedkitError(f"{path.name} did not finish ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
                           f"{where}") from None
     return portable_copy(running, out)
+
+
+@contextmanager
+def environment(name: str, value: str) -> Iterator[None]:
+    """``os.environ[name] = value`` for the block (a kernel started inside inherits it), then restored."""
+    before = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before
 
 
 def portable_copy(src: Path, dest: Path) -> Path:

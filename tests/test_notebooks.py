@@ -293,3 +293,17 @@ def test_cli_reports_bad_input_in_one_line():
     proc = subprocess.run([sys.executable, "-m", "medkit", "pipeline", "--profile", "tpu"],
                           cwd=REPO_ROOT, capture_output=True, text=True)
     assert proc.returncode == 2 and "invalid choice: 'tpu'" in proc.stderr
+
+
+@pytest.mark.notebook
+def test_smoke_executed_copies_are_quiet_and_name_no_machine(smoke_run):
+    """What a reviewer opens: no progress-bar floods, library warnings or absolute paths in the outputs."""
+    for path in sorted((smoke_run / "results" / "smoke").glob("0*.ipynb")):
+        nb = nbformat.read(path, as_version=4)
+        stderr = [line for c in nb.cells for o in c.get("outputs", []) if o.get("name") == "stderr"
+                  for line in "".join(o.get("text", "")).splitlines()]
+        assert len(stderr) <= 20, f"{path.name}: {len(stderr)} stderr lines, e.g. {stderr[:3]}"
+        text = path.read_text()
+        assert str(REPO_ROOT) not in text and str(smoke_run) not in text, f"{path.name} names a machine path"
+        assert not any("application/vnd.jupyter.widget" in json.dumps(o.get("data", {}))
+                       for c in nb.cells for o in c.get("outputs", [])), f"{path.name} holds widget state"
