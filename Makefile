@@ -1,6 +1,7 @@
 # medkit — the two commands of the README, and the steps they are made of.
 #   make pipeline          # main job: set up, build data, fetch model, run every notebook (PROFILE=cpu)
 #   make test              # the test suite (CI runs this via .ci/run)
+#   make test-fast         # the unit tests without model loads, training or notebooks (the edit loop)
 # Override the profile with PROFILE=smoke or PROFILE=gpu.
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -10,7 +11,7 @@ PY := $(VENV)/bin/python
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup data model notebooks pipeline test bench lock clean-results sync-notebooks
+.PHONY: setup data model notebooks pipeline test test-fast bench lock clean-results sync-notebooks
 
 setup: $(VENV)/.medkit-installed
 
@@ -37,6 +38,9 @@ pipeline: setup
 
 test: setup
 	$(PY) -m pytest -q
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow and not notebook"
 
 sync-notebooks: setup
 	$(PY) -m jupytext --sync notebooks/[0-9][0-9]_*.ipynb

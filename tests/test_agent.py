@@ -214,6 +214,7 @@ def test_loop_runs_real_tools_and_stops_on_each_rule(toolbox):
     assert not any("Clue_1" in json.dumps(t["messages"]) for t in out)
 
 
+@pytest.mark.slow
 def test_small_local_model_runs_the_loop_end_to_end(toolbox, smol_backend):
     q = {"id": "fabry", "question": "Which lysosomal storage disorder presents with angiokeratoma and hypohidrosis?"}
     (t,) = A.run_agent(smol_backend, toolbox, [q], config=A.AgentConfig(max_calls=2, max_new_tokens=24),

@@ -19,6 +19,7 @@ def test_process_pool_equals_serial(matcher, passage_slice, serial):
     assert len(serial) > 1000 and list(serial.columns) == mining.MENTION_COLUMNS
 
 
+@pytest.mark.slow
 def test_local_dask_cluster_equals_serial(matcher, passage_slice, serial):
     dask = mining.mine_mentions(passage_slice, matcher, backend="dask", n_workers=2, chunk_size=300, progress=False)
     pd.testing.assert_frame_equal(dask, serial)

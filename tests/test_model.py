@@ -295,6 +295,7 @@ def test_chat_template_renders_chatml(fp32) -> None:
     assert tok.pad_token is not None
 
 
+@pytest.mark.slow
 def test_converted_model_is_trainable(converted: Path) -> None:
     model, tok = mm.load_model("cpu", for_training=True)
     assert model.training and model.config.use_cache is False
@@ -318,6 +319,7 @@ def _greedy(model, tok, n: int = 12) -> list[int]:
     return out[0, enc["input_ids"].shape[1]:].tolist()
 
 
+@pytest.mark.slow
 def test_greedy_generation_matches_the_gguf_load(fp32) -> None:
     gguf_model, gguf_tok = mm.load_gguf(mm.small_model_gguf())
     assert getattr(gguf_model, "hf_quantizer", None) is not None   # really the GGUF-flagged load
@@ -329,6 +331,7 @@ def test_greedy_generation_matches_the_gguf_load(fp32) -> None:
     assert "fibrosis" in tok.decode(converted_ids).lower()
 
 
+@pytest.mark.slow
 def test_cpu_4bit_nf4_load(converted: Path, fp32) -> None:
     q_model, q_tok = mm.load_model("cpu", quantize_4bit=True)
     assert getattr(q_model, "is_loaded_in_4bit", False)
@@ -351,3 +354,4 @@ def test_truncated_weights_give_a_reconvert_error(converted: Path, tmp_path: Pat
 
 def test_unsloth_never_imported_in_this_process() -> None:
     assert "unsloth" not in sys.modules
+

@@ -1,3 +1,4 @@
+import pytest
 """Dictionary NER: real surfaces, longest match, word boundaries, case rules, baseline agreement."""
 
 import pickle
@@ -55,6 +56,7 @@ def test_surfaces_drop_generic_and_lowercased_symbol_twins(entities):
     assert s.groupby("key")["entity_id"].nunique().le(ner.MAX_ENTITIES_PER_SURFACE).all()
 
 
+@pytest.mark.slow
 def test_aho_corasick_agrees_with_baseline_on_real_passages(entities, passage_slice):
     surfaces = ner.build_surfaces(entities)
     fast, slow = ner.Matcher(surfaces), ner.BaselineMatcher(surfaces)

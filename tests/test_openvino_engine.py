@@ -43,6 +43,7 @@ def tiny_model(make_tiny_llama):
                            rope_parameters={"rope_type": "default", "rope_theta": 10000.0})
 
 
+@pytest.mark.slow
 def test_the_gguf_holds_the_model_s_weights_in_transformers_layout(tiny_model, tokenizer, tmp_path) -> None:
     """transformers' GGUF loader undoes llama's rotary layout: reading the export back gives the weights."""
     from transformers import AutoModelForCausalLM
@@ -56,6 +57,7 @@ def test_the_gguf_holds_the_model_s_weights_in_transformers_layout(tiny_model, t
         assert torch.allclose(got[name], want[name], atol=2e-3, rtol=1e-3), name   # float16 matrices
 
 
+@pytest.mark.slow
 def test_export_is_cached_by_weights_and_never_reuses_a_half_written_folder(tiny_model, tokenizer, tmp_path) -> None:
     first = OV.export(tiny_model, tokenizer, root=tmp_path)
     stamp = (first / OV.STAMP).stat().st_mtime_ns
@@ -69,6 +71,7 @@ def test_export_is_cached_by_weights_and_never_reuses_a_half_written_folder(tiny
     assert OV.export(other, tokenizer, root=tmp_path) != first
 
 
+@pytest.mark.slow
 def test_generate_ids_honours_per_row_limits_and_seeds_each_row(tiny_model, tokenizer, tmp_path) -> None:
     backend = OV.OpenVINOBackend(OV.export(tiny_model, tokenizer, root=tmp_path), tokenizer, progress=False)
     prompts = [backend.prompt_ids(c) for c in CONVERSATIONS]
@@ -103,6 +106,7 @@ class _HangingPipe:
         raise RuntimeError("released")
 
 
+@pytest.mark.slow
 def test_a_hung_generate_is_rerun_on_a_fresh_pipeline_and_a_second_hang_raises(tiny_model, tokenizer, tmp_path) -> None:
     backend = OV.OpenVINOBackend(OV.export(tiny_model, tokenizer, root=tmp_path), tokenizer, progress=False)
     prompts = [backend.prompt_ids(c) for c in CONVERSATIONS]
@@ -134,6 +138,7 @@ def test_engine_choice_auto_is_openvino_on_cpu(tiny_model, tokenizer, tmp_path, 
         EN.make_backend("openvino", tiny_model, tokenizer)
 
 
+@pytest.mark.slow
 def test_smollm2_greedy_parity_and_the_agent_s_stop_strings(tmp_path) -> None:
     """The real model: greedy replies equal the transformers backend's; a reply ends at ``</tool_call>``."""
     from medkit import agent as A
@@ -167,6 +172,7 @@ def test_smollm2_greedy_parity_and_the_agent_s_stop_strings(tmp_path) -> None:
         OV.OpenVINOBackend(backend.folder, tok, precision="int8")
 
 
+@pytest.mark.slow
 def test_policy_sync_exports_to_openvino_every_n_steps(tiny_model, tokenizer, tmp_path) -> None:
     from peft import LoraConfig, get_peft_model
 

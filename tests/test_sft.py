@@ -69,6 +69,7 @@ def _tiny_trainer(tok, rows, out, **overrides):
     return sft.build_trainer(model, tok, rows, {**params, **overrides}, out)
 
 
+@pytest.mark.slow
 def test_resume_continues_and_a_finished_run_is_not_trained_again(tok, rows, tmp_path):
     import torch
 
@@ -90,6 +91,7 @@ def test_resume_continues_and_a_finished_run_is_not_trained_again(tok, rows, tmp
         torch.equal(live[k.replace(".weight", ".default.weight")], v) for k, v in saved.items())
 
 
+@pytest.mark.slow
 def test_learning_curve_snapshots_are_the_adapter_at_those_steps(tok, rows, tmp_path):
     import torch
     from safetensors.torch import load_file
@@ -219,6 +221,7 @@ def test_missing_adapter_is_a_clear_error(tmp_path):
         adapters.load_for_inference("cpu", tmp_path / "no-adapter")
 
 
+@pytest.mark.slow
 def test_a_qlora_adapter_is_merged_into_the_weights_it_was_trained_on(tmp_path):
     """Merged into the fp32 base a QLoRA adapter is a different model; into the dequantized nf4 base it is the same."""
     import torch
