@@ -441,6 +441,15 @@ def run_agent(backend: Any, toolbox: Any, questions: Sequence[dict[str, Any]], *
     return states
 
 
+def final_answer(messages: Sequence[dict[str, Any]]) -> str | None:
+    """The text of the last ``<answer>`` of the last assistant message, if any."""
+    for m in reversed(messages):
+        if m.get("role") == "assistant":
+            turn = parse_turn(str(m.get("content") or ""))
+            return turn.answer or None
+    return None
+
+
 def render_markdown(messages: Sequence[dict[str, Any]], max_observation_chars: int = 700) -> str:
     """A trajectory turn by turn, for display in a notebook (observations shortened)."""
     out = []

@@ -150,7 +150,8 @@ def portable_copy(src: Path, dest: Path) -> Path:
 
 
 def portable_outputs(nb: Any) -> None:
-    """Rewrite, in place, the text of ``nb``'s outputs and its papermill metadata with portable paths."""
+    """Rewrite, in place, the text of ``nb``'s outputs and papermill's ``input_path`` with portable paths
+    (``output_path`` names the copy's final place: :func:`portable_copy` sets it)."""
     def fix(value: Any) -> Any:
         if isinstance(value, str):
             return portable_text(value)
@@ -160,19 +161,15 @@ def portable_outputs(nb: Any) -> None:
 
     for cell in nb.cells:
         for out in cell.get("outputs", []):
-            if "text" in out:
-                out["text"] = fix(out["text"])
-            if "traceback" in out:
-                out["traceback"] = fix(out["traceback"])
-            if "evalue" in out:
-                out["evalue"] = fix(out["evalue"])
+            for key in ("text", "traceback", "evalue"):
+                if key in out:
+                    out[key] = fix(out[key])
             for mime in ("text/plain", "text/html", "text/markdown"):
                 if mime in out.get("data", {}):
                     out["data"][mime] = fix(out["data"][mime])
     meta = nb.metadata.get("papermill", {})
-    for key in ("input_path", "output_path"):
-        if meta.get(key):
-            meta[key] = portable(meta[key])
+    if meta.get("input_path"):
+        meta["input_path"] = portable(meta["input_path"])
 
 
 def run_notebooks(profile: str, *, only: list[str] | None = None, report: list[dict[str, Any]] | None = None,

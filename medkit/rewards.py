@@ -141,12 +141,10 @@ def composite(rollout: dict[str, Any], record: dict[str, Any], weights: RewardWe
 def as_rollout(messages: list[dict[str, Any]], *, n_tokens: int = 0) -> dict[str, Any]:
     """A stored conversation (e.g. a notebook-04 trajectory, or a cut of one) in the shape the reward
     terms read from a rollout: its final answer, tool and model call counts, no format errors."""
-    from .agent import parse_turn
+    from .agent import final_answer
 
-    last = next((m for m in reversed(messages) if m.get("role") == "assistant"), None)
-    answer = parse_turn(str(last.get("content") or "")).answer or None if last else None
     calls = sum(1 for m in messages if m.get("tool_calls"))
-    return {"messages": messages, "prediction": answer, "format_errors": [], "n_tool_calls": calls,
+    return {"messages": messages, "prediction": final_answer(messages), "format_errors": [], "n_tool_calls": calls,
             "n_model_calls": calls + 1, "n_tokens": n_tokens}
 
 

@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .agent import assistant_text, parse_turn, render_tool_call, to_text_messages
+from .agent import assistant_text, final_answer, parse_turn, render_tool_call, to_text_messages
 from .grounding import check_trajectory
 from .io import append_jsonl, read_jsonl, repair_jsonl_tail
 from .judge import judge
@@ -134,15 +134,6 @@ def structure_problems(messages: Sequence[dict[str, Any]]) -> list[str]:
     if pending:
         problems.append("unmatched_call_response")
     return problems
-
-
-def final_answer(messages: Sequence[dict[str, Any]]) -> str | None:
-    """The text of the last ``<answer>`` of the last assistant message, if any."""
-    for m in reversed(messages):
-        if m.get("role") == "assistant":
-            turn = parse_turn(str(m.get("content") or ""))
-            return turn.answer or None
-    return None
 
 
 def filter_trajectory(trajectory: dict[str, Any], record: dict[str, Any], *, min_tool_calls: int = 2,

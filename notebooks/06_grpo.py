@@ -270,11 +270,8 @@ mio.write_jsonl(RES / "06_eval_grpo.jsonl", [{k: v for k, v in r.items() if k !=
 before = json.loads((RES / "05_sft.json").read_text())["eval"]
 stages = {"base": before["base"], "sft": before["sft"], "sft+grpo": grpo_eval["metrics"]}
 table = E.stage_table(stages)
-fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
-plots.stage_bars(table, "pass@1", f"held-out pass@1 (k={EVAL['EVAL_K']}, 95% CI)", ci=("ci95 low", "ci95 high"), ax=axes[0])
-plots.stage_bars(table, "answer rate", "rollouts ending with an answer", ax=axes[1])
-plots.stage_bars(table, "tool calls / rollout", "tool calls per rollout", ax=axes[2], ylim=None)
-fig.tight_layout(); plots.save(fig, FIG / "06_sft_vs_grpo.png")
+fig = plots.stage_panels(table, ("pass@1", "answer rate", "tool calls / rollout"))
+plots.save(fig, FIG / "06_sft_vs_grpo.png")
 delta = 100 * (stages["sft+grpo"]["pass@1"]["mean"] - stages["sft"]["pass@1"]["mean"])
 print(f"SFT+GRPO - SFT: {delta:+.1f} points of held-out pass@1 ({len(test_q)} questions x {EVAL['EVAL_K']} rollouts)")
 table
