@@ -430,6 +430,7 @@ def reward_functions(*, call_budget: int = 8, token_budget: int = 3072, gate: bo
         return R.efficiency_penalty(r, call_budget=call_budget, token_budget=token_budget)
 
     terms: dict[str, Callable[[dict[str, Any]], float]] = {"accuracy": acc, "preference": pref, "efficiency": eff}
+    assert tuple(terms) == R.TERMS      # TRL pairs the functions with RewardWeights.signed() by position
     funcs = []
     for name, term in terms.items():
         funcs.append(_reward_func(name, term, extra_metrics=(name == "preference")))
@@ -483,8 +484,10 @@ def rollout_metrics(rollouts: Sequence[dict[str, Any]]) -> dict[str, float]:
     return out
 
 
-def history_frame(history: Sequence[dict[str, Any]]) -> Any:
-    """One row per rollout of :attr:`AgentRollouts.history`: step, stop reason, counts, each reward term."""
+def history_frame(history: Sequence[dict[str, Any]], weights: R.RewardWeights | None = None) -> Any:
+    """One row per rollout of :attr:`AgentRollouts.history`: step, stop reason, counts, each reward term
+    (``reward_<term>``) and, given the run's ``weights``, the composite ``reward_total`` a missing term
+    counting 0."""
     import pandas as pd
 
     rows = []
@@ -495,7 +498,11 @@ def history_frame(history: Sequence[dict[str, Any]]) -> Any:
         row["answer"] = (h.get("record") or {}).get("answer")
         row.update({f"reward_{k}": v for k, v in (h.get("rewards") or {}).items()})
         rows.append(row)
-    return pd.DataFrame(rows)
+    frame = pd.DataFrame(rows)
+    if weights is not None:
+        terms = {t: frame[f"reward_{t}"].fillna(0) if f"reward_{t}" in frame else 0.0 for t in R.TERMS}
+        frame["reward_total"] = weights.total(terms) if len(frame) else pd.Series(dtype=float)
+    return frame
 
 
 # --------------------------------------------------------------------------- the trainer
@@ -530,7 +537,7 @@ def grpo_config(params: dict[str, Any], output_dir: str | Path, *, use_cpu: bool
         per_device_train_batch_size=micro, gradient_accumulation_steps=per_step // micro,
         num_generations=g, max_completion_length=int(params["MAX_COMPLETION_LENGTH"]),
         beta=float(params["BETA"]), loss_type=str(params["LOSS_TYPE"]), scale_rewards=str(params["SCALE_REWARDS"]),
-        reward_weights=[float(params["W_ACCURACY"]), float(params["W_PREFERENCE"]), -float(params["W_EFFICIENCY"])],
+        reward_weights=list(R.RewardWeights.from_params(params).signed()),
         temperature=float(params["TEMPERATURE"]), mask_truncated_completions=False,
         **checkpointing_args(params.get("GRADIENT_CHECKPOINTING"), use_cpu=use_cpu), use_cpu=use_cpu, bf16=use_bf16(params.get("BF16"), on_cuda=not use_cpu),
         logging_steps=1, save_strategy="steps", save_steps=int(params["SAVE_STEPS"]), save_total_limit=2,

@@ -13,6 +13,9 @@ Scope:
   when it is installed and a CUDA device is present, otherwise through transformers +
   bitsandbytes. unsloth is only ever imported inside that branch (it refuses to import
   without a GPU).
+* :func:`keep_4bit_trainable` keeps a 4-bit model that is being trained in bitsandbytes'
+  training layout (on AVX512-BF16 CPUs an eval-mode forward would otherwise repack it into an
+  inference layout whose kernel drops input gradients).
 * :func:`memory_report` gives the process / CUDA memory for notebooks to print around training.
 
 Out of scope here: LoRA adapters, trainers and chat-template edits (the training modules).
@@ -270,11 +273,40 @@ def _finish(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, *, for_t
             from peft import prepare_model_for_kbit_training
 
             model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+            keep_4bit_trainable(model)
         model.config.use_cache = False
         model.train()
     else:
         model.eval()
     return model, tokenizer
+
+
+def keep_4bit_trainable(model: Any) -> int:
+    """Keep every bitsandbytes 4-bit layer of ``model`` in its training layout; returns how many.
+
+    On a CPU with AVX512-BF16, bitsandbytes' ``Linear4bit`` repacks its weights into a CPU
+    inference layout the first time it runs in eval mode without gradients -- exactly what a GRPO
+    rollout or an evaluation step inside training does. From then on every forward, training ones
+    included, goes through ``bitsandbytes::gemv_4bit``, which has no autograd kernel: PyTorch warns
+    "an autograd kernel was not registered ... may lead to silently incorrect behavior" and the
+    gradient with respect to the layer's input is dropped, so every LoRA weight below the last
+    4-bit layer gets a wrong gradient (``tests/test_model.py`` measures this against a dequantized
+    reference). Turning the repack off keeps the autograd-aware path; CPUs without AVX512-BF16
+    never repack. A layer that is already repacked cannot be trained correctly: a clear error.
+    Models loaded for inference are dequantized (:func:`medkit.adapters.load_for_inference`).
+    """
+    layers = 0
+    for name, module in model.named_modules():
+        if not hasattr(module, "support_avx512bf16_for_cpu"):
+            continue
+        state = getattr(getattr(module, "weight", None), "quant_state", None)
+        if getattr(state, "packing_format_for_cpu", False):
+            raise MedkitError(f"4-bit layer {name!r} was already repacked for CPU inference (an eval-mode "
+                              "forward ran before training); its input gradients would be dropped. "
+                              "Load the model for training again (medkit.model.load_model(..., for_training=True)).")
+        module.support_avx512bf16_for_cpu = False
+        layers += 1
+    return layers
 
 
 def load_local_checkpoint(folder: Path, *, for_training: bool = False, quantize_4bit: bool = False,

@@ -241,6 +241,41 @@ def learning_curve(table: pd.DataFrame, title: str, *, column: str = "pass@1",
     return fig
 
 
+def grpo_curves(log: pd.DataFrame) -> plt.Figure:
+    """GRPO's per-step training log (TRL's logged metrics, one row per step) in six panels: mean reward
+    terms, the composite reward with its spread, the preference parts, tool calls per rollout, the
+    tool-failure and answer rates, the KL to the start with the loss. A metric the log lacks is an
+    empty line, not an error (older runs, or accuracy-only reward weights)."""
+    def col(name: str) -> pd.Series:
+        return log[name] if name in log else pd.Series([np.nan] * len(log), index=log.index)
+
+    step = log["step"] if "step" in log else pd.Series(range(1, len(log) + 1), index=log.index)
+    fig, axes = plt.subplots(2, 3, figsize=(13, 6.5))
+    for term, c in (("accuracy", "#228833"), ("preference", "#4477aa"), ("efficiency", "#cc3311")):
+        axes[0, 0].plot(step, col(f"rewards/{term}/mean"), marker="o", ms=3, label=term, color=c)
+    axes[0, 0].set(title="reward terms (mean per step)", xlabel="step", ylim=(-0.05, 1.05))
+    axes[0, 0].legend(fontsize=8)
+    reward, spread = col("reward"), col("reward_std")
+    axes[0, 1].plot(step, reward, marker="o", ms=3, color="k")
+    axes[0, 1].fill_between(step, reward - spread, reward + spread, alpha=0.15, color="k")
+    axes[0, 1].set(title="composite reward (mean ± sd)", xlabel="step")
+    for part, c in (("well_formed", "#66ccee"), ("grounded", "#aa3377"), ("verified", "#ccbb44")):
+        axes[0, 2].plot(step, col(f"preference/{part}"), marker="o", ms=3, label=part, color=c)
+    axes[0, 2].set(title="preference parts", xlabel="step", ylim=(-0.05, 1.05))
+    axes[0, 2].legend(fontsize=8)
+    axes[1, 0].plot(step, col("tools/call_frequency"), marker="o", ms=3)
+    axes[1, 0].set(title="tool calls per rollout", xlabel="step")
+    axes[1, 1].plot(step, col("tools/failure_frequency"), marker="o", ms=3, color="#cc3311", label="tool failures")
+    axes[1, 1].plot(step, col("rollout/answer_rate"), marker="s", ms=3, color="#228833", label="answer rate")
+    axes[1, 1].set(title="tool-failure frequency, answer rate", xlabel="step", ylim=(-0.05, 1.05))
+    axes[1, 1].legend(fontsize=8)
+    axes[1, 2].plot(step, col("kl"), marker="o", ms=3, color="#ee7733")
+    axes[1, 2].twinx().plot(step, col("loss"), marker="x", ms=3, color="#555555")
+    axes[1, 2].set(title="KL to the start (orange) and loss (grey)", xlabel="step")
+    fig.tight_layout()
+    return fig
+
+
 def reward_vs_heldout(log: pd.DataFrame, checkpoints: pd.DataFrame, title: str) -> plt.Figure:
     """The reward-hacking picture: GRPO's training reward per step (left axis) against held-out pass@1
     with its 95% interval at each checkpoint (right axis, step 0 = the starting policy), and the

@@ -30,7 +30,7 @@ each can be logged on its own and unit-tested on hand-made trajectories.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .judge import clean_prediction, judge
@@ -52,6 +52,16 @@ class RewardWeights:
     def from_params(cls, params: dict[str, Any]) -> "RewardWeights":
         """The weights of a resolved GRPO parameter set (``W_ACCURACY``, ``W_PREFERENCE``, ``W_EFFICIENCY``)."""
         return cls(params["W_ACCURACY"], params["W_PREFERENCE"], params["W_EFFICIENCY"])
+
+    def signed(self) -> tuple[float, float, float]:
+        """The weights in :data:`TERMS` order with the sign each term is paid with: accuracy and
+        preference added, the efficiency penalty subtracted (TRL's ``reward_weights``)."""
+        return (float(self.accuracy), float(self.preference), -float(self.efficiency))
+
+    def total(self, terms: Any) -> Any:
+        """The composite reward of paid ``terms``: a dict, DataFrame or Series with one entry per
+        :data:`TERMS` (numbers or columns)."""
+        return sum(w * terms[t] for w, t in zip(self.signed(), TERMS))
 
 
 def accuracy(rollout: dict[str, Any], record: dict[str, Any], *,
@@ -133,9 +143,7 @@ def composite(rollout: dict[str, Any], record: dict[str, Any], weights: RewardWe
     correct = acc == 1.0 if gate else None
     terms = {"accuracy": acc, "preference": preference(rollout, correct=correct),
              "efficiency": raw_eff if correct is None or correct else 0.0}
-    w = asdict(weights)
-    total = w["accuracy"] * terms["accuracy"] + w["preference"] * terms["preference"] - w["efficiency"] * terms["efficiency"]
-    return {**terms, **parts, "efficiency_raw": raw_eff, "total": round(total, 4)}
+    return {**terms, **parts, "efficiency_raw": raw_eff, "total": round(weights.total(terms), 4)}
 
 
 def as_rollout(messages: list[dict[str, Any]], *, n_tokens: int = 0) -> dict[str, Any]:

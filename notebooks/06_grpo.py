@@ -76,7 +76,6 @@ ENGINE_SYNC_STEPS = None      # export the policy to the engine every N optimize
 # %%
 import json, time
 import pandas as pd
-import matplotlib.pyplot as plt
 from IPython.display import Markdown, display
 from medkit import (agent as A, evaluation as E, grpo as G, model as M, paths, plots, profiles, questions as Q,
                     rewards as RW, tools as T, io as mio)
@@ -195,7 +194,7 @@ print("memory before:", M.memory_report())
 t0 = time.time()
 run = G.run_grpo(PROFILE, P, adapter_dir=start, questions=train_q, toolbox=toolbox, out_dir=RUN,
                  schemas=SCHEMAS, use_cpu=not ON_CUDA)
-train_out, hist = run["train"], G.history_frame(run["history"])
+train_out, hist = run["train"], G.history_frame(run["history"], RW.RewardWeights.from_params(P))
 print("memory after:", M.memory_report())
 print(f"{train_out['steps']} steps ({train_out['steps_this_run']} this run) in {train_out['seconds']} s; "
       f"{train_out['seconds_per_step']} s/step; {len(hist)} training rollouts; rollouts by {train_out['engine']}, "
@@ -211,27 +210,7 @@ print(f"{train_out['steps']} steps ({train_out['steps_this_run']} this run) in {
 
 # %%
 log = pd.DataFrame(train_out["log"])
-def col(name):
-    return log[name] if name in log else pd.Series([float("nan")] * len(log))
-fig, axes = plt.subplots(2, 3, figsize=(13, 6.5))
-for term, c in (("accuracy", "#228833"), ("preference", "#4477aa"), ("efficiency", "#cc3311")):
-    axes[0, 0].plot(log["step"], col(f"rewards/{term}/mean"), marker="o", ms=3, label=term, color=c)
-axes[0, 0].set(title="reward terms (mean per step)", xlabel="step", ylim=(-0.05, 1.05)); axes[0, 0].legend(fontsize=8)
-axes[0, 1].plot(log["step"], col("reward"), marker="o", ms=3, color="k")
-axes[0, 1].fill_between(log["step"], col("reward") - col("reward_std"), col("reward") + col("reward_std"), alpha=0.15, color="k")
-axes[0, 1].set(title="composite reward (mean ± sd)", xlabel="step")
-for key, c in (("preference/well_formed", "#66ccee"), ("preference/grounded", "#aa3377"), ("preference/verified", "#ccbb44")):
-    axes[0, 2].plot(log["step"], col(key), marker="o", ms=3, label=key.split("/")[1], color=c)
-axes[0, 2].set(title="preference parts", xlabel="step", ylim=(-0.05, 1.05)); axes[0, 2].legend(fontsize=8)
-axes[1, 0].plot(log["step"], col("tools/call_frequency"), marker="o", ms=3, label="tool calls / rollout")
-axes[1, 0].set(title="tool-call frequency", xlabel="step")
-axes[1, 1].plot(log["step"], col("tools/failure_frequency"), marker="o", ms=3, color="#cc3311", label="tool failures")
-axes[1, 1].plot(log["step"], col("rollout/answer_rate"), marker="s", ms=3, color="#228833", label="answer rate")
-axes[1, 1].set(title="tool-failure frequency, answer rate", xlabel="step", ylim=(-0.05, 1.05)); axes[1, 1].legend(fontsize=8)
-axes[1, 2].plot(log["step"], col("kl"), marker="o", ms=3, color="#ee7733", label="KL")
-ax2 = axes[1, 2].twinx(); ax2.plot(log["step"], col("loss"), marker="x", ms=3, color="#555555", label="loss")
-axes[1, 2].set(title="KL to the start (orange) and loss (grey)", xlabel="step")
-fig.tight_layout(); plots.save(fig, FIG / "06_grpo_curves.png")
+plots.save(plots.grpo_curves(log), FIG / "06_grpo_curves.png")
 log[[c for c in ("step", "reward", "rewards/accuracy/mean", "rewards/preference/mean", "rewards/efficiency/mean",
                  "tools/call_frequency", "tools/failure_frequency", "kl", "loss") if c in log]].round(4)
 
@@ -243,16 +222,14 @@ log[[c for c in ("step", "reward", "rewards/accuracy/mean", "rewards/preference/
 
 # %%
 if len(hist):
-    hist["total"] = (P["W_ACCURACY"] * hist["reward_accuracy"].fillna(0) + P["W_PREFERENCE"] * hist["reward_preference"].fillna(0)
-                     - P["W_EFFICIENCY"] * hist["reward_efficiency"].fillna(0))
     first, last = hist["step"].min(), hist["step"].max()
-    display(hist.groupby("step")[["reward_accuracy", "reward_preference", "reward_efficiency", "total", "n_tool_calls",
+    display(hist.groupby("step")[["reward_accuracy", "reward_preference", "reward_efficiency", "reward_total", "n_tool_calls",
                                   "n_tool_errors", "n_policy_tokens"]].mean().round(3))
     display(pd.crosstab(hist["step"], hist["stop_reason"]))
     for label, step in (("first step", first), ("last step", last)):
-        i = hist[hist["step"] == step]["total"].idxmax()
+        i = hist[hist["step"] == step]["reward_total"].idxmax()
         h = run["history"][i]
-        display(Markdown(f"**{label} ({step}), best rollout**: total reward {hist.loc[i, 'total']:.3f}, "
+        display(Markdown(f"**{label} ({step}), best rollout**: total reward {hist.loc[i, 'reward_total']:.3f}, "
                          f"answer {h['prediction']!r} (expected {hist.loc[i, 'answer']!r}), stop: {h['stop_reason']}"))
         display(Markdown(A.render_markdown(h["messages"], 300)))
 

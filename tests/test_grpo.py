@@ -330,3 +330,29 @@ def test_the_reward_hacking_check_flags_reward_up_while_heldout_accuracy_falls()
     assert list(reward_ax.lines[0].get_ydata()) == [h["reward"] for h in rising]
     assert list(heldout_ax.lines[0].get_xdata()) == [0, 2, 4]  # held-out pass@1 at the start and each checkpoint
     assert list(heldout_ax.lines[0].get_ydata()) == [0.5, 0.0, 0.0]
+
+
+def test_history_frame_adds_the_weighted_total_and_the_curves_figure_draws_any_log() -> None:
+    import matplotlib
+    import pandas as pd
+
+    from medkit import rewards as R
+
+    matplotlib.use("Agg")
+    from medkit import plots
+
+    history = [{"step": 1, "stop_reason": "answer", "rewards": {"accuracy": 1.0, "preference": 0.5, "efficiency": 0.5}},
+               {"step": 1, "stop_reason": "max_calls", "rewards": {"accuracy": 0.0, "preference": None}}]
+    frame = G.history_frame(history, R.RewardWeights(1.0, 0.3, 0.2))
+    assert list(frame["reward_total"]) == pytest.approx([1.0 + 0.15 - 0.1, 0.0])   # a missing term counts 0
+    assert "reward_total" not in G.history_frame(history)
+    assert G.history_frame([], R.RewardWeights()).empty
+
+    log = pd.DataFrame({"step": [1, 2, 3], "reward": [0.1, 0.4, 0.5], "rewards/accuracy/mean": [0.0, 0.5, 0.5],
+                        "kl": [0.0, 0.01, 0.02]})                                  # no preference parts, no loss
+    fig = plots.grpo_curves(log)
+    assert len(fig.axes) == 7                                                      # 6 panels + the loss axis
+    terms_ax = fig.axes[0]
+    assert [line.get_label() for line in terms_ax.lines] == ["accuracy", "preference", "efficiency"]
+    assert list(terms_ax.lines[0].get_ydata()) == [0.0, 0.5, 0.5]
+    assert all(math.isnan(y) for y in terms_ax.lines[1].get_ydata())                # absent metric: an empty line

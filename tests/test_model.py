@@ -355,3 +355,90 @@ def test_truncated_weights_give_a_reconvert_error(converted: Path, tmp_path: Pat
 def test_unsloth_never_imported_in_this_process() -> None:
     assert "unsloth" not in sys.modules
 
+
+
+# --------------------------------------------------------------------------- QLoRA gradients on CPU
+
+QLORA_PROMPT = "Which enzyme deficiency causes phenylketonuria? Answer: phenylalanine hydroxylase."
+
+
+def _lora(model, tokenizer):
+    """The same LoRA on any base: fixed seed, random A and B (so every factor gets a gradient)."""
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(0)
+    config = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, init_lora_weights=False,
+                        target_modules=["q_proj", "v_proj", "down_proj"], task_type="CAUSAL_LM")
+    return get_peft_model(model, config)
+
+
+def _lora_grads(model, ids) -> tuple[float, dict[str, torch.Tensor]]:
+    model.zero_grad(set_to_none=True)
+    model.train()
+    loss = model(input_ids=ids, labels=ids).loss
+    loss.backward()
+    return float(loss), {n: p.grad.detach().clone() for n, p in model.named_parameters()
+                         if p.requires_grad and p.grad is not None}
+
+
+def _rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).norm() / b.norm().clamp_min(1e-12))
+
+
+@pytest.fixture(scope="module")
+def qlora_and_reference(converted: Path):
+    """(ids, 4-bit QLoRA model as the trainers load it, the same LoRA on the dequantized 4-bit weights)."""
+    from peft import get_peft_model_state_dict, set_peft_model_state_dict
+
+    q_model, tok = mm.load_model("cpu", for_training=True, quantize_4bit=True)
+    ref_model, _ = mm.load_model("cpu", quantize_4bit=True)
+    ref_model = ref_model.dequantize()          # the very weights the 4-bit kernels compute with
+    ref_model.config.use_cache = False
+    q_peft, ref_peft = _lora(q_model, tok), _lora(ref_model, tok)
+    set_peft_model_state_dict(ref_peft, get_peft_model_state_dict(q_peft))
+    ids = tok(QLORA_PROMPT, return_tensors="pt").input_ids
+    return ids, q_peft, ref_peft
+
+
+@pytest.mark.slow
+def test_qlora_gradients_match_a_dequantized_reference(qlora_and_reference) -> None:
+    """LoRA gradients through the CPU 4-bit path equal those through the dequantized weights,
+    also after an eval-mode no-grad forward (a GRPO rollout), which repacks 4-bit weights on
+    AVX512-BF16 CPUs unless medkit.model.keep_4bit_trainable turned that off."""
+    ids, q_peft, ref_peft = qlora_and_reference
+    layers = [m for m in q_peft.modules() if hasattr(m, "support_avx512bf16_for_cpu")]
+    assert layers and not any(m.support_avx512bf16_for_cpu for m in layers)   # set by the training loader
+    q_peft.eval()
+    with torch.no_grad():
+        q_peft(input_ids=ids)                                                  # rollout-style forward
+    assert not any(getattr(m.weight.quant_state, "packing_format_for_cpu", False) for m in layers)
+    ref_loss, ref_grads = _lora_grads(ref_peft, ids)
+    loss, grads = _lora_grads(q_peft, ids)
+    assert grads.keys() == ref_grads.keys() and len(grads) == 2 * 3 * q_peft.config.num_hidden_layers
+    assert loss == pytest.approx(ref_loss, rel=1e-4)
+    worst = max(_rel_err(grads[n], ref_grads[n]) for n in grads)
+    assert worst < 1e-3, f"worst relative LoRA-gradient error {worst:.2e}"
+
+
+@pytest.mark.slow
+def test_repacked_4bit_layers_drop_input_gradients(qlora_and_reference) -> None:
+    """What keep_4bit_trainable prevents, reproduced on any CPU: once a layer is marked as repacked
+    for CPU inference, its forward goes through bitsandbytes::gemv_4bit (here on the standard
+    weight layout, so the values stay right), which has no autograd kernel: PyTorch warns and the
+    LoRA gradients of the lower layers go wrong. A repacked model is refused for training."""
+    ids, q_peft, ref_peft = qlora_and_reference
+    ref_loss, ref_grads = _lora_grads(ref_peft, ids)
+    layers = [m for m in q_peft.modules() if hasattr(m, "support_avx512bf16_for_cpu")]
+    try:
+        for m in layers:
+            m.weight.quant_state.packing_format_for_cpu = True
+        with pytest.warns(UserWarning, match="autograd kernel was not registered"):
+            loss, grads = _lora_grads(q_peft, ids)
+        with pytest.raises(MedkitError, match="already repacked for CPU inference"):
+            mm.keep_4bit_trainable(q_peft)
+    finally:
+        for m in layers:
+            m.weight.quant_state.packing_format_for_cpu = False
+    assert loss == pytest.approx(ref_loss, rel=1e-4)                # forward values are right...
+    first = [n for n in grads if ".layers.0." in n]
+    assert first and max(_rel_err(grads[n], ref_grads[n]) for n in first) > 0.1   # ...gradients are not

@@ -179,3 +179,13 @@ def test_breakdown_of_stored_conversations_uses_the_runs_weights_and_gating():
     assert w.accuracy == 2.0 and w.preference == params["W_PREFERENCE"]
     doubled = R.breakdown({"right": r}, record, {**params, "W_ACCURACY": 2.0})
     assert doubled.loc["right", "total"] == pytest.approx(table.loc["right", "total"] + 1.0)
+
+
+def test_weights_sign_and_total_one_rule_for_numbers_and_columns() -> None:
+    import pandas as pd
+
+    w = R.RewardWeights(accuracy=1.0, preference=0.3, efficiency=0.2)
+    assert w.signed() == (1.0, 0.3, -0.2)
+    assert w.total({"accuracy": 1.0, "preference": 0.5, "efficiency": 1.0}) == pytest.approx(1.0 + 0.15 - 0.2)
+    frame = pd.DataFrame({"accuracy": [0.0, 1.0], "preference": [1.0, 0.0], "efficiency": [0.0, 0.5]})
+    assert list(w.total(frame)) == pytest.approx([0.3, 0.9])

@@ -1,0 +1,146 @@
+"""The numbers the README and the notebook headers quote agree with the committed reference metrics.
+
+Each claim is a piece of text as it appears in a document, with ``{path}`` placeholders where a
+number stands; a path walks the metrics JSON (``/``-separated keys, list indices as integers) and
+may end in ``|min`` (seconds shown in minutes) or ``|pct`` (a share shown in percent). The text
+around the numbers must match exactly (``−`` and ``-`` count as the same sign); each number must
+equal the metric within the precision it is shown with (half a unit of its last digit), so a
+rounded figure passes and a stale one fails. When a reference run is refreshed, the documents are
+edited to its numbers and this test says which ones were missed.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from medkit.paths import REPO_ROOT
+
+PLACEHOLDER = re.compile(r"\{([^{}]+)\}")
+NUMBER = r"([+\-−]?\d[\d,]*(?:\.\d+)?)"
+
+LONG = "results/cpu_long"
+CPU = "results/cpu"
+
+# (document, metrics file, text with placeholders)
+CLAIMS: list[tuple[str, str, str]] = [
+    # README: the cpu_long reference result
+    ("README.md", f"{LONG}/07_evaluation.json",
+     "| base SmolLM2-135M-Instruct | {stages/base/pass@1/mean} ({stages/base/pass@1/ci95/0}–{stages/base/pass@1/ci95/1})"
+     " | {stages/base/pass@k} | {stages/base/answer_rate} |"),
+    ("README.md", f"{LONG}/07_evaluation.json",
+     "| **{stages/sft/pass@1/mean} ({stages/sft/pass@1/ci95/0}–{stages/sft/pass@1/ci95/1})** | {stages/sft/pass@k}"
+     " | {stages/sft/answer_rate} |"),
+    ("README.md", f"{LONG}/07_evaluation.json",
+     "| {stages/sft+grpo/pass@1/mean} ({stages/sft+grpo/pass@1/ci95/0}–{stages/sft+grpo/pass@1/ci95/1})"
+     " | {stages/sft+grpo/pass@k} | {stages/sft+grpo/answer_rate} |"),
+    ("README.md", f"{LONG}/07_evaluation.json",
+     "**SFT − base: {paired/sft_minus_base/mean} (paired CI {paired/sft_minus_base/ci95/0} … "
+     "{paired/sft_minus_base/ci95/1})**, {paired/sft_minus_base/better} questions better, "
+     "{paired/sft_minus_base/worse} worse"),
+    ("README.md", f"{LONG}/07_evaluation.json",
+     "**SFT+GRPO − SFT: {paired/grpo_minus_sft/mean} (paired CI {paired/grpo_minus_sft/ci95/0} … "
+     "{paired/grpo_minus_sft/ci95/1})**, {paired/grpo_minus_sft/better} better, {paired/grpo_minus_sft/worse} worse"),
+    ("README.md", f"{LONG}/07_evaluation.json",
+     "2-hop {stages/sft/pass@1_by_hops/2/mean}\n  ({stages/sft/pass@1_by_hops/2/ci95/0}–{stages/sft/pass@1_by_hops/2/ci95/1}),"
+     " 3-hop {stages/sft/pass@1_by_hops/3/mean}"),
+    ("README.md", f"{LONG}/05_sft.json",
+     "trajectories {learning_curve/0/pass@1/mean} ({learning_curve/0/pass@1/ci95/0}–{learning_curve/0/pass@1/ci95/1};"
+     " {learning_curve/0/rollouts} rollouts)"),
+    ("README.md", f"{LONG}/05_sft.json",
+     "SFT {train/seconds|min} min at {train/tokens_per_second} tokens/s, loss {train/train_loss}"),
+    ("README.md", f"{LONG}/06_grpo.json",
+     "found only {pool/learnable} that the SFT policy"),
+    ("README.md", f"{LONG}/06_grpo.json",
+     "training accuracy on those {pool/learnable} rose {reward_hacking/checkpoints/1/train_accuracy} → "
+     "{reward_hacking/checkpoints/2/train_accuracy}"),
+    ("README.md", f"{LONG}/06_grpo.json",
+     "held-out pass@1 went {reward_hacking/checkpoints/0/heldout_pass@1} → {reward_hacking/checkpoints/1/heldout_pass@1}"
+     " → {reward_hacking/checkpoints/2/heldout_pass@1}"),
+    ("README.md", f"{LONG}/06_grpo.json", "at {train/seconds_per_step} s per step"),
+    # notebook headers: the cpu_long rows
+    ("notebooks/05_sft.py", f"{LONG}/05_sft.json",
+     "{train/seconds|min} min ({train/tokens_per_second} tokens/s, loss {train/train_loss})"),
+    ("notebooks/05_sft.py", f"{LONG}/05_sft.json",
+     "base {eval/base/pass@1/mean}, SFT **{eval/sft/pass@1/mean}** (95% CI {eval/sft/pass@1/ci95/0}–"
+     "{eval/sft/pass@1/ci95/1}; paired"),
+    ("notebooks/05_sft.py", f"{LONG}/05_sft.json",
+     "2-hop {eval/sft/pass@1_by_hops/2/mean}, 3-hop {eval/sft/pass@1_by_hops/3/mean}; after 64 trajectories "
+     "{learning_curve/0/pass@1/mean}"),
+    ("notebooks/06_grpo.py", f"{LONG}/06_grpo.json",
+     "probe 6.4 min → {pool/learnable} learnable questions; {train/seconds_per_step} s/step"),
+    ("notebooks/06_grpo.py", f"{LONG}/06_grpo.json",
+     "training accuracy on the {pool/learnable} pool questions {reward_hacking/checkpoints/1/train_accuracy} → "
+     "{reward_hacking/checkpoints/2/train_accuracy}"),
+    ("notebooks/06_grpo.py", f"{LONG}/06_grpo.json",
+     "held-out pass@1 {eval/grpo/pass@1/mean} (95% CI {eval/grpo/pass@1/ci95/0}–{eval/grpo/pass@1/ci95/1}) vs SFT "
+     "{reward_hacking/checkpoints/0/heldout_pass@1}, paired {paired_minus_start/mean} ({paired_minus_start/ci95/0} … "
+     "{paired_minus_start/ci95/1})"),
+    ("notebooks/07_evaluation.py", f"{LONG}/07_evaluation.json",
+     "base {stages/base/pass@1/mean}, SFT {stages/sft/pass@1/mean} (95% CI {stages/sft/pass@1/ci95/0}–"
+     "{stages/sft/pass@1/ci95/1}), SFT+GRPO {stages/sft+grpo/pass@1/mean} ({stages/sft+grpo/pass@1/ci95/0}–"
+     "{stages/sft+grpo/pass@1/ci95/1}); paired SFT − base {paired/sft_minus_base/mean} ({paired/sft_minus_base/ci95/0}"
+     " … {paired/sft_minus_base/ci95/1}), SFT+GRPO − SFT {paired/grpo_minus_sft/mean} ({paired/grpo_minus_sft/ci95/0}"
+     " … {paired/grpo_minus_sft/ci95/1})"),
+]
+
+
+def lookup(data: Any, path: str) -> float:
+    """The number at ``path`` in ``data`` (see the module docstring)."""
+    path, _, unit = path.partition("|")
+    value = data
+    for key in path.split("/"):
+        value = value[int(key)] if isinstance(value, list) else value[key]
+    value = float(value)
+    return {"": value, "min": value / 60, "pct": value * 100}[unit]
+
+
+def shown_number(text: str) -> tuple[float, int]:
+    """A number as a document shows it: its value and how many decimals it is given to."""
+    text = text.replace("−", "-").replace(",", "")
+    return float(text), len(text.partition(".")[2])
+
+
+def claim_pattern(template: str) -> re.Pattern[str]:
+    parts = PLACEHOLDER.split(template.replace("−", "-"))
+    return re.compile("".join(re.escape(p) if i % 2 == 0 else NUMBER for i, p in enumerate(parts)))
+
+
+def check_claim(document: str, data: Any, template: str) -> list[str]:
+    """Every number of ``template`` that ``document`` shows wrongly (empty: the claim holds); an
+    AssertionError when the document has no text of the claim's shape at all."""
+    match = claim_pattern(template).search(document.replace("−", "-"))
+    assert match, f"no text of the shape {template!r}"
+    wrong = []
+    for path, shown in zip(PLACEHOLDER.findall(template), match.groups()):
+        number, decimals = shown_number(shown)
+        value = lookup(data, path)
+        if abs(number - value) > 0.5 * 10 ** -decimals + 1e-9:
+            wrong.append(f"{path}: shows {shown}, the metrics say {value:.6g}")
+    return wrong
+
+
+@pytest.mark.parametrize("document, metrics, template", CLAIMS,
+                         ids=[f"{d}:{i}" for i, (d, _, _) in enumerate(CLAIMS)])
+def test_quoted_numbers_match_the_committed_metrics(document: str, metrics: str, template: str) -> None:
+    text = (REPO_ROOT / document).read_text(encoding="utf-8")
+    data = json.loads((REPO_ROOT / metrics).read_text(encoding="utf-8"))
+    wrong = check_claim(text, data, template)
+    assert not wrong, f"{document} quotes {metrics} wrongly: " + "; ".join(wrong)
+
+
+def test_a_stale_or_missing_number_is_caught() -> None:
+    data = {"eval": {"pass@1": {"mean": 0.1583, "ci95": [0.0833, 0.2417]}}, "train": {"seconds": 1538.2}}
+    template = "pass@1 {eval/pass@1/mean} ({eval/pass@1/ci95/0}–{eval/pass@1/ci95/1}) in {train/seconds|min} min"
+    assert check_claim("pass@1 0.158 (0.083–0.242) in 25.6 min", data, template) == []
+    assert check_claim("pass@1 0.16 (0.08–0.24) in 26 min", data, template) == []          # coarser rounding
+    wrong = check_claim("pass@1 0.175 (0.083–0.242) in 25.6 min", data, template)
+    assert wrong == ["eval/pass@1/mean: shows 0.175, the metrics say 0.1583"]
+    assert check_claim("pass@1 0.158 (0.083–0.242) in 27.0 min", data, template) != []
+    with pytest.raises(AssertionError, match="no text of the shape"):
+        check_claim("pass@1 was 0.158", data, template)
+    assert lookup({"a": [{"b": 0.5}]}, "a/0/b|pct") == 50.0
