@@ -288,11 +288,12 @@ def keep_4bit_trainable(model: Any) -> int:
     inference layout the first time it runs in eval mode without gradients -- exactly what a GRPO
     rollout or an evaluation step inside training does. From then on every forward, training ones
     included, goes through ``bitsandbytes::gemv_4bit``, which has no autograd kernel: PyTorch warns
-    "an autograd kernel was not registered ... may lead to silently incorrect behavior" and the
-    gradient with respect to the layer's input is dropped, so every LoRA weight below the last
-    4-bit layer gets a wrong gradient (``tests/test_model.py`` measures this against a dequantized
-    reference). Turning the repack off keeps the autograd-aware path; CPUs without AVX512-BF16
-    never repack. A layer that is already repacked cannot be trained correctly: a clear error.
+    "an autograd kernel was not registered ... may lead to silently incorrect behavior". On such a
+    CPU that op is a fused C kernel writing into a fresh tensor, outside autograd, so the gradient
+    with respect to the layer's input is lost and every LoRA weight below the last 4-bit layer gets
+    a wrong gradient (read from bitsandbytes' ``backends/cpu/ops.py``; no AVX512-BF16 CPU here to
+    measure it). Turning the repack off keeps the autograd-aware path, whose LoRA gradients match a
+    dequantized reference (``tests/test_model.py``); CPUs without AVX512-BF16 never repack. A layer that is already repacked cannot be trained correctly: a clear error.
     Models loaded for inference are dequantized (:func:`medkit.adapters.load_for_inference`).
     """
     layers = 0

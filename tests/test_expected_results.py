@@ -36,7 +36,7 @@ CLAIMS: list[tuple[str, str, str]] = [
      "| **{stages/sft/pass@1/mean} ({stages/sft/pass@1/ci95/0}–{stages/sft/pass@1/ci95/1})** | {stages/sft/pass@k}"
      " | {stages/sft/answer_rate} |"),
     ("README.md", f"{LONG}/07_evaluation.json",
-     "| {stages/sft+grpo/pass@1/mean} ({stages/sft+grpo/pass@1/ci95/0}–{stages/sft+grpo/pass@1/ci95/1})"
+     "| SFT + GRPO (8 steps × 8 rollouts) | {stages/sft+grpo/pass@1/mean} ({stages/sft+grpo/pass@1/ci95/0}–{stages/sft+grpo/pass@1/ci95/1})"
      " | {stages/sft+grpo/pass@k} | {stages/sft+grpo/answer_rate} |"),
     ("README.md", f"{LONG}/07_evaluation.json",
      "**SFT − base: {paired/sft_minus_base/mean} (paired CI {paired/sft_minus_base/ci95/0} … "

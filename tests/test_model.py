@@ -421,11 +421,13 @@ def test_qlora_gradients_match_a_dequantized_reference(qlora_and_reference) -> N
 
 
 @pytest.mark.slow
-def test_repacked_4bit_layers_drop_input_gradients(qlora_and_reference) -> None:
-    """What keep_4bit_trainable prevents, reproduced on any CPU: once a layer is marked as repacked
-    for CPU inference, its forward goes through bitsandbytes::gemv_4bit (here on the standard
-    weight layout, so the values stay right), which has no autograd kernel: PyTorch warns and the
-    LoRA gradients of the lower layers go wrong. A repacked model is refused for training."""
+def test_a_repacked_4bit_layer_warns_and_is_refused_for_training(qlora_and_reference) -> None:
+    """What keep_4bit_trainable prevents. Once a layer is marked as repacked for CPU inference, its
+    forward goes through bitsandbytes::gemv_4bit, which has no autograd kernel: PyTorch warns in the
+    backward pass. On this CPU the op's default kernel (dequantize + F.linear, on the standard weight
+    layout) still yields exact gradients -- measured: relative error 0 -- but on an AVX512-BF16 CPU the
+    op is a fused C kernel writing into a new tensor, outside autograd (bitsandbytes
+    backends/cpu/ops.py; not measurable here). A repacked model is refused for training."""
     ids, q_peft, ref_peft = qlora_and_reference
     ref_loss, ref_grads = _lora_grads(ref_peft, ids)
     layers = [m for m in q_peft.modules() if hasattr(m, "support_avx512bf16_for_cpu")]
@@ -439,6 +441,6 @@ def test_repacked_4bit_layers_drop_input_gradients(qlora_and_reference) -> None:
     finally:
         for m in layers:
             m.weight.quant_state.packing_format_for_cpu = False
-    assert loss == pytest.approx(ref_loss, rel=1e-4)                # forward values are right...
-    first = [n for n in grads if ".layers.0." in n]
-    assert first and max(_rel_err(grads[n], ref_grads[n]) for n in first) > 0.1   # ...gradients are not
+    assert loss == pytest.approx(ref_loss, rel=1e-4)
+    assert max(_rel_err(grads[n], ref_grads[n]) for n in grads) < 1e-3   # the default kernel: still exact
+    assert mm.keep_4bit_trainable(q_peft) == len(layers)                  # unmarked again: accepted
