@@ -429,8 +429,8 @@ def reward_functions(*, call_budget: int = 8, token_budget: int = 3072, gate: bo
             return R.gated_efficiency(r, correct=correct(r), call_budget=call_budget, token_budget=token_budget)
         return R.efficiency_penalty(r, call_budget=call_budget, token_budget=token_budget)
 
+    # in rewards.TERMS order: TRL pairs the functions with RewardWeights.signed() by position (tested)
     terms: dict[str, Callable[[dict[str, Any]], float]] = {"accuracy": acc, "preference": pref, "efficiency": eff}
-    assert tuple(terms) == R.TERMS      # TRL pairs the functions with RewardWeights.signed() by position
     funcs = []
     for name, term in terms.items():
         funcs.append(_reward_func(name, term, extra_metrics=(name == "preference")))
@@ -501,7 +501,7 @@ def history_frame(history: Sequence[dict[str, Any]], weights: R.RewardWeights | 
     frame = pd.DataFrame(rows)
     if weights is not None:
         terms = {t: frame[f"reward_{t}"].fillna(0) if f"reward_{t}" in frame else 0.0 for t in R.TERMS}
-        frame["reward_total"] = weights.total(terms) if len(frame) else pd.Series(dtype=float)
+        frame["reward_total"] = weights.total(terms)
     return frame
 
 

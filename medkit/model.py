@@ -293,7 +293,8 @@ def keep_4bit_trainable(model: Any) -> int:
     with respect to the layer's input is lost and every LoRA weight below the last 4-bit layer gets
     a wrong gradient (read from bitsandbytes' ``backends/cpu/ops.py``; no AVX512-BF16 CPU here to
     measure it). Turning the repack off keeps the autograd-aware path, whose LoRA gradients match a
-    dequantized reference (``tests/test_model.py``); CPUs without AVX512-BF16 never repack. A layer that is already repacked cannot be trained correctly: a clear error.
+    dequantized reference (``tests/test_model.py``); CPUs without AVX512-BF16 never repack. A layer
+    that is already repacked cannot be trained correctly: a clear error.
     Models loaded for inference are dequantized (:func:`medkit.adapters.load_for_inference`).
     """
     layers = 0

@@ -10,6 +10,7 @@ import pytest
 from medkit import agent as A
 from medkit import grpo as G
 from medkit import profiles
+from medkit import rewards as R
 from medkit.errors import ConfigError, InputError
 
 RECORD = {"id": "q-fabry", "question": "Which lysosomal disease shows angiokeratomas and acroparesthesia?",
@@ -145,6 +146,7 @@ def _rollout(prediction, record=RECORD, n_tool_calls=1, tool_errors=()):
 def test_reward_functions_are_separate_logged_and_survive_a_broken_term():
     acc, pref, eff = G.reward_functions(call_budget=2, token_budget=1000)
     assert [f.__name__ for f in (acc, pref, eff)] == ["accuracy", "preference", "efficiency"]
+    assert tuple(f.__name__ for f in (acc, pref, eff)) == R.TERMS      # the order RewardWeights.signed() pays
     rollouts = [_rollout("Fabry disease"), _rollout("Gaucher disease"), _rollout("Fabry disease", record=None),
                 _rollout("Fabry disease", n_tool_calls=4)]
     logged: dict[str, float] = {}
@@ -160,8 +162,6 @@ def test_reward_functions_are_separate_logged_and_survive_a_broken_term():
 
 
 def test_gated_terms_reuse_the_accuracy_verdict(monkeypatch):
-    from medkit import rewards as R
-
     calls = []
     judge = R.accuracy
     monkeypatch.setattr(R, "accuracy", lambda *a, **k: calls.append(1) or judge(*a, **k))
@@ -335,8 +335,6 @@ def test_the_reward_hacking_check_flags_reward_up_while_heldout_accuracy_falls()
 def test_history_frame_adds_the_weighted_total_and_the_curves_figure_draws_any_log() -> None:
     import matplotlib
     import pandas as pd
-
-    from medkit import rewards as R
 
     matplotlib.use("Agg")
     from medkit import plots

@@ -362,7 +362,7 @@ def test_unsloth_never_imported_in_this_process() -> None:
 QLORA_PROMPT = "Which enzyme deficiency causes phenylketonuria? Answer: phenylalanine hydroxylase."
 
 
-def _lora(model, tokenizer):
+def _lora(model):
     """The same LoRA on any base: fixed seed, random A and B (so every factor gets a gradient)."""
     from peft import LoraConfig, get_peft_model
 
@@ -394,7 +394,7 @@ def qlora_and_reference(converted: Path):
     ref_model, _ = mm.load_model("cpu", quantize_4bit=True)
     ref_model = ref_model.dequantize()          # the very weights the 4-bit kernels compute with
     ref_model.config.use_cache = False
-    q_peft, ref_peft = _lora(q_model, tok), _lora(ref_model, tok)
+    q_peft, ref_peft = _lora(q_model), _lora(ref_model)
     set_peft_model_state_dict(ref_peft, get_peft_model_state_dict(q_peft))
     ids = tok(QLORA_PROMPT, return_tensors="pt").input_ids
     return ids, q_peft, ref_peft
