@@ -18,12 +18,13 @@
 # | profile | questions | KG-guided trajectories | accepted | mean tool calls | free rollouts (teacher) | wall time (2 CPU cores) |
 # |---|---|---|---|---|---|---|
 # | `smoke` | ~24 train | 1 per question | ~100% | ~6 | 2, small model | ~1 min |
-# | `cpu` | 1,101 train | 2 per question (2,202) | 2,188 (99.4%) over 1,094 questions, 18 specialties | ~5.3 (paper: 4.2) | 8 with SmolLM2-135M: 0 accepted | ~6 min |
+# | `cpu` | 1,101 train | 2 per question (2,202) | 2,188 (99.4%) over 1,094 questions, 18 specialties | ~5.3 (paper: 4.2) | 8 with SmolLM2-135M: 0 accepted | ~3.5 min (3.3 min in the committed run) |
 # | `gpu` | all train | 2 per question | as `cpu` | as `cpu` | 300 with the 7B teacher | ~20 min |
 #
 # The `cpu` row is the committed run (synthesis v8, questions of generator v4 with half the seeds'
 # chains capped at 2-3 hops): 100% of 9,790 picks grounded, 1,519 tokens per trajectory as SFT sees
-# them (2,354 with the JSON tool schemas the filter counts), the longest 2,850; 7.0 min.
+# them (2,354 with the JSON tool schemas the filter counts), the longest 2,850; 3.3 min (7.0 min on
+# a CPU without AVX512-BF16).
 #
 # The base 135M model does not follow the tool protocol (it writes prose): its free rollouts end
 # with format errors. That is the point of notebook 05, which fine-tunes it on these trajectories.

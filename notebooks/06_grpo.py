@@ -14,7 +14,7 @@
 # | profile | policy | GRPO run | wall time (2 CPU cores) |
 # |---|---|---|---|
 # | `smoke` | SmolLM2-135M + smoke SFT adapter (QLoRA) | 2 steps × 1 question × 2 rollouts, 48-token turns | ~1 min |
-# | `cpu` | SmolLM2-135M + the cpu SFT adapter (nf4, bf16 autocast) | 6 steps × 1 question × 4 rollouts (≤ 3-hop training questions, ≤ 1,024 completion tokens, ~85 s/step), then the held-out evaluation of notebook 05 | ~12 min |
+# | `cpu` | SmolLM2-135M + the cpu SFT adapter (LoRA, fp32) | probe 32 training questions × 4 → 2 learnable; 6 steps × 1 question × 4 rollouts in passes of 2 (≤ 3-hop training questions, ≤ 1,024 completion tokens), 107.9 s/step; then the held-out evaluation of notebook 05: 0.000 at every checkpoint, training reward −0.14 — no reward hacking, no learning | 16.5 min in the committed run (peak 13.4 GiB) |
 # | `cpu_long` | SmolLM2-135M + the cpu_long SFT adapter (LoRA, fp32) | probe 32 questions × 4, then 8 steps × 1 question × 8 rollouts in passes of 2; held-out checkpoint after step 4; 60 held-out questions × 4 | 56 min in the committed reference run (`results/cpu_long/`, uncontended): probe 6.4 min → 5 learnable questions; 246 s/step, peak 15.4 GiB (process tree); training accuracy on the 5 pool questions 0.28 → 0.69, KL ≤ 0.014; held-out pass@1 0.163 (95% CI 0.079–0.254) vs SFT 0.158, paired +0.004 (−0.054 … +0.063): no measurable gain, no reward hacking |
 # | `gpu` | Qwen2.5-7B-Instruct + its SFT adapter (4-bit, unsloth if installed) | 250 steps × 4 questions × 8 rollouts | several hours on one 24 GB GPU |
 #

@@ -63,7 +63,7 @@ CLAIMS: list[tuple[str, str, str]] = [
     ("README.md", f"{LONG}/06_grpo.json", "at {train/seconds_per_step} s per step"),
     # notebook headers: the cpu_long rows
     ("notebooks/05_sft.py", f"{LONG}/05_sft.json",
-     "{train/seconds|min} min ({train/tokens_per_second} tokens/s, loss {train/train_loss})"),
+     "1 epoch (128 steps) | {train/seconds|min} min ({train/tokens_per_second} tokens/s, loss {train/train_loss})"),
     ("notebooks/05_sft.py", f"{LONG}/05_sft.json",
      "base {eval/base/pass@1/mean}, SFT **{eval/sft/pass@1/mean}** (95% CI {eval/sft/pass@1/ci95/0}–"
      "{eval/sft/pass@1/ci95/1}; paired"),
@@ -79,6 +79,41 @@ CLAIMS: list[tuple[str, str, str]] = [
      "held-out pass@1 {eval/grpo/pass@1/mean} (95% CI {eval/grpo/pass@1/ci95/0}–{eval/grpo/pass@1/ci95/1}) vs SFT "
      "{reward_hacking/checkpoints/0/heldout_pass@1}, paired {paired_minus_start/mean} ({paired_minus_start/ci95/0} … "
      "{paired_minus_start/ci95/1})"),
+    # README and notebook headers: the cpu reference run
+    ("README.md", "results/bench/pipeline_cpu.json",
+     "took **{total_seconds|min} min** on the 2 cores of this reference run"),
+    ("README.md", "results/bench/pipeline_cpu.json",
+     "01 {stages/2/seconds} s, 02 {stages/3/seconds} s, 03 {stages/4/seconds|min} min, 04 {stages/5/seconds|min} min, "
+     "05 {stages/6/seconds|min} min,\n06 {stages/7/seconds|min} min, 07 {stages/8/seconds|min} min"),
+    ("README.md", f"{CPU}/05_sft.json",
+     "(mean {lengths/mean_tokens} tokens), {train/seconds|min} min at {train/tokens_per_second} tokens/s, loss "
+     "{train/train_loss}"),
+    ("README.md", f"{CPU}/05_sft.json",
+     "{eval/base/seconds} s + {eval/sft/seconds} s: pass@1 {eval/base/pass@1/mean} vs {eval/sft/pass@1/mean} (95% CI "
+     "{eval/sft/pass@1/ci95/0}–{eval/sft/pass@1/ci95/1}; pass@3 {eval/base/pass@k} vs {eval/sft/pass@k})"),
+    ("README.md", f"{CPU}/05_sft.json",
+     "{eval/sft/answer_rate|pct}% of SFT rollouts end with an answer, {eval/sft/stop_reasons/repeated_call} of 36 repeat"
+     " a call; learning curve {learning_curve/0/pass@1/mean} after {learning_curve/0/trajectories} and after "
+     "{learning_curve/1/trajectories} trajectories"),
+    ("README.md", f"{CPU}/06_grpo.json",
+     "probe of {pool/candidates} training questions × {pool/probe_k} → {pool/learnable} learnable; "
+     "{train/steps} GRPO steps × 1 question × 4 rollouts in passes of 2, {train/seconds_per_step} s/step"),
+    ("README.md", f"{CPU}/06_grpo.json",
+     "held-out pass@1 {reward_hacking/checkpoints/0/heldout_pass@1} → {reward_hacking/checkpoints/2/heldout_pass@1} "
+     "(answer rate {reward_hacking/checkpoints/0/heldout_answer_rate} → {reward_hacking/checkpoints/2/heldout_answer_rate}):"
+     " the training reward fell ({reward_hacking/reward_change})"),
+    ("README.md", f"{CPU}/07_evaluation.json",
+     "every rollout breaks the protocol, held-out pass@1 {stages/grpo_from_base/pass@1/mean} (as the base)"),
+    ("notebooks/05_sft.py", f"{CPU}/05_sft.json",
+     "(curriculum, mean {lengths/mean_tokens} tokens), no tool schemas, 1 epoch (64 steps) | {train/seconds|min} min "
+     "({train/tokens_per_second} tokens/s, loss {train/train_loss}) | 12 held-out questions of ≤ 4 hops × 3 rollouts, "
+     "base vs SFT, plus the learning curve: base {eval/base/pass@1/mean}, SFT {eval/sft/pass@1/mean} (95% CI "
+     "{eval/sft/pass@1/ci95/0}–{eval/sft/pass@1/ci95/1})"),
+    ("notebooks/06_grpo.py", f"{CPU}/06_grpo.json",
+     "probe {pool/candidates} training questions × {pool/probe_k} → {pool/learnable} learnable; {train/steps} steps × 1 "
+     "question × 4 rollouts in passes of 2 (≤ 3-hop training questions, ≤ 1,024 completion tokens), "
+     "{train/seconds_per_step} s/step; then the held-out evaluation of notebook 05: {eval/grpo/pass@1/mean} at every "
+     "checkpoint, training reward {reward_hacking/reward_change}"),
     ("notebooks/07_evaluation.py", f"{LONG}/07_evaluation.json",
      "base {stages/base/pass@1/mean}, SFT {stages/sft/pass@1/mean} (95% CI {stages/sft/pass@1/ci95/0}–"
      "{stages/sft/pass@1/ci95/1}), SFT+GRPO {stages/sft+grpo/pass@1/mean} ({stages/sft+grpo/pass@1/ci95/0}–"
