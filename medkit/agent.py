@@ -112,8 +112,8 @@ def tools_block(schemas: Sequence[dict[str, Any]]) -> str:
 
 def render_tool_call(name: str, arguments: Any) -> str:
     """One call as the Qwen2.5 template renders it (``tojson`` = ``json.dumps(ensure_ascii=False)``)."""
-    return '<tool_call>\n{"name": "' + str(name) + '", "arguments": ' + json.dumps(arguments, ensure_ascii=False) \
-        + "}\n</tool_call>"
+    return '<tool_call>\n{"name": ' + json.dumps(str(name), ensure_ascii=False) + ', "arguments": ' \
+        + json.dumps(arguments, ensure_ascii=False) + "}\n</tool_call>"  # the name escaped too: a quote cannot break the JSON
 
 
 def assistant_text(message: dict[str, Any]) -> str:
@@ -193,13 +193,15 @@ def _blocks(text: str, tag: str) -> tuple[list[str], list[str]]:
     found, errors = [], []
     pos = 0
     open_t, close_t = f"<{tag}>", f"</{tag}>"
+    j = -2  # the next close tag, kept until the scan passes it: nested unclosed tags cost linear time, not quadratic
     while True:
         i = text.find(open_t, pos)
         if i < 0:
             if text.find(close_t, pos) >= 0:
                 errors.append(f"{close_t} without {open_t}")
             break
-        j = text.find(close_t, i + len(open_t))
+        if j < i + len(open_t):
+            j = text.find(close_t, i + len(open_t))
         nxt = text.find(open_t, i + len(open_t))
         if j < 0 or (0 <= nxt < j):
             errors.append(f"unclosed {open_t}")

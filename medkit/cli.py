@@ -14,11 +14,13 @@ import runpy
 import sys
 
 from .errors import MedkitError
+from .paths import absolute_env
 from .profiles import PROFILES
 
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    absolute_env()  # a relative MEDKIT_DATA means the same folder here and in every kernel started from here
     parser = argparse.ArgumentParser(prog="medkit", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     b = sub.add_parser("build-data", help="build data/kb from the ontology packages")

@@ -19,13 +19,13 @@ import platform
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from .errors import InputError
+from .errors import InputError, MedkitError
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -171,6 +171,123 @@ def append_jsonl(path: str | Path, record: dict[str, Any]) -> None:
         os.fsync(f.fileno())
 
 
+@contextlib.contextmanager
+def all_or_nothing(folder: str | Path) -> Iterator[None]:
+    """Run the block; if it fails, put ``folder`` back as it was before it (files it wrote are restored,
+    files it added removed), so a failed rerun of a stage cannot clobber the previous stage's results.
+
+    The snapshot is a tree of hard links beside ``folder`` (free, and safe because the kit writes every
+    artifact atomically: a rewritten file is a new inode, the snapshot keeps the old one). Hidden
+    entries (scratch files such as a notebook's running copy) are neither saved nor touched."""
+    folder = Path(folder)
+    snap = folder.with_name(f".{folder.name}.before")
+    shutil.rmtree(snap, ignore_errors=True)
+
+    def visible(root: Path) -> dict[Path, Path]:
+        return {p.relative_to(root): p for p in sorted(root.rglob("*"))
+                if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)}
+
+    for rel, src in visible(folder).items() if folder.exists() else ():
+        (snap / rel).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(src, snap / rel)
+        except OSError:  # a file system without hard links: a copy
+            shutil.copy2(src, snap / rel)
+    try:
+        yield
+    except BaseException:
+        before = visible(snap) if snap.exists() else {}
+        for rel, path in visible(folder).items():
+            if rel not in before:
+                path.unlink()
+        for rel, saved in before.items():
+            target = folder / rel
+            if not target.exists() or not os.path.samefile(saved, target):
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(saved, target)
+        raise
+    finally:
+        shutil.rmtree(snap, ignore_errors=True)
+
+
+def check_writable(folder: str | Path) -> None:
+    """Fail at once, naming the folder, when ``folder`` cannot be created or written (a stage checks its
+    output folder before its work, not after it)."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-check-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise InputError(folder, f"cannot write there ({e.strerror or type(e).__name__})") from None
+
+
+def settings_key(settings: Any) -> str:
+    """A short, stable hash of the settings that shape a stage's records (canonical JSON: key order,
+    tuples vs lists and the process's hash seed do not change it). Resumable stages store it in each
+    record and redo a record made under other settings instead of reusing it."""
+    import hashlib
+
+    text = json.dumps(settings, sort_keys=True, ensure_ascii=False, default=str, allow_nan=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
+
+
+@contextlib.contextmanager
+def exclusive(lock_file: str | Path, what: str) -> Iterator[None]:
+    """Hold an exclusive lock on ``lock_file`` for the block (``flock``: released when the process ends,
+    even by a kill). A second process asking for it meanwhile is refused at once with a clear error
+    naming the holder, instead of running beside it and duplicating or interleaving its work."""
+    import fcntl
+
+    lock_file = Path(lock_file)
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    f = open(lock_file, "a+", encoding="utf-8")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip() or "another process"
+        f.close()
+        raise MedkitError(f"{what} is in use by another run ({holder}); wait for it to finish") from None
+    try:
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()}, since {_dt.datetime.now(_dt.timezone.utc).isoformat(timespec='seconds')}\n")
+        f.flush()
+        yield
+    finally:
+        f.close()
+
+
+def timings_path(path: str | Path) -> Path:
+    """The file beside a resumable log that holds its records' timings (``x.jsonl`` -> ``x_timings.jsonl``)."""
+    path = Path(path)
+    return path.with_name(path.name.removesuffix(".jsonl") + "_timings.jsonl")
+
+
+def append_with_timings(path: str | Path, record: dict[str, Any], key: dict[str, Any],
+                        fields: Sequence[str]) -> None:
+    """Append ``record`` to a resumable log with its measured ``fields`` moved to :func:`timings_path`.
+
+    Timings differ from run to run; kept out of the records, the same seed and settings give the same
+    bytes. The timing line (``key`` plus the fields) is written first: a run killed in between leaves a
+    timing whose job is redone (:func:`read_timings` keeps the last per key), never a record without one.
+    """
+    timing = {f: record.pop(f) for f in fields if f in record}
+    if timing:
+        append_jsonl(timings_path(path), {**key, **timing})
+    append_jsonl(path, record)
+
+
+def read_timings(path: str | Path, key: Sequence[str]) -> list[dict[str, Any]]:
+    """The timings kept beside the log ``path``: the last line per ``key`` (fields of the timing lines)."""
+    tpath = timings_path(path)
+    if not tpath.exists():
+        return []
+    return list({tuple(r.get(k) for k in key): r for r in read_jsonl(tpath)}.values())
+
+
 def repair_jsonl_tail(path: str | Path) -> int:
     """Cut a torn last line (no final newline) left by an interrupted append; returns bytes removed.
 
@@ -192,15 +309,28 @@ def read_jsonl(path: str | Path, *, required: Iterable[str] = (), allow_truncate
     """Read a JSONL file, naming the line of any malformed record.
 
     A final line without a newline that fails to parse is what an interrupted
-    append leaves behind; it is dropped when ``allow_truncated_tail`` is true.
+    append leaves behind; it is dropped when ``allow_truncated_tail`` is true (a resumable log),
+    and an error otherwise (a file written whole, where a torn line is damage).
     """
+    return [rec for _, rec in read_jsonl_numbered(path, required=required, allow_truncated_tail=allow_truncated_tail)]
+
+
+def read_jsonl_numbered(path: str | Path, *, required: Iterable[str] = (), allow_truncated_tail: bool = True
+                        ) -> list[tuple[int, dict[str, Any]]]:
+    """:func:`read_jsonl` with each record's line number (for errors found later, e.g. by a schema)."""
     path = Path(path)
     if not path.exists():
         raise InputError(path, "file not found")
     required = tuple(required)
-    raw = path.read_text(encoding="utf-8")
+    data = path.read_bytes()
+    try:
+        raw = data.decode("utf-8")
+    except UnicodeDecodeError as e:  # name the line, not a byte offset deep in a traceback
+        column = e.start - data.rfind(b"\n", 0, e.start)
+        raise InputError(path, f"not valid UTF-8 (byte {data[e.start]:#04x} at column {column})",
+                         line=data.count(b"\n", 0, e.start) + 1) from None
     lines = raw.split("\n")
-    records: list[dict[str, Any]] = []
+    records: list[tuple[int, dict[str, Any]]] = []
     for i, line in enumerate(lines, start=1):
         if not line.strip():
             continue
@@ -216,7 +346,7 @@ def read_jsonl(path: str | Path, *, required: Iterable[str] = (), allow_truncate
         for field in required:
             if field not in rec:
                 raise InputError(path, "required field missing", line=i, field=field)
-        records.append(rec)
+        records.append((i, rec))
     return records
 
 

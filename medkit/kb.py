@@ -16,6 +16,7 @@ and every file is written atomically only after everything has been built.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -329,8 +330,15 @@ def build_kb(out_dir: Path | None = None, *, force: bool = False, progress: Call
 
     out_dir = Path(out_dir or kb_dir())
     if not force and all((out_dir / f).exists() for f in KB_FILES):
-        progress(f"knowledge base already built in {out_dir} (use --force to rebuild)")
-        return out_dir
+        try:
+            load_kb(out_dir)
+            json.loads((out_dir / "provenance.json").read_text(encoding="utf-8"))
+        except (InputError, ValueError, OSError) as e:  # a corrupt or truncated table: not "built"
+            progress(f"knowledge base in {out_dir} is unreadable ({e}); rebuilding it")
+        else:
+            progress(f"knowledge base already built in {out_dir} (use --force to rebuild)")
+            return out_dir
+    mio.check_writable(out_dir)  # before a minute of work, not after it
     entities, relations, passages, prov = build_tables(progress)
     write_kb(out_dir, entities, relations, passages, prov)
     progress(f"wrote {len(entities):,} entities, {len(relations):,} relations, {len(passages):,} passages "

@@ -15,6 +15,7 @@ the graph with common ones.
 from __future__ import annotations
 
 import gzip
+import io
 import json
 import math
 from collections import defaultdict
@@ -152,7 +153,9 @@ def save_graph(g: nx.MultiDiGraph, path: str | Path) -> Path:
     """Write ``g`` as gzip node-link JSON (atomic); :func:`load_graph` restores it exactly."""
     data = nx.node_link_data(g, **_NODE_LINK)
     path = Path(path)
-    with atomic_path(path, suffix=".json.gz") as tmp, gzip.open(tmp, "wt", encoding="utf-8") as f:
+    with atomic_path(path, suffix=".json.gz") as tmp, open(tmp, "wb") as raw, \
+            gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz, \
+            io.TextIOWrapper(gz, encoding="utf-8") as f:  # no name or time in the gzip header: same graph, same bytes
         json.dump(data, f, ensure_ascii=False, sort_keys=True)
     return path
 

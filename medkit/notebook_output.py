@@ -3,7 +3,7 @@
 Scope: every notebook calls :func:`configure` once in its import cell. It makes warnings one line
 with portable paths (no machine path in a committed notebook), turns off the progress bars of
 transformers and datasets (weight loading, dataset maps: noise in an executed copy) and
-transformers' info/warning logging, and silences only named deprecation warnings raised inside
+transformers' info/warning logging and bitsandbytes' warning about an optional kernel, and silences only named deprecation warnings raised inside
 libraries the kit cannot change. medkit's own bars go through :func:`progress`: tqdm.auto (a widget
 in JupyterLab, a text bar in a terminal), but disabled when :func:`headless` — a notebook executed by
 :func:`medkit.pipeline.run_notebook`, which sets ``MEDKIT_HEADLESS=1`` for the kernel it starts — so
@@ -14,6 +14,7 @@ It does not touch stdout, the kit's own messages, or warnings that are not liste
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import warnings
 from typing import Any, Iterable, TextIO
@@ -65,6 +66,9 @@ def quiet_hf_libraries() -> None:
         import datasets
 
         datasets.disable_progress_bars()
+    # On CPUs with AVX512-BF16, importing bitsandbytes warns that the optional `kernels` package (a faster
+    # fused 4-bit kernel fetched from the Hub, unreachable here) is missing; its own kernel runs instead.
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
 
 
 def configure() -> None:

@@ -3,7 +3,8 @@
 Environment overrides: ``MEDKIT_DATA`` (built data, default ``<repo>/data``),
 ``MEDKIT_RESULTS`` (executed notebooks, figures, metrics; default ``<repo>/results``)
 and ``MEDKIT_CACHE`` (downloaded wheels and converted models; default
-``~/.cache/medkit``, shared between clones).
+``~/.cache/medkit``, shared between clones). A relative override is made absolute once, by the
+command line from the folder it was started in (:func:`absolute_env`), else from the repository root.
 """
 
 from __future__ import annotations
@@ -15,9 +16,32 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
+ENV_FOLDERS = ("MEDKIT_DATA", "MEDKIT_RESULTS", "MEDKIT_CACHE")
+
+
+def _env_folder(name: str, default: Path) -> Path:
+    """An environment override as an absolute path: a relative one is taken from the repository root,
+    whatever the current folder (notebook kernels run in ``notebooks/``, the CLI wherever it was started;
+    the CLI first makes its own relative values absolute: :func:`absolute_env`)."""
+    value = os.environ.get(name)
+    if not value:
+        return default
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else REPO_ROOT / path
+
+
+def absolute_env(cwd: Path | None = None) -> None:
+    """Rewrite relative ``MEDKIT_*`` folders as absolute ones, taken from ``cwd`` (default: the current
+    folder), so that every process started from here (kernels, children) writes to the same place."""
+    for name in ENV_FOLDERS:
+        value = os.environ.get(name)
+        if value and not Path(value).expanduser().is_absolute():
+            os.environ[name] = str(((cwd or Path.cwd()) / Path(value).expanduser()).resolve())
+
+
 def data_dir() -> Path:
     """Root of built data (knowledge base tables and per-profile artifacts)."""
-    return Path(os.environ.get("MEDKIT_DATA", REPO_ROOT / "data"))
+    return _env_folder("MEDKIT_DATA", REPO_ROOT / "data")
 
 
 def kb_dir() -> Path:
@@ -32,13 +56,13 @@ def profile_data_dir(profile: str) -> Path:
 
 def results_dir(profile: str | None = None) -> Path:
     """Executed notebooks, figures and metrics; per profile when one is given."""
-    root = Path(os.environ.get("MEDKIT_RESULTS", REPO_ROOT / "results"))
+    root = _env_folder("MEDKIT_RESULTS", REPO_ROOT / "results")
     return root if profile is None else root / profile
 
 
 def cache_dir() -> Path:
     """Download cache for wheels fetched without dependencies and converted models."""
-    return Path(os.environ.get("MEDKIT_CACHE", Path.home() / ".cache" / "medkit"))
+    return _env_folder("MEDKIT_CACHE", Path.home() / ".cache" / "medkit")
 
 
 def notebooks_dir() -> Path:

@@ -9,6 +9,7 @@ wall time and peak memory (the whole process tree, sampled) written to
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 import time
@@ -22,7 +23,7 @@ import psutil
 from . import io as mio
 from .errors import ConfigError, MedkitError
 from .notebook_sources import check_pair
-from .paths import notebooks_dir, portable, portable_text, results_dir
+from .paths import data_dir, notebooks_dir, portable, portable_text, profile_data_dir, results_dir
 from .profiles import check_profile
 
 
@@ -89,12 +90,29 @@ def stage(report: list[dict[str, Any]], name: str) -> Iterator[None]:
                            "peak_rss_mb": round(mem.peak_bytes / 2**20, 1)})
 
 
+@functools.cache
+def ipc_kernel_manager() -> type:
+    """papermill's kernel manager on local (IPC) sockets instead of TCP ports: nothing listens on the
+    network, and ipykernel no longer prints its "running over TCP without encryption" warning once
+    per notebook."""
+    from jupyter_client import AsyncKernelManager
+
+    class IPCKernelManager(AsyncKernelManager):
+        def __init__(self, **kwargs: Any) -> None:
+            kwargs.setdefault("transport", "ipc")
+            super().__init__(**kwargs)
+
+    return IPCKernelManager
+
+
 def run_notebook(path: Path, profile: str, out_dir: Path, parameters: dict[str, Any] | None = None) -> Path:
     """Execute one notebook with papermill; the executed copy goes to ``out_dir/<name>``.
 
     The kernel writes into a scratch copy (``.<name>.running.ipynb``); only a run that finishes
     replaces ``<name>``, so a failed rerun never clobbers a committed reference notebook: its copy
-    is kept as ``<name-stem>.failed.ipynb`` beside it. Both copies go through :func:`portable_copy`."""
+    is kept as ``<name-stem>.failed.ipynb`` beside it. Both copies go through :func:`portable_copy`.
+    The figures and metrics the notebook writes into ``out_dir`` are kept only when it finishes too
+    (:func:`medkit.io.all_or_nothing`)."""
     import papermill as pm
 
     from .notebook_output import HEADLESS_ENV
@@ -105,18 +123,23 @@ def run_notebook(path: Path, profile: str, out_dir: Path, parameters: dict[str, 
     running = out_dir / f".{path.stem}.running.ipynb"
     params = {"PROFILE": profile, **(parameters or {})}
     try:  # the kernel inherits MEDKIT_HEADLESS=1: medkit's bars stay off (notebook_output.headless)
-        with environment(HEADLESS_ENV, "1"):
+        with environment(HEADLESS_ENV, "1"), PeakMemory() as mem, mio.all_or_nothing(out_dir):
             pm.execute_notebook(str(path), str(running), parameters=params, kernel_name="python3",
-                                cwd=str(path.parent), progress_bar=False, log_output=False)
+                                cwd=str(path.parent), progress_bar=False, log_output=False,
+                                kernel_manager_class=ipc_kernel_manager())
     except pm.PapermillExecutionError as e:
         failed = portable_copy(running, out_dir / f"{path.stem}.failed.ipynb")
         raise MedkitError(f"{path.name} failed in cell {e.exec_count} ({e.ename}: {e.evalue}); "
                           f"the executed copy with the error is {portable(failed)}") from None
     except Exception as e:  # a dead kernel (e.g. killed for memory) or a papermill error: name the notebook
+        from nbclient.exceptions import DeadKernelError
+
         failed = portable_copy(running, out_dir / f"{path.stem}.failed.ipynb") if running.exists() else None
         where = f"; partial copy: {portable(failed)}" if failed else ""
-        raise MedkitError(f"{path.name} did not finish ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
-                          f"{where}") from None
+        why = (f"its kernel died — out of memory? the run peaked at {mem.peak_bytes / 2**30:.1f} of "
+               f"{psutil.virtual_memory().total / 2**30:.1f} GiB" if isinstance(e, DeadKernelError)
+               else f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+        raise MedkitError(f"{path.name} did not finish ({why}){where}") from None
     return portable_copy(running, out)
 
 
@@ -182,11 +205,12 @@ def run_notebooks(profile: str, *, only: list[str] | None = None, report: list[d
             raise ConfigError(f"no notebook matches {only}")
     report = report if report is not None else []
     outs = []
-    for nb in books:
-        echo(f"[{profile}] running {nb.name} ...")
-        with stage(report, f"notebook {nb.stem}"):
-            outs.append(run_notebook(nb, profile, results_dir(profile)))
-        echo(f"[{profile}] {nb.name}: {report[-1]['seconds']} s, peak {report[-1]['peak_rss_mb']} MB")
+    with mio.exclusive(data_dir() / f".{profile}.lock", f"{portable(profile_data_dir(profile))}"):  # one run per data folder
+        for nb in books:
+            echo(f"[{profile}] running {nb.name} ...")
+            with stage(report, f"notebook {nb.stem}"):
+                outs.append(run_notebook(nb, profile, results_dir(profile)))
+            echo(f"[{profile}] {nb.name}: {report[-1]['seconds']} s, peak {report[-1]['peak_rss_mb']} MB")
     return outs
 
 
@@ -205,8 +229,9 @@ def run_pipeline(profile: str, echo: Callable[[str], None] = print) -> Path:
             with stage(report, "fetch and convert model"):
                 _run_child(["fetch-model"])
         run_notebooks(profile, report=report, echo=echo)
-    finally:
-        out = results_dir() / "bench" / f"pipeline_{profile}.json"
+    finally:  # a failed run's report goes beside the last good one, not over it
+        failed = any(s["status"] != "ok" for s in report) or len(report) == 0
+        out = results_dir() / "bench" / f"pipeline_{profile}{'.failed' if failed else ''}.json"
         mio.write_json(out, {"profile": profile, "total_seconds": round(time.perf_counter() - t0, 1),
                              "stages": report, "machine": machine_facts()})
     echo(f"stage report: {portable(out)}")
@@ -226,7 +251,21 @@ def machine_facts() -> dict[str, Any]:
     import platform
 
     return {"cpu_count": os.cpu_count(), "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
-            "python": platform.python_version(), "machine": platform.machine()}
+            "python": platform.python_version(), "machine": platform.machine(), **cpu_facts()}
+
+
+def cpu_facts(cpuinfo: Path = Path("/proc/cpuinfo")) -> dict[str, Any]:
+    """The CPU's model and the instruction sets that change speed and float results here (bf16 in
+    AVX-512 or AMX lets torch, OpenVINO and bitsandbytes take other kernels): runs on two machines are
+    compared knowing this."""
+    try:
+        text = cpuinfo.read_text(errors="replace")
+    except OSError:
+        return {"cpu_model": None, "cpu_features": None}
+    model = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), None)
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    return {"cpu_model": model,
+            "cpu_features": [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]}
 
 
 def run_modes(script: str, modes: Iterable[str], *args: str) -> dict[str, dict[str, Any]]:

@@ -22,8 +22,12 @@ from . import io as mio
 from . import questions as Q
 from . import subgraph as S
 
+# Measured fields: they differ from run to run, so :func:`run` keeps them out of the records (which
+# the same seed and settings reproduce byte for byte) and appends them to a ``*_timings.jsonl`` file.
+TIMING_FIELDS = ("chain_search_ms",)
+
 # Bump when generation logic changes: records of another version are regenerated on resume.
-GENERATOR_VERSION = 4  # 4: SHORT_SHARE caps some seeds' chains at 2-3 hops; 3: a masked name inside a longer clue word is a leak
+GENERATOR_VERSION = 5  # 5: timings kept out of the records (byte-reproducible data); 4: SHORT_SHARE caps some seeds' chains at 2-3 hops; 3: a masked name inside a longer clue word is a leak
 
 
 def orient(chain: list[str], types: dict[str, str]) -> list[str] | None:
@@ -102,38 +106,55 @@ def generate_for_seed(index: Q.QuestionIndex, view: nx.Graph, seed: str, *, base
 
 
 def processed(path: Path) -> dict[tuple[str, int], dict[str, Any]]:
-    """Records already written by this generator version (key: source entity, attempt): what a resumed run skips."""
+    """Records already written by this generator version (key: source entity, attempt; the last line of a
+    key wins): what a resumed run may skip — :func:`run` also checks their ``settings_key``."""
     if not path.exists():
         return {}
     return {(r["source_entity_id"], int(r["attempt"])): r for r in mio.read_jsonl(path)
             if r.get("generator_version") == GENERATOR_VERSION}
 
 
+def read_timings(path: Path) -> list[dict[str, Any]]:
+    """The timings :func:`run` kept beside ``path`` (one per seed and attempt)."""
+    return mio.read_timings(path, ("source_entity_id", "attempt"))
+
+
 def run(path: Path, jobs: Iterable[tuple[str, int, dict[str, Any]]],
         make: Callable[[str, int, dict[str, Any]], dict[str, Any]], *, progress: bool = True,
         desc: str = "questions") -> dict[tuple[str, int], dict[str, Any]]:
-    """Append one record per (seed, attempt) job not yet in ``path``; return all records."""
+    """Append one record per (seed, attempt) job not yet in ``path`` under the same settings; return the
+    jobs' records.
+
+    A job's settings (its ``kwargs``, which hold everything that shapes the record) are stored in each
+    record as ``settings_key``: a record made under other settings — say a rerun with another
+    ``STRATEGY`` — is made again, never reused. The :data:`TIMING_FIELDS` of each new record go beside
+    it (:func:`medkit.io.append_with_timings`)."""
     from .notebook_output import progress as tqdm  # tqdm.auto, off in headless runs
 
     mio.repair_jsonl_tail(path)
+    mio.repair_jsonl_tail(mio.timings_path(path))
     done = processed(path)
-    todo = [(s, a, kw) for s, a, kw in jobs if (s, a) not in done]
-    for seed, attempt, kwargs in tqdm(todo, desc=desc, disable=not progress or not todo):
-        rec = make(seed, attempt, kwargs)
-        mio.append_jsonl(path, rec)
+    jobs = [(s, a, kw, mio.settings_key(kw)) for s, a, kw in jobs]
+    todo = [job for job in jobs if done.get(job[:2], {}).get("settings_key") != job[3]]
+    for seed, attempt, kwargs, key in tqdm(todo, desc=desc, disable=not progress or not todo):
+        rec = {**make(seed, attempt, kwargs), "settings_key": key}
+        mio.append_with_timings(path, rec, {"source_entity_id": seed, "attempt": attempt}, TIMING_FIELDS)
         done[(seed, attempt)] = rec
-    return done
+    return {(s, a): done[(s, a)] for s, a, _, _ in jobs}
 
 
 def calibrate_pending(path: Path, records: list[dict[str, Any]],
                       solvers: dict[str, Callable[[list[dict[str, Any]]], list[dict[str, Any]]]], *,
                       batch_size: int = 64, progress: bool = True) -> dict[str, dict[str, Any]]:
-    """Run every solver on records not yet calibrated (resumable, one JSONL line per record)."""
+    """Run every solver on records not yet calibrated (resumable, one JSONL line per record; the last
+    line of an id wins). A verdict a solver could not give (``solved`` None: its endpoint failed) is not
+    a finished result: the record is calibrated again on the next run."""
     from .notebook_output import progress as tqdm  # tqdm.auto, off in headless runs
 
     mio.repair_jsonl_tail(path)
     done = {r["id"]: r["calibration"] for r in mio.read_jsonl(path)} if path.exists() else {}
-    todo = [r for r in records if r["id"] not in done]
+    todo = [r for r in records if r["id"] not in done
+            or any((done[r["id"]].get(name) or {}).get("solved") is None for name in solvers)]
     bar = tqdm(total=len(todo), desc="calibration", disable=not progress or not todo)
     for i in range(0, len(todo), batch_size):
         batch = todo[i:i + batch_size]
@@ -153,7 +174,8 @@ def calibrated_questions(index: Q.QuestionIndex, view: nx.Graph, seeds: list[str
                          specialty_of: dict[str, str], progress: bool = True) -> dict[str, Any]:
     """Generate, pre-test and regenerate until no solver answers (or attempts run out).
 
-    Returns {"final": [...], "attempts": [...], "before": {...}, "after": {...}, "dropped": {...}}.
+    Returns {"final": [...], "attempts": [...], "timings": [...], "before": {...}, "after": {...},
+    "dropped": {...}}.
     """
     from . import calibration as C
 
@@ -195,5 +217,5 @@ def calibrated_questions(index: Q.QuestionIndex, view: nx.Graph, seeds: list[str
             key = r0["reason"].split(":")[0]
             dropped[key] = dropped.get(key, 0) + 1
     dropped["still solved after all attempts"] = len(latest) - len(final)
-    return {"final": final, "attempts": list(all_recs.values()), "before": C.summarise(first),
-            "after": C.summarise(latest), "dropped": dropped}
+    return {"final": final, "attempts": list(all_recs.values()), "timings": read_timings(attempts_path),
+            "before": C.summarise(first), "after": C.summarise(latest), "dropped": dropped}

@@ -457,7 +457,7 @@ def stable_id(*parts: Any) -> str:
 
 def answer_aliases(index: QuestionIndex, entity_id: str) -> list[str]:
     names = [index.name[entity_id], *index.synonyms.get(entity_id, [])]
-    return sorted(set(n for n in names if len(surface_key(n)) >= 3), key=str.lower)
+    return sorted(set(n for n in names if len(surface_key(n)) >= 3), key=lambda n: (n.lower(), n))  # no hash order
 
 
 def make_record(index: QuestionIndex, variables: list[Variable], rng: random.Random, *, seed_entity: str,

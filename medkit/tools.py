@@ -163,6 +163,7 @@ class MedicalToolbox:
             table = rel.sort_values([key, "relation"], kind="stable").reset_index(drop=True)
             self._by[key] = (table, table[key].to_numpy())
         self._in_kb = set(self._names) | set(rel["head_id"]) | set(rel["tail_id"])
+        self._children: dict[str, list[str]] | None = None  # is_a children, built at the first within=
         self._build_lookup(ent)
         self._build_diagnosis(rel)
 
@@ -503,17 +504,22 @@ class MedicalToolbox:
         return "\n".join(lines)
 
     def _descendants(self, eid: str) -> set[str]:
-        """``eid`` and everything below it through is_a."""
+        """``eid`` and everything below it through is_a (a walk over a child list built once: a broad
+        class such as "disease" has ~25k descendants, and a table slice per node took seconds)."""
+        children = self._is_a_children()
         seen, stack = {eid}, [eid]
         while stack:
-            g = self._edges(stack.pop(), "tail_id")
-            if g is None:
-                continue
-            for child in g.loc[g["relation"] == "is_a", "head_id"]:
+            for child in children.get(stack.pop(), ()):
                 if child not in seen:
                     seen.add(child)
                     stack.append(child)
         return seen
+
+    def _is_a_children(self) -> dict[str, list[str]]:
+        if self._children is None:
+            is_a = self._relations[self._relations["relation"] == "is_a"]
+            self._children = is_a.groupby("tail_id", sort=False)["head_id"].agg(list).to_dict()
+        return self._children
 
     @_safe
     def common(self, entity_ids: list[str], relation: str) -> str:

@@ -35,7 +35,8 @@ from typing import Any
 
 from .agent import assistant_text, final_answer, parse_turn, render_tool_call, to_text_messages
 from .grounding import check_trajectory
-from .io import append_jsonl, read_jsonl, repair_jsonl_tail
+from . import io as mio
+from .io import append_with_timings, read_jsonl, repair_jsonl_tail
 from .judge import judge
 from .questions import question_id
 
@@ -271,15 +272,28 @@ def token_report(tokenizer: Any, rows: Iterable[dict[str, Any]], schemas: list[d
 # --------------------------------------------------------------------------- resumable collection
 
 
+# Measured per trajectory, so kept beside the log (``*_timings.jsonl``), not in its byte-reproducible rows
+TIMING_FIELDS = ("seconds",)
+TIMING_KEY = ("question_id", "variant", "source")
+
+
+def read_timings(path: Path) -> list[dict[str, Any]]:
+    """The timings :func:`collect` kept beside the log ``path`` (one per trajectory)."""
+    return mio.read_timings(path, TIMING_KEY)
+
+
 def _key(row: dict[str, Any]) -> tuple[str, int, str]:
     return str(row["question_id"]), int(row.get("variant", 0)), str(row.get("source", "kg_guided"))
 
 
-def done_keys(path: Path, source: str | None = None, version: Any = None) -> set[tuple[str, int, str]]:
+def done_keys(path: Path, source: str | None = None, version: Any = None, settings: Any = None
+              ) -> set[tuple[str, int, str]]:
     """Keys already in the log (a torn last line is cut first, so it is redone, not duplicated).
 
-    With ``source`` and ``version``, rows of that source made by another version of the
-    generator are dropped from the log first (atomically), so they are made again.
+    With ``source`` and ``version``, rows of that source that must be made again are dropped from the
+    log first (atomically): rows of another version of the generator, rows made under other
+    ``settings`` (their ``settings_key``, :func:`medkit.io.settings_key`) and rollouts whose backend
+    failed (``stop_reason`` ``backend_error``: a dead endpoint's rollout is not a finished result).
     """
     from .io import write_jsonl
 
@@ -289,26 +303,34 @@ def done_keys(path: Path, source: str | None = None, version: Any = None) -> set
     repair_jsonl_tail(path)
     rows = read_jsonl(path)
     if source is not None:
-        stale = [r for r in rows if r.get("source") == source and r.get("version") != version]
-        if stale:
-            rows = [r for r in rows if not (r.get("source") == source and r.get("version") != version)]
+        key = None if settings is None else mio.settings_key(settings)
+
+        def stale(r: dict[str, Any]) -> bool:
+            return r.get("source") == source and (r.get("version") != version or r.get("stop_reason") == "backend_error"
+                                                  or (key is not None and r.get("settings_key") != key))
+
+        if any(stale(r) for r in rows):
+            rows = [r for r in rows if not stale(r)]
             write_jsonl(path, rows)
     return {_key(r) for r in rows}
 
 
 def collect(path: Path, jobs: Iterable[tuple[dict[str, Any], int]], make: Callable[[dict[str, Any], int], dict],
             judge_row: Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]], *, source: str,
-            version: Any = None, progress: bool = True, total: int | None = None) -> Counter:
+            version: Any = None, settings: Any = None, progress: bool = True, total: int | None = None) -> Counter:
     """For each (record, variant) not yet in the log: ``make`` a trajectory, filter it, append it.
 
-    ``version`` (the generator's version) is stored in each row; rows of this source with another
-    version are regenerated. Returns counts of this call's outcomes ("accepted" and the first
-    reject reason).
+    ``version`` (the generator's version) and the hash of ``settings`` (whatever else shapes a row: seed,
+    filter limits, teacher) are stored in each row; rows of this source made by another version or
+    under other settings, and failed-backend rollouts, are made again (:func:`done_keys`). Returns
+    counts of this call's outcomes ("accepted" and the first reject reason).
     """
     from .notebook_output import progress as tqdm  # tqdm.auto, off in headless runs
 
     path = Path(path)
-    done = done_keys(path, source, version)
+    done = done_keys(path, source, version, settings)
+    repair_jsonl_tail(mio.timings_path(path))
+    stamp = {} if settings is None else {"settings_key": mio.settings_key(settings)}
     counts: Counter = Counter()
     for record, variant in tqdm(list(jobs), total=total, desc=f"trajectories ({source})", disable=not progress):
         key = (question_id(record), int(variant), source)
@@ -317,12 +339,12 @@ def collect(path: Path, jobs: Iterable[tuple[dict[str, Any], int]], make: Callab
             continue
         t0 = time.perf_counter()
         traj = make(record, variant)
-        traj.update({"question_id": key[0], "variant": variant, "source": source, "version": version})
+        traj.update({"question_id": key[0], "variant": variant, "source": source, "version": version, **stamp})
         traj["filter"] = judge_row(traj, record)
         traj.setdefault("seconds", round(time.perf_counter() - t0, 4))  # rollouts bring their own share
         for field in ("specialty", "hops", "answer", "answer_type", "sampling_algorithm"):
             traj.setdefault(field, record.get(field))
-        append_jsonl(path, traj)
+        append_with_timings(path, traj, dict(zip(TIMING_KEY, key)), TIMING_FIELDS)
         done.add(key)
         counts["accepted" if traj["filter"]["accepted"] else traj["filter"]["reasons"][0]] += 1
     return counts
@@ -356,9 +378,11 @@ def to_dataset(rows: list[dict[str, Any]]) -> Any:
 # --------------------------------------------------------------------------- reporting
 
 
-def summarise(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Acceptance, reject reasons (first reason per trajectory), tool use and coverage of a log."""
+def summarise(rows: Sequence[dict[str, Any]], timings: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
+    """Acceptance, reject reasons (first reason per trajectory), tool use and coverage of a log; the time
+    spent on its rows from ``timings`` (:func:`read_timings`)."""
     rows = list(rows)
+    seconds_of = {_key(t): float(t.get("seconds") or 0) for t in timings}
     acc = [r for r in rows if r["filter"]["accepted"]]
     first = Counter(r["filter"]["reasons"][0] for r in rows if not r["filter"]["accepted"])
     every = Counter(x for r in rows for x in r["filter"]["reasons"])
@@ -366,7 +390,7 @@ def summarise(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
                     for c in m.get("tool_calls") or [])
     calls = [r["filter"]["n_tool_calls"] for r in acc]
     tokens = [r["filter"]["n_tokens"] for r in acc if r["filter"]["n_tokens"] is not None]
-    seconds = sum(float(r.get("seconds") or 0) for r in rows)
+    seconds = sum(seconds_of.get(_key(r), float(r.get("seconds") or 0)) for r in rows)  # or a log made before
     return {"trajectories": len(rows), "accepted": len(acc), "seconds": round(seconds, 1),
             "trajectories_per_second": round(len(rows) / seconds, 2) if seconds else None,
             "acceptance_rate": round(len(acc) / len(rows), 4) if rows else None,

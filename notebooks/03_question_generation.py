@@ -177,7 +177,7 @@ display(pd.Series(res["dropped"], name="seeds dropped").to_frame())
 # %%
 qdf = pd.DataFrame(final)
 ok = attempts[attempts["status"] == "ok"]
-gen_ms = attempts["chain_search_ms"].dropna()
+gen_ms = pd.DataFrame(res["timings"])["chain_search_ms"]  # timings live beside the records, not in them
 stats = {"questions": len(qdf), "mean_hops": round(float(qdf["hops"].mean()), 2),
          "specialties": int(qdf["specialty"].nunique()),
          "uniqueness_pass_rate": round(float(len(ok)) / max(1, (attempts["status"] == "ok").sum() +

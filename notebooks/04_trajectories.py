@@ -176,7 +176,8 @@ def make(record, variant):
 
 jobs = [(r, v) for r in questions for v in range(P["VARIANTS"])]
 t0 = time.time()
-counts = TR.collect(log, jobs, make, judge_row, source="kg_guided", version=SY.SYNTHESIS_VERSION)
+kg_settings = {k: P[k] for k in ("SEED", "MIN_TOOL_CALLS", "MAX_TOKENS", "RERANK")}  # what shapes a row: changed, rows are redone
+counts = TR.collect(log, jobs, make, judge_row, source="kg_guided", version=SY.SYNTHESIS_VERSION, settings=kg_settings)
 synth_seconds = time.time() - t0
 made = sum(v for k, v in counts.items() if not k.startswith("skipped"))
 print(dict(counts))
@@ -190,7 +191,7 @@ print(f"this run made {made:,} trajectories in {synth_seconds:.1f} s (the rest w
 
 # %%
 rows = [r for r in mio.read_jsonl(log) if r["source"] == "kg_guided" and r["question_id"] in by_id]
-summary = TR.summarise(rows)
+summary = TR.summarise(rows, TR.read_timings(log))
 reasons = pd.Series({"accepted": summary["accepted"], **summary["first_reject_reason"]})
 fig = plots.bar_counts(reasons, f"KG-guided trajectories by outcome ({PROFILE})", xlabel="trajectories")
 plots.save(fig, FIG / "04_filter_reasons.png")
@@ -288,7 +289,9 @@ if P["FREE_QUESTIONS"]:
     picked = questions[: P["FREE_QUESTIONS"]]
     cfg = A.AgentConfig(max_calls=P["AGENT_MAX_CALLS"], max_new_tokens=P["AGENT_MAX_NEW_TOKENS"],
                         token_budget=P["MAX_TOKENS"], seed=P["SEED"])
-    done = TR.done_keys(log, "free", A.PROTOCOL_VERSION)
+    free_settings = {k: P[k] for k in ("SEED", "MIN_TOOL_CALLS", "MAX_TOKENS", "TEACHER", "AGENT_MAX_CALLS",
+                                       "AGENT_MAX_NEW_TOKENS", "ENGINE", "ENGINE_PRECISION")}
+    done = TR.done_keys(log, "free", A.PROTOCOL_VERSION, free_settings)
     pending = [r for r in picked if (Q.question_id(r), 0, "free") not in done]
     t0 = time.time()
     if pending:  # a resumed run with every rollout done does not even load the teacher
@@ -301,10 +304,10 @@ if P["FREE_QUESTIONS"]:
         for t in rollouts.values():  # batched: each rollout gets its share of the wall time
             t["seconds"] = round((time.time() - t0) / len(pending), 2)
         TR.collect(log, [(r, 0) for r in pending], lambda r, v: rollouts[Q.question_id(r)], judge_row,
-                   source="free", version=A.PROTOCOL_VERSION, progress=False)
+                   source="free", version=A.PROTOCOL_VERSION, settings=free_settings, progress=False)
     free_rows = [r for r in mio.read_jsonl(log) if r["source"] == "free" and r["question_id"] in by_id]
     assert not any("Search guidance" in str(m.get("content")) for r in free_rows for m in r["messages"])
-    free_summary = {**TR.summarise(free_rows),
+    free_summary = {**TR.summarise(free_rows, TR.read_timings(log)),
                     "stop_reasons": pd.Series([r["stop_reason"] for r in free_rows]).value_counts().to_dict(),
                     "mean_model_calls": float(pd.Series([r["n_model_calls"] for r in free_rows]).mean()),
                     "mean_format_errors": float(pd.Series([r["n_format_errors"] for r in free_rows]).mean())}

@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 
 from medkit import io as mio
-from medkit.errors import InputError
+from medkit.errors import InputError, MedkitError
 
 
 def test_failed_write_keeps_the_previous_file(tmp_path):
@@ -105,3 +105,76 @@ def test_portable_text_names_no_machine_path():
                                    "policy starts from: data/cpu/sft/adapter\n"
                                    "model in <cache>/models/x and notebooks/05_sft.ipynb\n"
                                    "<site-packages>/foo.py:1: Warning")
+
+
+def test_exclusive_refuses_a_second_holder_and_names_the_first(tmp_path):
+    lock = tmp_path / "data" / ".cpu.lock"
+    with mio.exclusive(lock, "data/cpu"):
+        with pytest.raises(MedkitError, match=r"^data/cpu is in use by another run \(pid \d+, since .*\); wait"):
+            with mio.exclusive(lock, "data/cpu"):
+                pass
+    with mio.exclusive(lock, "data/cpu"):  # released at the end of the block
+        pass
+
+
+def test_settings_key_is_canonical():
+    a = mio.settings_key({"strategy": "mixed", "k_range": (8, 12), "seed": 13})
+    assert a == mio.settings_key({"seed": 13, "k_range": [8, 12], "strategy": "mixed"}) and len(a) == 12
+    assert a != mio.settings_key({"strategy": "max_chain", "k_range": (8, 12), "seed": 13})
+
+
+def test_relative_folder_overrides_mean_one_place_for_every_process(tmp_path, monkeypatch):
+    """A relative MEDKIT_DATA once split outputs between the CLI's folder and the kernels' notebooks/."""
+    import os
+
+    from medkit import paths
+
+    monkeypatch.setenv("MEDKIT_DATA", "scratch/data")
+    monkeypatch.delenv("MEDKIT_RESULTS", raising=False)
+    assert paths.data_dir() == paths.REPO_ROOT / "scratch" / "data"  # a kernel with the value as given
+    assert paths.results_dir("cpu") == paths.REPO_ROOT / "results" / "cpu"
+    monkeypatch.chdir(tmp_path)
+    paths.absolute_env()  # what the command line does first, from the folder it was started in
+    assert os.environ["MEDKIT_DATA"] == str(tmp_path / "scratch" / "data") == str(paths.data_dir())
+    monkeypatch.chdir(paths.REPO_ROOT / "notebooks")
+    assert paths.data_dir() == tmp_path / "scratch" / "data"  # and every kernel started from there agrees
+
+
+def test_an_invalid_utf8_byte_names_its_line(tmp_path):
+    path = tmp_path / "q.jsonl"
+    path.write_bytes(b'{"a": 1}\n{"a": "caf\xe9"}\n')
+    with pytest.raises(InputError, match=r"q.jsonl, line 2: not valid UTF-8 \(byte 0xe9 at column 11\)"):
+        mio.read_jsonl(path)
+
+
+def test_stage_reports_name_the_cpu_and_its_bf16_support(tmp_path):
+    from medkit import pipeline
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nmodel name\t: Intel(R) Xeon(R) Processor\nflags\t\t: fpu avx2 avx512f avx512_bf16\n")
+    assert pipeline.cpu_facts(info) == {"cpu_model": "Intel(R) Xeon(R) Processor",
+                                        "cpu_features": ["avx2", "avx512f", "avx512_bf16"]}
+    assert pipeline.cpu_facts(tmp_path / "missing") == {"cpu_model": None, "cpu_features": None}
+
+
+def test_all_or_nothing_puts_a_results_folder_back_after_a_failure(tmp_path):
+    res = tmp_path / "cpu"
+    mio.write_json(res / "05_sft.json", {"a": 1})
+    mio.write_json(res / "figures" / "f.json", {"b": 1})
+    (res / ".scratch").write_text("running")
+    with pytest.raises(RuntimeError, match="cell 7"):
+        with mio.all_or_nothing(res):
+            mio.write_json(res / "05_sft.json", {"a": 2})   # rewritten
+            (res / "figures" / "f.json").unlink()             # removed
+            mio.write_json(res / "new.json", {"c": 3})       # added
+            (res / ".scratch").write_text("changed")          # hidden scratch: left alone
+            raise RuntimeError("cell 7 failed")
+    assert mio.read_json(res / "05_sft.json") == {"a": 1} and mio.read_json(res / "figures" / "f.json") == {"b": 1}
+    assert not (res / "new.json").exists() and (res / ".scratch").read_text() == "changed"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cpu"]  # no snapshot left behind
+    with mio.all_or_nothing(res):
+        mio.write_json(res / "05_sft.json", {"a": 3})
+    assert mio.read_json(res / "05_sft.json") == {"a": 3}
+    with mio.all_or_nothing(tmp_path / "fresh"):  # a folder that does not exist yet
+        mio.write_json(tmp_path / "fresh" / "x.json", {})
+    assert (tmp_path / "fresh" / "x.json").exists()

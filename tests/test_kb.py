@@ -89,6 +89,26 @@ def test_failed_build_leaves_existing_kb_untouched(tmp_path, monkeypatch):
     assert all((out / f).read_text() == "previous build" for f in kb.KB_FILES)
 
 
+def test_a_corrupt_kb_is_not_called_built_and_an_unwritable_folder_fails_first(tmp_path, monkeypatch):
+    out = tmp_path / "kb"
+    out.mkdir()
+    for f in kb.KB_FILES:
+        (out / f).write_text("half a download")
+    said = []
+
+    def boom(progress):
+        raise RuntimeError("the build started")
+
+    monkeypatch.setattr(kb, "build_tables", boom)
+    with pytest.raises(RuntimeError, match="the build started"):  # rebuilt, not skipped as "already built"
+        kb.build_kb(out, progress=said.append)
+    assert said and "is unreadable" in said[0] and "rebuilding" in said[0]
+    blocker = tmp_path / "a file"
+    blocker.write_text("not a folder")
+    with pytest.raises(InputError, match=r"a file/kb: cannot write there"):  # before any work
+        kb.build_kb(blocker / "kb", progress=said.append)
+
+
 def test_load_kb_names_the_broken_table(tmp_path, kb_tables):
     e, r, p = kb_tables
     e.iloc[:5].to_parquet(tmp_path / "entities.parquet")

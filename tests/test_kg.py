@@ -61,6 +61,17 @@ def test_save_load_is_lossless(small_graph, tmp_path):
     assert sorted(g.edges(keys=True, data=True)) == sorted(g2.edges(keys=True, data=True))
 
 
+def test_the_same_graph_gives_the_same_bytes(small_graph, tmp_path):
+    """No file name or time in the gzip header: saved twice, elsewhere and later, the bytes agree."""
+    import time
+
+    g, _ = small_graph
+    a = kg.save_graph(g, tmp_path / "kg.json.gz").read_bytes()
+    time.sleep(1.1)  # gzip headers hold whole seconds
+    (tmp_path / "other").mkdir()
+    assert kg.save_graph(g, tmp_path / "other" / "kg.json.gz").read_bytes() == a
+
+
 def test_load_errors(tmp_path):
     with pytest.raises(InputError, match="graph file not found"):
         kg.load_graph(tmp_path / "none.json.gz")

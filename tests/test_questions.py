@@ -168,13 +168,13 @@ def test_generation_resumes_without_loss_or_duplicates(tmp_path, index, view):
 
     def make(seed, attempt, kw):
         calls.append(seed)
-        if seed == "MONDO:0010526" and len(calls) == 2 and kw.get("crash"):
-            raise KeyboardInterrupt
+        if seed == "MONDO:0010526" and len(calls) == 2:
+            raise KeyboardInterrupt  # the first run is killed on its second job
         return qgen.generate_for_seed(index, view, seed, base_seed=13, attempt=attempt, strategy="mixed",
                                       k_range=(8, 12), max_hops=6, min_hops=2, level=0)
 
     with pytest.raises(KeyboardInterrupt):
-        qgen.run(path, [(s, 0, {"crash": True}) for s in seeds], make, progress=False)
+        qgen.run(path, [(s, 0, {}) for s in seeds], make, progress=False)
     with open(path, "a") as f:
         f.write('{"source_entity_id": "MONDO:00')  # a torn line from the interruption
     done = qgen.run(path, [(s, 0, {}) for s in seeds], make, progress=False)
@@ -186,7 +186,16 @@ def test_generation_resumes_without_loss_or_duplicates(tmp_path, index, view):
     a = {r["source_entity_id"]: r.get("question") for r in lines}
     b = {json.loads(x)["source_entity_id"]: json.loads(x).get("question") for x in fresh.read_text().splitlines()}
     assert a == b  # resumed output equals an uninterrupted run
+    assert path.read_bytes() == fresh.read_bytes()  # timings live beside the records: the same jobs, the same bytes
     assert done[("NOT:1", 0)]["reason"] == "seed has no chain relations"
+    timings = qgen.read_timings(path)  # one per job that searched a chain (the seed without relations has none)
+    assert sorted(t["source_entity_id"] for t in timings) == sorted(seeds[:3])
+    assert all(t["chain_search_ms"] >= 0 for t in timings) and not any("chain_search_ms" in r for r in lines)
+    # the same jobs again: nothing to do; other settings for one seed: that record is made again, not reused
+    n = len(calls)
+    assert qgen.run(path, [(s, 0, {}) for s in seeds], make, progress=False) == done and len(calls) == n
+    again = qgen.run(path, [(seeds[0], 0, {"strategy": "max_chain"})], make, progress=False)
+    assert calls[n:] == [seeds[0]] and again[(seeds[0], 0)]["settings_key"] != done[(seeds[0], 0)]["settings_key"]
 
 
 def test_polish_check_rejects_dropped_clues_and_leaks(index, view):
@@ -262,3 +271,33 @@ def test_records_of_an_older_generator_are_regenerated(tmp_path, index, view):
                     progress=False)
     assert done[("MONDO:0012648", 0)]["generator_version"] == qgen.GENERATOR_VERSION
     assert len(path.read_text().splitlines()) == 2
+
+
+def test_answer_aliases_do_not_depend_on_set_order():
+    """Names that differ only in case once came out in hash order (PYTHONHASHSEED): sorted by case too."""
+    from types import SimpleNamespace
+
+    names = ["abc syndrome", "ABC syndrome", "Abc Syndrome", "aBC syndrome", "x"]
+    orders = {tuple(Q.answer_aliases(SimpleNamespace(name={"E:1": names[i]}, synonyms={"E:1": names[:i] + names[i + 1:]}),
+                                     "E:1")) for i in range(len(names))}
+    assert orders == {("ABC syndrome", "Abc Syndrome", "aBC syndrome", "abc syndrome")}
+
+
+def test_a_failed_solver_verdict_is_not_a_finished_calibration(tmp_path):
+    """A dead endpoint's verdicts (solved None) are redone on the next run; given verdicts are kept."""
+    path = tmp_path / "calibration.jsonl"
+    records = [{"id": "q1"}, {"id": "q2"}]
+    calls = []
+
+    def dead(batch):
+        calls.extend(r["id"] for r in batch)
+        return [{"solved": None, "error": "connection refused"} for _ in batch]
+
+    def live(batch):
+        calls.extend(r["id"] for r in batch)
+        return [{"solved": r["id"] == "q1", "output": "..."} for r in batch]
+
+    assert qgen.calibrate_pending(path, records, {"model": dead}, progress=False)["q1"]["model"]["solved"] is None
+    done = qgen.calibrate_pending(path, records, {"model": live}, progress=False)
+    assert calls == ["q1", "q2", "q1", "q2"] and done["q1"]["model"]["solved"] and not done["q2"]["model"]["solved"]
+    assert qgen.calibrate_pending(path, records, {"model": live}, progress=False) == done and len(calls) == 4

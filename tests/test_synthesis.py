@@ -169,10 +169,11 @@ def test_collection_resumes_without_loss_or_duplicates(tmp_path, records, index,
     assert len(keys) == len(set(keys)) == len(jobs) and counts["skipped (already done)"] == 3
     uninterrupted = tmp_path / "again.jsonl"
     TR.collect(uninterrupted, jobs, make, judge_row, source="kg_guided", progress=False)
-    def same(rs):  # everything but the measured wall time
-        return sorted(json.dumps({k: v for k, v in r.items() if k != "seconds"}, sort_keys=True) for r in rs)
-    assert same(rows) == same(read_jsonl(uninterrupted))
-    assert all(r["seconds"] >= 0 for r in rows)
+    assert log.read_bytes() == uninterrupted.read_bytes()  # wall times live beside the rows: the same bytes
+    timings = TR.read_timings(log)
+    assert sorted((t["question_id"], t["variant"], t["source"]) for t in timings) == sorted(keys)
+    assert all(t["seconds"] >= 0 for t in timings) and not any("seconds" in r for r in rows)
+    assert TR.summarise(rows, timings)["seconds"] == round(sum(t["seconds"] for t in timings), 1)
 
 
 def test_trl_rows_load_into_datasets_and_render_identically(judged, toolbox, small_tokenizer):
@@ -219,6 +220,36 @@ def test_rows_of_another_generator_version_are_redone(tmp_path, records, index, 
     assert "skipped (already done)" not in again
     rows = read_jsonl(log)
     assert sorted((r["source"], r["version"]) for r in rows) == [("free", 1)] * 2 + [("kg_guided", 2)] * 2
+
+
+def test_rows_made_under_other_settings_or_by_a_dead_backend_are_redone(tmp_path, records, index, toolbox):
+    """A rerun with another filter limit remakes the rows, not reuses them; a rollout whose endpoint
+    failed is not a finished result."""
+    log = tmp_path / "log.jsonl"
+    jobs = [(r, 0) for r in records[:2]]
+    made = []
+
+    def make(record, variant):
+        made.append(Q.question_id(record))
+        return S.synthesise(record, index, toolbox, variant=variant).to_record()
+
+    def judge_row(traj, record):
+        return TR.filter_trajectory(traj, record)
+
+    def collect(settings, mk=make, source="kg_guided"):
+        return TR.collect(log, jobs, mk, judge_row, source=source, version=1, settings=settings, progress=False)
+
+    collect({"max_tokens": 4096})
+    assert collect({"max_tokens": 4096}) == {"skipped (already done)": 2} and len(made) == 2
+    assert "skipped (already done)" not in collect({"max_tokens": 2048}) and len(made) == 4
+    assert len(read_jsonl(log)) == 2  # the stale rows are gone, not kept beside the new ones
+
+    def dead(record, variant):
+        return {"messages": [], "stop_reason": "backend_error", "n_tool_calls": 0}
+
+    collect(None, dead, "free")
+    assert "skipped (already done)" not in collect(None, make, "free") and len(made) == 6
+    assert collect(None, make, "free") == {"skipped (already done)": 2}
 
 
 # --------------------------------------------------------------------------- grounded picks (issue 13)

@@ -209,6 +209,21 @@ def test_diagnose_within_a_disease_class(tb, fabry_phenotypes):
     assert tb.call("diagnose", {"phenotypes": fabry_phenotypes[:2], "within": 7}).startswith("Error:")
 
 
+def test_diagnose_within_the_broadest_class_ranks_like_no_class(tb, fabry_phenotypes):
+    """Every MONDO disease lies under MONDO's root, so the ranking is the unrestricted one without the
+    OMIM / Orphanet-only entries (the root's ~25k descendants once took seconds to walk; bench_tools
+    times it)."""
+    import re
+
+    def ranked(out):
+        return [m.group(1) for line in out.splitlines() if (m := re.match(r"\d+\. .* \((\S+)\) \d+/\d+", line))]
+
+    everything = tb.diagnose(fabry_phenotypes[:3], k=10, within="MONDO:0000001")
+    assert "| within disease (MONDO:0000001) (" in everything and len(ranked(everything)) == 10
+    unrestricted = [d for d in ranked(tb.diagnose(fabry_phenotypes[:3], k=50)) if d.startswith("MONDO:")]
+    assert ranked(everything) == unrestricted[:10]
+
+
 def test_observations_carry_no_markup_or_protocol_tags():
     assert T._plain("<small>L</small>-Phe <em>N</em> <5% a<b <tool_call>{x}</tool_call> <answer>y</answer>") == \
         "L-Phe N <5% a<b {x} y"
