@@ -13,7 +13,7 @@ per concept; README.md has the same map):
 * 06 GRPO — :mod:`grpo`, :mod:`rewards`
 * 07 evaluation and benchmarks — :mod:`evaluation`, :mod:`reported`
 * every notebook — :mod:`profiles` (parameters), :mod:`paths`, :mod:`io`, :mod:`plots`,
-  :mod:`notebook_output`; generation — :mod:`model`, :mod:`llm`, :mod:`engine`,
+  :mod:`notebook_output`, :mod:`records` (schemas of the files read); generation — :mod:`model`, :mod:`llm`, :mod:`engine`,
   :mod:`openvino_engine`, :mod:`vllm_engine` (GPU only); running — :mod:`pipeline`,
   :mod:`notebook_sources`, :mod:`cli`, :mod:`wheels`, :mod:`errors`
 """

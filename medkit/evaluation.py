@@ -42,8 +42,9 @@ ROLLOUT_SEED_STRIDE = 1000  # rollout j samples with seed + 1000 j (+ the step n
 
 def select_questions(records: Sequence[dict[str, Any]], n: int | None = None,
                      max_hops: int | None = None) -> list[dict[str, Any]]:
-    """The first ``n`` records (file order) with at most ``max_hops`` hops; None means no limit."""
-    kept = [r for r in records if max_hops is None or int(r.get("hops") or 0) <= max_hops]
+    """The first ``n`` records (file order) with at most ``max_hops`` hops; None means no limit. With a
+    limit, a record of unknown hop count is left out (it cannot be shown to be within it)."""
+    kept = [r for r in records if max_hops is None or (r.get("hops") is not None and int(r["hops"]) <= max_hops)]
     return kept[:n] if n else kept
 
 
@@ -118,7 +119,7 @@ def metrics(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
         groups: dict[Any, list[dict]] = defaultdict(list)
         for r in rows:
             groups[r.get(key)].append(r)
-        out[f"pass@1_by_{key}"] = {str(g): {**_pass1(rs), "questions": len({r["question_id"] for r in rs})}
+        out[f"pass@1_by_{key}"] = {"unknown" if g is None else str(g): {**_pass1(rs), "questions": len({r["question_id"] for r in rs})}
                                    for g, rs in sorted(groups.items(), key=lambda kv: str(kv[0]))}
     return out
 

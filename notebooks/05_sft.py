@@ -93,8 +93,8 @@ import json, time
 import pandas as pd
 import matplotlib.pyplot as plt
 from IPython.display import Markdown, display
-from medkit import (adapters as AD, agent as A, evaluation as E, llm, model as M, paths, plots, profiles, sft,
-                    tools as T, io as mio)
+from medkit import (adapters as AD, agent as A, evaluation as E, llm, model as M, paths, plots, profiles, records,
+                    sft, tools as T, io as mio)
 from medkit import notebook_output
 notebook_output.configure()  # one-line portable warnings, no library progress bars (medkit/notebook_output.py)
 
@@ -233,7 +233,7 @@ saved
 # on.
 
 # %%
-all_test = mio.read_jsonl(DATA / "questions_test.jsonl")
+all_test = records.load_questions(DATA / "questions_test.jsonl")  # validated: file, line and field named on bad input
 test_q = E.select_questions(all_test, P["EVAL_QUESTIONS"], P["EVAL_MAX_HOPS"])
 print(f"{len(test_q)} of {len(all_test)} held-out questions; hops:",
       dict(sorted(pd.Series([q['hops'] for q in test_q]).value_counts().items())))

@@ -78,7 +78,7 @@ import json, time
 import pandas as pd
 from IPython.display import Markdown, display
 from medkit import (agent as A, evaluation as E, grpo as G, model as M, paths, plots, profiles, questions as Q,
-                    rewards as RW, tools as T, io as mio)
+                    records, rewards as RW, tools as T, io as mio)
 from medkit import notebook_output
 notebook_output.configure()  # one-line portable warnings, no library progress bars (medkit/notebook_output.py)
 
@@ -240,7 +240,7 @@ if len(hist):
 # temperature and seeds as notebook 05 (its results are read back from `results/<profile>/05_sft.json`).
 
 # %%
-all_test = mio.read_jsonl(DATA / "questions_test.jsonl")
+all_test = records.load_questions(DATA / "questions_test.jsonl")  # validated: file, line and field named on bad input
 test_q = E.select_questions(all_test, EVAL["EVAL_QUESTIONS"], EVAL["EVAL_MAX_HOPS"])
 grpo_eval = E.evaluate_adapter(PROFILE, run["adapter"], test_q, toolbox, EVAL, name="grpo", schemas=SCHEMAS)
 mio.write_jsonl(RES / "06_eval_grpo.jsonl", [{k: v for k, v in r.items() if k != "messages"} for r in grpo_eval["rows"]])

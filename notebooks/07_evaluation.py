@@ -41,7 +41,8 @@ import json
 import pandas as pd
 import matplotlib.pyplot as plt
 from IPython.display import display
-from medkit import evaluation as E, grpo as G, paths, plots, profiles, reported, questions as Q, tools as T, io as mio
+from medkit import (evaluation as E, grpo as G, paths, plots, profiles, records, reported, questions as Q,
+                    tools as T, io as mio)
 from medkit import notebook_output
 notebook_output.configure()  # one-line portable warnings, no library progress bars (medkit/notebook_output.py)
 
@@ -112,7 +113,7 @@ display(hops)
 
 # %%
 index, toolbox = T.open_tools(DATA)
-all_test = mio.read_jsonl(DATA / "questions_test.jsonl")
+all_test = records.load_questions(DATA / "questions_test.jsonl")  # validated: file, line and field named on bad input
 test_q = [q for q in E.select_questions(all_test, EVAL["EVAL_QUESTIONS"], EVAL["EVAL_MAX_HOPS"])]
 assert sorted(Q.question_id(q) for q in test_q) == questions["base"], "held-out questions differ from notebook 05's"
 pool_ids = mio.read_json(DATA / "grpo" / "pool.json")["question_ids"]  # notebook 06's measured pool: same questions
