@@ -215,7 +215,7 @@ class MedicalToolbox:
         ann = rel[rel["relation"] == "has_phenotype"]
         ann = ann.groupby(["tail_id", "head_id"], sort=True)["frequency"].mean().reset_index()
         self._dis_ids = np.array(sorted(ann["head_id"].unique()), dtype=object)
-        dis_pos = {d: i for i, d in enumerate(self._dis_ids)}
+        dis_pos = self._dis_pos = {d: i for i, d in enumerate(self._dis_ids)}
         self._phen_ids = list(dict.fromkeys(ann["tail_id"]))  # sorted (groupby sort=True)
         self._phen_pos = {p: i for i, p in enumerate(self._phen_ids)}
         freq = ann["frequency"].to_numpy(dtype=float)
@@ -474,7 +474,9 @@ class MedicalToolbox:
             if cls_id is None:
                 return _err(f"unknown disease class {within.strip()!r}; use lookup(name) to find its id.")
             scope = self._descendants(cls_id)
-            order = order[np.isin(self._dis_ids[order], list(scope))]
+            inside = np.zeros(len(self._dis_ids), dtype=bool)  # a mask by position: np.isin on 27k strings took 3 s
+            inside[[self._dis_pos[d] for d in scope if d in self._dis_pos]] = True
+            order = order[inside[order]]
             if not len(order):
                 return _err(f"no disease with phenotype annotations lies within {self._label(cls_id)}.")
         order = order[matches[order] > 0][:k]  # a disease matching none of the phenotypes is no candidate
