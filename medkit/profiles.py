@@ -272,15 +272,33 @@ _KIND_NAMES = {bool: "true/false", int: "an integer", float: "a number", str: "a
 
 def check_value(stage: str, name: str, value: Any, default: Any) -> None:
     """Raise a one-line :class:`ConfigError` when ``value`` is not of the type of ``name``'s default
-    (papermill passes ``-p N 5`` as an int and ``-p N abc`` as a string; bools are not integers)."""
+    (papermill passes ``-p N 5`` as an int and ``-p N abc`` as a string; bools are not integers), or is
+    a negative number (every numeric parameter is a count, a rate, a share or a size)."""
     kinds = _kind(default)
-    if value is None or kinds is None:
+    if value is None:
         return
-    ok = isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds)
-    if not ok:
-        want = " or ".join(dict.fromkeys(_KIND_NAMES[k] for k in kinds))
-        raise ConfigError(f"parameter {name}={value!r} of stage {stage!r} must be {want} "
+    if kinds is not None:
+        ok = isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds)
+        if not ok:
+            want = " or ".join(dict.fromkeys(_KIND_NAMES[k] for k in kinds))
+            raise ConfigError(f"parameter {name}={value!r} of stage {stage!r} must be {want} "
+                              f"(the profile's default is {default!r}); None keeps the default")
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
+        raise ConfigError(f"parameter {name}={value!r} of stage {stage!r} must be 0 or more "
                           f"(the profile's default is {default!r}); None keeps the default")
+
+
+OFF = "off"  # `-p NAME off`: NAME set to None (skip / all / no limit), not to the profile's default
+
+# parameters whose None has a documented meaning though no profile's default is None
+_NULLABLE_EXTRA = ("SOLVER_MODEL",)  # None: no model solver in notebook 03's calibration
+
+
+def nullable(stage: str) -> set[str]:
+    """The parameters of ``stage`` that may be None (:data:`OFF`): None in some profile's defaults, or listed."""
+    names = {k for k, v in _BASE[stage].items() if v is None}
+    names |= {k for profile in PROFILES for k, v in defaults(profile, stage).items() if v is None}
+    return names | {k for k in _NULLABLE_EXTRA if k in _BASE[stage]}
 
 
 def resolve_cell(stage: str, namespace: Mapping[str, Any]) -> dict[str, Any]:
@@ -290,7 +308,8 @@ def resolve_cell(stage: str, namespace: Mapping[str, Any]) -> dict[str, Any]:
     Reads ``PROFILE`` and every UPPER_CASE name of ``namespace`` (the ``parameters`` cell and what
     papermill injected): a name the stage does not know — e.g. ``-p N_SEED 5`` for ``N_SEEDS`` — is
     refused with the closest known names, a value of the wrong type names the parameter, the value
-    and what is allowed, and ``None`` keeps the profile's default (:func:`resolve`). Module aliases
+    and what is allowed, ``None`` keeps the profile's default (:func:`resolve`) and ``"off"`` sets a
+    parameter that may be None to None (``-p SOLVER_MODEL off``: skip the solver). Module aliases
     (``A``, ``Q``) and private names are not parameters."""
     import difflib
     from types import ModuleType
@@ -303,6 +322,11 @@ def resolve_cell(stage: str, namespace: Mapping[str, Any]) -> dict[str, Any]:
         close = difflib.get_close_matches(name, list(params), n=3)
         hint = f"; did you mean {' or '.join(close)}?" if close else f"; known: {', '.join(sorted(params))}"
         raise ConfigError(f"unknown parameter {name}={given[name]!r} for notebook stage {stage!r}{hint}")
+    off = {k for k, v in given.items() if isinstance(v, str) and v.strip().lower() == OFF}
+    for name in sorted(off - nullable(stage)):
+        raise ConfigError(f"parameter {name}={given[name]!r} of stage {stage!r}: {name} cannot be off; give a value, "
+                          f"or None for the profile's default {params[name]!r}")
     for name, value in given.items():
-        check_value(stage, name, value, params[name])
-    return resolve(profile, stage, **given)
+        if name not in off:
+            check_value(stage, name, value, params[name])
+    return {**resolve(profile, stage, **{k: v for k, v in given.items() if k not in off}), **dict.fromkeys(off)}

@@ -76,3 +76,22 @@ def test_every_parameters_cell_lists_exactly_its_stages_parameters(stage, notebo
 
     [path] = [p for p in numbered_notebooks() if p.name.startswith(notebook)]
     assert set(papermill.inspect_notebook(str(path))) == set(profiles.defaults("cpu", stage)) | {"PROFILE"}
+
+
+def test_off_is_an_explicit_none_and_negative_numbers_are_refused():
+    """`-p SOLVER_MODEL None` kept the profile's "local" (None keeps defaults); "off" means skip. A
+    negative count is refused with the parameter named."""
+    from medkit.errors import ConfigError
+
+    assert profiles.resolve_cell("questions", {"PROFILE": "cpu", "SOLVER_MODEL": None})["SOLVER_MODEL"] == "local"
+    assert profiles.resolve_cell("questions", {"PROFILE": "cpu", "SOLVER_MODEL": "off"})["SOLVER_MODEL"] is None
+    assert profiles.resolve_cell("kg", {"PROFILE": "cpu", "N_SEEDS": "OFF"})["N_SEEDS"] is None  # None = all seeds
+    assert profiles.resolve_cell("sft", {"PROFILE": "gpu", "QUANTIZE": "off"})["QUANTIZE"] is None  # plain LoRA
+    with pytest.raises(ConfigError, match=r"parameter SEED='off' of stage 'kg': SEED cannot be off; give a value, "
+                                          r"or None for the profile's default 13"):
+        profiles.resolve_cell("kg", {"PROFILE": "cpu", "SEED": "off"})
+    with pytest.raises(ConfigError, match=r"parameter N_SEEDS=-5 of stage 'kg' must be 0 or more"):
+        profiles.resolve_cell("kg", {"PROFILE": "cpu", "N_SEEDS": -5})
+    with pytest.raises(ConfigError, match=r"LEARNING_RATE=-0.001 .* must be 0 or more"):
+        profiles.resolve_cell("grpo", {"PROFILE": "cpu", "LEARNING_RATE": -1e-3})
+    assert "SOLVER_MODEL" in profiles.nullable("questions") and "SEED" not in profiles.nullable("questions")
