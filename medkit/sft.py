@@ -32,35 +32,20 @@ import time
 from pathlib import Path
 from typing import Any
 
+from . import records
 from .adapters import ADAPTER_META, adapter_meta, load_for_inference
 from .errors import ConfigError, InputError
-from .io import read_jsonl, write_json, write_text
+from .io import write_json, write_text
 from .paths import portable
-
-ROW_FIELDS = ("messages", "tools")
 
 
 # --------------------------------------------------------------------------- data
 
 
 def load_trajectories(path: str | Path, limit: int | None = None) -> list[dict[str, Any]]:
-    """TRL rows of ``trajectories.jsonl`` (validated), the first ``limit`` ones if given."""
-    path = Path(path)
-    rows = read_jsonl(path, required=ROW_FIELDS)
-    if not rows:
-        raise InputError(path, "no trajectories in the file (run notebook 04 first)")
-    for line, row in enumerate(rows, start=1):
-        msgs = row["messages"]
-        if not isinstance(msgs, list) or not msgs or not all(isinstance(m, dict) and "role" in m for m in msgs):
-            raise InputError(path, "messages must be a non-empty list of {role, content} objects",
-                             line=line, field="messages")
-        if not any(m["role"] == "assistant" for m in msgs):
-            raise InputError(path, "no assistant turn to learn from", line=line, field="messages")
-        if isinstance(row["tools"], str):
-            try:
-                json.loads(row["tools"])
-            except json.JSONDecodeError as e:
-                raise InputError(path, f"tools is not valid JSON ({e.msg})", line=line, field="tools") from None
+    """TRL rows of ``trajectories.jsonl``, validated (:func:`medkit.records.load_trajectories`), the first
+    ``limit`` ones if given."""
+    rows = records.load_trajectories(path)
     return rows[:limit] if limit else rows
 
 

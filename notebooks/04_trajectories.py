@@ -60,7 +60,7 @@ import json, time
 import pandas as pd
 from IPython.display import Markdown, display
 from medkit import (agent as A, judge as J, plots, profiles, paths, synthesis as SY, trajectories as TR,
-                    tools as T, questions as Q, grounding as GR, io as mio, model as M)
+                    tools as T, questions as Q, grounding as GR, io as mio, model as M, records)
 from medkit import notebook_output
 notebook_output.configure()  # one-line portable warnings, no library progress bars (medkit/notebook_output.py)
 
@@ -81,7 +81,7 @@ P
 t0 = time.time()
 index, toolbox = T.open_tools(OUT, rerank=P["RERANK"])
 schemas = A.tool_schemas(toolbox.tools())
-train = mio.read_jsonl(OUT / "questions_train.jsonl")
+train = records.load_questions(OUT / "questions_train.jsonl", records.KitQuestion)  # validated: file, line and field named on bad input
 print(f"tools loaded in {time.time() - t0:.1f} s; {len(train):,} training questions")
 pd.DataFrame([{"tool": s["function"]["name"], "description": s["function"]["description"],
                "arguments": ", ".join(s["function"]["parameters"]["properties"])} for s in schemas])

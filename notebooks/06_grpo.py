@@ -124,7 +124,8 @@ P
 # %%
 index, toolbox = T.open_tools(DATA)
 good = mio.read_jsonl(DATA / "trajectories.jsonl")[0]   # an accepted trajectory, as SFT trained on it
-rec = next(q for q in mio.read_jsonl(DATA / "questions_train.jsonl") if Q.question_id(q) == good["question_id"])
+train_all = records.load_questions(DATA / "questions_train.jsonl", records.KitQuestion)  # validated on reading
+rec = next(q for q in train_all if Q.question_id(q) == good["question_id"])
 msgs, n_tokens = good["messages"], good.get("n_tokens") or 0
 first_obs = next(i for i, m in enumerate(msgs) if m["role"] == "tool")
 guess = {"role": "assistant", "content": "<think>I guess.</think>\n<answer>Marfan syndrome</answer>"}
@@ -148,7 +149,7 @@ RW.breakdown(cases, rec, P, resolve=toolbox.resolve_ids)
 
 # %%
 start = SFT_ADAPTER if P["START"] == "sft" else None
-candidates = G.select_training_questions(mio.read_jsonl(DATA / "questions_train.jsonl"), P["POOL_CANDIDATES"],
+candidates = G.select_training_questions(train_all, P["POOL_CANDIDATES"],
                                          max_hops=P["MAX_HOPS"], seed=P["SEED"])
 pool = {"candidates": len(candidates), "probe_k": P["POOL_PROBE_K"], "learnable": None, "rates": {}}
 train_q = candidates[:P["N_QUESTIONS"]]

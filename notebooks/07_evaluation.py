@@ -117,7 +117,7 @@ all_test = records.load_questions(DATA / "questions_test.jsonl")  # validated: f
 test_q = [q for q in E.select_questions(all_test, EVAL["EVAL_QUESTIONS"], EVAL["EVAL_MAX_HOPS"])]
 assert sorted(Q.question_id(q) for q in test_q) == questions["base"], "held-out questions differ from notebook 05's"
 pool_ids = mio.read_json(DATA / "grpo" / "pool.json")["question_ids"]  # notebook 06's measured pool: same questions
-by_id = {Q.question_id(q): q for q in mio.read_jsonl(DATA / "questions_train.jsonl")}
+by_id = {Q.question_id(q): q for q in records.load_questions(DATA / "questions_train.jsonl", records.KitQuestion)}
 train_q = [by_id[i] for i in pool_ids]
 SFT_SCHEMAS = None if EVAL["TOOLS_IN_PROMPT"] else []
 ablation = {}

@@ -73,3 +73,31 @@ def test_unknown_hops_are_an_unknown_bucket_and_never_pass_a_hop_limit(tmp_path)
     m = E.metrics(rows)
     assert m["questions"] == 2 and set(m["pass@1_by_hops"]) == {"2", "unknown"}
     assert m["pass@1_by_specialty"]["unknown"]["questions"] == 1
+
+
+KIT_FULL = {**KIT, "chain": ["HP:0000001", "MONDO:0010526"], "hops": 1, "answer_id": "MONDO:0010526",
+            "constraints": [{"entity_id": "HP:0000001"}, {"entity_id": "MONDO:0010526"}]}
+
+
+def test_kit_records_need_a_chain_that_agrees_with_hops_and_answer(tmp_path):
+    """What once became an accepted trajectory (issue 15's probes): the kit's files are checked as a whole."""
+    assert records.load_questions(write(tmp_path, [KIT_FULL]), records.KitQuestion)[0]["hops"] == 1
+    for change, message in [({"hops": 2}, r"line 1: .*chain has 2 entities for 2 hops"),
+                            ({"answer_id": "MONDO:1"}, r"line 1: .*the chain ends at 'MONDO:0010526', not at answer_id"),
+                            ({"id": None}, r"line 1, field 'id': .*valid string"),
+                            ({"hops": "three"}, r"line 1, field 'hops'"),
+                            ({"constraints": [{}]}, r"line 1, field 'constraints'")]:
+        with pytest.raises(InputError, match=message):
+            records.load_questions(write(tmp_path, [{**KIT_FULL, **change}]), records.KitQuestion)
+    with pytest.raises(InputError, match=r"line 1, field 'id': Field required; also wrong: answer_id, chain, "
+                                         r"constraints, hops$"):
+        records.load_questions(write(tmp_path, [AUTHORS]), records.KitQuestion)  # the authors' format has no chain
+
+
+def test_the_committed_cpu_questions_pass_the_kit_schema():
+    from medkit.paths import profile_data_dir
+
+    path = profile_data_dir("cpu") / "questions_train.jsonl"
+    if not path.exists():
+        pytest.skip("data/cpu not built (notebook 03)")
+    assert len(records.load_questions(path, records.KitQuestion)) > 100

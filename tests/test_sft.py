@@ -174,6 +174,25 @@ def test_bad_trajectory_files_name_file_line_and_field(tmp_path, rows):
     with pytest.raises(InputError, match="tools"):
         sft.load_trajectories(no_tools)
     assert len(sft.load_trajectories(_write(tmp_path, rows))) == len(rows)
+    # what once passed this check and failed later inside the chat template (issue 15's probes)
+    call_turn = next(i for i, m in enumerate(rows[0]["messages"]) if m.get("tool_calls"))
+    tool_turn = next(i for i, m in enumerate(rows[0]["messages"]) if m["role"] == "tool")
+
+    def broken(i, **change):
+        msgs = [dict(m) for m in rows[0]["messages"]]
+        msgs[i].update(change)
+        return {**rows[0], "messages": msgs}
+
+    for row, where in [(broken(call_turn, tool_calls=[{"type": "function", "function": {"name": "x", "arguments": "[1]"}}]),
+                        rf"line 2, field 'messages.{call_turn}.tool_calls.0.function.arguments'"),
+                       (broken(call_turn, tool_calls="common"), rf"line 2, field 'messages.{call_turn}.tool_calls'"),
+                       (broken(tool_turn, content=None), rf"line 2, field 'messages.{tool_turn}': a tool message needs"),
+                       (broken(tool_turn, content=["a", "list"]), rf"line 2, field 'messages.{tool_turn}.content'"),
+                       ({**rows[0], "tools": "[{not json"}, r"line 2: tools is not valid JSON"),
+                       ({**rows[0], "tools": [{"type": "function"}]}, r"line 2, field 'tools'")]:
+        bad.write_text(good + "\n" + json.dumps(row) + "\n", encoding="utf-8")
+        with pytest.raises(InputError, match=where):
+            sft.load_trajectories(bad)
 
 
 def _write(tmp_path, rows):
