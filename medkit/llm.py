@@ -35,6 +35,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+import warnings
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -450,7 +451,8 @@ class OpenAICompatibleBackend:
 
     def __init__(self, base_url: str, model: str, api_key: str | None = None, timeout: float = 60,
                  max_retries: int = 2, *, name: str | None = None, concurrency: int = 1,
-                 retry_backoff: float = 0.5, max_consecutive_failures: int = 3, progress: bool = True) -> None:
+                 retry_backoff: float = 0.5, max_consecutive_failures: int = 3, progress: bool = True,
+                 slow_after: float | None = None) -> None:
         if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
             raise ConfigError(f"base_url must start with http:// or https://, got {base_url!r}")
         if not isinstance(model, str) or not model:
@@ -468,6 +470,10 @@ class OpenAICompatibleBackend:
         self.concurrency = int(concurrency)
         self.retry_backoff = float(retry_backoff)
         self.max_consecutive_failures = int(max_consecutive_failures)
+        # a request still unanswered after this long is said so, once per backend (a slow or stuck endpoint
+        # otherwise looks like a hung notebook for up to timeout x attempts)
+        self.slow_after = float(slow_after) if slow_after is not None else min(15.0, self.timeout / 2)
+        self._said_slow = threading.Event()
         self.progress = progress
         self.name = name or f"openai:{model}@{self.base_url}"
 
@@ -547,6 +553,9 @@ class OpenAICompatibleBackend:
             return Completion.failed(f"POST {self.url}: not sent, the endpoint failed {breaker.failures} times "
                                      f"in a row in this call (last: {breaker.last_reason})")
         stop = kwargs["stop"]
+        watchdog = threading.Timer(self.slow_after, self._say_slow)
+        watchdog.daemon = True
+        watchdog.start()
         try:
             payload = self._with_retries(self.url, self.request_body(conversation, **kwargs), self.timeout)
             text, reason, n_prompt, n_completion = parse_chat_response(payload)
@@ -556,6 +565,8 @@ class OpenAICompatibleBackend:
         except ValueError as e:
             breaker.record(True)
             return Completion.failed(self._redact(f"POST {self.url}: malformed response ({e})"))
+        finally:
+            watchdog.cancel()
         breaker.record(True)
         text, cut = truncate_at_stop(text, stop)
         return Completion(text, n_prompt, n_completion, "stop" if cut else reason)
@@ -584,6 +595,13 @@ class OpenAICompatibleBackend:
                 return [run(c) for c in convs]
             with ThreadPoolExecutor(max_workers=min(self.concurrency, len(convs))) as pool:
                 return list(pool.map(run, convs))
+
+    def _say_slow(self) -> None:
+        if not self._said_slow.is_set():
+            self._said_slow.set()
+            warnings.warn(f"POST {self.url}: no answer after {self.slow_after:g} s; waiting up to {self.timeout:g} s "
+                          f"per attempt, {self.max_retries + 1} attempts (a slow or stuck endpoint? set 'timeout' "
+                          "in the endpoint spec to fail sooner)", RuntimeWarning, stacklevel=1)
 
     def check(self) -> tuple[bool, str]:
         """(ok, one line) on whether the endpoint answers and serves ``model``; never raises.
@@ -621,8 +639,8 @@ class OpenAICompatibleBackend:
 # --------------------------------------------------------------------------- configuration
 
 _LOCAL_KEYS = ("type", "profile", "batch_size", "name", "progress", "engine", "precision", "engine_batch")
-_OPENAI_KEYS = ("type", "base_url", "model", "api_key_env", "timeout", "max_retries", "name", "concurrency",
-                "retry_backoff", "max_consecutive_failures", "progress")
+_OPENAI_KEYS = ("type", "base_url", "model", "api_key_env", "timeout", "slow_after", "max_retries", "name",
+                "concurrency", "retry_backoff", "max_consecutive_failures", "progress")
 
 
 def _check_keys(spec: dict[str, Any], allowed: tuple[str, ...]) -> None:

@@ -13,6 +13,7 @@ import os
 import socket
 import threading
 import time
+import warnings
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -270,7 +271,7 @@ def requests_for(server, mode: str) -> list[dict]:
 
 def endpoint(url: str, **kwargs) -> llm.OpenAICompatibleBackend:
     kwargs = {"api_key": API_KEY, "timeout": 5, "max_retries": 0, "retry_backoff": 0.01, "progress": False,
-              **kwargs}
+              "slow_after": 30, **kwargs}
     return llm.OpenAICompatibleBackend(url, "tiny-chat", **kwargs)
 
 
@@ -349,6 +350,22 @@ def test_endpoint_timeout(server) -> None:
                                                                max_new_tokens=4)
     assert time.perf_counter() - t0 < 1.4
     assert_all_errors(out, 1, base(server, "slow"), "timed out after 0.3 s")
+
+
+def test_a_slow_endpoint_is_said_to_be_slow_once(server) -> None:
+    """A request that takes long warns once (it used to wait out its 60 s timeout without a word)."""
+    backend = endpoint(base(server, "slow"), timeout=5, slow_after=0.2)
+    with pytest.warns(RuntimeWarning, match=r"/slow/v1/chat/completions: no answer after 0.2 s; waiting up to 5 s "
+                                            r"per attempt, 1 attempts"):
+        backend.generate([[{"role": "user", "content": "a"}]], max_new_tokens=4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a second slow request: no second message
+        backend.generate([[{"role": "user", "content": "b"}]], max_new_tokens=4)
+    fast = endpoint(base(server, "ok"), slow_after=0.5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert fast.generate([[{"role": "user", "content": "c"}]], max_new_tokens=4)[0].ok
+    assert llm.OpenAICompatibleBackend(base(server, "ok"), "tiny-chat").slow_after == 15.0  # the default: min(15, timeout / 2)
 
 
 def test_endpoint_unreachable_fails_fast_without_raising(dead_url) -> None:
