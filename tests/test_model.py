@@ -422,14 +422,37 @@ def test_qlora_gradients_match_a_dequantized_reference(qlora_and_reference) -> N
 
 @pytest.mark.slow
 def test_a_repacked_4bit_layer_warns_and_is_refused_for_training(qlora_and_reference) -> None:
-    """What keep_4bit_trainable prevents. Once a layer is marked as repacked for CPU inference, its
-    forward goes through bitsandbytes::gemv_4bit, which has no autograd kernel: PyTorch warns in the
-    backward pass. On this CPU the op's default kernel (dequantize + F.linear, on the standard weight
-    layout) still yields exact gradients -- measured: relative error 0 -- but on an AVX512-BF16 CPU the
-    op is a fused C kernel writing into a new tensor, outside autograd (bitsandbytes
-    backends/cpu/ops.py; not measurable here). A repacked model is refused for training."""
+    """What keep_4bit_trainable prevents. bitsandbytes repacks a 4-bit layer for CPU inference at its
+    first eval-mode no-grad forward (a GRPO rollout) on an AVX512-BF16 CPU; the layer's forward then goes
+    through bitsandbytes::gemv_4bit, which has no autograd kernel (PyTorch warns in the backward pass),
+    and there the op is a fused C kernel outside autograd. Measured on such a CPU (Intel Xeon,
+    2026-12-04): after a real repack, training got 60 of 180 LoRA gradient tensors, with a median
+    relative error of 1.0, while the loss agreed with the reference: silently wrong training. Other CPUs
+    never repack, and the op's default kernel gives exact gradients even on layers marked repacked by
+    hand (measured on an AVX2 CPU: relative error 0). Either way a repacked model is refused."""
+    from bitsandbytes.functional import has_avx512bf16
+    from peft import get_peft_model_state_dict, set_peft_model_state_dict
+
     ids, q_peft, ref_peft = qlora_and_reference
     ref_loss, ref_grads = _lora_grads(ref_peft, ids)
+    if has_avx512bf16():
+        model, _ = mm.load_model("cpu", quantize_4bit=True)  # an inference load: repacking left on
+        model.config.use_cache = False
+        peft = _lora(model)
+        set_peft_model_state_dict(peft, get_peft_model_state_dict(ref_peft))  # the same LoRA
+        layers = [m for m in peft.modules() if hasattr(m, "support_avx512bf16_for_cpu")]
+        peft.eval()
+        with torch.no_grad():
+            peft(input_ids=ids)                                                  # a rollout: repacks
+        assert layers and all(m.weight.quant_state.packing_format_for_cpu for m in layers)
+        with pytest.warns(UserWarning, match="autograd kernel was not registered"):
+            loss, grads = _lora_grads(peft, ids)
+        assert loss == pytest.approx(ref_loss, rel=1e-2)                         # the forward is right ...
+        wrong = [n for n in ref_grads if n not in grads or _rel_err(grads[n], ref_grads[n]) > 0.1]
+        assert len(wrong) > len(ref_grads) // 2, f"only {len(wrong)} of {len(ref_grads)} gradients wrong"  # ... not the backward
+        with pytest.raises(MedkitError, match="already repacked for CPU inference"):
+            mm.keep_4bit_trainable(peft)
+        return
     layers = [m for m in q_peft.modules() if hasattr(m, "support_avx512bf16_for_cpu")]
     try:
         for m in layers:
