@@ -83,7 +83,8 @@ def main() -> dict:
         out.mkdir()
 
         def probe(group: str, name: str, outcome: Outcome) -> None:
-            rows.append({"group": group, "probe": name, "outcome": outcome[0], "evidence": outcome[1]})
+            evidence = outcome[1].replace(str(root), "<scratch>")  # no machine path in a committed result
+            rows.append({"group": group, "probe": name, "outcome": outcome[0], "evidence": evidence})
             print(f"{outcome[0]:>13}  {group}: {name} — {outcome[1][:120]}", flush=True)
 
         # ---------------------------------------------------------------- parameters (papermill)

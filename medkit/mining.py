@@ -101,8 +101,17 @@ def _mine_dask(work: list[tuple[list[str], list[str]]], matcher: Matcher, n_work
 
     own_cluster = None
     if scheduler is None:
-        own_cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
-                                   dashboard_address=None, silence_logs=40)
+        # distributed's nanny sets OMP/MKL/OPENBLAS_NUM_THREADS=1 (and MALLOC_TRIM_THRESHOLD_) for its workers
+        # in *this* process's environment, where every later subprocess inherits it: a kernel started after
+        # it ran torch single-threaded and OpenVINO with 1 thread, which crashes OpenVINO 2026.4's CPU plugin
+        # on AMX Xeons. The workers have their copy once started; put ours back.
+        environ = dict(os.environ)
+        try:
+            own_cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
+                                       dashboard_address=None, silence_logs=40)
+        finally:
+            os.environ.clear()
+            os.environ.update(environ)
         client = Client(own_cluster)
     elif isinstance(scheduler, str):
         client = Client(scheduler)

@@ -34,6 +34,7 @@ openvino, openvino_genai and gguf are imported lazily; nothing here imports a GP
 
 from __future__ import annotations
 
+import os
 import json
 import logging
 import random
@@ -362,6 +363,11 @@ def engine_backend(model: Any, tokenizer: Any, *, precision: str = "float32", ba
 
 
 def _torch_threads() -> int:
+    """torch's intra-op threads, but never 1 on a machine with more cores: OpenVINO 2026.4.1's CPU plugin
+    dies of an integer division by zero (SIGFPE, "trap divide error in libopenvino_intel_cpu_plugin.so")
+    when a pipeline is built with INFERENCE_NUM_THREADS 1 on an Intel Xeon with AMX — measured here
+    2026-12-04 on a 2-core one, whatever NUM_STREAMS / pinning / hyper-threading say; 2 threads work.
+    An inherited OMP_NUM_THREADS=1 used to bring that about (dask's nanny sets it: medkit.mining)."""
     import torch
 
-    return max(1, torch.get_num_threads())
+    return max(min(2, os.cpu_count() or 1), torch.get_num_threads())

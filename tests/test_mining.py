@@ -21,8 +21,14 @@ def test_process_pool_equals_serial(matcher, passage_slice, serial):
 
 @pytest.mark.slow
 def test_local_dask_cluster_equals_serial(matcher, passage_slice, serial):
+    import os
+
+    before = dict(os.environ)
     dask = mining.mine_mentions(passage_slice, matcher, backend="dask", n_workers=2, chunk_size=300, progress=False)
     pd.testing.assert_frame_equal(dask, serial)
+    # distributed sets OMP_NUM_THREADS=1 & co. for its workers in this process; every later subprocess
+    # (a notebook kernel) inherited it and ran OpenVINO on 1 thread, which crashes it on AMX Xeons
+    assert dict(os.environ) == before
 
 
 def test_mentions_point_at_their_surface(serial, passage_slice):

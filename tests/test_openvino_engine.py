@@ -72,6 +72,23 @@ def test_export_is_cached_by_weights_and_never_reuses_a_half_written_folder(tiny
 
 
 @pytest.mark.slow
+def test_one_torch_thread_still_builds_a_pipeline_on_two_threads(tiny_model, tokenizer, tmp_path) -> None:
+    """OpenVINO 2026.4.1's CPU plugin dies (SIGFPE) building a pipeline with INFERENCE_NUM_THREADS 1 on AMX
+    Xeons; a process limited to one torch thread (OMP_NUM_THREADS=1) still gets 2 where there are 2 cores."""
+    import os
+
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        backend = OV.OpenVINOBackend(OV.export(tiny_model, tokenizer, root=tmp_path), tokenizer, progress=False)
+    finally:
+        torch.set_num_threads(before)
+    assert backend.threads == min(2, os.cpu_count() or 1)
+    assert len(backend.generate_ids([backend.prompt_ids(CONVERSATIONS[0])], max_new_tokens=2, min_new_tokens=2)[0]) == 2
+
+
 def test_generate_ids_honours_per_row_limits_and_seeds_each_row(tiny_model, tokenizer, tmp_path) -> None:
     backend = OV.OpenVINOBackend(OV.export(tiny_model, tokenizer, root=tmp_path), tokenizer, progress=False)
     prompts = [backend.prompt_ids(c) for c in CONVERSATIONS]
