@@ -61,6 +61,7 @@ def test_static_prefix_changes_nothing_at_float32(tiny_model, tokenizer, cache) 
     assert with_prefix.generate_ids(prompts, max_new_tokens=10) == without.generate_ids(prompts, max_new_tokens=10)
 
 
+@pytest.mark.slow
 def test_conversion_is_cached_by_weights_and_never_reuses_a_half_written_folder(make_tiny_llama, tiny_model, tokenizer,
                                                                                  cache, monkeypatch) -> None:
     first = EN.convert(tiny_model, tokenizer, "float32")
@@ -107,6 +108,7 @@ def test_generate_ids_honours_eos_stop_strings_and_per_row_limits(tiny_model, to
         assert stop not in tokenizer.decode(cut[:-1], skip_special_tokens=True)   # ends at the completing token
 
 
+@pytest.mark.slow
 def test_seeded_sampling_is_reproducible(tiny_model, tokenizer, cache) -> None:
     backend = EN.engine_backend(tiny_model, tokenizer, progress=False)
     a = backend.generate(CONVERSATIONS, max_new_tokens=8, temperature=1.0, seed=5)
@@ -146,6 +148,7 @@ def test_an_unsupported_architecture_is_a_one_line_error(tokenizer, cache, monke
     assert notes and "GPT2LMHeadModel" in notes[0]
 
 
+@pytest.mark.slow
 def test_smollm2_stops_at_the_agent_s_stop_strings() -> None:
     """The real model through the engine: a reply cut at ``</tool_call>`` ends exactly there."""
     from medkit import agent as A
@@ -208,6 +211,7 @@ def test_a_qlora_policy_exports_as_its_fresh_merge_even_after_forward_passes(tin
     assert all(torch.allclose(exported[k], fresh[k], atol=1e-5) for k in fresh if k in exported)
 
 
+@pytest.mark.slow
 def test_policy_sync_exports_every_n_steps_and_keeps_one_export(tiny_model, tokenizer, tmp_path) -> None:
     import copy
 

@@ -89,6 +89,7 @@ def test_one_torch_thread_still_builds_a_pipeline_on_two_threads(tiny_model, tok
     assert len(backend.generate_ids([backend.prompt_ids(CONVERSATIONS[0])], max_new_tokens=2, min_new_tokens=2)[0]) == 2
 
 
+@pytest.mark.slow
 def test_generate_ids_honours_per_row_limits_and_seeds_each_row(tiny_model, tokenizer, tmp_path) -> None:
     backend = OV.OpenVINOBackend(OV.export(tiny_model, tokenizer, root=tmp_path), tokenizer, progress=False)
     prompts = [backend.prompt_ids(c) for c in CONVERSATIONS]

@@ -42,6 +42,7 @@ def test_loss_only_on_assistant_tokens_of_a_real_trajectory(tok, rows):
     assert '"name": "diagnose", "description"' in masked and "<tool_response>" not in trained
 
 
+@pytest.mark.slow
 def test_trl_builds_the_same_labels(tok, rows, tmp_path):
     """TRL's own SFT preprocessing (the real trainer) masks exactly what label_view says."""
     from transformers import LlamaConfig, LlamaForCausalLM
