@@ -63,6 +63,18 @@ class KitQuestion(EvalQuestion):
         return self
 
 
+def schema_error(e: ValidationError, path: str | Path, line: int) -> InputError:
+    """One line for a record that failed its schema: the first wrong field with its message and value,
+    and the names of any other wrong fields."""
+    errors = e.errors()
+    err = errors[0]
+    field = ".".join(str(x) for x in err["loc"]) or None  # empty for a check across fields
+    got = f" (got {err['input']!r:.60})" if err["type"] != "missing" else ""
+    more = sorted({".".join(str(x) for x in o["loc"]) for o in errors[1:]} - {field or ""})
+    also = f"; also wrong: {', '.join(more)}" if more else ""
+    return InputError(path, f"{err['msg'].removeprefix('Value error, ')}{got}{also}", line=line, field=field)
+
+
 def derived_id(question: str) -> str:
     """A stable id for a record that has none: 12 hex digits of the SHA-1 of its whitespace-normalised text."""
     return hashlib.sha1(" ".join(question.split()).encode("utf-8")).hexdigest()[:12]
@@ -74,13 +86,7 @@ def validate_question(record: dict[str, Any], path: str | Path, line: int,
     try:
         rec = schema.model_validate(record).model_dump()
     except ValidationError as e:
-        errors = e.errors()
-        err = errors[0]
-        field = ".".join(str(x) for x in err["loc"]) or None  # empty for a check across fields
-        got = f" (got {err['input']!r:.60})" if err["type"] != "missing" else ""
-        more = sorted({".".join(str(x) for x in o["loc"]) for o in errors[1:]} - {field or ""})
-        also = f"; also wrong: {', '.join(more)}" if more else ""
-        raise InputError(path, f"{err['msg']}{got}{also}", line=line, field=field) from None
+        raise schema_error(e, path, line) from None
     if rec["id"] is None:
         rec["id"] = derived_id(rec["question"])
     return rec
@@ -166,9 +172,7 @@ def load_trajectories(path: str | Path) -> list[dict[str, Any]]:
         try:
             TrajectoryRow.model_validate(row)
         except ValidationError as e:
-            err = e.errors()[0]
-            field = ".".join(str(x) for x in err["loc"]) or None
-            raise InputError(path, err["msg"].removeprefix("Value error, "), line=line, field=field) from None
+            raise schema_error(e, path, line) from None
         rows.append(row)
     if not rows:
         raise InputError(path, "no trajectories in the file (run notebook 04 first)")
