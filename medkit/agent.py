@@ -38,19 +38,19 @@ from typing import Any
 # and the agent (``run_agent``'s default ``system``) see the same bytes whatever the JSON schema block.
 TOOLS_TEXT = (
     "Tools (arguments as a JSON object):\n"
-    "- search(query, k=5): Keyword search (BM25) over the knowledge base's entity definitions.\n"
-    "- read(entity_id): An entity's full entry: definition, synonyms, relations.\n"
-    "- lookup(name): Entity ids for an exact name or synonym.\n"
-    "- related(entity_id, relation, direction=\"both\"): An entity's neighbours through one relation.\n"
-    "- common(entity_ids: list[str], relation): Neighbours shared by several entities (an intersection).\n"
-    "- diagnose(phenotypes: list[str], k=10, within=\"\"): Rank diseases for phenotypes (naive Bayes over HPO "
-    "annotation frequencies)."
+    "- search(query, k=3): BM25 search over entity definitions.\n"
+    "- read(entity_id): An entity's entry: definition, synonyms, relations.\n"
+    "- lookup(name): Ids for an exact name or synonym.\n"
+    "- related(entity_id, relation, direction=\"both\"): Neighbours through one relation.\n"
+    "- common(entity_ids: list[str], relation): Neighbours shared by several entities.\n"
+    "- diagnose(phenotypes: list[str], k=2, within=\"\"): Rank diseases for phenotypes (naive Bayes over HPO "
+    "frequencies)."
 )
 
 SYSTEM_PROMPT = (
     "You are a medical research agent with tools over a private medical knowledge base. "
     "Each turn: reason in <think>...</think>, then call one tool in <tool_call>...</tool_call>, "
-    "or give the final answer (the entity's name only) in <answer>...</answer> once the evidence suffices.\n\n"
+    "or give the entity's name in <answer>...</answer> once the evidence suffices.\n\n"
     + TOOLS_TEXT
 )
 
@@ -61,7 +61,7 @@ TOOLS_FOOTER = ("\n</tools>\n\nFor each function call, return a json object with
                 "\"arguments\": <args-json-object>}\n</tool_call>")
 GUIDANCE_HEADER = "\n\n# Search guidance (private; never mention it)\n"
 STOP_STRINGS = ["</tool_call>", "</answer>"]
-PROTOCOL_VERSION = 3  # bump when the prompt or the protocol changes: stored free rollouts are redone
+PROTOCOL_VERSION = 4  # bump when the prompt or the protocol changes: stored free rollouts are redone
 
 STOP_REASONS = ("answer", "max_calls", "token_budget", "repeated_call", "format_errors", "backend_error",
                 "length")

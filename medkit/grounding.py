@@ -32,7 +32,7 @@ free text. Right type = E's id kind: MONDO / OMIM / ORPHA are diseases, HP terms
 DRUGBANK drugs, CHEBI classes, NCBIGene genes. Every candidate other than E is a competitor.
 
 *Complete and truncated lists.* ``related``, ``common`` and ``read`` state each list's size
-(``"incoming (X -r), 7: ..."``, ``"(18): ..."``, ``"shared by ..., 3: ..."``); a list is complete
+(``"incoming (X -r), 7: ..."``, ``"(18): ..."``, ``"r shared, 3: ..."``); a list is complete
 when every counted item is shown. One with ``"... and N more"`` (the 25-item cap of related /
 common, 15 of read, 10 of lookup) or cut by the 4,000-character cap (``"[output truncated"``)
 is truncated: it never rules anything out, and when it introduces E its unseen items are one
@@ -52,7 +52,10 @@ link ``fwd`` (prev -r-> E) is (prev, r, out); link ``rev`` (E -r-> prev) is (pre
    the hop's constraints (a, r, s) lacks C;
 2. **intersection** — a complete ``common(anchors, r)`` lacks C, every anchor being the anchor
    of one of the hop's r-constraints (C then misses at least one of them, in either direction);
-   with one relation per anchor (``common([a, b], "r1,r2")``), each anchor with its own relation;
+   with one relation per anchor (``common([a, b], "r1,r2")``), each anchor with its own relation.
+   The anchors are the call's: an id as written, a name as the entity the question record gives
+   that name (:func:`question_names`) — or, for a name that denotes several entries, the one the
+   tool's output says it took;
 3. **own entry** — C's own complete ``related`` / ``read`` section for r on the other side lacks a;
 4. **diagnose line** — a ``diagnose`` output whose query holds the anchor a of a constraint
    (a, has_phenotype, in) shows C's line without a among C's matched phenotypes (the line
@@ -94,14 +97,19 @@ _MORE = re.compile(r" \.\.\. and (\d+) more$")
 _TRUNCATED = "\n[output truncated:"
 _RELATED_HEAD = re.compile(rf"^.* \(({_ID})\) — (\S+)$")
 _RELATED_SIDE = re.compile(r"^(outgoing|incoming) \([^)]*\), (\d+): (.*)$")
-# "r shared by id1, id2, n: items" (before synthesis v5: "r neighbours shared by name (id), ...")
-_COMMON = re.compile(r"^(\S+) (?:neighbours )?shared by (.*?)(?:, (\d+): (.*)|: none\.)$", re.S)
+# "r shared, n: items", with "(name = id; ...)" after "shared" for names that denote several entries (before
+# synthesis v9: "r shared by id1, id2, n: items"; before v5: "r neighbours shared by name (id), ...")
+_COMMON = re.compile(rf"^(\S+) shared(?: \(((?:[^;]*? = {_ID})(?:; [^;]*? = {_ID})*)\))?(?:, (\d+): (.*)|: none\.)$",
+                     re.S)
+_COMMON_ECHO = re.compile(r"^(\S+) (?:neighbours )?shared by (.*?)(?:, (\d+): (.*)|: none\.)$", re.S)
+_PICK = re.compile(rf"^(.*) = ({_ID})$")
 _READ_HEAD = re.compile(rf"^.* \(({_ID})\) — \S+$")
 _READ_SECTION = re.compile(r"^(?:.*? \[(\w+), (outgoing|incoming)\]|(\w+) \((outgoing|incoming)\)) \((\d+)\): (.*)$")
 # a ranked diagnose line: "rank. name (id) m/n: #1 55%; #2 freq unknown", tied lines sharing a rank (before
 # synthesis v5: "score=S matched=m/n: Phenotype name 55%; ..."; both are read, so older logs still check)
 DIAGNOSE_LINE = re.compile(rf"^(\d+)\. .* \(({_ID})\) (?:score=(\S+) )?(?:matched=)?(\d+)/(\d+)(?:: (.*))?$")
 _MATCHED = re.compile(r"^(.*) (?:\d+%|freq unknown)(?: \[excluded\])?$")
+UNRESOLVED = "Unresolved (ignored): "  # diagnose's line for phenotypes it could not resolve (they get no number)
 _QUERY_REF = re.compile(r"^#(\d+) (.*)$")
 _SEARCH_HIT = re.compile(rf"^(?:\[[^\]]*\] )?.*? \(({_ID})\): ")  # "[passage id] " only when not the entity's own
 _LOOKUP_LINE = re.compile(rf"^({_ID}) .* \([^()]*\)(?: \[synonym\])?$")
@@ -187,11 +195,32 @@ def _parse_related(obs: Observation, lines: list[str], arguments: dict[str, Any]
             obs.listings.append(Listing("related", (anchor,), relation, side, (), complete=True))
 
 
-def _parse_common(obs: Observation, text: str) -> None:
+def call_anchors(arguments: Mapping[str, Any] | None, names: Mapping[str, str] | None = None,
+                 picks: Mapping[str, str] | None = None) -> tuple[str, ...]:
+    """The entities a ``common`` call intersects, in its order: an id as given; a name as the tool took it
+    (``picks``, what its output says for a name that denotes several entries), else as ``names`` (surface
+    key -> id) resolves it, else the name itself (matching no constraint, so it bounds nothing)."""
+    given = (arguments or {}).get("entity_ids")
+    out = []
+    for a in given if isinstance(given, (list, tuple)) else ():
+        text = str(a).strip()
+        if _ID_TOKEN.fullmatch(text):
+            out.append(text)
+        else:
+            out.append((picks or {}).get(text) or (names or {}).get(surface_key(text)) or text)
+    return tuple(out)
+
+
+def _parse_common(obs: Observation, text: str, arguments: Mapping[str, Any] | None,
+                  names: Mapping[str, str] | None) -> None:
     m = _COMMON.match(text)
-    if m is None:
+    if m is not None:
+        picks = dict(p.groups() for item in (m.group(2) or "").split("; ") if (p := _PICK.match(item)))
+        anchors = call_anchors(arguments, names, picks)
+    elif (m := _COMMON_ECHO.match(text)) is not None:  # an older log: the ids are in the text
+        anchors = tuple(_LABEL_ID.findall(m.group(2)) or _ID_TOKEN.findall(m.group(2)))
+    else:
         return
-    anchors = tuple(_LABEL_ID.findall(m.group(2)) or _ID_TOKEN.findall(m.group(2)))
     if m.group(3) is None:
         obs.listings.append(Listing("common", anchors, m.group(1), None, (), complete=True))
     else:
@@ -209,18 +238,37 @@ def _parse_read(obs: Observation, lines: list[str]) -> None:
             obs.listings.append(_listing("read", (anchor,), relation, _SIDE[side], m.group(6), int(m.group(5))))
 
 
-def _parse_diagnose(obs: Observation, lines: list[str]) -> None:
+def query_ids(arguments: Mapping[str, Any] | None, lines: Sequence[str], names: Mapping[str, str] | None = None
+              ) -> list[str | None]:
+    """The ids of a ``diagnose`` output's numbered query phenotypes (#1, #2, ...), from the call: the
+    phenotypes it passed, less the ones the output lists as unresolved, in order (an id as written, a name
+    as ``names`` resolves it); None where that is unknown. Empty when the count does not match the output's."""
+    given = (arguments or {}).get("phenotypes")
+    unresolved = next((line[len(UNRESOLVED):].split("; ") for line in lines if line.startswith(UNRESOLVED)), [])
+    used = [str(a).strip() for a in given if str(a).strip() not in unresolved] if isinstance(given, (list, tuple)) else []
+    out: list[str | None] = [a if _ID_TOKEN.fullmatch(a) else (names or {}).get(surface_key(a)) for a in used]
+    shown = next((line for line in lines if line.startswith("Query: ")), "")
+    count = len(shown.split(" | within ", 1)[0].split("; ")) if shown else 0
+    return out if len(out) == count else []  # a phenotype given twice is numbered once: then names only
+
+
+def _parse_diagnose(obs: Observation, lines: list[str], arguments: Mapping[str, Any] | None,
+                    names: Mapping[str, str] | None) -> None:
     ranked = []
     refs: dict[str, str] = {}  # "#n" -> the query phenotype's name
+    by_call = query_ids(arguments, lines, names)
     for line in lines:
         if line.startswith("Query: "):
             query = line[len("Query: "):].split(" | within ", 1)[0]
-            for item in query.split("; "):
-                if (ids := _LABEL_ID.findall(item)):
-                    name = item[:item.rfind(f" ({ids[-1]})")]
-                    if (ref := _QUERY_REF.match(name)) is not None:
-                        refs["#" + ref.group(1)] = name = ref.group(2)
-                    obs.query[ids[-1]] = name
+            for n, item in enumerate(query.split("; ")):
+                ids = _LABEL_ID.findall(item)  # "#1 name (id)" before synthesis v9, "#1 name" since
+                name = item[:item.rfind(f" ({ids[-1]})")] if ids else item
+                if (ref := _QUERY_REF.match(name)) is not None:
+                    refs["#" + ref.group(1)] = name = ref.group(2)
+                eid = ids[-1] if ids else (by_call[n] if n < len(by_call) else None) \
+                    or (names or {}).get(surface_key(name))
+                if eid:
+                    obs.query[eid] = name
         elif (m := DIAGNOSE_LINE.match(line)) is not None:
             ranked.append(m.group(2))
             names = [refs.get(x.group(1), x.group(1)) for x in map(_MATCHED.match, (m.group(6) or "").split("; ")) if x]
@@ -236,8 +284,12 @@ def _parse_lines(obs: Observation, lines: list[str], pattern: re.Pattern[str]) -
                                 hidden=int(more.group(1)) if more else 0))
 
 
-def parse_observation(index: int, tool: str, text: str, arguments: dict[str, Any] | None = None) -> Observation:
-    """The lists one tool output shows (see the module docstring); ``Error:`` lines show none."""
+def parse_observation(index: int, tool: str, text: str, arguments: Mapping[str, Any] | None = None,
+                      names: Mapping[str, str] | None = None) -> Observation:
+    """The lists one tool output shows (see the module docstring); ``Error:`` lines show none.
+
+    ``arguments`` are the call's (``related``: its direction; ``common``: the entities it intersects, a
+    name among them resolved by ``names``, surface key -> id, see :func:`question_names`)."""
     obs = Observation(index, tool, text, ids=frozenset(_ID_TOKEN.findall(text)))
     if text.startswith("Error:"):
         return obs
@@ -247,11 +299,11 @@ def parse_observation(index: int, tool: str, text: str, arguments: dict[str, Any
     if tool == "related":
         _parse_related(obs, lines, arguments or {}, cut)
     elif tool == "common":
-        _parse_common(obs, body)
+        _parse_common(obs, body, arguments, names)
     elif tool == "read":
         _parse_read(obs, lines)
     elif tool == "diagnose":
-        _parse_diagnose(obs, lines)
+        _parse_diagnose(obs, lines, arguments, names)
     elif tool == "search":
         _parse_lines(obs, lines, _SEARCH_HIT)
     elif tool == "lookup":
@@ -341,8 +393,30 @@ def _arguments(raw: Any) -> dict[str, Any] | None:
     return raw if isinstance(raw, dict) else None
 
 
-def _read_messages(messages: Any) -> tuple[list[_Turn], list[Observation], str | None]:
-    """Assistant turns and parsed observations, or why the messages cannot be read."""
+def question_names(question: Any) -> dict[str, str]:
+    """Surface key -> id of every entity the question record names (its chain and clue slots, the answer and
+    its aliases): how the rule reads a name the agent passes to ``common`` (the tool said which entry it took
+    whenever the name denotes several)."""
+    out: dict[str, str] = {}
+    if not isinstance(question, Mapping):
+        return out
+    ids, mapping = question.get("entity_ids"), question.get("entity_mapping")
+    if isinstance(ids, Mapping) and isinstance(mapping, Mapping):
+        for slot, eid in ids.items():
+            if isinstance(eid, str) and isinstance(mapping.get(slot), str) and (key := surface_key(mapping[slot])):
+                out.setdefault(key, eid)
+    chain = question.get("chain")
+    if isinstance(chain, list) and chain and isinstance(chain[-1], str):
+        for text in [question.get("answer"), *(question.get("answer_aliases") or [])]:
+            if isinstance(text, str) and (key := surface_key(text)):
+                out.setdefault(key, chain[-1])
+    return out
+
+
+def _read_messages(messages: Any, names: Mapping[str, str] | None = None
+                   ) -> tuple[list[_Turn], list[Observation], str | None]:
+    """Assistant turns and parsed observations, or why the messages cannot be read (``names``: see
+    :func:`question_names`)."""
     if not isinstance(messages, list) or not messages:
         return [], [], "messages missing or not a non-empty list"
     turns: list[_Turn] = []
@@ -374,19 +448,26 @@ def _read_messages(messages: Any) -> tuple[list[_Turn], list[Observation], str |
         elif role == "tool":
             name, args = pending.pop(0) if pending else ("unknown", {})
             tool = m.get("name") if isinstance(m.get("name"), str) and m.get("name") else name
-            observations.append(_parse_cached(k, tool, content or "", _direction(args)))
+            observations.append(_parse_cached(k, tool, content or "", _call_key(args), _names_key(names)))
     return turns, observations, None
 
 
-def _direction(arguments: Mapping[str, Any]) -> str | None:
-    value = arguments.get("direction") if isinstance(arguments, Mapping) else None
-    return value if isinstance(value, str) else None
+def _call_key(arguments: Mapping[str, Any]) -> str:
+    """The call's arguments as a hashable key (the parse cache's)."""
+    try:
+        return json.dumps(arguments, sort_keys=True, ensure_ascii=False, default=str)
+    except (TypeError, ValueError):
+        return "{}"
+
+
+def _names_key(names: Mapping[str, str] | None) -> tuple[tuple[str, str], ...]:
+    return tuple(sorted((names or {}).items()))
 
 
 @functools.lru_cache(maxsize=4096)
-def _parse_cached(index: int, tool: str, text: str, direction: str | None) -> Observation:
-    """One parse per (position, tool, text, direction): probing a growing conversation re-reads it often."""
-    return parse_observation(index, tool, text, {} if direction is None else {"direction": direction})
+def _parse_cached(index: int, tool: str, text: str, arguments: str, names: tuple[tuple[str, str], ...]) -> Observation:
+    """One parse per (position, tool, text, arguments, names): probing a growing conversation re-reads it often."""
+    return parse_observation(index, tool, text, json.loads(arguments), dict(names))
 
 
 def _strings(value: Any) -> Iterable[str]:
@@ -584,7 +665,7 @@ def check_trajectory(messages: Any, question: Any, *, thoughts: bool = True) -> 
         hops, clue_values, problem = _hops(question)
         if problem is None:
             report.hops = len(hops) - 1
-            turns, observations, problem = _read_messages(messages)
+            turns, observations, problem = _read_messages(messages, question_names(question))
         if problem is not None:
             report.malformed = problem
             return report

@@ -21,8 +21,9 @@ kept as a guess; a hop that no action finds rejects it too (``hop_not_found:<hop
 
 Thoughts are composed from what is visible at that point only: the question's clues and the
 entities already seen in observations (never a later chain entity, never the masked path).
-Each one says why the next action is taken, and the thought that names a hop's entity states
-the evidence that decides it ("intersecting A and B through r leaves only X", "Y lacks P").
+Each one is terse: what is needed next ("Next I need a clinical feature of it.") and, when it names a
+hop's entity, the evidence that decides it ("X is the only disorder they share", "Y lacks P"); the
+call that follows shows the action, so no sentence restates it (a check says what it must show).
 Checks name competitors by name, never by id, so the entity is named (committed) only once
 the evidence is in; a call that must name a clue by id (its name denotes several entries) comes
 after a ``lookup`` that shows that id, so no call uses an id the conversation has not shown.
@@ -40,8 +41,10 @@ real observation) the finding action whose grounded plan is shortest (fewest cal
 characters) is taken. The last entity gets a
 confirming check of a clue only when no observation of its hop showed one: the discriminating
 calls are the verification (they rule out the competitors, not only confirm the pick).
-``variant`` > 0 gives another trajectory for the same question (search first for the start
-entity, other wording) so a question can contribute more than one distinct sample.
+An odd ``variant`` gives another trajectory for the same question: it identifies the start entity
+with the cheapest grounded plan whose finding call differs from the even variant's (say, an
+intersection of the clues instead of a ``diagnose`` ranking) or, when there is no other way in,
+with a keyword ``search`` first (its miss kept), so a question can contribute two distinct samples.
 """
 
 from __future__ import annotations
@@ -56,10 +59,9 @@ from . import grounding as G
 from .agent import SYSTEM_PROMPT
 from .ner import surface_key
 from .questions import TYPE_NOUN, QuestionIndex, Variable, clue_phrase, contains_words, variables_from_record
+from .tools import DIAGNOSE_K
 
-SYNTHESIS_VERSION = 8  # bump when trajectories change (actions, thoughts, prompt): stale rows are redone
-DIAGNOSE_K = 3
-SEARCH_K = 3
+SYNTHESIS_VERSION = 9  # bump when trajectories change (actions, thoughts, prompt): stale rows are redone
 MAX_CHECKS = 4      # discriminating calls per hop at most
 PREFERRED_CHECKS = 1  # the preferred finding call is kept when it needs at most this many checks
 OWN_ENTRY_MAX = 4   # competitors checked one by one (their own entries) at most
@@ -181,16 +183,17 @@ def _class_clue(index: QuestionIndex, var: Variable) -> str | None:
 
 
 def _diagnose_action(index: QuestionIndex, view: ToolView, phenotypes: list[str], var: Variable,
-                     plan: str, prev: str | None = None) -> Action:
-    args: dict[str, Any] = {"phenotypes": phenotypes, "k": DIAGNOSE_K}
+                     prev: str | None = None) -> Action:
+    """A ``diagnose`` call at the tool's default k, restricted to the class clue (or, for a subtype of the
+    previous disorder, to it) when there is one."""
+    args: dict[str, Any] = {"phenotypes": phenotypes}
     within = _class_clue(index, var)
     if within is None and prev is not None and var.link == {"relation": "is_a", "direction": "rev"} \
             and index.type.get(prev) == "disease":  # a subtype of the previous disorder
         within = prev
     if within:
         args["within"] = view.ref(index, within)
-        plan = plan.rstrip(".") + f", restricted to {name_of(index, within)} and its subtypes."
-    return Action("diagnose", args, plan, "diagnose")
+    return Action("diagnose", args, "", "diagnose")
 
 
 def _clue_words(index: QuestionIndex, var: Variable) -> list[str]:
@@ -214,7 +217,7 @@ def _clue_action(index: QuestionIndex, var: Variable, view: ToolView) -> Action 
     side = "in" if c["kind"] == "fact" else "out"
     return Action("related", {"entity_id": view.ref(index, c["value"]), "relation": c["relation"],
                               "direction": side},
-                  f"I will list what links to {cname} by {c['relation']}.", "clue")
+                  "", "clue")
 
 
 def _search_action(index: QuestionIndex, var: Variable, extra: list[str]) -> Action | None:
@@ -222,8 +225,7 @@ def _search_action(index: QuestionIndex, var: Variable, extra: list[str]) -> Act
     if not words:
         return None
     query = " ".join(words)[:300]
-    return Action("search", {"query": query, "k": SEARCH_K},
-                  "I will search the knowledge base.", "search")
+    return Action("search", {"query": query}, "", "search")
 
 
 def _and(names: list[str]) -> str:
@@ -257,7 +259,7 @@ def _common_action(index: QuestionIndex, view: ToolView, pairs: list[tuple[str, 
     relations = [r for _, r in pairs]
     return Action("common", {"entity_ids": [a if a == prev else view.ref(index, a) for a, _ in pairs],
                              "relation": relations[0] if len(set(relations)) == 1 else ",".join(relations)},
-                  f"I will intersect {_pairs_phrase(index, pairs, it)}.", kind)
+                  "", kind)
 
 
 def _clue_pairs(var: Variable) -> list[tuple[str, str]]:
@@ -275,7 +277,7 @@ def start_actions(index: QuestionIndex, var: Variable, view: ToolView, *,
     actions: list[Action] = []
     phenos = _phenotype_names(index, var)
     if var.type == "disease" and phenos:
-        actions.append(_diagnose_action(index, view, phenos, var, "I will rank diseases for these phenotypes."))
+        actions.append(_diagnose_action(index, view, phenos, var))
     if (a := _start_common(index, var, view)) is not None:
         actions.append(a)
     if (a := _clue_action(index, var, view)) is not None:
@@ -295,21 +297,18 @@ def hop_actions(index: QuestionIndex, prev: str, var: Variable, view: ToolView) 
     via_phenotype = rel == "has_phenotype" and direction == "rev" and index.type.get(prev) == "phenotype"
     if var.type == "disease" and (via_phenotype or phenos):
         query = ([prev] if via_phenotype else []) + phenos
-        actions.append(_diagnose_action(index, view, query, var, "I will rank diseases for "
-                                        + ("it and the other features" if via_phenotype and phenos
-                                           else "it" if via_phenotype else "these features") + ".", prev))
+        actions.append(_diagnose_action(index, view, query, var, prev=prev))
     if (a := _common_action(index, view, [(prev, rel), *_clue_pairs(var)], n, prev, it=prev)) is not None:
         actions.append(a)
     if rel in view.relations:
         actions.append(Action("related", {"entity_id": prev, "relation": rel,
                                           "direction": "out" if direction == "fwd" else "in"},
-                              f"I will list its {rel} links.", "related"))
+                              "", "related"))
     elif rel == "definition_mentions" and direction == "fwd":
         actions.append(Action("read", {"entity_id": prev},
-                              f"I will read its entry.", "read"))
+                              "", "read"))
     elif rel == "definition_mentions":
-        actions.append(Action("search", {"query": pname, "k": SEARCH_K},
-                              f"I will search for {n}s that mention it.", "search"))
+        actions.append(Action("search", {"query": pname}, "", "search"))
     if (a := _clue_action(index, var, view)) is not None:
         actions.append(a)
     if (a := _search_action(index, var, [pname])) is not None and all(x.arguments != a.arguments for x in actions):
@@ -325,16 +324,16 @@ def verify_actions(index: QuestionIndex, prev: str | None, var: Variable,
     for c in _selective_clues(index, var, view):
         out.append((Action("related", {"entity_id": var.entity_id, "relation": c["relation"],
                                        "direction": "out" if c["kind"] == "fact" else "in"},
-                           f"To verify, I will check that {tname} {clue_phrase(index, var.entity_id, c, random.Random(0))}.",
+                           f"To verify: {tname} {clue_phrase(index, var.entity_id, c, random.Random(0))}.",
                            "verify"), c["value"]))
     if prev is not None and var.link and var.link["relation"] in view.relations:
         out.append((Action("related", {"entity_id": var.entity_id, "relation": var.link["relation"],
                                        "direction": "in" if var.link["direction"] == "fwd" else "out"},
-                           f"To verify, I will check the {var.link['relation']} link between {tname} and "
-                           f"{name_of(index, prev)} from the other side.", "verify"), prev))
+                           f"To verify: the {var.link['relation']} link between {tname} and "
+                           f"{name_of(index, prev)}, from the other side.", "verify"), prev))
     if prev is not None:
         out.append((Action("read", {"entity_id": var.entity_id},
-                           f"To verify, I will read the full entry of {tname}.", "verify"), prev))
+                           f"To verify: the entry of {tname}.", "verify"), prev))
     return out
 
 
@@ -365,9 +364,10 @@ def hides_full_match(index: QuestionIndex, view: ToolView, action: Action, obser
     The ranking is by likelihood, so such a disease (low frequencies) can sit below a partial match: the
     shown lines then do not cover every candidate, whatever the rule says about ranks below k.
     """
-    lines = observation.splitlines()
-    head = next((x for x in lines if x.startswith("Query: ")), "")
-    phenos = re.findall(r"\((HP:\d+)\)", head.split(" | within ", 1)[0])
+    given = action.arguments.get("phenotypes") if isinstance(action.arguments, dict) else None
+    phenos = [h for p in (given if isinstance(given, list) else [])
+              if (h := next((x for x in ([p] if p in index.type else view.resolve(p))
+                             if index.type.get(x) == "phenotype"), None))]
     full: set[str] | None = None
     for h in phenos:
         holders = index.inc.get((h, "has_phenotype"), set())
@@ -524,8 +524,8 @@ class _Planner:
             name = self.index.name.get(x)
             if shows_id(seen, x) or not name:
                 continue
-            look = self.run(Action("lookup", {"name": name}, f"The name {name} may denote several entries: "
-                                   "I will look up its id.", "lookup"), eid)
+            look = self.run(Action("lookup", {"name": name}, f"The name {name} may denote several entries.",
+                                   "lookup"), eid)
             if shows_id(look.observation, x):
                 kinds = {line.split(" [synonym]")[0].rsplit("(", 1)[-1].rstrip(")") for line in
                          look.observation.splitlines() if "(" in line}
@@ -567,8 +567,8 @@ class _Planner:
                 continue  # a list that is cut, or that rules nothing out
             ref = c.anchor if c.anchor == prev else view.ref(index, c.anchor)
             out.append(Action("related", {"entity_id": ref, "relation": c.relation, "direction": c.side},
-                              f"I will list {_list_phrase(index, 'related', (c.anchor,), c.relation, c.side)}: "
-                              f"the {n} must be among them.", "check"))
+                              f"The {n} must be among {_list_phrase(index, 'related', (c.anchor,), c.relation, c.side)}.",
+                              "check"))
         if len(open_) <= OWN_ENTRY_MAX:
             for u in open_:
                 for c in hop.constraints:
@@ -579,8 +579,8 @@ class _Planner:
                         continue
                     out.append(Action("related", {"entity_id": view.ref(index, u), "relation": c.relation,
                                                   "direction": "out" if c.side == "in" else "in"},
-                                      f"I will check whether {name_of(index, u)} is linked to "
-                                      f"{name_of(index, c.anchor)} by {c.relation}.", "check"))
+                                      f"Is {name_of(index, u)} linked to {name_of(index, c.anchor)} by {c.relation}?",
+                                      "check"))
         unique = {_key(a): a for a in reversed(out)}  # the first of equal calls
         return [a for a in out if unique.get(_key(a)) is a and not self.names_open_entity(a, position)]
 
@@ -636,11 +636,13 @@ def _open_phrase(index: QuestionIndex, eid: str, open_: tuple[str, ...], intro: 
     return text + "."
 
 
-def _clue_shown(hop: G.Hop, prev: str | None, eid: str, observations: list[tuple[str, str, dict]]) -> bool:
-    """Some observation of the hop shows ``eid`` holding one of its clues (not only the link)."""
+def _clue_shown(hop: G.Hop, prev: str | None, eid: str, observations: list[tuple[str, str, dict]],
+                names: dict[str, str]) -> bool:
+    """Some observation of the hop shows ``eid`` holding one of its clues (not only the link); ``names``:
+    :func:`medkit.grounding.question_names` of the record."""
     clues = [c for c in hop.constraints if c.anchor != prev]
     for tool, text, args in observations:
-        obs = G.parse_observation(0, tool, text, args)
+        obs = G.parse_observation(0, tool, text, args, names)
         for c in clues:
             for lst in obs.listings:
                 if eid in lst.items and (
@@ -678,6 +680,24 @@ def _assign(drafts: list[_Draft], first: str) -> list[_Draft]:
     return drafts
 
 
+def _choose(planner: _Planner, position: int, var: Variable, tried: list[_Draft], lead: str, n: str) -> _Plan | None:
+    """The plan for one hop from the executed finding calls ``tried`` (preferred first): the preferred one
+    when it finds the entity and needs at most ``PREFERRED_CHECKS`` checks, else the cheapest grounded plan
+    (after the preferred call's miss, kept as a real observation, when it missed); None if none grounds."""
+    eid = var.entity_id
+    first, plan = tried[0], None
+    if first.found:
+        plan = planner.ground(position, var, _assign(planner.with_lookups(replace(first), [], eid), lead))
+    if plan is None or sum(d.action.kind == "check" for d in plan.drafts) > PREFERRED_CHECKS:
+        miss = [] if first.found else _assign(planner.with_lookups(replace(first), [], eid), lead)
+        options = [[*miss, *_assign(planner.with_lookups(replace(d), miss, eid),
+                                    f"That does not settle which {n} it is." if miss else lead)]
+                   for d in tried[1:] if d.found]
+        plans = [p for p in (plan, *(planner.ground(position, var, o) for o in options)) if p is not None]
+        plan = min(plans, key=lambda p: p.cost) if plans else None  # ties: the preferred
+    return plan
+
+
 def synthesise(record: dict[str, Any], index: QuestionIndex, toolbox: Any, *, variant: int = 0,
                seed: int = 13) -> Synthesised:
     """One knowledge-informed, grounded trajectory for ``record`` (see the module docstring)."""
@@ -695,33 +715,31 @@ def synthesise(record: dict[str, Any], index: QuestionIndex, toolbox: Any, *, va
         n = noun(index, var.type)
         if i == 0:
             intro = f"First I need the {noun(index, var.type)} the question starts from."  # its clues: the question
-            actions = start_actions(index, var, view, search_first=variant % 2 == 1)
+            actions = start_actions(index, var, view)
         else:
             phrase = LINK_PHRASE.get((var.link["relation"], var.link["direction"]),
                                      "a {n} linked to {p} by " + var.link["relation"])
-            intro = f"Next I need {phrase.format(n=n, p='it')}"  # the thought has just named it
-            if var.clues:
-                intro += " with the question's other clues"
-            intro += "."
+            intro = f"Next I need {phrase.format(n=n, p='it')}."  # the thought has just named it
             actions = hop_actions(index, prev, var, view)
         tried = [planner.run(a, var.entity_id) for a in actions if _key(a) not in planner.seen]
         if not any(d.found for d in tried):
             out.failure = f"hop_not_found:{i}"
             return out
-        first = tried[0]
         lead = _join(context, intro)
-        eid = var.entity_id
-        plan = None
-        if first.found:  # the preferred action, when it finds the entity and the pick can be grounded
-            plan = planner.ground(i, var, _assign(planner.with_lookups(replace(first), [], eid), lead))
-        if plan is None or sum(d.action.kind == "check" for d in plan.drafts) > PREFERRED_CHECKS:
-            # else its miss (kept: a real observation), then the cheapest grounded alternative
-            miss = [] if first.found else _assign(planner.with_lookups(replace(first), [], eid), lead)
-            options = [[*miss, *_assign(planner.with_lookups(replace(d), miss, eid),
-                                        f"That does not settle which {n} it is." if miss else lead)]
-                       for d in tried[1:] if d.found]
-            plans = [p for p in (plan, *(planner.ground(i, var, o) for o in options)) if p is not None]
-            plan = min(plans, key=lambda p: p.cost) if plans else None  # ties: the preferred
+        plan = _choose(planner, i, var, tried, lead, n)
+        if i == 0 and variant % 2 == 1 and plan is not None:
+            # another way in: the cheapest grounded plan that starts with a different finding call, else
+            # (one way only) a search first, its miss kept as a real observation
+            taken = next((d.key for d in plan.drafts if d.found and d.action.name != "lookup"), None)
+            other = [p for d in tried if d.found and d.key != taken
+                     if (p := planner.ground(i, var, _assign(planner.with_lookups(replace(d), [], var.entity_id),
+                                                             lead))) is not None]
+            if other:
+                plan = min(other, key=lambda p: p.cost)
+            else:
+                searched = start_actions(index, var, view, search_first=True)
+                tried = [planner.run(a, var.entity_id) for a in searched if _key(a) not in planner.seen]
+                plan = _choose(planner, i, var, tried, lead, n) or plan
         if plan is None:
             out.failure = f"ungrounded:{i}"
             return out
@@ -754,7 +772,8 @@ def synthesise(record: dict[str, Any], index: QuestionIndex, toolbox: Any, *, va
     target = variables[-1]
     before = variables[-2].entity_id if len(variables) > 1 else None
     last = [(s.action.name, s.observation, s.action.arguments) for s in out.steps[-len(plan.drafts):]] if plan else []
-    if target.clues and planner.hops and not _clue_shown(planner.hops[-1], before, target.entity_id, last):
+    if target.clues and planner.hops and not _clue_shown(planner.hops[-1], before, target.entity_id, last,
+                                                             G.question_names(record)):
         # no observation of the last hop showed the answer holding a clue: confirm one (the shortest check)
         checks = []
         for action, evidence in verify_actions(index, before, target, view):
@@ -770,7 +789,7 @@ def synthesise(record: dict[str, Any], index: QuestionIndex, toolbox: Any, *, va
             out.steps.append(Step(action, obs, None, True, _sentence(thought)))
             shown_by = "its entry shows" if action.name == "read" else f"the {action.name} output shows"
             context = f"Confirmed for {name_of(index, target.entity_id)}: {shown_by} {name_of(index, evidence)}."
-    final = f"{context} The answer is {name_of(index, target.entity_id)}."
+    final = context or f"The answer is {name_of(index, target.entity_id)}."  # the evidence; <answer> names it
     messages.append({"role": "assistant",
                      "content": f"<think>{_sentence(final)}</think>\n<answer>{record['answer']}</answer>"})
     return out

@@ -46,7 +46,9 @@ MAX_OUTPUT_CHARS = 4_000
 MAX_QUERY_CHARS = 500
 MAX_K = 50
 MAX_PHENOTYPES = 50
-SNIPPET_CHARS = 120
+SNIPPET_CHARS = 80  # of a search hit's text: enough to tell the hits apart, short enough for a small context
+SEARCH_K = 3       # search hits by default (the agent may ask for more)
+DIAGNOSE_K = 2     # ranked diseases by default (the agent may ask for more)
 MAX_SYNONYMS = 8
 MAX_PER_RELATION = 15
 MAX_LOOKUP = 10
@@ -239,15 +241,15 @@ class MedicalToolbox:
     # ------------------------------------------------------------------ tools
 
     @_safe
-    def search(self, query: str, k: int = 5) -> str:
-        """Keyword search (BM25) over the knowledge base's entity definitions.
+    def search(self, query: str, k: int = SEARCH_K) -> str:
+        """BM25 search over entity definitions.
 
         Args:
             query: Keywords, e.g. "lysosomal storage angiokeratoma".
             k: Number of hits (1-50).
 
         Returns:
-            One line per hit, "title (entity_id): first 120 characters", best first ("[passage_id] "
+            One line per hit, "title (entity_id): first 80 characters", best first ("[passage_id] "
             first when the passage is not the entity's own); pass either id to read() for the full entry.
         """
         if (problem := _check_text(query, "query") or _check_k(k)):
@@ -275,7 +277,7 @@ class MedicalToolbox:
 
     @_safe
     def read(self, entity_id: str) -> str:
-        """An entity's full entry: definition, synonyms, relations.
+        """An entity's entry: definition, synonyms, relations.
 
         Args:
             entity_id: Entity id (e.g. MONDO:0010526) or a passage id from search.
@@ -342,7 +344,7 @@ class MedicalToolbox:
 
     @_safe
     def lookup(self, name: str) -> str:
-        """Entity ids for an exact name or synonym.
+        """Ids for an exact name or synonym.
 
         Args:
             name: Entity name, e.g. Fabry disease.
@@ -380,7 +382,7 @@ class MedicalToolbox:
 
     @_safe
     def related(self, entity_id: str, relation: str, direction: str = "both") -> str:
-        """An entity's neighbours through one relation.
+        """Neighbours through one relation.
 
         Args:
             entity_id: Entity id or exact name.
@@ -426,8 +428,8 @@ class MedicalToolbox:
         return "\n".join(lines)
 
     @_safe
-    def diagnose(self, phenotypes: list[str], k: int = 10, within: str = "") -> str:
-        """Rank diseases for phenotypes (naive Bayes over HPO annotation frequencies).
+    def diagnose(self, phenotypes: list[str], k: int = DIAGNOSE_K, within: str = "") -> str:
+        """Rank diseases for phenotypes (naive Bayes over HPO frequencies).
 
         Args:
             phenotypes: HPO ids or phenotype names (at most 50).
@@ -435,7 +437,7 @@ class MedicalToolbox:
             within: Optional disease class (id or name): rank only it and its subtypes.
 
         Returns:
-            "Query: #1 name (HP id); #2 ...", then the diseases matching at least one of them, best
+            "Query: #1 name; #2 ..." (the resolved phenotypes in the given order), then the diseases matching at least one of them, best
             (highest log-likelihood) first, one line each: "rank. name (id) m/n" (m of the n query phenotypes
             matched; tied diseases share a rank) followed by the matched ones by number with their annotated
             frequencies ("#1 55%; #2 freq unknown"); unresolved phenotypes are listed first.
@@ -483,7 +485,8 @@ class MedicalToolbox:
         lines = []
         if unresolved:
             lines.append("Unresolved (ignored): " + "; ".join(unresolved))
-        lines.append("Query: " + "; ".join(f"#{i} {self._label(h)}" for i, h in enumerate(resolved, 1))
+        # the query by name (the ids are the call's, or its names'), numbered for the lines below
+        lines.append("Query: " + "; ".join(f"#{i} {self._names.get(h, h)}" for i, h in enumerate(resolved, 1))
                      + (f" | within {self._label(cls_id)} ({len(scope)} classes)" if scope is not None else ""))
         n = len(resolved)
         if not len(order):
@@ -525,7 +528,7 @@ class MedicalToolbox:
 
     @_safe
     def common(self, entity_ids: list[str], relation: str) -> str:
-        """Neighbours shared by several entities (an intersection).
+        """Neighbours shared by several entities.
 
         Args:
             entity_ids: 2-10 entity ids or exact names.
@@ -533,8 +536,9 @@ class MedicalToolbox:
                 (e.g. "is_a,has_phenotype").
 
         Returns:
-            "relation shared by id1, id2, count: name (id); ..." (the entities' ids in the given order), up to 25
-            shared neighbours, either direction of an entity's relation counting for it; ": none." if none.
+            "relation shared, count: name (id); ...", up to 25 shared neighbours, either direction of an
+            entity's relation counting for it; ": none." if none. A name that denotes several entries is
+            taken as the best one, which the head then names: "relation shared (name = id), ...".
         """
         if not isinstance(entity_ids, (list, tuple)) or not 2 <= len(entity_ids) <= 10:
             return _err("entity_ids must be a list of 2 to 10 entity ids or names.")
@@ -548,14 +552,15 @@ class MedicalToolbox:
         for r in relations:
             if r not in self._relation_names:
                 return _err(f"unknown relation {r!r}; choose one of {', '.join(self._relation_names)}.")
-        ids, shared = [], None
+        picked, shared = [], None
         for text, rel in zip(entity_ids, relations):
             if (problem := _check_text(text, "each entity id")):
                 return problem
             eid = self._entity_or_name(text.strip())
             if eid is None:
                 return _err(f"unknown id or name {text.strip()!r}; use lookup(name) or search(query) to find an id.")
-            ids.append(eid)
+            if eid != text.strip() and len(self._resolve(text.strip())) > 1:
+                picked.append(f"{text.strip()} = {eid}")  # an ambiguous name: say which entry it was taken as
             nb: set[str] = set()
             for key, other in (("head_id", "tail_id"), ("tail_id", "head_id")):
                 g = self._edges(eid, key)
@@ -564,7 +569,8 @@ class MedicalToolbox:
             shared = nb if shared is None else shared & nb
         found = sorted(shared or ())
         label = relations[0] if len(set(relations)) == 1 else ",".join(relations)
-        head = f"{label} shared by " + ", ".join(ids)  # the ids, in the call's order (its names are in the call)
+        # the entities are the call's (ids, or names); only an ambiguous name's pick is news to the caller
+        head = f"{label} shared" + (f" ({'; '.join(picked)})" if picked else "")
         if not found:
             return head + ": none."
         items = [self._label(e) for e in found[:25]]

@@ -38,7 +38,7 @@
 PROFILE = "cpu"               # smoke | cpu | gpu; selects every default below
 SEED = None                   # base random seed (default 13); the same seed gives the same trajectories
 N_QUESTIONS = None            # training questions to synthesise for, None takes the whole train split of notebook 03
-VARIANTS = None               # KG-guided trajectories per question (cpu 2; variant 1 starts with a keyword search)
+VARIANTS = None               # KG-guided trajectories per question (cpu 2; variant 1 finds the start entity another way)
 MIN_TOOL_CALLS = None         # fewer tool calls than this rejects a trajectory as too few turns (default 2)
 MAX_TOKENS = None             # longer trajectories (tokens as the model sees them) are rejected (cpu 4096)
 FREE_QUESTIONS = None         # questions for free MTG rollouts by the teacher (cpu 8, smoke 2, 0 skips)

@@ -120,7 +120,7 @@ def test_the_compact_tool_list_is_the_tools_and_sits_in_the_prompt_both_views_sh
     assert A.SYSTEM_PROMPT.endswith(A.TOOLS_TEXT)
     for name in toolbox.TOOL_NAMES:
         assert f"- {name}(" in A.TOOLS_TEXT
-    assert 'diagnose(phenotypes: list[str], k=10, within=""): Rank diseases' in A.TOOLS_TEXT
+    assert 'diagnose(phenotypes: list[str], k=2, within=""): Rank diseases' in A.TOOLS_TEXT
 
     def renamed(x: str, k: int = 3) -> str:
         """First line.

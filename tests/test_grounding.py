@@ -91,11 +91,15 @@ def _conversation(tb, question, steps, answer=None):
 
 
 def _record(names, chain, hops):
-    """A question record over real ids: ``hops`` gives each entity's (link, clues)."""
+    """A question record over real ids: ``hops`` gives each entity's (link, clues); like notebook 03's, it names
+    the chain and clue entities in ``entity_ids`` / ``entity_mapping``."""
+    clues = list(dict.fromkeys(c["value"] for _, cs in hops for c in cs if c["value"] in names))
     return {"id": "hand", "question": "Which entity is this?", "chain": chain, "hops": len(chain) - 1,
             "constraints": [{"entity_id": e, "link": link, "clues": clues} for e, (link, clues) in zip(chain, hops)],
-            "entity_ids": {f"E{i}": e for i, e in enumerate(chain)},
-            "entity_mapping": {f"E{i}": names[e] for i, e in enumerate(chain)}, "answer": names[chain[-1]]}
+            "entity_ids": {**{f"E{i}": e for i, e in enumerate(chain)}, **{f"C{j}": v for j, v in enumerate(clues)}},
+            "entity_mapping": {**{f"E{i}": names[e] for i, e in enumerate(chain)},
+                               **{f"C{j}": names[v] for j, v in enumerate(clues)}},
+            "answer": names[chain[-1]]}
 
 
 def _commit(report, entity_id):
@@ -376,8 +380,8 @@ def test_the_summary_record_is_strict_json():
     json.dumps(rec, allow_nan=False)
 
 
-def test_diagnose_parser_maps_numbered_phenotypes_and_reads_the_older_format():
-    new = ("Query: #1 Renal hypoplasia/aplasia (HP:0008678); #2 Abnormal periauricular region morphology (HP:0000383)\n"
+def test_diagnose_parser_maps_numbered_phenotypes_and_reads_the_older_formats():
+    v5 = ("Query: #1 Renal hypoplasia/aplasia (HP:0008678); #2 Abnormal periauricular region morphology (HP:0000383)\n"
            "1. microcephaly syndrome (MONDO:0011050) score=-1.21 2/2: #1 55%; #2 freq unknown\n"
            "2. acrorenal syndrome (MONDO:0007059) score=-4.72 1/2: #1 90%\n"
            "3. radio-renal syndrome (MONDO:0008359) score=-4.72 1/2: #2 0% [excluded]")
@@ -387,8 +391,18 @@ def test_diagnose_parser_maps_numbered_phenotypes_and_reads_the_older_format():
            "2. acrorenal syndrome (MONDO:0007059) score=-4.72 matched=1/2: Renal hypoplasia/aplasia 90%\n"
            "3. radio-renal syndrome (MONDO:0008359) score=-4.72 matched=1/2: Abnormal periauricular region morphology "
            "0% [excluded]")
-    for text in (new, old):
-        obs = G.parse_observation(0, "diagnose", text, {})
+    # since v9 the query is by name: its ids are the call's (an id as written, a name through the question's names)
+    new = ("Unresolved (ignored): no such phenotype\n"
+           "Query: #1 Renal hypoplasia/aplasia; #2 Abnormal periauricular region morphology\n"
+           "1. microcephaly syndrome (MONDO:0011050) 2/2: #1 55%; #2 freq unknown\n"
+           "2. acrorenal syndrome (MONDO:0007059) 1/2: #1 90%\n"
+           "3. radio-renal syndrome (MONDO:0008359) 1/2: #2 0% [excluded]")
+    call = {"phenotypes": ["HP:0008678", "no such phenotype", "abnormal periauricular region MORPHOLOGY"]}
+    names = {"abnormal periauricular region morphology": "HP:0000383"}
+    assert G.query_ids(call, new.splitlines(), names) == ["HP:0008678", "HP:0000383"]
+    assert G.query_ids({"phenotypes": ["HP:0008678"]}, new.splitlines(), names) == []  # counts differ: by name only
+    for text, args in ((v5, {}), (old, {}), (new, call)):
+        obs = G.parse_observation(0, "diagnose", text, args, names)
         assert obs.query == {"HP:0008678": "Renal hypoplasia/aplasia", "HP:0000383": "Abnormal periauricular region morphology"}
         assert obs.listings[0].items == ("MONDO:0011050", "MONDO:0007059", "MONDO:0008359")
         assert obs.matched["MONDO:0011050"] == {"Renal hypoplasia/aplasia", "Abnormal periauricular region morphology"}
@@ -404,13 +418,26 @@ def test_search_hits_parse_with_and_without_a_passage_id():
     assert obs.listings[0].items == ("MONDO:0010526", "MONDO:0010526") and not obs.listings[0].complete
 
 
-def test_common_header_names_its_entities_by_id_and_the_older_header_still_parses():
-    new = "has_phenotype shared by MONDO:0010044, MONDO:0100079, 2: Ataxia (HP:0001251); Seizure (HP:0001250)"
+def test_common_anchors_come_from_the_call_and_the_older_headers_still_parse():
+    new = "has_phenotype shared, 2: Ataxia (HP:0001251); Seizure (HP:0001250)"
+    call = {"entity_ids": ["MONDO:0010044", "Developmental and epileptic encephalopathy, 6A"]}
+    names = {"developmental and epileptic encephalopathy 6a": "MONDO:0100079"}
+    v5 = "has_phenotype shared by MONDO:0010044, MONDO:0100079, 2: Ataxia (HP:0001251); Seizure (HP:0001250)"
     old = ("has_phenotype neighbours shared by hereditary spastic paraplegia 15 (MONDO:0010044), developmental and "
            "epileptic encephalopathy, 6A (MONDO:0100079), 2: Ataxia (HP:0001251); Seizure (HP:0001250)")
-    for text in (new, old):
-        (lst,) = G.parse_observation(0, "common", text, {}).listings
+    for text, args in ((new, call), (v5, {}), (old, {})):
+        (lst,) = G.parse_observation(0, "common", text, args, names).listings
         assert lst.anchors == ("MONDO:0010044", "MONDO:0100079") and lst.relation == "has_phenotype"
         assert lst.items == ("HP:0001251", "HP:0001250") and lst.complete
     (lst,) = G.parse_observation(0, "common", "is_a,has_phenotype shared by HP:0001258, MONDO:0012435: none.", {}).listings
+    assert lst.anchors == ("HP:0001258", "MONDO:0012435") and lst.items == () and lst.complete
+    # a name that denotes several entries: the tool says which it took, and that wins over the question's names
+    picked = ("has_phenotype shared (Developmental and epileptic encephalopathy, 6A = MONDO:0999999), 2: "
+              "Ataxia (HP:0001251); Seizure (HP:0001250)")
+    assert G.parse_observation(0, "common", picked, call, names).listings[0].anchors == ("MONDO:0010044", "MONDO:0999999")
+    # a name the question does not give stays a name: it is no constraint's anchor, so the list bounds nothing
+    other = {"entity_ids": ["MONDO:0010044", "Some other disease"]}
+    assert G.parse_observation(0, "common", new, other, names).listings[0].anchors == ("MONDO:0010044", "Some other disease")
+    (lst,) = G.parse_observation(0, "common", "is_a,has_phenotype shared: none.",
+                                 {"entity_ids": ["HP:0001258", "MONDO:0012435"]}).listings
     assert lst.anchors == ("HP:0001258", "MONDO:0012435") and lst.items == () and lst.complete

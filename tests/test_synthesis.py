@@ -8,6 +8,7 @@ import re
 import pytest
 
 from medkit import agent as A
+from medkit import grounding as G
 from medkit import questions as Q
 from medkit import synthesis as S
 from medkit import trajectories as TR
@@ -57,7 +58,10 @@ def test_synthesis_is_deterministic_and_variants_differ(records, synthesised, in
     other = S.synthesise(records[0], index, toolbox, variant=1)
     assert other.messages != synthesised[0].messages
     if other.failure is None or other.steps:
-        assert other.steps[0].action.name == "search"  # variant 1 opens with a keyword search
+        # variant 1 finds the start entity another way (a different finding call), or with a search first
+        first = synthesised[0].steps[0].action
+        assert (other.steps[0].action.name, other.steps[0].action.arguments) != (first.name, first.arguments) \
+            or other.steps[0].action.name == "search"
 
 
 def test_a_hop_that_no_tool_shows_rejects_the_trajectory(records, index, toolbox):
@@ -297,9 +301,10 @@ def test_ritonavir_is_picked_by_an_intersection_not_from_the_list_of_seven(riton
     pick = commits[RITONAVIR]
     intro = syn.messages[pick.introduced_at]
     # the observation that shows Ritonavir first is the intersection of AIDS and chronic hepatitis C, not AIDS's list
-    assert intro["content"].startswith("definition_mentions shared by MONDO:0012268, MONDO:0005354, ")
+    assert intro["content"].startswith("definition_mentions shared, ")
     call = syn.messages[pick.introduced_at - 1]["tool_calls"][0]["function"]
     assert call["name"] == "common" and call["arguments"]["relation"] == "definition_mentions"
+    assert G.call_anchors(call["arguments"], G.question_names(RITONAVIR_QUESTION)) == ("MONDO:0012268", "MONDO:0005354")
     assert set(pick.competitors) <= {DRONABINOL}  # the intersection shows no other drug than the chain's first
     # the thought that names Ritonavir states the evidence, from what was shown
     think = A.parse_turn(A.assistant_text(syn.messages[pick.turn])).think
@@ -345,29 +350,32 @@ MRKH_FACT = {"kind": "fact", "relation": "has_inheritance", "value": "HP:0000006
 
 
 def _tie_record(names, clues):
+    """A one-entity question (MRKH type 1) whose record names its clues, as notebook 03's records do."""
     return {"id": "tie", "question": "Which disorder is this?", "chain": [MRKH_1], "hops": 0,
             "answer": names[MRKH_1], "answer_id": MRKH_1, "answer_aliases": [names[MRKH_1]],
             "constraints": [{"entity_id": MRKH_1, "type": "disease", "link": None, "clues": clues}],
-            "entity_ids": {"Target_Entity": MRKH_1}, "entity_mapping": {"Target_Entity": names[MRKH_1]}}
+            "entity_ids": {"Target_Entity": MRKH_1, **{f"Clue_{i}": c["value"] for i, c in enumerate(clues, 1)}},
+            "entity_mapping": {"Target_Entity": names[MRKH_1],
+                               **{f"Clue_{i}": names[c["value"]] for i, c in enumerate(clues, 1)}}}
 
 
-def test_a_diagnose_tie_is_broken_by_a_check_or_rejected(index, toolbox, entities):
+def test_a_diagnose_tie_is_never_committed_from_the_ranking(index, toolbox, entities):
     names = dict(zip(entities["entity_id"], entities["name"]))
     upper_vagina = {"kind": "fact", "relation": "has_phenotype", "value": "HP:0012673"}
+    ranking = toolbox.diagnose([names["HP:0012673"]]).splitlines()  # the tool's default k: the tie fills it
+    assert ranking[1].startswith(f"1. {names[MRKH_1]} ({MRKH_1}) 1/1") and ranking[2].startswith(
+        f"1. {names[TETRASOMY_12P]} ({TETRASOMY_12P}) 1/1")
+    assert S.at_last_rank("\n".join(ranking), MRKH_1)  # a third disease may tie below the shown lines
     record = _tie_record(names, [upper_vagina, MRKH_FACT])
     syn = S.synthesise(record, index, toolbox)
     assert syn.failure is None, syn.failure
-    first = syn.steps[0]
-    assert first.action.name == "diagnose" and TETRASOMY_12P in first.observation  # the tie is shown
     report, commits = _commits(syn.messages, record)
     pick = commits[MRKH_1]
-    assert pick.grounded and pick.introduced_by == "diagnose" and TETRASOMY_12P in pick.competitors
-    assert dict(pick.evidence)[TETRASOMY_12P].kind in ("own_entry", "list", "intersection")
-    checks = [s for s in syn.steps if s.action.kind == "check"]
-    assert checks and checks[0].observation != first.observation
-    think = A.parse_turn(A.assistant_text(syn.messages[pick.turn])).think
-    assert "tetrasomy 12p" in think and "ranks #" in think, think
-    assert TR.filter_trajectory(syn.to_record(), record)["accepted"]
+    # the ranking is not trusted: the pick comes from a way in that rules tetrasomy 12p out
+    assert pick.grounded and pick.introduced_by != "diagnose"
+    assert all(s.action.name != "diagnose" or TETRASOMY_12P not in s.observation for s in syn.steps[:pick.turn])
+    verdict = TR.filter_trajectory(syn.to_record(), record, min_tool_calls=1)  # a one-entity toy question
+    assert verdict["grounded"] and verdict["accepted"], verdict
     # with the phenotype alone nothing tells the two apart: no guess is kept
     alone = S.synthesise(_tie_record(names, [upper_vagina]), index, toolbox)
     assert alone.failure == "ungrounded:0"
@@ -460,9 +468,9 @@ def test_thoughts_are_terse_but_keep_the_evidence(records, synthesised, index):
         hops = [t.split("Next I need ", 1)[1] for t in thoughts if "Next I need " in t]
         for prev, plan in zip(rec["chain"], hops):
             assert not re.search(rf"(?<!\w){re.escape(index.name[prev])}(?!\w)", plan), (index.name[prev], plan)
-        final = thoughts[-1]
-        assert final.endswith(f"The answer is {index.name[rec['chain'][-1]]}.") and " -> " not in final
-        assert len(final) > len(f"The answer is {index.name[rec['chain'][-1]]}.")  # the evidence comes first
+        final = thoughts[-1]  # the evidence for the answer; <answer> names it, the thought need not repeat it
+        assert " -> " not in final and "The answer is" not in final
+        assert index.name[rec["chain"][-1]].lower() in final.lower()
 
 
 def test_token_segments_split_the_exact_count(synthesised, small_tokenizer, toolbox):

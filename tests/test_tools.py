@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from medkit import grounding as G
 from medkit import tools as T
 
 FABRY = "MONDO:0010526"
@@ -82,6 +83,7 @@ def test_diagnose_ranks_fabry(tb, fabry_phenotypes):
     assert all(" 0/5" not in line for line in out.splitlines())  # only diseases matching a phenotype are ranked
     query = out.splitlines()[0]
     assert query.startswith("Query: #1 ") and "; #5 " in query  # phenotypes named once, then by number
+    assert not any(h in query for h in fabry_phenotypes)  # by name: the ids are the call's
     top = next(line for line in out.splitlines() if FABRY in line)
     assert all(f"#{i} " in top for i in range(1, 6)) and not any(tb._names[h] in top for h in fabry_phenotypes)
     names = [tb._names[h] for h in fabry_phenotypes]
@@ -191,11 +193,19 @@ def test_common_lists_shared_neighbours(tb, fabry_phenotypes):
     holders = rel[(rel["relation"] == "has_phenotype") & (rel["tail_id"] == fabry_phenotypes[0])]["head_id"]
     other = next(h for h in sorted(holders) if h != FABRY)
     out = tb.common([FABRY, other], "has_phenotype")
-    assert fabry_phenotypes[0] in out and out.startswith(f"has_phenotype shared by {FABRY}, {other}, ")
-    assert tb.common(["Fabry disease", other], "has_phenotype") == out  # a name given: its id in the header
+    assert fabry_phenotypes[0] in out and out.startswith("has_phenotype shared, ")  # the entities are the call's
+    assert tb.common(["Fabry disease", other], "has_phenotype") == out  # an unambiguous name: the same output
     assert tb.common([FABRY], "has_phenotype").startswith("Error: entity_ids must be a list of 2 to 10")
     assert tb.common([FABRY, "MONDO:9999999"], "has_phenotype").startswith("Error: unknown id or name")
     assert tb.call("common", {"entity_ids": [FABRY, other], "relation": "eats"}).startswith("Error: unknown relation")
+
+
+def test_common_says_which_entry_an_ambiguous_name_was_taken_as(tb):
+    name, ids = next((k, v) for k, v in sorted(tb._lookup.items()) if len(v) > 1 and tb._resolve(k))
+    taken = tb._resolve(name)[0][0]
+    out = tb.common([name, FABRY], "has_phenotype")
+    assert out.startswith(f"has_phenotype shared ({name} = {taken})"), out
+    assert G.parse_observation(0, "common", out, {"entity_ids": [name, FABRY]}).listings[0].anchors == (taken, FABRY)
 
 
 def test_diagnose_within_a_disease_class(tb, fabry_phenotypes):
@@ -236,7 +246,7 @@ def test_resolve_ids_for_the_judge(tb):
 def test_common_takes_one_relation_per_entity(tb):
     hypotonia, houge_janssens_2, facial_hypotonia = "HP:0001252", "MONDO:0014605", "HP:0000297"
     out = tb.common([hypotonia, houge_janssens_2], "is_a,has_phenotype")  # a subtype of one, a feature of the other
-    assert out == f"is_a,has_phenotype shared by HP:0001252, MONDO:0014605, 1: Facial hypotonia ({facial_hypotonia})"
+    assert out == f"is_a,has_phenotype shared, 1: Facial hypotonia ({facial_hypotonia})"
     assert tb.common([hypotonia, houge_janssens_2], "has_phenotype,is_a").endswith(": none.")  # the order matters
     assert tb.common([hypotonia, houge_janssens_2], "is_a").endswith(": none.")
     same = tb.common([FABRY, "MONDO:0014605"], "has_phenotype")
