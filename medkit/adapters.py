@@ -3,7 +3,9 @@ them (evaluation, the generation engines).
 
 Scope: what an adapter folder records about its base (:data:`ADAPTER_META`), loading the base a
 LoRA delta belongs to (the dequantized nf4 weights for a QLoRA adapter), merging, loading a model
-for inference, and the learning-curve snapshots (``step-N`` adapter folders) both trainers write.
+for inference, the learning-curve snapshots (``step-N`` adapter folders) both trainers write, and
+the run key that keeps a training folder's checkpoints from being resumed by a different run
+(:func:`run_key`, :func:`claim_run`).
 """
 
 from __future__ import annotations
@@ -17,6 +19,62 @@ from .io import write_json
 
 
 ADAPTER_META = "medkit_adapter.json"  # written next to the adapter: which base it was trained on
+RUN_KEY = "run_key.json"  # in a training folder: what its checkpoints were trained on (see claim_run)
+# parameters that shape only the evaluation of a trained adapter, never the training: changing them keeps the run
+EVAL_ONLY_PREFIXES = ("EVAL_", "CURVE_K")
+
+
+def file_digest(path: str | Path) -> str:
+    """sha256 of a file's bytes (e.g. the adapter a run starts from)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def run_key(rows: Any, params: dict[str, Any], **start: Any) -> str:
+    """What a training run's checkpoints depend on, as a short key: its training rows (their JSON), its
+    parameters but the evaluation-only ones, and ``start`` (the base model, the adapter it continues)."""
+    import hashlib
+
+    from .io import settings_key
+
+    digest = hashlib.sha256(json.dumps(rows, sort_keys=True, ensure_ascii=False, default=str).encode("utf-8"))
+    kept = {k: v for k, v in params.items() if not k.startswith(EVAL_ONLY_PREFIXES)}
+    return settings_key({"rows": digest.hexdigest(), "params": kept, "start": start})
+
+
+def claim_run(run_dir: str | Path, key: str, parts: tuple[str, ...] = ("checkpoints", "curve")) -> list[str]:
+    """Make ``run_dir`` this run's: when what is there was trained by another run (another key, or none
+    recorded), its ``parts`` (checkpoints, snapshots, logs) are deleted so they are neither resumed nor
+    reported as this run's; then ``key`` is recorded. Returns the parts deleted ([] when the folder was
+    this run's or empty)."""
+    import shutil
+
+    run = Path(run_dir)
+    recorded = None
+    if (run / RUN_KEY).exists():
+        try:
+            recorded = json.loads((run / RUN_KEY).read_text(encoding="utf-8")).get("key")
+        except (ValueError, AttributeError):
+            recorded = None  # unreadable: not this run's
+    removed = []
+    if recorded != key:
+        for name in parts:
+            target = run / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
+            else:
+                continue
+            removed.append(name)
+    run.mkdir(parents=True, exist_ok=True)
+    write_json(run / RUN_KEY, {"key": key})
+    return removed
 
 
 def merge_adapter(model: Any, adapter_dir: str | Path) -> Any:

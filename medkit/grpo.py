@@ -772,9 +772,14 @@ def run_grpo(profile: str, params: dict[str, Any], *, adapter_dir: str | Path | 
     from .io import read_jsonl, write_json, write_jsonl
     from .model import model_spec
     from .paths import portable
-    from .adapters import ADAPTER_META, adapter_base, adapter_meta, curve_steps, dequantized_base, snapshot_callback, snapshots
+    from .adapters import (ADAPTER_META, adapter_base, adapter_meta, claim_run, curve_steps, dequantized_base, file_digest,
+                           run_key, snapshot_callback, snapshots)
 
     out = Path(out_dir)
+    start = {"profile": profile, "base": model_spec(profile).name_or_path, "schemas": schemas,
+             "adapter": file_digest(Path(adapter_dir) / "adapter_model.safetensors") if adapter_dir else None}
+    stale = claim_run(out, run_key(list(questions), params, **start),
+                      ("checkpoints", "curve", "rollouts.jsonl", "adapter"))
     model, tokenizer, peft_config = load_policy(profile, adapter_dir, params)
     quantized = policy_quantized(adapter_dir, params)
     quantize = (adapter_base(adapter_dir).get("quantize") if adapter_dir is not None else params.get("QUANTIZE"))
@@ -790,6 +795,7 @@ def run_grpo(profile: str, params: dict[str, Any], *, adapter_dir: str | Path | 
         trainer.add_callback(snapshot_callback(curve_steps(int(params["MAX_STEPS"]), params["CURVE"]),
                                                out / "curve", meta))
     result = train(trainer)
+    result["stale_parts_removed"] = stale  # another run's checkpoints were here: not resumed
     result["rollout_seconds"] = round(rollouts.seconds, 1)
     result["rollouts_per_second"] = round(rollouts.n_rollouts / rollouts.seconds, 4) if rollouts.seconds else None
     result["engine"] = rollouts.config.engine

@@ -178,6 +178,11 @@ print(f"trained tokens {sum(enc['assistant_masks'])} of {len(enc['input_ids'])}"
 # evaluates those snapshots too, so the learning curve shows what more data buys.
 
 # %%
+# A checkpoint in RUN resumes training only if it belongs to this run: same rows, same training parameters,
+# same base model. Another run's checkpoints and snapshots (other data, another LEARNING_RATE...) are removed.
+stale = AD.claim_run(RUN, AD.run_key(rows, P, base=M.model_spec(PROFILE).name_or_path, qlora=QLORA))
+print("another run's", " and ".join(stale), "removed: training starts afresh" if stale else
+      "no checkpoints of another run in " + paths.portable(RUN))
 print("memory before loading:", M.memory_report())
 model, _ = M.load_model(PROFILE, for_training=True, quantize_4bit=QLORA)
 model, peft_config = sft.with_adapter(model, P, backend_name)

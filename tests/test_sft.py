@@ -211,6 +211,32 @@ def test_last_checkpoint(tmp_path):
     assert sft.last_checkpoint(tmp_path).endswith("checkpoint-20")
 
 
+def test_another_run_s_checkpoints_are_removed_not_resumed(tmp_path):
+    from medkit import adapters as AD
+
+    rows = [{"messages": [{"role": "user", "content": "q"}]}]
+    params = {"LEARNING_RATE": 1e-3, "EVAL_K": 3, "CURVE_K": 2}
+    key = AD.run_key(rows, params, base="m")
+    # evaluation-only parameters do not change the run; data, training parameters and the start do
+    assert AD.run_key(rows, {**params, "EVAL_K": 9, "CURVE_K": 1}, base="m") == key
+    assert len({key, AD.run_key(rows + rows, params, base="m"), AD.run_key(rows, {**params, "LEARNING_RATE": 2e-3},
+                                                                            base="m"),
+                AD.run_key(rows, params, base="other")}) == 4
+    run = tmp_path / "sft"
+    (run / "checkpoints" / "checkpoint-64").mkdir(parents=True)  # a run from before keys were recorded
+    (run / "curve" / "step-32").mkdir(parents=True)
+    (run / "rollouts.jsonl").write_text("{}\n")
+    assert AD.claim_run(run, key, ("checkpoints", "curve", "rollouts.jsonl")) == ["checkpoints", "curve",
+                                                                                  "rollouts.jsonl"]
+    assert not (run / "checkpoints").exists() and not (run / "rollouts.jsonl").exists()
+    (run / "checkpoints" / "checkpoint-8").mkdir(parents=True)  # this run's own progress
+    assert AD.claim_run(run, key) == [] and (run / "checkpoints" / "checkpoint-8").exists()  # resumed
+    assert AD.claim_run(run, AD.run_key(rows + rows, params, base="m")) == ["checkpoints"]  # other data
+    (run / AD.RUN_KEY).write_text("not json")
+    (run / "checkpoints").mkdir()
+    assert AD.claim_run(run, key) == ["checkpoints"]  # an unreadable key is no claim
+
+
 def test_adapter_backend_selection_without_importing_unsloth(monkeypatch):
     import sys
     import types
