@@ -8,7 +8,8 @@
 # `<tool_response>`, `<answer>`) which is exactly what the Qwen2.5 chat template renders for TRL, and
 # a defensive parser. Then, for every training question of notebook 03, it **walks the question's
 # knowledge-graph chain with real tool calls** — a hop counts only if the entity shows up in the
-# observation — and writes thoughts that justify each action. A teacher model can also roll out
+# observation — and writes terse thoughts: what is needed next, and the evidence that decides each
+# pick (the call itself shows the action). A teacher model can also roll out
 # freely with the **masked reasoning path as guidance** (MTG): the guidance is in its prompt, never in
 # the saved sample. Every trajectory goes through the paper's filters; the accepted ones are saved
 # as chat messages with tool calls, ready for TRL SFT (notebook 05).
@@ -18,13 +19,13 @@
 # | profile | questions | KG-guided trajectories | accepted | mean tool calls | free rollouts (teacher) | wall time (2 CPU cores) |
 # |---|---|---|---|---|---|---|
 # | `smoke` | ~24 train | 1 per question | ~100% | ~6 | 2, small model | ~1 min |
-# | `cpu` | 1,101 train | 2 per question (2,202) | 2,188 (99.4%) over 1,094 questions, 18 specialties | ~5.3 (paper: 4.2) | 8 with SmolLM2-135M: 0 accepted | ~3.5 min (3.3 min in the committed run) |
+# | `cpu` | 1,101 train | 2 per question (2,202) | 2,188 (99.4%) over 1,094 questions, 18 specialties | ~5.0 (paper: 4.2) | 8 with SmolLM2-135M: 0 accepted | ~2 min (2.0 min in the committed run) |
 # | `gpu` | all train | 2 per question | as `cpu` | as `cpu` | 300 with the 7B teacher | ~20 min |
 #
-# The `cpu` row is the committed run (synthesis v8, questions of generator v4 with half the seeds'
-# chains capped at 2-3 hops): 100% of 9,790 picks grounded, 1,519 tokens per trajectory as SFT sees
-# them (2,354 with the JSON tool schemas the filter counts), the longest 2,850; 3.3 min (7.0 min on
-# a CPU without AVX512-BF16).
+# The `cpu` row is the committed run (synthesis v9, questions of generator v5 with half the seeds'
+# chains capped at 2-3 hops): 100% of 9,792 picks grounded, 1,172 tokens per trajectory as SFT sees
+# them (1,991 with the JSON tool schemas the filter counts), the longest 2,626; 2.0 min on an Intel
+# Xeon with AVX512-BF16 (expect up to twice that on a CPU with AVX2 only).
 #
 # The base 135M model does not follow the tool protocol (it writes prose): its free rollouts end
 # with format errors. That is the point of notebook 05, which fine-tunes it on these trajectories.
@@ -233,9 +234,10 @@ print(f"mean tool calls {summary['mean_tool_calls']} (paper 4.2); mean tokens {s
 # and the agent is evaluated with the same prompt. Training time grows with tokens, and tokens that
 # carry nothing the next step needs teach nothing, so this is the count that matters. Each
 # trajectory is split into system prompt, question, thoughts, calls, observations, answer and the
-# chat template's own tokens, by hop count. Expected on `cpu` (the committed run): mean 1,519 tokens,
-# observations 34%, thoughts 19%, calls 19%, system prompt 15%; 2-hop 1,148 and 6-hop 2,177, 83%
-# within 2,048 and 27% within 1,200.
+# chat template's own tokens, by hop count. Expected on `cpu` (the committed run): mean 1,172 tokens,
+# observations 29%, calls 22%, system prompt 17%, thoughts 15%; 2-hop 893 and 6-hop 1,674, 99%
+# within 2,048 and 62% within 1,200. Synthesis v8 gave 1,519 tokens: compact tool outputs, terse
+# thoughts and a second variant that enters by another call (not a keyword-search miss) removed 23%.
 
 # %%
 sft_schemas = schemas if profiles.defaults(PROFILE, "sft")["TOOLS_IN_PROMPT"] else []

@@ -85,6 +85,22 @@ CLAIMS: list[tuple[str, str, str]] = [
     ("README.md", "results/bench/pipeline_cpu.json",
      "01 {stages/2/seconds} s, 02 {stages/3/seconds} s, 03 {stages/4/seconds|min} min, 04 {stages/5/seconds|min} min, "
      "05 {stages/6/seconds|min} min,\n06 {stages/7/seconds|min} min, 07 {stages/8/seconds|min} min"),
+    ("README.md", f"{CPU}/04_trajectories.json",
+     "{kg_guided/accepted} of {kg_guided/trajectories} KG-guided trajectories accepted ({kg_guided/acceptance_rate|pct}%) "
+     "over {kg_guided/questions_covered} questions, {kg_guided/specialties} specialties, {kg_guided/mean_tool_calls} tool "
+     "calls each (paper 4.2); {grounding/grounded_commit_rate|pct}% of {grounding/commits} picks grounded; "
+     "{tokens_sft/mean_tokens} tokens as SFT sees them (2-hop {tokens_sft/by_hops/2/mean_tokens} … 6-hop "
+     "{tokens_sft/by_hops/6/mean_tokens}, longest {tokens_sft/max_tokens}: all fit"),
+    ("notebooks/04_trajectories.py", f"{CPU}/04_trajectories.json",
+     "{grounding/grounded_commit_rate|pct}% of {grounding/commits} picks grounded, {tokens_sft/mean_tokens} tokens per "
+     "trajectory as SFT sees\n# them ({kg_guided/mean_tokens} with the JSON tool schemas the filter counts), the longest "
+     "{tokens_sft/max_tokens}"),
+    ("notebooks/04_trajectories.py", f"{CPU}/04_trajectories.json",
+     "mean {tokens_sft/mean_tokens} tokens,\n# observations {tokens_sft/segments_share/observations|pct}%, calls "
+     "{tokens_sft/segments_share/calls|pct}%, system prompt {tokens_sft/segments_share/system|pct}%, thoughts "
+     "{tokens_sft/segments_share/thoughts|pct}%; 2-hop {tokens_sft/by_hops/2/mean_tokens} and 6-hop "
+     "{tokens_sft/by_hops/6/mean_tokens}, {tokens_sft/share_within/2048|pct}%\n# within 2,048 and "
+     "{tokens_sft/share_within/1200|pct}% within 1,200"),
     ("README.md", f"{CPU}/05_sft.json",
      "(mean {lengths/mean_tokens} tokens), {train/seconds|min} min at {train/tokens_per_second} tokens/s, loss "
      "{train/train_loss}"),
@@ -101,7 +117,9 @@ CLAIMS: list[tuple[str, str, str]] = [
     ("README.md", f"{CPU}/06_grpo.json",
      "held-out pass@1 {reward_hacking/checkpoints/0/heldout_pass@1} → {reward_hacking/checkpoints/2/heldout_pass@1} "
      "(answer rate {reward_hacking/checkpoints/0/heldout_answer_rate} → {reward_hacking/checkpoints/2/heldout_answer_rate}):"
-     " the training reward fell ({reward_hacking/reward_change})"),
+     " the training reward rose ({reward_hacking/reward_change}, well-formedness only) while one held-out rollout fewer "
+     "was right — `reward_hacking_check` says \"suspect\", paired {paired_minus_start/mean} ({paired_minus_start/ci95/0}"
+     " … {paired_minus_start/ci95/1})"),
     ("README.md", f"{CPU}/07_evaluation.json",
      "every rollout breaks the protocol, held-out pass@1 {stages/grpo_from_base/pass@1/mean} (as the base)"),
     ("notebooks/05_sft.py", f"{CPU}/05_sft.json",
@@ -112,8 +130,9 @@ CLAIMS: list[tuple[str, str, str]] = [
     ("notebooks/06_grpo.py", f"{CPU}/06_grpo.json",
      "probe {pool/candidates} training questions × {pool/probe_k} → {pool/learnable} learnable; {train/steps} steps × 1 "
      "question × 4 rollouts in passes of 2 (≤ 3-hop training questions, ≤ 1,024 completion tokens), "
-     "{train/seconds_per_step} s/step; then the held-out evaluation of notebook 05: {eval/grpo/pass@1/mean} at every "
-     "checkpoint, training reward {reward_hacking/reward_change}"),
+     "{train/seconds_per_step} s/step; then the held-out evaluation of notebook 05: "
+     "{reward_hacking/checkpoints/0/heldout_pass@1} → {reward_hacking/checkpoints/1/heldout_pass@1} → "
+     "{reward_hacking/checkpoints/2/heldout_pass@1}, training reward {reward_hacking/reward_change}"),
     ("notebooks/07_evaluation.py", f"{LONG}/07_evaluation.json",
      "base {stages/base/pass@1/mean}, SFT {stages/sft/pass@1/mean} (95% CI {stages/sft/pass@1/ci95/0}–"
      "{stages/sft/pass@1/ci95/1}), SFT+GRPO {stages/sft+grpo/pass@1/mean} ({stages/sft+grpo/pass@1/ci95/0}–"
