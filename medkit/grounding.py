@@ -108,7 +108,9 @@ _READ_SECTION = re.compile(r"^(?:.*? \[(\w+), (outgoing|incoming)\]|(\w+) \((out
 # a ranked diagnose line: "rank. name (id) m/n: #1 55%; #2 freq unknown", tied lines sharing a rank (before
 # synthesis v5: "score=S matched=m/n: Phenotype name 55%; ..."; both are read, so older logs still check)
 DIAGNOSE_LINE = re.compile(rf"^(\d+)\. .* \(({_ID})\) (?:score=(\S+) )?(?:matched=)?(\d+)/(\d+)(?:: (.*))?$")
-_MATCHED = re.compile(r"^(.*) (?:\d+%|freq unknown)(?: \[excluded\])?$")
+# a matched query phenotype "#1 55%" / "#2 freq unknown"; "#3 excluded" (since KB version 2; "#3 0% [excluded]" before)
+# says the disease is known to lack it, so it is no match
+_MATCHED = re.compile(r"^(.*) (?:\d+%|freq unknown)$")
 UNRESOLVED = "Unresolved (ignored): "  # diagnose's line for phenotypes it could not resolve (they get no number)
 _QUERY_REF = re.compile(r"^#(\d+) (.*)$")
 _SEARCH_HIT = re.compile(rf"^(?:\[[^\]]*\] )?.*? \(({_ID})\): ")  # "[passage id] " only when not the entity's own

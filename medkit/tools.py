@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .kb import EXCLUDES_PHENOTYPE
 from .ner import surface_key
 
 MAX_OUTPUT_CHARS = 4_000
@@ -66,12 +67,15 @@ _LABELS = {
     ("has_clinical_course", "out"): "clinical course",
     ("has_phenotype", "out"): "phenotypes",
     ("has_phenotype", "in"): "diseases with this phenotype",
+    ("excludes_phenotype", "out"): "phenotypes it is known to lack",
+    ("excludes_phenotype", "in"): "diseases known to lack this phenotype",
     ("is_a", "out"): "parents (is_a)",
     ("is_a", "in"): "children (is_a)",
     ("has_role", "out"): "roles",
     ("has_role", "in"): "drugs with this role",
 }
-_ORDER = ["associated_with", "has_inheritance", "has_onset", "has_clinical_course", "has_phenotype", "is_a"]
+_ORDER = ["associated_with", "has_inheritance", "has_onset", "has_clinical_course", "has_phenotype",
+          "excludes_phenotype", "is_a"]
 
 
 _MARKUP = re.compile(r"</?[A-Za-z][A-Za-z0-9_]*(?:\s[^<>]*)?/?>")
@@ -214,7 +218,8 @@ class MedicalToolbox:
         self._lookup = index
 
     def _build_diagnosis(self, rel: pd.DataFrame) -> None:
-        ann = rel[rel["relation"] == "has_phenotype"]
+        # the disease's phenotype annotations, the ones saying it lacks a phenotype (frequency 0) included
+        ann = rel[rel["relation"].isin(["has_phenotype", EXCLUDES_PHENOTYPE])]
         ann = ann.groupby(["tail_id", "head_id"], sort=True)["frequency"].mean().reset_index()
         self._dis_ids = np.array(sorted(ann["head_id"].unique()), dtype=object)
         dis_pos = self._dis_pos = {d: i for i, d in enumerate(self._dis_ids)}
@@ -439,8 +444,9 @@ class MedicalToolbox:
         Returns:
             "Query: #1 name; #2 ..." (the resolved phenotypes in the given order), then the diseases matching at least one of them, best
             (highest log-likelihood) first, one line each: "rank. name (id) m/n" (m of the n query phenotypes
-            matched; tied diseases share a rank) followed by the matched ones by number with their annotated
-            frequencies ("#1 55%; #2 freq unknown"); unresolved phenotypes are listed first.
+            annotated to it; tied diseases share a rank) followed by those by number with their annotated
+            frequencies ("#1 55%; #2 freq unknown"), and "#3 excluded" for one it is known to lack (HPO
+            "Excluded": not counted in m); unresolved phenotypes are listed first.
             Uniform prior; P(phenotype | disease) is its annotated frequency (unknown 50%, excluded 0.1%)
             and 1% when the disease lacks the annotation.
         """
@@ -503,7 +509,7 @@ class MedicalToolbox:
                 j = lo + np.searchsorted(self._ann_dis[lo:hi], d)
                 if j < hi and self._ann_dis[j] == d:
                     f = self._ann_freq[j]
-                    ev.append(f"#{i} {_pct(f)}" + (" [excluded]" if f == 0 else ""))
+                    ev.append(f"#{i} excluded" if f == 0 else f"#{i} {_pct(f)}")  # excluded: known to lack it
             lines.append(f"{rank}. {self._label(did)} {int(matches[d])}/{n}"
                          + (": " + "; ".join(ev) if ev else ""))
         return "\n".join(lines)
@@ -585,7 +591,8 @@ class MedicalToolbox:
         return None
 
     def _scores(self, hpo_ids: list[str]) -> tuple[np.ndarray, np.ndarray, list[int | None]]:
-        """Log-likelihood and number of annotated query phenotypes for every disease (vectorised)."""
+        """Log-likelihood and number of query phenotypes each disease has (annotated, not as lacking it), for every
+        disease (vectorised)."""
         qpos = [self._phen_pos.get(h) for h in hpo_ids]
         parts = [slice(self._indptr[p], self._indptr[p + 1]) for p in qpos if p is not None]
         n_dis = len(self._dis_ids)
@@ -595,7 +602,8 @@ class MedicalToolbox:
         idx = np.concatenate([self._ann_dis[s] for s in parts])
         delta = np.concatenate([self._ann_delta[s] for s in parts])
         scores = base + np.bincount(idx, weights=delta, minlength=n_dis)
-        matches = np.bincount(idx, minlength=n_dis).astype(float)
+        present = np.concatenate([self._ann_freq[s] != 0 for s in parts])  # NaN (unknown) counts, 0 (lacks) does not
+        matches = np.bincount(idx, weights=present.astype(float), minlength=n_dis)
         return scores, matches, qpos
 
     # ------------------------------------------------------------------ dispatch

@@ -163,7 +163,8 @@ res = qgen.calibrated_questions(index, view, seeds, OUT, solvers=solvers, specia
                                 max_attempts=P["MAX_ATTEMPTS"],
                                 settings={"seed": P["SEED"], "strategy": P["STRATEGY"], "k_range": (P["K_MIN"], P["K_MAX"]),
                                           "max_hops": P["MAX_HOPS"], "min_hops": P["MIN_HOPS"], "level": 0,
-                                          "short_share": P["SHORT_SHARE"], "short_max_hops": P["SHORT_MAX_HOPS"]})
+                                          "short_share": P["SHORT_SHARE"], "short_max_hops": P["SHORT_MAX_HOPS"],
+                                          "kb_version": kb.KB_VERSION})  # another knowledge base: questions redone
 secs = time.perf_counter() - t0
 final = res["final"]
 attempts = pd.DataFrame(res["attempts"])

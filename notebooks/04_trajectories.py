@@ -60,7 +60,7 @@ ENGINE_BATCH = None           # conversations the engine schedules at once (defa
 import json, time
 import pandas as pd
 from IPython.display import Markdown, display
-from medkit import (agent as A, judge as J, plots, profiles, paths, synthesis as SY, trajectories as TR,
+from medkit import (agent as A, judge as J, kb, plots, profiles, paths, synthesis as SY, trajectories as TR,
                     tools as T, questions as Q, grounding as GR, io as mio, model as M, records)
 from medkit import notebook_output
 notebook_output.configure()  # one-line portable warnings, no library progress bars (medkit/notebook_output.py)
@@ -177,7 +177,8 @@ def make(record, variant):
 
 jobs = [(r, v) for r in questions for v in range(P["VARIANTS"])]
 t0 = time.time()
-kg_settings = {k: P[k] for k in ("SEED", "MIN_TOOL_CALLS", "MAX_TOKENS", "RERANK")}  # what shapes a row: changed, rows are redone
+# what shapes a row (changed, rows are redone): these parameters and the knowledge base's version
+kg_settings = {**{k: P[k] for k in ("SEED", "MIN_TOOL_CALLS", "MAX_TOKENS", "RERANK")}, "kb_version": kb.KB_VERSION}
 counts = TR.collect(log, jobs, make, judge_row, source="kg_guided", version=SY.SYNTHESIS_VERSION, settings=kg_settings)
 synth_seconds = time.time() - t0
 made = sum(v for k, v in counts.items() if not k.startswith("skipped"))
@@ -291,8 +292,9 @@ if P["FREE_QUESTIONS"]:
     picked = questions[: P["FREE_QUESTIONS"]]
     cfg = A.AgentConfig(max_calls=P["AGENT_MAX_CALLS"], max_new_tokens=P["AGENT_MAX_NEW_TOKENS"],
                         token_budget=P["MAX_TOKENS"], seed=P["SEED"])
-    free_settings = {k: P[k] for k in ("SEED", "MIN_TOOL_CALLS", "MAX_TOKENS", "TEACHER", "AGENT_MAX_CALLS",
-                                       "AGENT_MAX_NEW_TOKENS", "ENGINE", "ENGINE_PRECISION")}
+    free_settings = {**{k: P[k] for k in ("SEED", "MIN_TOOL_CALLS", "MAX_TOKENS", "TEACHER", "AGENT_MAX_CALLS",
+                                          "AGENT_MAX_NEW_TOKENS", "ENGINE", "ENGINE_PRECISION")},
+                     "kb_version": kb.KB_VERSION}
     done = TR.done_keys(log, "free", A.PROTOCOL_VERSION, free_settings)
     pending = [r for r in picked if (Q.question_id(r), 0, "free") not in done]
     t0 = time.time()

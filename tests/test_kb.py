@@ -68,6 +68,41 @@ def test_omim_and_orpha_annotations_merge_onto_one_mondo_disease():
     assert a["evidence"] == "OMIM:1 ORPHA:2 PMID:1 PMID:2"
 
 
+def test_an_annotation_whose_sources_all_say_absent_is_excludes_phenotype_not_a_phenotype():
+    rows = [("OMIM:1", "HP:A", 0.0), ("ORPHA:2", "HP:A", 0.0),      # "Excluded" in both sources: a negative fact
+            ("OMIM:1", "HP:B", 0.0), ("ORPHA:2", "HP:B", 0.5),      # the sources disagree: still a phenotype
+            ("OMIM:1", "HP:C", 0.0), ("ORPHA:2", "HP:C", np.nan),   # annotated without a frequency in one: present
+            ("OMIM:1", "HP:D", 0.2)]
+    hpoa = pd.DataFrame({"disease_id": [r[0] for r in rows], "disease_name": "x", "hpo_id": [r[1] for r in rows],
+                         "aspect": "P", "frequency": [r[2] for r in rows], "frequency_raw": "", "onset": "",
+                         "references": "PMID:1", "evidence": "TAS"})
+    out = kb.annotation_relations(hpoa, {"OMIM:1": "MONDO:9", "ORPHA:2": "MONDO:9"},
+                                  {h: "phenotype" for h in ("HP:A", "HP:B", "HP:C", "HP:D")})
+    relation = dict(zip(out["tail_id"], out["relation"]))
+    assert relation == {"HP:A": kb.EXCLUDES_PHENOTYPE, "HP:B": "has_phenotype", "HP:C": "has_phenotype",
+                        "HP:D": "has_phenotype"}
+    assert list(out["relation"]) == sorted(out["relation"])  # still sorted by (head, relation, tail)
+    assert out.loc[out["tail_id"] == "HP:B", "frequency"].item() == pytest.approx(0.25)
+
+
+def test_a_kb_built_by_another_version_is_rebuilt_not_reused(tmp_path, kb_tables, monkeypatch):
+    e, r, p = kb_tables
+    out = tmp_path / "kb"
+    kb.write_kb(out, e.iloc[:50], r.iloc[:50], p.iloc[:50], {"kb_version": kb.KB_VERSION})
+    said = []
+    kb.build_kb(out, progress=said.append)
+    assert "already built" in said[-1]
+    kb.write_kb(out, e.iloc[:50], r.iloc[:50], p.iloc[:50], {"sources": {}})  # before versions were recorded
+
+    def boom(progress):
+        raise RuntimeError("the build started")
+
+    monkeypatch.setattr(kb, "build_tables", boom)
+    with pytest.raises(RuntimeError, match="the build started"):
+        kb.build_kb(out, progress=said.append)
+    assert "built by kit version 1 of the tables" in said[-1] and "rebuilding" in said[-1]
+
+
 def test_disease_id_map_prefers_smallest_mondo_id():
     xrefs = pd.DataFrame({"mondo_id": ["MONDO:2", "MONDO:1", "MONDO:3"], "namespace": ["OMIM", "OMIM", "Orphanet"],
                           "xref": ["100", "100", "7"]})

@@ -8,6 +8,7 @@ import time
 import pytest
 
 from medkit import grounding as G
+from medkit import kb as KB
 from medkit import tools as T
 
 FABRY = "MONDO:0010526"
@@ -206,6 +207,22 @@ def test_common_says_which_entry_an_ambiguous_name_was_taken_as(tb):
     out = tb.common([name, FABRY], "has_phenotype")
     assert out.startswith(f"has_phenotype shared ({name} = {taken})"), out
     assert G.parse_observation(0, "common", out, {"entity_ids": [name, FABRY]}).listings[0].anchors == (taken, FABRY)
+
+
+def test_a_phenotype_a_disease_is_known_to_lack_is_no_match_and_no_neighbour(tb):
+    rel = tb._relations
+    excluded = rel[rel["relation"] == KB.EXCLUDES_PHENOTYPE]
+    assert len(excluded) > 100  # HPO "Excluded" annotations: negative facts, kept apart from has_phenotype
+    has = rel[rel["relation"] == "has_phenotype"]
+    disease, lacked = next((d, h) for d, h in zip(excluded["head_id"], excluded["tail_id"])
+                           if (has["head_id"] == d).any())
+    other = has.loc[has["head_id"] == disease, "tail_id"].iloc[0]
+    out = tb.diagnose([lacked, other], within=disease)
+    assert f"({disease}) 1/2: #1 excluded; #2 " in out, out  # the lacked one is named, not counted
+    alone = tb.diagnose([lacked], within=disease)  # matching nothing: not ranked
+    assert "No disease there has any of these phenotypes." in alone and f"1. " not in alone, alone
+    assert lacked in tb.related(disease, KB.EXCLUDES_PHENOTYPE, "out")
+    assert not ((has["head_id"] == disease) & (has["tail_id"] == lacked)).any()
 
 
 def test_diagnose_within_a_disease_class(tb, fabry_phenotypes):
