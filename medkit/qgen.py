@@ -27,7 +27,7 @@ from . import subgraph as S
 TIMING_FIELDS = ("chain_search_ms",)
 
 # Bump when generation logic changes: records of another version are regenerated on resume.
-GENERATOR_VERSION = 5  # 5: timings kept out of the records (byte-reproducible data); 4: SHORT_SHARE caps some seeds' chains at 2-3 hops; 3: a masked name inside a longer clue word is a leak
+GENERATOR_VERSION = 6  # 6: a definition_mentions clue says whose definition (was "described in connection with"); 5: timings kept out of the records (byte-reproducible data); 4: SHORT_SHARE caps some seeds' chains at 2-3 hops; 3: a masked name inside a longer clue word is a leak
 
 
 def orient(chain: list[str], types: dict[str, str]) -> list[str] | None:

@@ -319,7 +319,7 @@ def clue_phrase(index: QuestionIndex, owner: str, clue: dict[str, Any], rng: ran
         return rng.choice([f"is also linked to {name}", f"has also been implicated in {name}"])
     if rel == "definition_mentions":
         return rng.choice([f"has a reference definition that mentions {_lower_first(name)}",
-                           f"is described in connection with {_lower_first(name)}"])
+                           f"is defined with reference to {_lower_first(name)}"])  # the owner's definition: one direction
     return f"{rel.replace('_', ' ')} {name}"
 
 

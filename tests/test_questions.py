@@ -129,6 +129,13 @@ def test_a_masked_name_inside_a_longer_clue_word_is_a_leak(index):
     assert not Q.names_inside("hand foot", "and")  # short keys still need whole words
 
 
+def test_a_definition_clue_says_whose_definition_mentions_what(index):
+    clue = {"kind": "fact", "relation": "definition_mentions", "value": "MONDO:0010526"}
+    phrases = {Q.clue_phrase(index, "DRUGBANK:DB00983", clue, random.Random(s)) for s in range(40)}
+    assert len(phrases) == 2  # both wordings drawn; each says the owner's definition refers to the value
+    assert all(("definition" in p or "defined" in p) and p.endswith("fabry disease") for p in phrases), phrases
+
+
 def test_only_entities_the_mining_stage_found_rare_are_called_rare(index, monkeypatch):
     import random
 
