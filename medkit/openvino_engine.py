@@ -60,6 +60,11 @@ DEFAULT_MAX_BATCHED_TOKENS = 2048  # tokens per scheduler step (long prompts are
 # The batch is then rerun once on a fresh pipeline; a second hang raises. The longest legitimate call
 # measured here (64 agent turns of the 135M model at once) takes about a minute.
 GENERATE_WATCHDOG_S = 600.0
+# ... and a call is taken as hung sooner when the process has done (next to) no work for this long: the hang
+# leaves every thread idle, while a working call keeps the cores busy. The 2026-12-04 cpu reference run lost
+# 30 minutes to three hangs waited out at the 600 s limit; each was seen as idle within a minute.
+GENERATE_IDLE_S = 45.0
+IDLE_CPU_FRACTION = 0.02  # "no work": the process's CPU time grew by less than this share of the idle window
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM",)
 # ENGINE_PRECISION -> (INFERENCE_PRECISION_HINT, KV_CACHE_PRECISION): OpenVINO's CPU plugin needs the
 # KV cache in the compute precision (or u8), and picks bf16 by itself on a bf16 CPU unless told
@@ -220,7 +225,9 @@ class OpenVINOBackend(TokenIdChat):
         self.eos_ids = eos_ids(tokenizer)
         self.parity: dict[str, Any] | None = None
         self.watchdog_s = GENERATE_WATCHDOG_S
+        self.idle_s = GENERATE_IDLE_S
         self.restarts = 0  # pipelines rebuilt after a hung generate call
+        self.hangs: list[str] = []  # how each hung call was detected: "idle" or "limit"
         sched = ov_genai.SchedulerConfig()
         sched.enable_prefix_caching = bool(prefix_caching)
         sched.cache_size = max(1, int(round(kv_cache_gb)))
@@ -277,8 +284,9 @@ class OpenVINOBackend(TokenIdChat):
         return [list(r.m_generation_ids[0])[:limit] for r, limit in zip(results, limits)]
 
     def _guarded_generate(self, tensors: list[Any], configs: list[Any]) -> list[Any]:
-        """``pipe.generate`` under a watchdog (:data:`GENERATE_WATCHDOG_S`): a call that hangs is rerun once on
-        a freshly built pipeline (the hung one is abandoned in its daemon thread); a second hang raises."""
+        """``pipe.generate`` under a watchdog (:func:`wait_while_working`: idle for :data:`GENERATE_IDLE_S`, or
+        running past :data:`GENERATE_WATCHDOG_S`): a call that hangs is rerun once on a freshly built pipeline
+        (the hung one is abandoned in its daemon thread); a second hang raises."""
         for attempt in (1, 2):
             box: dict[str, Any] = {}
             pipe = self.pipe
@@ -291,16 +299,18 @@ class OpenVINOBackend(TokenIdChat):
 
             worker = threading.Thread(target=work, name="openvino-generate", daemon=True)
             worker.start()
-            worker.join(self.watchdog_s)
-            if not worker.is_alive():
+            verdict = wait_while_working(worker, limit_s=self.watchdog_s, idle_s=self.idle_s)
+            if verdict == "done":
                 if "err" in box:
                     raise box["err"]
                 return box["out"]
+            why = (f"did no work for {self.idle_s:.0f} s" if verdict == "idle"
+                   else f"did not return within {self.watchdog_s:.0f} s")
+            self.hangs.append(verdict)
             if attempt == 2:
-                raise MedkitError(f"{self.name}: the OpenVINO engine did not return within {self.watchdog_s:.0f} s, "
-                                  "twice (a hung generate call); rerun, or use ENGINE='transformers'")
-            log.warning("%s: generate did not return within %.0f s; rebuilding the pipeline and retrying the batch",
-                        self.name, self.watchdog_s)
+                raise MedkitError(f"{self.name}: the OpenVINO engine's generate call {why}, twice (a hung call); "
+                                  "rerun, or use ENGINE='transformers'")
+            log.warning("%s: generate %s; rebuilding the pipeline and retrying the batch", self.name, why)
             self.restarts += 1
             self.pipe = self._new_pipe()
         raise AssertionError("unreachable")
@@ -319,6 +329,28 @@ class OpenVINOBackend(TokenIdChat):
         if not outputs:
             raise MedkitError(f"{self.name}: the engine returned no continuation")
         return list(outputs[0].generated_ids), [float(x) for x in outputs[0].generated_log_probs]
+
+
+def wait_while_working(worker: threading.Thread, *, limit_s: float, idle_s: float, poll_s: float = 1.0,
+                       idle_cpu_fraction: float = IDLE_CPU_FRACTION) -> str:
+    """Wait for ``worker``: "done" when it ends, "idle" when the process's CPU time (all threads) grew by less
+    than ``idle_cpu_fraction`` of ``idle_s`` over the last ``idle_s`` seconds while it ran (a hang: nothing
+    computes), "limit" when it still runs after ``limit_s`` seconds."""
+    start = time.monotonic()
+    window: list[tuple[float, float]] = [(start, time.process_time())]  # (wall, process CPU) samples
+    while True:
+        worker.join(poll_s)
+        if not worker.is_alive():
+            return "done"
+        now, cpu = time.monotonic(), time.process_time()
+        if now - start >= limit_s:
+            return "limit"
+        window.append((now, cpu))
+        while len(window) > 1 and now - window[1][0] >= idle_s:
+            window.pop(0)  # keep the latest sample at least idle_s old
+        first_wall, first_cpu = window[0]
+        if now - first_wall >= idle_s and cpu - first_cpu < idle_cpu_fraction * (now - first_wall):
+            return "idle"
 
 
 def check_parity(model: Any, tokenizer: Any, backend: OpenVINOBackend, *, greedy: bool = True) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import os
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -122,6 +123,27 @@ class _HangingPipe:
         self.calls += 1
         self.release.wait(30)
         raise RuntimeError("released")
+
+
+def _started(target) -> threading.Thread:
+    worker = threading.Thread(target=target, daemon=True)
+    worker.start()
+    return worker
+
+
+def test_the_watchdog_tells_a_hang_from_work_and_from_a_finished_call() -> None:
+    stop = threading.Event()
+
+    def busy() -> None:  # computes until told to stop, like a generate call that is slow but working
+        while not stop.is_set():
+            sum(i * i for i in range(10_000))
+
+    t0 = time.monotonic()
+    assert OV.wait_while_working(_started(lambda: stop.wait(30)), limit_s=20, idle_s=0.6, poll_s=0.1) == "idle"
+    assert time.monotonic() - t0 < 5  # a hang is seen in about the idle window, not at the limit
+    assert OV.wait_while_working(_started(busy), limit_s=1.5, idle_s=0.6, poll_s=0.1) == "limit"  # working: kept
+    stop.set()
+    assert OV.wait_while_working(_started(lambda: time.sleep(0.2)), limit_s=5, idle_s=2, poll_s=0.05) == "done"
 
 
 @pytest.mark.slow
