@@ -23,6 +23,13 @@ phenotypes ``q`` and disease ``d``::
              = FALSE_POSITIVE_PROBABILITY         (q not annotated to d)
 
 Only exact annotations count (no credit through the HPO is_a hierarchy).
+
+Names: a tool that takes an entity takes its id, its exact name or synonym, or a name one or two
+letters off (:func:`close_name`, rapidfuzz): a small model copying a long name out of a question
+misspells it ("birdshot chroioretinopathy"), and a research tool that answered such a call with
+an error would test spelling, not research. A name taken this way is stated in the output
+("name = id", or the entity's own name beside its id); :meth:`MedicalToolbox.lookup` and
+:meth:`MedicalToolbox.resolve_ids` (the judge's) stay exact.
 """
 
 from __future__ import annotations
@@ -44,6 +51,11 @@ from .kb import EXCLUDES_PHENOTYPE
 from .ner import surface_key
 
 MAX_OUTPUT_CHARS = 4_000
+CLOSE_NAMES = True  # entity arguments may be misspelt names (False: ids and exact names only, as before 2026-12-04)
+# a name taken for another (misspelled) one: rapidfuzz's normalised similarity of the two keys, 0-100 ...
+CLOSE_NAME_SCORE = 90.0
+CLOSE_NAME_MIN_CHARS = 8  # ... only for names this long (a short name a letter off is another word) ...
+CLOSE_NAME_MARGIN = 2.0   # ... and only when no other name comes within this many points of it
 MAX_QUERY_CHARS = 500
 MAX_K = 50
 MAX_PHENOTYPES = 50
@@ -85,6 +97,24 @@ def _plain(text: str) -> str:
     """Source text without HTML-like markup (ChEBI definitions carry <em>, <sub>, ...); this also
     keeps protocol tags such as <answer> or <tool_call> out of observations."""
     return " ".join(_MARKUP.sub("", str(text)).split())
+
+
+_ID_LIKE = re.compile(r"^[A-Za-z][A-Za-z0-9_.]*:\S+$")  # "MONDO:0000001", "Monaco:0009495": an id, right or wrong
+
+
+def close_name(key: str, keys: list[str], *, score: float = CLOSE_NAME_SCORE, margin: float = CLOSE_NAME_MARGIN,
+               min_chars: int = CLOSE_NAME_MIN_CHARS) -> str | None:
+    """The one key of ``keys`` that ``key`` misspells: rapidfuzz's normalised similarity (``fuzz.ratio``) at least
+    ``score``, and every other key at least ``margin`` points lower; None when no key or several come that close,
+    or ``key`` is shorter than ``min_chars``."""
+    from rapidfuzz import fuzz, process
+
+    if len(key) < min_chars:
+        return None
+    best = process.extract(key, keys, scorer=fuzz.ratio, limit=2, score_cutoff=score - margin)
+    if not best or best[0][1] < score or (len(best) > 1 and best[1][1] > best[0][1] - margin):
+        return None
+    return best[0][0]
 
 
 def _err(message: str) -> str:
@@ -216,6 +246,8 @@ class MedicalToolbox:
                     slot = index.setdefault(key, {})
                     slot[eid] = min(slot.get(eid, 1), rank)
         self._lookup = index
+        self._close_keys: list[str] | None = None  # the names close_name searches, sorted once when first needed
+        self.close_names = CLOSE_NAMES
 
     def _build_diagnosis(self, rel: pd.DataFrame) -> None:
         # the disease's phenotype annotations, the ones saying it lacks a phenotype (frequency 0) included
@@ -379,18 +411,34 @@ class MedicalToolbox:
         return [eid for eid, _ in self._resolve(name)] if isinstance(name, str) else []
 
     def _entity_or_name(self, text: str) -> str | None:
-        """``text`` if it is a known id, else the id of the entity with that exact name (best first)."""
+        """``text`` if it is a known id, else the id of the entity with that exact name (best first), else of
+        the one entity whose name is close to it (:func:`close_name`)."""
         if text in self._in_kb:
             return text
-        hits = self._resolve(text)
+        hits = self._resolve(text) or self._resolve_close(text)
         return hits[0][0] if hits else None
+
+    def _resolve_close(self, text: str) -> list[tuple[str, int]]:
+        """The entries of the one known name close to ``text`` (a misspelling of it); [] when none or several,
+        or when the toolbox takes exact names only (``close_names`` False)."""
+        if not self.close_names or _ID_LIKE.match(text.strip()):
+            return []  # a mistyped id is not a name: no guessing which id was meant
+        if self._close_keys is None:
+            self._close_keys = sorted(self._lookup)
+        key = close_name(surface_key(text), self._close_keys)
+        return [] if key is None else sorted(self._lookup[key].items(), key=lambda kv: (kv[1], kv[0]))
+
+    def took_close_name(self, text: str) -> bool:
+        """Whether ``text`` (a tool argument) is resolved only as a close name, not an id or an exact name."""
+        text = text.strip()
+        return text not in self._in_kb and not self._resolve(text) and bool(self._resolve_close(text))
 
     @_safe
     def related(self, entity_id: str, relation: str, direction: str = "both") -> str:
         """Neighbours through one relation.
 
         Args:
-            entity_id: Entity id or exact name.
+            entity_id: Entity id or name (a misspelt name is taken as the one close name, stated).
             relation: e.g. has_phenotype, associated_with, is_a, has_role, has_inheritance.
             direction: "out" (entity -relation-> X), "in" (X -relation-> entity) or "both".
 
@@ -537,7 +585,7 @@ class MedicalToolbox:
         """Neighbours shared by several entities.
 
         Args:
-            entity_ids: 2-10 entity ids or exact names.
+            entity_ids: 2-10 entity ids or names (a misspelt name is taken as the one close name, stated).
             relation: e.g. has_phenotype; or one relation per entity, comma-separated in the same order
                 (e.g. "is_a,has_phenotype").
 
@@ -565,8 +613,8 @@ class MedicalToolbox:
             eid = self._entity_or_name(text.strip())
             if eid is None:
                 return _err(f"unknown id or name {text.strip()!r}; use lookup(name) or search(query) to find an id.")
-            if eid != text.strip() and len(self._resolve(text.strip())) > 1:
-                picked.append(f"{text.strip()} = {eid}")  # an ambiguous name: say which entry it was taken as
+            if eid != text.strip() and (len(self._resolve(text.strip())) > 1 or self.took_close_name(text)):
+                picked.append(f"{text.strip()} = {eid}")  # an ambiguous or close name: say which entry it was taken as
             nb: set[str] = set()
             for key, other in (("head_id", "tail_id"), ("tail_id", "head_id")):
                 g = self._edges(eid, key)
@@ -585,7 +633,7 @@ class MedicalToolbox:
     def _phenotype_id(self, text: str) -> str | None:
         if text in self._phen_pos or (text.startswith("HP:") and self._types.get(text) == "phenotype"):
             return text
-        for eid, _ in self._resolve(text):
+        for eid, _ in self._resolve(text) or self._resolve_close(text):
             if self._types.get(eid) == "phenotype":
                 return eid
         return None

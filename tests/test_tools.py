@@ -209,6 +209,37 @@ def test_common_says_which_entry_an_ambiguous_name_was_taken_as(tb):
     assert G.parse_observation(0, "common", out, {"entity_ids": [name, FABRY]}).listings[0].anchors == (taken, FABRY)
 
 
+def test_a_misspelt_name_is_taken_as_the_one_close_name_and_the_tool_says_so(tb):
+    (birdshot, _), = tb._resolve("birdshot chorioretinopathy")
+    (hyperopia, _), = tb._resolve("Moderate hypermetropia")
+    # misspellings a 135M policy wrote in the cpu GRPO rollouts (results/cpu, session 10)
+    for typo in ("birdshot chroioretinopathy", "Birdshot chorioretinopaty"):
+        out = tb.common([typo, FABRY], "has_phenotype")
+        assert out.startswith(f"has_phenotype shared ({typo} = {birdshot})"), out
+        assert G.parse_observation(0, "common", out, {"entity_ids": [typo, FABRY]}).listings[0].anchors \
+            == (birdshot, FABRY)  # the grounding rule reads the stated pick
+        assert tb.related(typo, "has_phenotype", "out").startswith(f"birdshot chorioretinopathy ({birdshot})")
+    assert "#1 Moderate hypermetropia" in tb.diagnose(["Moderate hypermetropa"])
+    assert tb._phenotype_id("Moderate hypermetropa") == hyperopia
+    # what stays exact: the judge's resolve_ids, lookup, ids, short names, and names far from any
+    assert tb.resolve_ids("birdshot chroioretinopathy") == [] and "No entity is named" in tb.lookup("birdshot chroioretinopathy")
+    assert tb.related("MONDO:00105260", "is_a", "out").startswith("Error: unknown id or name")  # a mistyped id
+    assert tb.related("Fabri", "is_a", "out").startswith("Error: unknown id or name")
+    assert tb.common(["Birdshot charioteins", FABRY], "has_phenotype").startswith("Error: unknown id or name")
+    # below the score: three letters off (89.8), and "TREMEL syndrome", whose closest name is Steel syndrome (89.7)
+    assert tb.related("birdshot chirotinopathy", "is_a", "out").startswith("Error: unknown id or name")
+    assert tb.related("TREMEL syndrome", "is_a", "out").startswith("Error: unknown id or name")
+
+
+def test_close_name_takes_only_a_clear_winner():
+    keys = ["fabry disease", "fabry diseases", "gaucher disease type 1", "gaucher disease type 2"]
+    assert T.close_name("gaucher disease type", keys) is None  # type 1 and type 2 are equally close
+    assert T.close_name("gaucher disaese type 1", keys) == "gaucher disease type 1"
+    assert T.close_name("fabry diseas", keys) == "fabry disease"  # 96.0 against 92.3: clear
+    assert T.close_name("fabry diseas", keys, margin=5) is None  # within a wider margin: not clear
+    assert T.close_name("morbus fabry", keys) is None and T.close_name("fabri", ["fabry"]) is None
+
+
 def test_a_phenotype_a_disease_is_known_to_lack_is_no_match_and_no_neighbour(tb):
     rel = tb._relations
     excluded = rel[rel["relation"] == KB.EXCLUDES_PHENOTYPE]
