@@ -16,7 +16,8 @@ Scope:
 * :func:`run_agent` runs many questions at once against one :class:`medkit.llm.ChatBackend`
   (one batched ``generate`` per step over every unfinished conversation) and the kit's
   tools (:class:`medkit.tools.MedicalToolbox`); stop rules: an answer, the maximum number
-  of model calls, the token budget, an identical repeated tool call, repeated format
+  of model calls, the token budget, an identical repeated tool call (beyond
+  ``AgentConfig.max_repeated_calls`` repeats answered with a reminder), repeated format
   errors, or a backend error.
 * Masked Trajectory Guidance hooks: an optional per-question guidance text is shown to the
   model in its system prompt and never stored in the trajectory.
@@ -61,7 +62,7 @@ TOOLS_FOOTER = ("\n</tools>\n\nFor each function call, return a json object with
                 "\"arguments\": <args-json-object>}\n</tool_call>")
 GUIDANCE_HEADER = "\n\n# Search guidance (private; never mention it)\n"
 STOP_STRINGS = ["</tool_call>", "</answer>"]
-PROTOCOL_VERSION = 4  # bump when the prompt or the protocol changes: stored free rollouts are redone
+PROTOCOL_VERSION = 5  # 5: the first repeated call gets a reminder (max_repeated_calls), not a stop; bump when the prompt or the protocol changes: stored free rollouts are redone
 
 STOP_REASONS = ("answer", "max_calls", "token_budget", "repeated_call", "format_errors", "backend_error",
                 "length")
@@ -303,6 +304,8 @@ class AgentConfig:
     token_budget: int = 8192       # prompt + completion tokens of the last model call
     max_new_tokens: int = 384      # per assistant turn
     max_format_errors: int = 2     # consecutive turns without a usable call or answer
+    max_repeated_calls: int = 1    # repeats of an earlier call answered with a reminder; the next one stops the run
+    #                                (0: the first repeat stops it, as before 2026-12-04; bench/bench_agent_rules.py)
     temperature: float = 0.0
     seed: int | None = None
 
@@ -317,7 +320,7 @@ def new_state(q: dict[str, Any], system: str = SYSTEM_PROMPT) -> dict[str, Any]:
     return {"question_id": str(q.get("question_id") or q.get("id")), "question": q["question"],
             "messages": [{"role": "system", "content": system}, {"role": "user", "content": q["question"]}],
             "format_errors": [], "tool_errors": [], "n_model_calls": 0, "n_tool_calls": 0,
-            "n_tokens": 0, "prediction": None, "stop_reason": None, "_seen": set(), "_bad_turns": 0}
+            "n_tokens": 0, "prediction": None, "stop_reason": None, "_seen": set(), "_bad_turns": 0, "_repeats": 0}
 
 
 def stop_before_call(state: dict[str, Any], cfg: AgentConfig) -> bool:
@@ -342,7 +345,7 @@ def take_turn(state: dict[str, Any], text: str, finish_reason: str, call_tool: C
         state["n_tokens"] = n_tokens
     if finish_reason == "stop":
         text = close_open_tag(text)
-    _act(state, parse_turn(text), call_tool)
+    _act(state, parse_turn(text), call_tool, cfg)
     if state["stop_reason"] is None and n_tokens is not None and n_tokens > cfg.token_budget:
         state["stop_reason"] = "token_budget"
     if state["stop_reason"] is None and finish_reason == "length" and state["_bad_turns"]:
@@ -358,7 +361,7 @@ def backend_failed(state: dict[str, Any], error: str) -> None:
 
 def finish_state(state: dict[str, Any]) -> dict[str, Any]:
     """Drop the step rules' bookkeeping and count the format errors: the trajectory as stored."""
-    state.pop("_seen", None), state.pop("_bad_turns", None)
+    state.pop("_seen", None), state.pop("_bad_turns", None), state.pop("_repeats", None)
     state["n_format_errors"] = len(state["format_errors"])
     return state
 
@@ -367,7 +370,11 @@ def _call_key(call: dict[str, Any]) -> str:
     return json.dumps([call["name"], call["arguments"]], sort_keys=True, default=str)
 
 
-def _act(state: dict[str, Any], turn: ParsedTurn, call_tool: Callable[[str, dict], str]) -> None:
+REPEATED_CALL = "Error: identical to an earlier call; its result is above. Use it, or make another call."
+REPEATED_CALL_STOP = "Error: identical to an earlier call; the run stops here."
+
+
+def _act(state: dict[str, Any], turn: ParsedTurn, call_tool: Callable[[str, dict], str], cfg: AgentConfig) -> None:
     """Apply one parsed reply to the conversation state (append messages, run the tool)."""
     msgs = state["messages"]
     if turn.errors:
@@ -382,9 +389,14 @@ def _act(state: dict[str, Any], turn: ParsedTurn, call_tool: Callable[[str, dict
                      "tool_calls": [{"type": "function", "function": call}]})
         key = _call_key(call)
         if key in state["_seen"]:
-            msgs.append({"role": "tool", "name": call["name"],
-                         "content": "Error: identical to an earlier call; the run stops here."})
-            state["stop_reason"] = "repeated_call"
+            if state["_repeats"] >= cfg.max_repeated_calls:
+                msgs.append({"role": "tool", "name": call["name"], "content": REPEATED_CALL_STOP})
+                state["stop_reason"] = "repeated_call"
+                return
+            state["_repeats"] += 1  # answered with a reminder, not run again: a tool call that failed
+            state["n_tool_calls"] += 1
+            state["tool_errors"].append({"turn": state["n_model_calls"], "call": call, "error": REPEATED_CALL})
+            msgs.append({"role": "tool", "name": call["name"], "content": REPEATED_CALL})
             return
         state["_seen"].add(key)
         result = call_tool(call["name"], call["arguments"])

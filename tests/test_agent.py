@@ -185,7 +185,7 @@ def test_loop_runs_real_tools_and_stops_on_each_rule(toolbox):
     backend = Scripted({
         "question 0": [_call("diagnose", phenotypes=["Angiokeratoma", "Hypohidrosis"], k=3),
                        "<think>Fabry disease ranks first.</think>\n<answer>Fabry disease"],
-        "question 1": [_call("lookup", name="Fabry disease"), _call("lookup", name="Fabry disease")],
+        "question 1": [_call("lookup", name="Fabry disease")] * 3,
         "question 2": ["I think it is Fabry disease.", "Still prose."],
         "question 3": [_call("lookup", name=f"x{i}") for i in range(10)],
         "question 4": [Completion.failed("POST http://x/v1/chat/completions: connection refused")],
@@ -193,7 +193,7 @@ def test_loop_runs_real_tools_and_stops_on_each_rule(toolbox):
                        "<think>Give up.</think><answer>unknown</answer>"],
         "question 6": [Completion(_call("lookup", name="GLA"), 9000, 10, "stop")],
     })
-    cfg = A.AgentConfig(max_calls=4, token_budget=8192, max_new_tokens=64)
+    cfg = A.AgentConfig(max_calls=4, token_budget=8192, max_new_tokens=64, max_repeated_calls=1)
     out = A.run_agent(backend, toolbox, qs, config=cfg, guidance={"q0": "Entity_A --has_phenotype--> Clue_1"},
                       progress=False)
     by = {t["question_id"]: t for t in out}
@@ -201,7 +201,10 @@ def test_loop_runs_real_tools_and_stops_on_each_rule(toolbox):
     assert q0["stop_reason"] == "answer" and q0["prediction"] == "Fabry disease" and q0["n_tool_calls"] == 1
     assert "MONDO:0010526" in q0["messages"][3]["content"] and q0["messages"][3]["role"] == "tool"
     assert q0["messages"][2]["tool_calls"][0]["function"]["arguments"]["phenotypes"] == ["Angiokeratoma", "Hypohidrosis"]
-    assert by["q1"]["stop_reason"] == "repeated_call" and by["q1"]["n_tool_calls"] == 1
+    q1 = by["q1"]  # the first repeat gets a reminder (a failed call), the second stops the run
+    assert q1["stop_reason"] == "repeated_call" and q1["n_tool_calls"] == 2 and q1["n_model_calls"] == 3
+    assert [e["error"] for e in q1["tool_errors"]] == [A.REPEATED_CALL]
+    assert [m["content"] for m in q1["messages"] if m["role"] == "tool"][1:] == [A.REPEATED_CALL, A.REPEATED_CALL_STOP]
     assert by["q2"]["stop_reason"] == "format_errors" and by["q2"]["n_format_errors"] == 2
     assert by["q3"]["stop_reason"] == "max_calls" and by["q3"]["n_model_calls"] == 4
     assert by["q4"]["stop_reason"] == "backend_error" and "connection refused" in json.dumps(by["q4"]["format_errors"])
@@ -236,13 +239,20 @@ def test_a_dead_endpoint_is_recorded_and_the_run_goes_on(toolbox):
 
 def test_step_api_applies_each_rule_without_a_backend(toolbox):
     """The step functions run_agent and GRPO's rollouts share: one definition of the stop rules."""
-    cfg = A.AgentConfig(max_calls=3, max_format_errors=2, token_budget=500)
+    cfg = A.AgentConfig(max_calls=3, max_format_errors=2, token_budget=500, max_repeated_calls=1)
     s = A.new_state({"id": "q", "question": "Which enzyme?"})
     assert A.stop_before_call(s, cfg)
     A.take_turn(s, _call("lookup", name="GLA"), "stop", toolbox.call, cfg=cfg, n_tokens=120)
     assert s["stop_reason"] is None and s["n_tool_calls"] == 1 and s["messages"][-1]["role"] == "tool"
     A.take_turn(s, _call("lookup", name="GLA"), "stop", toolbox.call, cfg=cfg, n_tokens=200)
+    assert s["stop_reason"] is None and s["messages"][-1]["content"] == A.REPEATED_CALL and A.stop_before_call(s, cfg)
+    A.take_turn(s, _call("lookup", name="GLA"), "stop", toolbox.call, cfg=cfg, n_tokens=260)
     assert s["stop_reason"] == "repeated_call" and not A.stop_before_call(s, cfg)
+    strict = A.AgentConfig(max_calls=3, max_repeated_calls=0)  # no reminder: the first repeat stops
+    s = A.new_state({"id": "q", "question": "Which enzyme?"})
+    for _ in range(2):
+        A.take_turn(s, _call("lookup", name="GLA"), "stop", toolbox.call, cfg=strict)
+    assert s["stop_reason"] == "repeated_call" and s["n_tool_calls"] == 1 and not s["tool_errors"]
 
     s = A.new_state({"id": "q", "question": "Which enzyme?"})
     A.take_turn(s, "prose", "length", toolbox.call, cfg=cfg)
