@@ -96,6 +96,9 @@ def compare(stages: dict[str, Sequence[dict[str, Any]]], pairs: dict[str, tuple[
     return {name: bootstrap.paired_difference(stages[a], stages[b], names=(a, b)) for name, (a, b) in pairs.items()}
 
 
+SHORT_CHAIN_HOPS = 3  # "short chains": the hop counts issue 14's SFT goal is set on (pass@1_max3_hops)
+
+
 def metrics(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Aggregate :func:`evaluate` rows (see the module docstring)."""
     rows = list(rows)
@@ -115,6 +118,9 @@ def metrics(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "tool_error_rate": round(sum(r["n_tool_errors"] for r in rows) / max(sum(r["n_tool_calls"] for r in rows), 1), 4),
         "stop_reasons": dict(sorted(Counter(r["stop_reason"] for r in rows).items())),
     }
+    short = [r for r in rows if r.get("hops") is not None and int(r["hops"]) <= SHORT_CHAIN_HOPS]
+    out[f"pass@1_max{SHORT_CHAIN_HOPS}_hops"] = ({**_pass1(short), "questions": len({r["question_id"] for r in short})}
+                                                 if short else None)
     for key in ("hops", "specialty"):
         groups: dict[Any, list[dict]] = defaultdict(list)
         for r in rows:

@@ -797,6 +797,7 @@ def run_grpo(profile: str, params: dict[str, Any], *, adapter_dir: str | Path | 
     result = train(trainer)
     result["stale_parts_removed"] = stale  # another run's checkpoints were here: not resumed
     result["rollout_seconds"] = round(rollouts.seconds, 1)
+    result["rollouts"] = rollouts.n_rollouts  # generated in this run (a resumed run: since it resumed)
     result["rollouts_per_second"] = round(rollouts.n_rollouts / rollouts.seconds, 4) if rollouts.seconds else None
     result["engine"] = rollouts.config.engine
     result["engine_syncs"] = rollouts.sync.syncs if rollouts.sync is not None else []

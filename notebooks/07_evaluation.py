@@ -193,8 +193,11 @@ fig.tight_layout(); plots.save(fig, FIG / "07_benchmarks.png")
 # the ablation runs' training figures, and the reported numbers with their sources.
 
 # %%
+grpo_train = mio.read_json(RES / "06_grpo.json")["train"]   # notebook 06's run: what the SFT+GRPO row cost
 summary = {"profile": PROFILE, "questions": len(questions["base"]), "k": metrics["base"]["rollouts"],
            "stages": all_metrics, "paired": paired, "ablations": ablation,
+           "sft_pass@1_max3_hops": all_metrics["sft"]["pass@1_max3_hops"],
+           "grpo": {k: grpo_train.get(k) for k in ("steps", "rollouts", "seconds_per_step", "rollouts_per_second")},
            "reported": reported.reported_frame().to_dict("records")}
 mio.write_json(RES / "07_evaluation.json", summary)
 ablation_table[["pass@1", "ci95 low", "ci95 high", "pass@k", "answer rate"]]

@@ -58,6 +58,16 @@ def test_evaluate_and_metrics(toolbox):
         E.evaluate(BySeed(), toolbox, [FABRY_Q], k=0)
 
 
+def test_short_chain_pass_at_1_counts_only_questions_of_at_most_three_hops():
+    def row(q, hops, correct, rollout=0):
+        return {"question_id": q, "rollout": rollout, "correct": correct, "stop_reason": "answer", "n_format_errors": 0,
+                "n_model_calls": 1, "n_tool_calls": 1, "n_tool_errors": 0, "hops": hops, "specialty": None}
+    rows = [row("a", 2, True), row("b", 3, False), row("c", 5, True), row("d", None, True)]
+    short = E.metrics(rows)["pass@1_max3_hops"]
+    assert short["questions"] == 2 and short["mean"] == 0.5  # c (5 hops) and d (unknown) are not short chains
+    assert E.metrics([row("c", 5, True)])["pass@1_max3_hops"] is None
+
+
 def test_metrics_of_nothing():
     assert E.metrics([]) == {"questions": 0}
 
