@@ -25,8 +25,16 @@ NUMBER = r"([+\-−]?\d[\d,]*(?:\.\d+)?)"
 LONG = "results/cpu_long"
 CPU = "results/cpu"
 
+RULES = "results/bench/agent_rules.json"
+
 # (document, metrics file, text with placeholders)
 CLAIMS: list[tuple[str, str, str]] = [
+    # README: the agent's forgiving rules, measured by bench/bench_agent_rules.py
+    ("README.md", RULES,
+     "pass@1 {arms/strict/pass@1/mean} → {arms/forgiving/pass@1/mean} (+{paired_forgiving_minus_strict/mean}, 95% CI\n"
+     "{paired_forgiving_minus_strict/ci95/0} … +{paired_forgiving_minus_strict/ci95/1}: within noise), answer rate "
+     "{arms/strict/answer_rate} → {arms/forgiving/answer_rate}, rollouts stopped by a repeat "
+     "{arms/strict/stop_reasons/repeated_call} → {arms/forgiving/stop_reasons/repeated_call} of 240."),
     # README: the cpu_long reference result
     ("README.md", f"{LONG}/07_evaluation.json",
      "| base SmolLM2-135M-Instruct | {stages/base/pass@1/mean} ({stages/base/pass@1/ci95/0}–{stages/base/pass@1/ci95/1})"
@@ -109,17 +117,20 @@ CLAIMS: list[tuple[str, str, str]] = [
      "{eval/sft/pass@1/ci95/0}–{eval/sft/pass@1/ci95/1}; pass@3 {eval/base/pass@k} vs {eval/sft/pass@k})"),
     ("README.md", f"{CPU}/05_sft.json",
      "{eval/sft/answer_rate|pct}% of SFT rollouts end with an answer, {eval/sft/stop_reasons/repeated_call} of 36 repeat"
-     " a call; learning curve {learning_curve/0/pass@1/mean} after {learning_curve/0/trajectories} and after "
-     "{learning_curve/1/trajectories} trajectories"),
+     " a call twice; learning curve {learning_curve/0/pass@1/mean} after {learning_curve/0/trajectories} and "
+     "{learning_curve/1/pass@1/mean} after {learning_curve/1/trajectories} trajectories"),
     ("README.md", f"{CPU}/06_grpo.json",
      "probe of {pool/candidates} training questions × {pool/probe_k} → {pool/learnable} learnable; "
      "{train/steps} GRPO steps × 1 question × 4 rollouts in passes of 2, {train/seconds_per_step} s/step"),
     ("README.md", f"{CPU}/06_grpo.json",
      "held-out pass@1 {reward_hacking/checkpoints/0/heldout_pass@1} → {reward_hacking/checkpoints/2/heldout_pass@1} "
      "(answer rate {reward_hacking/checkpoints/0/heldout_answer_rate} → {reward_hacking/checkpoints/2/heldout_answer_rate}):"
-     " the training reward rose ({reward_hacking/reward_change}, well-formedness only) while one held-out rollout fewer "
-     "was right — `reward_hacking_check` says \"suspect\", paired {paired_minus_start/mean} ({paired_minus_start/ci95/0}"
-     " … {paired_minus_start/ci95/1})"),
+     " the training reward rose ({reward_hacking/reward_change}, mostly accuracy on the {pool/learnable} pool questions)"
+     " while held-out accuracy and answer rate fell — `reward_hacking_check` says \"suspect\", paired "
+     "{paired_minus_start/mean} ({paired_minus_start/ci95/0} … {paired_minus_start/ci95/1})"),
+    ("README.md", f"{CPU}/06_grpo.json",
+     "training accuracy {reward_hacking/checkpoints/1/train_accuracy} at step 3, "
+     "{reward_hacking/checkpoints/2/train_accuracy} at step 6"),
     ("README.md", f"{CPU}/07_evaluation.json",
      "every rollout breaks the protocol, held-out pass@1 {stages/grpo_from_base/pass@1/mean} (as the base)"),
     ("notebooks/05_sft.py", f"{CPU}/05_sft.json",
