@@ -263,6 +263,22 @@ def solve(index: QuestionIndex, variables: list[Variable]) -> set[str]:
     return current or set()
 
 
+def sufficient_hops(index: QuestionIndex, variables: list[Variable]) -> int:
+    """The fewest hops a solver needs: the shortest tail of the chain (its first variable taken without
+    the link into it, only its own clues) whose constraints already leave exactly the answer, counted in
+    hops; ``len(variables) - 1`` when every hop is needed, 0 when the answer's own clues name it.
+
+    A question is verified unique as a whole (:func:`solve`); this says how much of the chain a solver
+    can skip — a 6-hop question whose last 2 hops pin the answer tests 2 hops of reasoning."""
+    answer = {variables[-1].entity_id}
+    for start in range(len(variables) - 1, 0, -1):
+        tail = [Variable(variables[start].entity_id, variables[start].type, None, variables[start].clues),
+                *variables[start + 1:]]
+        if solve(index, tail) == answer:
+            return len(variables) - 1 - start
+    return len(variables) - 1
+
+
 # --------------------------------------------------------------------------- rendering
 
 

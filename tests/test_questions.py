@@ -76,6 +76,13 @@ def test_generated_question_is_unique_masked_and_well_formed(index, view):
         for field in ("question", "answer", "reasoning_path", "entity_mapping", "sampling_algorithm", "source_entity"):
             assert field in rec
         json.dumps(rec)  # serialisable
+        need = Q.sufficient_hops(index, variables)
+        assert 0 <= need <= rec["hops"]
+        if need < rec["hops"]:  # the tail that many hops long already pins the answer
+            start = rec["hops"] - need
+            tail = [Q.Variable(variables[start].entity_id, variables[start].type, None, variables[start].clues),
+                    *variables[start + 1:]]
+            assert Q.solve(index, tail) == {rec["answer_id"]}
 
 
 def test_hop_cap_is_per_seed_deterministic_and_honours_the_share():
@@ -127,6 +134,18 @@ def test_a_masked_name_inside_a_longer_clue_word_is_a_leak(index):
     assert Q.overlaps_masked(index, "DRUGBANK:DB01274", keys) == "DRUGBANK:DB00983"
     assert Q.leaks(index, [formoterol], ["A long-acting beta-2 agonist for asthma."]) == []
     assert not Q.names_inside("hand foot", "and")  # short keys still need whole words
+
+
+def test_sufficient_hops_counts_the_hops_a_solver_cannot_skip(index):
+    fabry, gla = "MONDO:0010526", "NCBIGene:2717"
+    pinned = Q.Variable(fabry, "disease", {"relation": "associated_with", "direction": "fwd"},
+                        [{"kind": "fact_rev", "relation": "associated_with", "value": gla}])
+    assert Q.solve(index, [Q.Variable(fabry, "disease", None, pinned.clues)]) == {fabry}  # GLA names Fabry alone
+    start = Q.Variable(gla, "gene", None, [])
+    assert Q.sufficient_hops(index, [start, pinned]) == 0  # the answer's own clue: no hop needed
+    bare = Q.Variable(fabry, "disease", {"relation": "associated_with", "direction": "fwd"}, [])
+    assert Q.sufficient_hops(index, [Q.Variable(gla, "gene", None, [{"kind": "fact", "relation": "associated_with",
+                                                                      "value": fabry}]), bare]) == 1
 
 
 def test_a_definition_clue_says_whose_definition_mentions_what(index):
