@@ -206,11 +206,13 @@ def call_anchors(arguments: Mapping[str, Any] | None, names: Mapping[str, str] |
     out = []
     for a in given if isinstance(given, (list, tuple)) else ():
         text = str(a).strip()
-        if _ID_TOKEN.fullmatch(text):
-            out.append(text)
-        else:
-            out.append((picks or {}).get(text) or (names or {}).get(surface_key(text)) or text)
+        out.append(text if _ID_TOKEN.fullmatch(text) else (picks or {}).get(text) or as_id(text, names) or text)
     return tuple(out)
+
+
+def as_id(text: str, names: Mapping[str, str] | None) -> str | None:
+    """A call argument as an id: an id as written, a name as ``names`` (surface key -> id) resolves it, else None."""
+    return text if _ID_TOKEN.fullmatch(text) else (names or {}).get(surface_key(text))
 
 
 def _parse_common(obs: Observation, text: str, arguments: Mapping[str, Any] | None,
@@ -248,7 +250,7 @@ def query_ids(arguments: Mapping[str, Any] | None, lines: Sequence[str], names: 
     given = (arguments or {}).get("phenotypes")
     unresolved = next((line[len(UNRESOLVED):].split("; ") for line in lines if line.startswith(UNRESOLVED)), [])
     used = [str(a).strip() for a in given if str(a).strip() not in unresolved] if isinstance(given, (list, tuple)) else []
-    out: list[str | None] = [a if _ID_TOKEN.fullmatch(a) else (names or {}).get(surface_key(a)) for a in used]
+    out: list[str | None] = [as_id(a, names) for a in used]
     shown = next((line for line in lines if line.startswith("Query: ")), "")
     count = len(shown.split(" | within ", 1)[0].split("; ")) if shown else 0
     return out if len(out) == count else []  # a phenotype given twice is numbered once: then names only

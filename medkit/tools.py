@@ -413,10 +413,18 @@ class MedicalToolbox:
     def _entity_or_name(self, text: str) -> str | None:
         """``text`` if it is a known id, else the id of the entity with that exact name (best first), else of
         the one entity whose name is close to it (:func:`close_name`)."""
+        return self._take(text)[0]
+
+    def _take(self, text: str) -> tuple[str | None, bool]:
+        """The entity ``text`` denotes (as :meth:`_entity_or_name`), and whether the tool must say which one it
+        took: ``text`` is a name that denotes several entries, or a misspelt name taken as a close one."""
         if text in self._in_kb:
-            return text
-        hits = self._resolve(text) or self._resolve_close(text)
-        return hits[0][0] if hits else None
+            return text, False
+        hits = self._resolve(text)
+        if hits:
+            return hits[0][0], len(hits) > 1
+        hits = self._resolve_close(text)
+        return (hits[0][0], True) if hits else (None, False)
 
     def _resolve_close(self, text: str) -> list[tuple[str, int]]:
         """The entries of the one known name close to ``text`` (a misspelling of it); [] when none or several,
@@ -427,11 +435,6 @@ class MedicalToolbox:
             self._close_keys = sorted(self._lookup)
         key = close_name(surface_key(text), self._close_keys)
         return [] if key is None else sorted(self._lookup[key].items(), key=lambda kv: (kv[1], kv[0]))
-
-    def took_close_name(self, text: str) -> bool:
-        """Whether ``text`` (a tool argument) is resolved only as a close name, not an id or an exact name."""
-        text = text.strip()
-        return text not in self._in_kb and not self._resolve(text) and bool(self._resolve_close(text))
 
     @_safe
     def related(self, entity_id: str, relation: str, direction: str = "both") -> str:
@@ -610,10 +613,10 @@ class MedicalToolbox:
         for text, rel in zip(entity_ids, relations):
             if (problem := _check_text(text, "each entity id")):
                 return problem
-            eid = self._entity_or_name(text.strip())
+            eid, stated = self._take(text.strip())
             if eid is None:
                 return _err(f"unknown id or name {text.strip()!r}; use lookup(name) or search(query) to find an id.")
-            if eid != text.strip() and (len(self._resolve(text.strip())) > 1 or self.took_close_name(text)):
+            if stated:
                 picked.append(f"{text.strip()} = {eid}")  # an ambiguous or close name: say which entry it was taken as
             nb: set[str] = set()
             for key, other in (("head_id", "tail_id"), ("tail_id", "head_id")):
