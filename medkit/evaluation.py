@@ -23,6 +23,7 @@ from __future__ import annotations
 import base64
 import binascii
 import csv
+import gc
 import statistics
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
@@ -230,6 +231,7 @@ def evaluate_adapter(profile: str, adapter_dir: str | Path | None, questions: Se
                     seed=int(params["SEED"]), schemas=schemas, progress=progress)
     engine = type(backend).__name__
     del backend
+    gc.collect()  # the model and its engine (KV cache included) go now, before the next stage builds its own
     return {"rows": rows, "metrics": {**metrics(rows), "seconds": round(time.time() - t0, 1), "engine": engine}}
 
 

@@ -29,6 +29,7 @@ Out of scope: the reward terms themselves (:mod:`medkit.rewards`), evaluation
 
 from __future__ import annotations
 
+import gc
 import logging
 import math
 import shutil
@@ -812,5 +813,9 @@ def run_grpo(profile: str, params: dict[str, Any], *, adapter_dir: str | Path | 
     tokenizer.save_pretrained(str(adapter))
     write_json(adapter / ADAPTER_META, {**meta, "step": result["steps"]})
     curve = [(step, str(folder)) for step, folder in snapshots(out / "curve") if step < result["steps"]]
-    del trainer, model
+    # the trainer, the policy and the rollouts' engine copy (an OpenVINO pipeline and its KV cache) hold each
+    # other in reference cycles: collected now, not whenever Python's cyclic collector next runs, so the
+    # evaluation that follows does not load its model and engine beside them
+    del trainer, model, rollouts
+    gc.collect()
     return {"train": result, "history": history, "adapter": str(adapter), "curve": curve}
