@@ -29,7 +29,6 @@ from medkit import evaluation as E
 from medkit import io as mio
 from medkit import paths, profiles, records
 from medkit import tools as T
-from medkit.engine import DEFAULT_COMPUTE_TYPE, DEFAULT_ENGINE, DEFAULT_ENGINE_BATCH, inference_backend
 
 ARMS = {"strict": {"close_names": False, "max_repeated_calls": 0},
         "forgiving": {"close_names": True, "max_repeated_calls": 1}}
@@ -57,11 +56,7 @@ def main(profile: str = "cpu", n: int = 60, k: int = 4, max_hops: int = 3) -> di
     questions = E.select_questions(records.load_questions(data / "questions_test.jsonl"), n, max_hops)
     _, toolbox = T.open_tools(data)
     schemas = None if params["TOOLS_IN_PROMPT"] else []
-    backend = inference_backend(profile, adapter, engine=str(params.get("ENGINE") or DEFAULT_ENGINE),
-                                precision=str(params.get("ENGINE_PRECISION") or DEFAULT_COMPUTE_TYPE),
-                                bf16=params.get("BF16"), batch_size=int(params["EVAL_BATCH"]),
-                                engine_batch=int(params.get("ENGINE_BATCH") or DEFAULT_ENGINE_BATCH),
-                                name=f"sft:{profile}", progress=False)
+    backend = E.harness_backend(profile, adapter, params, name="sft", progress=False)
     arms: dict[str, Any] = {}
     rows_by_arm = {}
     for arm, rules in ARMS.items():

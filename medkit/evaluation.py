@@ -214,18 +214,13 @@ def evaluate_adapter(profile: str, adapter_dir: str | Path | None, questions: Se
     """
     import time
 
-    from .engine import DEFAULT_COMPUTE_TYPE, DEFAULT_ENGINE, DEFAULT_ENGINE_BATCH, inference_backend, resolve_engine
+    from .engine import DEFAULT_ENGINE, resolve_engine
     from .model import has_cuda
 
-    engine = str(params.get("ENGINE") or DEFAULT_ENGINE)
-    if resolve_engine(engine, on_gpu=has_cuda()) == "vllm":
+    if resolve_engine(str(params.get("ENGINE") or DEFAULT_ENGINE), on_gpu=has_cuda()) == "vllm":
         return _evaluate_on_vllm(profile, adapter_dir, questions, toolbox, params, name=name, schemas=schemas,
                                  progress=progress)
-    backend = inference_backend(profile, adapter_dir, engine=engine,
-                                precision=str(params.get("ENGINE_PRECISION") or DEFAULT_COMPUTE_TYPE),
-                                bf16=params.get("BF16"), batch_size=int(params["EVAL_BATCH"]),
-                                engine_batch=int(params.get("ENGINE_BATCH") or DEFAULT_ENGINE_BATCH),
-                                name=f"{name}:{profile}", progress=progress)
+    backend = harness_backend(profile, adapter_dir, params, name=name, progress=progress)
     t0 = time.time()
     rows = evaluate(backend, toolbox, questions, k=int(params["EVAL_K"]), config=harness_config(params),
                     seed=int(params["SEED"]), schemas=schemas, progress=progress)
@@ -233,6 +228,20 @@ def evaluate_adapter(profile: str, adapter_dir: str | Path | None, questions: Se
     del backend
     gc.collect()  # the model and its engine (KV cache included) go now, before the next stage builds its own
     return {"rows": rows, "metrics": {**metrics(rows), "seconds": round(time.time() - t0, 1), "engine": engine}}
+
+
+def harness_backend(profile: str, adapter_dir: str | Path | None, params: dict[str, Any], *, name: str,
+                    progress: bool = True) -> Any:
+    """The CPU generation backend every stage is evaluated with: the profile's base with ``adapter_dir``
+    merged in, on notebook 05's ``ENGINE`` / ``ENGINE_PRECISION`` / ``BF16`` / ``EVAL_BATCH`` /
+    ``ENGINE_BATCH`` (:func:`medkit.engine.inference_backend`)."""
+    from .engine import DEFAULT_COMPUTE_TYPE, DEFAULT_ENGINE, DEFAULT_ENGINE_BATCH, inference_backend
+
+    return inference_backend(profile, adapter_dir, engine=str(params.get("ENGINE") or DEFAULT_ENGINE),
+                             precision=str(params.get("ENGINE_PRECISION") or DEFAULT_COMPUTE_TYPE),
+                             bf16=params.get("BF16"), batch_size=int(params["EVAL_BATCH"]),
+                             engine_batch=int(params.get("ENGINE_BATCH") or DEFAULT_ENGINE_BATCH),
+                             name=f"{name}:{profile}", progress=progress)
 
 
 def harness_config(params: dict[str, Any]) -> AgentConfig:

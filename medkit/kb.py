@@ -187,7 +187,7 @@ def annotation_relations(hpoa: pd.DataFrame, id_map: dict[str, str], types: dict
 
 def _all_absent(frequencies: pd.Series) -> bool:
     """Every source of one annotation gives frequency 0 (HPO "Excluded", or 0 of n patients)."""
-    return bool(len(frequencies)) and bool(frequencies.notna().all()) and bool((frequencies == 0).all())
+    return bool(len(frequencies)) and bool((frequencies == 0).all())  # NaN == 0 is False: unknown is not absent
 
 
 def gene_relations(gene_disease: pd.DataFrame, id_map: dict[str, str]) -> pd.DataFrame:

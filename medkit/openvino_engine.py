@@ -227,7 +227,6 @@ class OpenVINOBackend(TokenIdChat):
         self.watchdog_s = GENERATE_WATCHDOG_S
         self.idle_s = GENERATE_IDLE_S
         self.restarts = 0  # pipelines rebuilt after a hung generate call
-        self.hangs: list[str] = []  # how each hung call was detected: "idle" or "limit"
         sched = ov_genai.SchedulerConfig()
         sched.enable_prefix_caching = bool(prefix_caching)
         sched.cache_size = max(1, int(round(kv_cache_gb)))
@@ -306,7 +305,6 @@ class OpenVINOBackend(TokenIdChat):
                 return box["out"]
             why = (f"did no work for {self.idle_s:.0f} s" if verdict == "idle"
                    else f"did not return within {self.watchdog_s:.0f} s")
-            self.hangs.append(verdict)
             if attempt == 2:
                 raise MedkitError(f"{self.name}: the OpenVINO engine's generate call {why}, twice (a hung call); "
                                   "rerun, or use ENGINE='transformers'")

@@ -262,6 +262,7 @@ class MedicalToolbox:
         self._ann_dis = ann["head_id"].map(dis_pos).to_numpy(dtype=np.int64)
         self._ann_delta = np.log(prob) - math.log(FALSE_POSITIVE_PROBABILITY)
         self._ann_freq = freq
+        self._ann_present = (freq != 0).astype(float)  # 1 where the disease has it (NaN: unknown frequency), 0 where it lacks it
         counts = ann["tail_id"].map(self._phen_pos).value_counts().sort_index()
         self._indptr = np.zeros(len(self._phen_ids) + 1, dtype=np.int64)
         self._indptr[1:] = np.cumsum(counts.reindex(range(len(self._phen_ids)), fill_value=0).to_numpy())
@@ -403,8 +404,11 @@ class MedicalToolbox:
         return "\n".join(lines)
 
     def _resolve(self, name: str) -> list[tuple[str, int]]:
-        slot = self._lookup.get(surface_key(name), {})
-        return sorted(slot.items(), key=lambda kv: (kv[1], kv[0]))
+        return self._entries(surface_key(name))
+
+    def _entries(self, key: str) -> list[tuple[str, int]]:
+        """(id, 0 name / 1 synonym) of every entity a lookup key denotes, names first, then by id."""
+        return sorted(self._lookup.get(key, {}).items(), key=lambda kv: (kv[1], kv[0]))
 
     def resolve_ids(self, name: str) -> list[str]:
         """Entity ids a name or synonym denotes (exact match after normalisation); for judging."""
@@ -434,7 +438,7 @@ class MedicalToolbox:
         if self._close_keys is None:
             self._close_keys = sorted(self._lookup)
         key = close_name(surface_key(text), self._close_keys)
-        return [] if key is None else sorted(self._lookup[key].items(), key=lambda kv: (kv[1], kv[0]))
+        return [] if key is None else self._entries(key)
 
     @_safe
     def related(self, entity_id: str, relation: str, direction: str = "both") -> str:
@@ -653,8 +657,8 @@ class MedicalToolbox:
         idx = np.concatenate([self._ann_dis[s] for s in parts])
         delta = np.concatenate([self._ann_delta[s] for s in parts])
         scores = base + np.bincount(idx, weights=delta, minlength=n_dis)
-        present = np.concatenate([self._ann_freq[s] != 0 for s in parts])  # NaN (unknown) counts, 0 (lacks) does not
-        matches = np.bincount(idx, weights=present.astype(float), minlength=n_dis)
+        present = np.concatenate([self._ann_present[s] for s in parts])
+        matches = np.bincount(idx, weights=present, minlength=n_dis)
         return scores, matches, qpos
 
     # ------------------------------------------------------------------ dispatch
