@@ -19,7 +19,7 @@
 # | profile | questions | KG-guided trajectories | accepted | mean tool calls | free rollouts (teacher) | wall time (2 CPU cores) |
 # |---|---|---|---|---|---|---|
 # | `smoke` | ~24 train | 1 per question | ~100% | ~6 | 2, small model | ~1 min |
-# | `cpu` | 1,101 train | 2 per question (2,202) | 2,188 (99.4%) over 1,094 questions, 18 specialties | ~5.0 (paper: 4.2) | 8 with SmolLM2-135M: 0 accepted | ~2 min (2.0 min in the committed run) |
+# | `cpu` | 1,122 train | 2 per question (2,244) | 2,234 (99.6%) over 1,117 questions, 18 specialties | ~4.8 (paper: 4.2) | 8 with SmolLM2-135M: 0 accepted | ~2 min (2.2 min in the committed run) |
 # | `gpu` | all train | 2 per question | as `cpu` | as `cpu` | 300 with the 7B teacher | ~20 min |
 #
 # The `cpu` row is the committed run (synthesis v9, questions of generator v6 with half the seeds'

@@ -144,6 +144,13 @@ CLAIMS: list[tuple[str, str, str]] = [
      "{train/seconds_per_step} s/step; then the held-out evaluation of notebook 05: "
      "{reward_hacking/checkpoints/0/heldout_pass@1} → {reward_hacking/checkpoints/1/heldout_pass@1} → "
      "{reward_hacking/checkpoints/2/heldout_pass@1}, training reward {reward_hacking/reward_change}"),
+    ("notebooks/04_trajectories.py", f"{CPU}/04_trajectories.json",
+     "| 2 per question ({kg_guided/trajectories}) | {kg_guided/accepted} "
+     "({kg_guided/acceptance_rate|pct}%) over {kg_guided/questions_covered} questions, {kg_guided/specialties} "
+     "specialties | ~{kg_guided/mean_tool_calls} (paper: 4.2)"),
+    ("notebooks/07_evaluation.py", f"{CPU}/07_evaluation.json",
+     "base {stages/base/pass@1/mean}, SFT {stages/sft/pass@1/mean}, SFT+GRPO {stages/sft+grpo/pass@1/mean}, "
+     "GRPO from base {stages/grpo_from_base/pass@1/mean} on these 12 questions"),
     ("notebooks/07_evaluation.py", f"{LONG}/07_evaluation.json",
      "base {stages/base/pass@1/mean}, SFT {stages/sft/pass@1/mean} (95% CI {stages/sft/pass@1/ci95/0}–"
      "{stages/sft/pass@1/ci95/1}), SFT+GRPO {stages/sft+grpo/pass@1/mean} ({stages/sft+grpo/pass@1/ci95/0}–"
