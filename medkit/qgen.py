@@ -27,7 +27,7 @@ from . import subgraph as S
 TIMING_FIELDS = ("chain_search_ms",)
 
 # Bump when generation logic changes: records of another version are regenerated on resume.
-GENERATOR_VERSION = 6  # 6: a definition_mentions clue says whose definition (was "described in connection with"); 5: timings kept out of the records (byte-reproducible data); 4: SHORT_SHARE caps some seeds' chains at 2-3 hops; 3: a masked name inside a longer clue word is a leak
+GENERATOR_VERSION = 7  # 7: every stated hop is needed (a chain whose tail pins the answer is cut to that tail; clues prefer the least specific); 6: a definition_mentions clue says whose definition (was "described in connection with"); 5: timings kept out of the records (byte-reproducible data); 4: SHORT_SHARE caps some seeds' chains at 2-3 hops; 3: a masked name inside a longer clue word is a leak
 
 
 def orient(chain: list[str], types: dict[str, str]) -> list[str] | None:
@@ -65,7 +65,8 @@ def generate_for_seed(index: Q.QuestionIndex, view: nx.Graph, seed: str, *, base
     """One attempt for one seed: a question record, or {'status': 'dropped', 'reason': ...}.
 
     The chain is the longest one up to :func:`hop_cap` hops (never below ``min_hops``, which a
-    calibration retry raises)."""
+    calibration retry raises), cut to the tail a solver cannot shorten (:func:`medkit.questions.needed_tail`):
+    ``hops`` is the number of hops the question needs, ``chain_hops_before_cut`` the chain's length."""
     rng = random.Random(f"{base_seed}:{seed}:{attempt}")
     cap = max(hop_cap(base_seed, seed, max_hops=max_hops, min_hops=min_hops, short_share=short_share,
                       short_max_hops=short_max_hops), min_hops)
@@ -95,8 +96,19 @@ def generate_for_seed(index: Q.QuestionIndex, view: nx.Graph, seed: str, *, base
     solutions = Q.solve(index, variables)
     if solutions != {chain[-1]}:
         return {**base, **meta, "status": "dropped", "reason": f"not unique: {len(solutions)} solutions"}
+    stated = len(variables) - 1
+    variables, why = Q.needed_tail(index, variables, level, rng, keys=Q.masked_keys(index, chain))
+    if why:
+        return {**base, **meta, "status": "dropped", "reason": f"shortcut: {why}"}
+    if len(variables) - 1 < min_hops:
+        return {**base, **meta, "status": "dropped",
+                "reason": f"shortcut: the last {len(variables) - 1} of {stated} hops name the answer"}
+    solutions = Q.solve(index, variables)
+    if solutions != {chain[-1]}:  # the tail's new clues single its first entity out: never reached
+        return {**base, **meta, "status": "dropped", "reason": f"not unique: {len(solutions)} tail solutions"}
     extra = {**meta, "attempt": attempt, "obfuscation_level": level, "specialty": specialty,
-             "generator_version": GENERATOR_VERSION,
+             "generator_version": GENERATOR_VERSION, "chain_hops_before_cut": stated,
+             "needed_hops": Q.sufficient_hops(index, variables),
              "uniqueness": {"verified": True, "solutions": 1}}
     record = Q.make_record(index, variables, rng, seed_entity=seed, extra=extra)
     found = Q.leaks(index, variables, [record["question"], record["reasoning_path"]])

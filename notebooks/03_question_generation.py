@@ -7,7 +7,9 @@
 # strategies, finds the **longest valid reasoning chain** from the seed (exact search
 # inside the sampled subgraph), turns it into constraints — each chain entity is
 # *described* by clue facts, never named — and **verifies against the whole knowledge
-# base that exactly one entity satisfies them**. Every question is then pre-tested by two
+# base that exactly one entity satisfies them**. A question must also need **every hop it
+# states**: when the last hops' clues alone already pin the answer (a solver could skip the
+# rest), the chain is cut to those hops. Every question is then pre-tested by two
 # solvers that must fail (the profile's model answering from memory, and one BM25 query
 # over the corpus); solved questions are regenerated with more obfuscation or a longer
 # chain. The result is split into train and held-out test by source entity.
@@ -174,13 +176,22 @@ display(pd.Series(res["dropped"], name="seeds dropped").to_frame())
 
 # %% [markdown]
 # ## 6 What the questions look like
+#
+# `hops` is the number of hops a solver **needs**: every question was checked for a shorter
+# tail of its chain whose constraints alone leave the answer (`questions.sufficient_hops`), and
+# cut to it. The table counts, per chain length found in the subgraph (rows), the hops the
+# question kept (columns); off the diagonal are the questions whose last hops gave the answer
+# away. Without the cut, a "6-hop" question could be answered from its last clue.
 
 # %%
 qdf = pd.DataFrame(final)
+display(pd.crosstab(qdf["chain_hops_before_cut"], qdf["hops"], margins=True)
+        .rename_axis(index="chain hops found", columns="hops needed"))
 ok = attempts[attempts["status"] == "ok"]
 gen_ms = pd.DataFrame(res["timings"])["chain_search_ms"]  # timings live beside the records, not in them
 stats = {"questions": len(qdf), "mean_hops": round(float(qdf["hops"].mean()), 2),
          "specialties": int(qdf["specialty"].nunique()),
+         "cut_to_needed_hops": round(float((qdf["chain_hops_before_cut"] > qdf["hops"]).mean()), 3),
          "uniqueness_pass_rate": round(float(len(ok)) / max(1, (attempts["status"] == "ok").sum() +
                                                      attempts["reason"].fillna("").str.startswith("not unique").sum()), 3),
          "chain_search_ms_p95": round(float(np.percentile(gen_ms, 95)), 2),

@@ -76,13 +76,12 @@ def test_generated_question_is_unique_masked_and_well_formed(index, view):
         for field in ("question", "answer", "reasoning_path", "entity_mapping", "sampling_algorithm", "source_entity"):
             assert field in rec
         json.dumps(rec)  # serialisable
-        need = Q.sufficient_hops(index, variables)
-        assert 0 <= need <= rec["hops"]
-        if need < rec["hops"]:  # the tail that many hops long already pins the answer
-            start = rec["hops"] - need
+        # every stated hop is needed: no shorter tail of the chain pins the answer
+        assert Q.sufficient_hops(index, variables) == rec["needed_hops"] == rec["hops"] <= rec["chain_hops_before_cut"]
+        for start in range(1, rec["hops"] + 1):
             tail = [Q.Variable(variables[start].entity_id, variables[start].type, None, variables[start].clues),
                     *variables[start + 1:]]
-            assert Q.solve(index, tail) == {rec["answer_id"]}
+            assert Q.solve(index, tail) != {rec["answer_id"]}
 
 
 def test_hop_cap_is_per_seed_deterministic_and_honours_the_share():
@@ -146,6 +145,32 @@ def test_sufficient_hops_counts_the_hops_a_solver_cannot_skip(index):
     bare = Q.Variable(fabry, "disease", {"relation": "associated_with", "direction": "fwd"}, [])
     assert Q.sufficient_hops(index, [Q.Variable(gla, "gene", None, [{"kind": "fact", "relation": "associated_with",
                                                                       "value": fabry}]), bare]) == 1
+
+
+def test_needed_tail_cuts_a_chain_to_the_hops_a_solver_needs(index):
+    fabry, gla = "MONDO:0010526", "NCBIGene:2717"
+    pinned = Q.Variable(fabry, "disease", {"relation": "associated_with", "direction": "fwd"},
+                        [{"kind": "fact_rev", "relation": "associated_with", "value": gla}])
+    start = Q.Variable(gla, "gene", None, [])
+    cut, why = Q.needed_tail(index, [start, pinned], 0, random.Random(0))
+    assert why is None and [v.entity_id for v in cut] == [fabry] and cut[0].link is None  # 0 hops: named by its clues
+    assert Q.solve(index, cut) == {fabry}
+    bare = Q.Variable(fabry, "disease", {"relation": "associated_with", "direction": "fwd"}, [])
+    gene = Q.Variable(gla, "gene", None, [{"kind": "fact", "relation": "associated_with", "value": fabry}])
+    same, why = Q.needed_tail(index, [gene, bare], 0, random.Random(0))
+    assert why is None and same == [gene, bare]  # the one hop is needed: kept as it is
+
+
+def test_generation_cuts_or_drops_questions_with_a_shortcut(index, view, monkeypatch):
+    seeds = ["MONDO:0012648", "MONDO:0010526", "MONDO:0007376", "MONDO:0009061", "MONDO:0008199"]
+    def gen():
+        return [qgen.generate_for_seed(index, view, s, base_seed=13, attempt=a, strategy="mixed", k_range=(8, 12),
+                                       max_hops=6, min_hops=2, level=0) for s in seeds for a in range(3)]
+    real = Q.sufficient_hops
+    monkeypatch.setattr(Q, "sufficient_hops", lambda idx, v: 0 if len(v) > 1 else real(idx, v))  # every chain: a shortcut
+    recs = gen()
+    assert not [r for r in recs if r["status"] == "ok"]
+    assert [r for r in recs if r["reason"].startswith("shortcut: the last 0 of")], [r["reason"] for r in recs]
 
 
 def test_a_definition_clue_says_whose_definition_mentions_what(index):
@@ -327,3 +352,17 @@ def test_a_failed_solver_verdict_is_not_a_finished_calibration(tmp_path):
     done = qgen.calibrate_pending(path, records, {"model": live}, progress=False)
     assert calls == ["q1", "q2", "q1", "q2"] and done["q1"]["model"]["solved"] and not done["q2"]["model"]["solved"]
     assert qgen.calibrate_pending(path, records, {"model": live}, progress=False) == done and len(calls) == 4
+
+
+def test_a_chain_with_a_shortcut_is_cut_to_the_needed_tail(index, view):
+    seeds = ["HP:0000364", "HP:0002024", "HP:0002027"]  # fixture seeds whose chains' tails pin the answer
+    recs = [r for s in seeds for a in range(2)
+            if (r := qgen.generate_for_seed(index, view, s, base_seed=13, attempt=a, strategy="mixed", k_range=(8, 12),
+                                            max_hops=6, min_hops=2, level=0))["status"] == "ok"]
+    cut = [r for r in recs if r["chain_hops_before_cut"] > r["hops"]]
+    assert len(cut) >= 3, [(r["hops"], r["chain_hops_before_cut"]) for r in recs]
+    for r in cut:
+        variables = Q.variables_from_record(r)
+        assert variables[0].link is None and variables[0].clues and len(r["chain"]) == r["hops"] + 1
+        assert Q.solve(index, variables) == {r["answer_id"]} and Q.sufficient_hops(index, variables) == r["hops"] >= 2
+        assert Q.leaks(index, variables, [r["question"], r["reasoning_path"]]) == []
