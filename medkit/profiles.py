@@ -178,10 +178,11 @@ _OVERRIDES: dict[str, dict[str, dict[str, Any]]] = {
                 "GRAD_ACCUM": 1, "LEARNING_RATE": 2e-3, "WARMUP_STEPS": 4, "SAVE_STEPS": 8,
                 "EVAL_QUESTIONS": 12, "EVAL_MAX_HOPS": 4, "EVAL_TEMPERATURE": 0.3, "EVAL_MAX_CALLS": 10,
                 "EVAL_MAX_NEW_TOKENS": 160},
-        # MICRO_BATCH 2: with all 4 rollouts in one backward pass the 2026-12-04 cpu run was killed for memory
-        # (24 GB resident, OpenVINO engine loaded beside the policy); cpu_long's passes of 2 peaked at 15.4 GiB
+        # MICRO_BATCH 1: a pass over 2 full-length rollouts holds 8.4 GiB of activations, over 1 4.3 GiB at 1.17x
+        # the seconds per rollout (checkpointing 2: 3.6 GiB at 1.34x; results/bench/grpo_pass_memory.json); with
+        # passes of 2, notebook 07 peaked at 14.6 GiB in the 2026-12-04 reference run
         "grpo": {"POOL_CANDIDATES": 32, "QUESTIONS_PER_STEP": 1, "MAX_STEPS": 6, "LEARNING_RATE": 3e-4, "MAX_COMPLETION_LENGTH": 1024,
-                 "MAX_CALLS": 6, "MICRO_BATCH": 2},
+                 "MAX_CALLS": 6, "MICRO_BATCH": 1},
         "evaluation": {"ABLATIONS": ["grpo_from_base"], "ABLATION_STEPS": 2},
     },
     "gpu": {

@@ -35,6 +35,11 @@ CLAIMS: list[tuple[str, str, str]] = [
      "{paired_forgiving_minus_strict/ci95/0} … +{paired_forgiving_minus_strict/ci95/1}: within noise), answer rate "
      "{arms/strict/answer_rate} → {arms/forgiving/answer_rate}, rollouts stopped by a repeat "
      "{arms/strict/stop_reasons/repeated_call} → {arms/forgiving/stop_reasons/repeated_call} of 240."),
+    # README: one GRPO training pass's memory, measured by bench/bench_grpo_pass_memory.py
+    ("README.md", "results/bench/grpo_pass_memory.json",
+     "{runs/micro2/pass_peak_gib} GiB over 2 rollouts, {runs/micro1/pass_peak_gib} GiB over 1 at "
+     "{over_baseline/micro1/seconds_per_rollout}× the seconds\nper rollout, {runs/micro2_gc/pass_peak_gib} GiB over 2 with "
+     "`GRADIENT_CHECKPOINTING` at {over_baseline/micro2_gc/seconds_per_rollout}×"),
     # README: the cpu_long reference result
     ("README.md", f"{LONG}/07_evaluation.json",
      "| base SmolLM2-135M-Instruct | {stages/base/pass@1/mean} ({stages/base/pass@1/ci95/0}–{stages/base/pass@1/ci95/1})"
