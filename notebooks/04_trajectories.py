@@ -19,12 +19,12 @@
 # | profile | questions | KG-guided trajectories | accepted | mean tool calls | free rollouts (teacher) | wall time (2 CPU cores) |
 # |---|---|---|---|---|---|---|
 # | `smoke` | ~24 train | 1 per question | ~100% | ~6 | 2, small model | ~1 min |
-# | `cpu` | 1,122 train | 2 per question (2,244) | 2,234 (99.6%) over 1,117 questions, 18 specialties | ~4.8 (paper: 4.2) | 8 with SmolLM2-135M: 0 accepted | ~2 min (2.2 min in the committed run) |
+# | `cpu` | 914 train | 2 per question (1,828) | 1,828 (100%) over 914 questions, 18 specialties | ~4.4 (paper: 4.2) | 8 with SmolLM2-135M: 0 accepted | ~2 min (1.7 min in the committed run) |
 # | `gpu` | all train | 2 per question | as `cpu` | as `cpu` | 300 with the 7B teacher | ~20 min |
 #
-# The `cpu` row is the committed run (synthesis v9, questions of generator v6 with half the seeds'
-# chains capped at 2-3 hops, knowledge base v2): 100% of 9,876 picks grounded, 1,150 tokens per trajectory as SFT sees
-# them (1,995 with the JSON tool schemas the filter counts), the longest 2,482; 2.2 min on an Intel
+# The `cpu` row is the committed run (synthesis v9, questions of generator v7 — every stated hop needed — with half
+# the seeds' chains capped at 2-3 hops, knowledge base v2): 100% of 7,134 picks grounded, 1,066 tokens per trajectory as SFT sees
+# them (1,910 with the JSON tool schemas the filter counts), the longest 2,356; 1.7 min on an Intel
 # Xeon with AVX512-BF16 (expect up to twice that on a CPU with AVX2 only).
 #
 # The base 135M model does not follow the tool protocol (it writes prose): its free rollouts end
@@ -235,9 +235,9 @@ print(f"mean tool calls {summary['mean_tool_calls']} (paper 4.2); mean tokens {s
 # and the agent is evaluated with the same prompt. Training time grows with tokens, and tokens that
 # carry nothing the next step needs teach nothing, so this is the count that matters. Each
 # trajectory is split into system prompt, question, thoughts, calls, observations, answer and the
-# chat template's own tokens, by hop count. Expected on `cpu` (the committed run): mean 1,150 tokens,
-# observations 29%, calls 22%, system prompt 17%, thoughts 15%; 2-hop 879 and 6-hop 1,651, 99%
-# within 2,048 and 63% within 1,200. Synthesis v8 gave 1,519 tokens: compact tool outputs, terse
+# chat template's own tokens, by hop count. Expected on `cpu` (the committed run): mean 1,066 tokens,
+# observations 28%, calls 21%, system prompt 19%, thoughts 15%; 2-hop 900 and 6-hop 1,661, 99.7%
+# within 2,048 and 76% within 1,200. Synthesis v8 gave 1,519 tokens: compact tool outputs, terse
 # thoughts and a second variant that enters by another call (not a keyword-search miss) removed 23%.
 
 # %%

@@ -15,17 +15,17 @@
 # | profile | model | trained on | training | held-out evaluation | wall time (2 CPU cores) |
 # |---|---|---|---|---|---|
 # | `smoke` | SmolLM2-135M, QLoRA | 8 trajectories, 2 steps | seconds | 2 questions × 1 rollout | ~2 min |
-# | `cpu` | SmolLM2-135M, LoRA (fp32 base) | the 64 shortest-chain trajectories (curriculum, mean 874 tokens), no tool schemas, 1 epoch (64 steps) | 5.3 min (176.3 tokens/s, loss 0.352) | 12 held-out questions of ≤ 4 hops × 3 rollouts, base vs SFT, plus the learning curve: base 0.000, SFT 0.056 (95% CI 0.000–0.167) — the protocol is learned (malformed turns 100% → 0%, 83% of rollouts answer), two rollouts are right | ~12 min (12.4 min in the committed run, with two hung OpenVINO calls seen idle and rerun after 45 s each) |
+# | `cpu` | SmolLM2-135M, LoRA (fp32 base) | the 64 shortest-chain trajectories (curriculum, mean 884.1 tokens), no tool schemas, 1 epoch (64 steps) | 4.96 min (190 tokens/s, loss 0.34) | 12 held-out questions of ≤ 4 hops × 3 rollouts, base vs SFT, plus the learning curve: base 0.000, SFT 0.000 (95% CI 0.000–0.000) — the protocol is learned (malformed turns 100% → 1.9%, 39% of rollouts answer, 21 of 36 stop on a repeated call), none is right on these 12 questions, each of which needs every hop it states | ~10 min (9.9 min in the committed run) |
 # | `cpu_long` | SmolLM2-135M, LoRA (fp32 base) | the 128 shortest-chain (2-hop) trajectories, 1 epoch (128 steps) | 25.6 min (96 tokens/s, loss 0.232) | 60 held-out questions of ≤ 3 hops × 4 rollouts, base vs SFT, curve after 64 trajectories: base 0.000, SFT **0.158** (95% CI 0.083–0.242; paired +0.158, 14 questions better, 0 worse), 2-hop 0.237, 3-hop 0.023; after 64 trajectories 0.058 | 63.5 min in the committed reference run (`results/cpu_long/`, uncontended; ~10 min of it one stuck engine call, retried) |
 # | `gpu` | Qwen2.5-7B-Instruct, QLoRA (unsloth if installed) | all accepted, 2 epochs | ~1 h on one 24 GB GPU | all held-out, 3 rollouts | ~2 h |
 #
 # On `cpu`, expect the base model to score 0 (it never calls a tool: format errors), and the SFT
 # model to follow the protocol and call the tools; how often a 135M model then reaches the right
 # answer is what the table in section 6 measures. The committed `results/cpu/05_*` are the
-# 2026-12-04 reference run (session 10's compact trajectories), on a CPU with AVX512-BF16 (one
-# without trained at ~90 tokens/s); with 12 questions × 3 rollouts its SFT score, 0.056 (two correct
-# rollouts), cannot be told from the previous run's 0.000: `cpu_long` below is the profile that
-# measures learning.
+# 2026-12-05 reference run (questions that need every hop they state), on a CPU with AVX512-BF16 (one
+# without trained at ~90 tokens/s); with 12 questions × 3 rollouts its SFT score, 0.000, cannot be
+# told from the previous run's 0.056 (two correct rollouts, on questions a third of which the last
+# hops alone answered): `cpu_long` below is the profile that measures learning.
 #
 # **Measured on the grounded data** (2026-12-03, 2 cores without bf16, not the committed run):
 # `-p N_TRAIN 128 -p QUANTIZE none -p EVAL_QUESTIONS 60 -p EVAL_MAX_HOPS 3 -p EVAL_K 2` trained on the

@@ -92,6 +92,13 @@ CLAIMS: list[tuple[str, str, str]] = [
      "held-out pass@1 {eval/grpo/pass@1/mean} (95% CI {eval/grpo/pass@1/ci95/0}–{eval/grpo/pass@1/ci95/1}) vs SFT "
      "{reward_hacking/checkpoints/0/heldout_pass@1}, paired {paired_minus_start/mean} ({paired_minus_start/ci95/0} … "
      "{paired_minus_start/ci95/1})"),
+    # README: the cpu reference run's adapters on 60 held-out questions (results/cpu/experiments)
+    ("README.md", f"{CPU}/experiments/eval60_needed_hops.json",
+     "SFT {stages/sft/pass@1/mean} (95% CI {stages/sft/pass@1/ci95/0}–{stages/sft/pass@1/ci95/1}; 2-hop "
+     "{stages/sft/pass@1_by_hops/2/mean} on {stages/sft/pass@1_by_hops/2/questions}\nquestions, 3-hop "
+     "{stages/sft/pass@1_by_hops/3/mean} on {stages/sft/pass@1_by_hops/3/questions}), SFT+GRPO "
+     "{stages/sft+grpo/pass@1/mean} ({stages/sft+grpo/pass@1/ci95/0}–{stages/sft+grpo/pass@1/ci95/1}), paired "
+     "{paired_grpo_minus_sft/mean} ({paired_grpo_minus_sft/ci95/0} … {paired_grpo_minus_sft/ci95/1})"),
     # README and notebook headers: the cpu reference run
     ("README.md", "results/bench/pipeline_cpu.json",
      "took **{total_seconds|min} min** on the 2 cores of this reference run"),
@@ -126,16 +133,15 @@ CLAIMS: list[tuple[str, str, str]] = [
      "{learning_curve/1/pass@1/mean} after {learning_curve/1/trajectories} trajectories"),
     ("README.md", f"{CPU}/06_grpo.json",
      "probe of {pool/candidates} training questions × {pool/probe_k} → {pool/learnable} learnable; "
-     "{train/steps} GRPO steps × 1 question × 4 rollouts in passes of 2, {train/seconds_per_step} s/step"),
+     "{train/steps} GRPO steps × 1 question × 4 rollouts in passes of 1, {train/seconds_per_step} s/step"),
     ("README.md", f"{CPU}/06_grpo.json",
      "held-out pass@1 {reward_hacking/checkpoints/0/heldout_pass@1} → {reward_hacking/checkpoints/2/heldout_pass@1} "
-     "(answer rate {reward_hacking/checkpoints/0/heldout_answer_rate} → {reward_hacking/checkpoints/2/heldout_answer_rate}):"
-     " the training reward rose ({reward_hacking/reward_change}, mostly accuracy on the {pool/learnable} pool questions)"
-     " while held-out accuracy and answer rate fell — `reward_hacking_check` says \"suspect\", paired "
+     "(answer rate {reward_hacking/checkpoints/0/heldout_answer_rate} → {reward_hacking/checkpoints/2/heldout_answer_rate}),"
+     " training reward {reward_hacking/reward_change}: `reward_hacking_check` says \"none\", paired "
      "{paired_minus_start/mean} ({paired_minus_start/ci95/0} … {paired_minus_start/ci95/1})"),
     ("README.md", f"{CPU}/06_grpo.json",
-     "training accuracy {reward_hacking/checkpoints/1/train_accuracy} at step 3, "
-     "{reward_hacking/checkpoints/2/train_accuracy} at step 6"),
+     "training accuracy {reward_hacking/checkpoints/1/train_accuracy} over steps 1–3, "
+     "{reward_hacking/checkpoints/2/train_accuracy} over steps 4–6"),
     ("README.md", f"{CPU}/07_evaluation.json",
      "every rollout breaks the protocol, held-out pass@1 {stages/grpo_from_base/pass@1/mean} (as the base)"),
     ("notebooks/05_sft.py", f"{CPU}/05_sft.json",
@@ -145,7 +151,7 @@ CLAIMS: list[tuple[str, str, str]] = [
      "{eval/sft/pass@1/ci95/0}–{eval/sft/pass@1/ci95/1})"),
     ("notebooks/06_grpo.py", f"{CPU}/06_grpo.json",
      "probe {pool/candidates} training questions × {pool/probe_k} → {pool/learnable} learnable; {train/steps} steps × 1 "
-     "question × 4 rollouts in passes of 2 (≤ 3-hop training questions, ≤ 1,024 completion tokens), "
+     "question × 4 rollouts in passes of 1 (≤ 3-hop training questions, ≤ 1,024 completion tokens), "
      "{train/seconds_per_step} s/step; then the held-out evaluation of notebook 05: "
      "{reward_hacking/checkpoints/0/heldout_pass@1} → {reward_hacking/checkpoints/1/heldout_pass@1} → "
      "{reward_hacking/checkpoints/2/heldout_pass@1}, training reward {reward_hacking/reward_change}"),
