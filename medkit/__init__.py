@@ -11,7 +11,8 @@ per concept; README.md has the same map):
   :mod:`trajectories`, :mod:`judge`
 * 05 SFT and evaluation — :mod:`sft`, :mod:`adapters`, :mod:`evaluation`, :mod:`bootstrap`
 * 06 GRPO — :mod:`grpo`, :mod:`rewards`
-* 07 evaluation and benchmarks — :mod:`evaluation`, :mod:`reported`
+* 07 evaluation and benchmarks — :mod:`evaluation`, :mod:`reported`; public benchmarks —
+  :mod:`medbrowsecomp`, :mod:`web` (the web tools), :mod:`endpoint` (``eval-endpoint``)
 * every notebook — :mod:`profiles` (parameters), :mod:`paths`, :mod:`io`, :mod:`plots`,
   :mod:`notebook_output`, :mod:`records` (schemas of the files read); generation — :mod:`model`, :mod:`llm`, :mod:`engine`,
   :mod:`openvino_engine`, :mod:`vllm_engine` (GPU only); running — :mod:`pipeline`,

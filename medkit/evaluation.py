@@ -13,16 +13,14 @@ Scope (reused by notebooks 05-07):
   count and per specialty (each with its interval and question count); :func:`compare` gives paired
   differences between stages on the same questions; :func:`stage_table` is the table notebooks
   05-07 show and plot.
-* :func:`read_medbrowsecomp` reads MedBrowseComp's CSV (``prompt, gold, task_name``; every
-  cell Unicode-shifted by +3 then base64-encoded) into question records, so a user with the
-  file (and a web-search tool) can score on it; the file itself cannot be shipped here.
+* :func:`load_eval_questions` reads any question file through the kit's one validated loader: the
+  kit's JSONL, the paper authors' format, or MedBrowseComp's published CSV files
+  (:mod:`medkit.medbrowsecomp`; they cannot be shipped here). A benchmark's rows keep their
+  ``task_name``, and :func:`metrics` then reports pass@1 per task too.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import csv
 import gc
 import statistics
 from collections import Counter, defaultdict
@@ -33,11 +31,10 @@ from typing import Any
 import pandas as pd
 
 from . import bootstrap
-from .agent import AgentConfig, run_agent
+from .agent import SYSTEM_PROMPT, AgentConfig, run_agent
 from .errors import InputError
 from .judge import judge
 
-SHIFT = 3  # MedBrowseComp's Unicode shift
 ROLLOUT_SEED_STRIDE = 1000  # rollout j samples with seed + 1000 j (+ the step number inside the agent loop)
 
 
@@ -52,11 +49,12 @@ def select_questions(records: Sequence[dict[str, Any]], n: int | None = None,
 def evaluate(backend: Any, toolbox: Any, questions: Sequence[dict[str, Any]], *, k: int = 3,
              config: AgentConfig | None = None, seed: int = 13,
              resolve: Callable[[str], Iterable[str]] | None = None, schemas: list[dict[str, Any]] | None = None,
-             progress: bool = True) -> list[dict[str, Any]]:
+             system: str | None = None, progress: bool = True) -> list[dict[str, Any]]:
     """One row per (question, rollout): prediction, verdict, stop reason and tool use.
 
     ``schemas`` are the tool schemas shown in the system prompt (None: all of the toolbox's;
-    ``[]``: none, for a model fine-tuned without them — see ``TOOLS_IN_PROMPT`` in notebook 05).
+    ``[]``: none, for a model fine-tuned without them — see ``TOOLS_IN_PROMPT`` in notebook 05); ``system``
+    the system prompt (None: the agent's, :data:`medkit.agent.SYSTEM_PROMPT`).
     """
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
@@ -66,14 +64,16 @@ def evaluate(backend: Any, toolbox: Any, questions: Sequence[dict[str, Any]], *,
     for j in range(k):
         cfg = AgentConfig(**{**base.__dict__, "seed": seed + ROLLOUT_SEED_STRIDE * j})
         for q, t in zip(questions, run_agent(backend, toolbox, questions, config=cfg, schemas=schemas,
-                                                       progress=progress)):
+                                             system=system or SYSTEM_PROMPT, progress=progress)):
             verdict = judge(t["prediction"], q, resolve=resolve)
             rows.append({"question_id": t["question_id"], "rollout": j, "correct": verdict.correct,
                          "judge": verdict.method, "prediction": t["prediction"], "answer": q.get("answer"),
                          "stop_reason": t["stop_reason"], "n_tool_calls": t["n_tool_calls"],
                          "n_model_calls": t["n_model_calls"], "n_format_errors": t["n_format_errors"],
                          "n_tool_errors": len(t["tool_errors"]), "n_tokens": t["n_tokens"],
-                         "hops": q.get("hops"), "specialty": q.get("specialty"), "messages": t["messages"]})
+                         "hops": q.get("hops"), "specialty": q.get("specialty"),
+                         **({"task_name": q["task_name"]} if q.get("task_name") is not None else {}),
+                         "messages": t["messages"]})
     return rows
 
 
@@ -122,7 +122,7 @@ def metrics(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     short = [r for r in rows if r.get("hops") is not None and int(r["hops"]) <= SHORT_CHAIN_HOPS]
     out[f"pass@1_max{SHORT_CHAIN_HOPS}_hops"] = ({**_pass1(short), "questions": len({r["question_id"] for r in short})}
                                                  if short else None)
-    for key in ("hops", "specialty"):
+    for key in ("hops", "specialty", *(["task_name"] if any("task_name" in r for r in rows) else [])):
         groups: dict[Any, list[dict]] = defaultdict(list)
         for r in rows:
             groups[r.get(key)].append(r)
@@ -149,8 +149,8 @@ def stage_table(stages: dict[str, dict[str, Any]]) -> pd.DataFrame:
 def by_group(stages: dict[str, dict[str, Any]], key: str) -> pd.DataFrame:
     """pass@1 per hop count (``key="hops"``) or specialty (``"specialty"``): one column per stage, one
     row per group, from each stage's :func:`metrics` (a group a stage was not scored on is NaN)."""
-    if key not in ("hops", "specialty"):
-        raise ValueError(f"key must be 'hops' or 'specialty', got {key!r}")
+    if key not in ("hops", "specialty", "task_name"):
+        raise ValueError(f"key must be 'hops', 'specialty' or 'task_name', got {key!r}")
     return pd.DataFrame({name: {g: v["mean"] for g, v in m.get(f"pass@1_by_{key}", {}).items()}
                          for name, m in stages.items()}).rename_axis(key)
 
@@ -162,44 +162,17 @@ def paired_table(paired: dict[str, dict[str, Any]]) -> pd.DataFrame:
                              "questions worse": v["worse"]} for k, v in paired.items()}).T
 
 
-# --------------------------------------------------------------------------- MedBrowseComp
+# --------------------------------------------------------------------------- question files
 
 
-def decode_cell(cell: str) -> str:
-    """Undo MedBrowseComp's encoding: base64-decode, then shift every character back by 3."""
-    raw = base64.b64decode(cell.strip(), validate=True).decode("utf-8")
-    return "".join(chr(ord(c) - SHIFT) for c in raw)
+def load_eval_questions(path: str | Path) -> list[dict[str, Any]]:
+    """Any question file an evaluation can take, validated the one way (:func:`medkit.records.check_questions`):
+    a MedBrowseComp CSV (``.csv``, :func:`medkit.medbrowsecomp.read_medbrowsecomp`) or a JSONL file of the
+    kit's records, the paper authors' records or a benchmark's (:func:`medkit.records.load_questions`)."""
+    from .medbrowsecomp import read_medbrowsecomp
+    from .records import load_questions
 
-
-def encode_cell(text: str) -> str:
-    """MedBrowseComp's encoding (for tests and for writing fixtures)."""
-    shifted = "".join(chr(ord(c) + SHIFT) for c in text)
-    return base64.b64encode(shifted.encode("utf-8")).decode("ascii")
-
-
-def read_medbrowsecomp(path: str | Path) -> list[dict[str, Any]]:
-    """Question records (``id``, ``question``, ``answer``, ``answer_aliases``, ``task_name``) from the CSV."""
-    path = Path(path)
-    if not path.exists():
-        raise InputError(path, "file not found")
-    records = []
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        missing = {"prompt", "gold", "task_name"} - set(reader.fieldnames or [])
-        if missing:
-            raise InputError(path, f"missing column(s) {', '.join(sorted(missing))}", line=1)
-        for line, row in enumerate(reader, start=2):
-            decoded = {}
-            for col in ("prompt", "gold", "task_name"):
-                try:
-                    decoded[col] = decode_cell(row[col] or "")
-                except (binascii.Error, UnicodeDecodeError, ValueError) as e:
-                    raise InputError(path, f"cell is not shifted base64 ({type(e).__name__})", line=line,
-                                     field=col) from None
-            records.append({"id": f"medbrowsecomp-{line - 1}", "question": decoded["prompt"],
-                            "answer": decoded["gold"], "answer_aliases": [decoded["gold"]], "answer_id": None,
-                            "task_name": decoded["task_name"], "hops": None, "specialty": decoded["task_name"]})
-    return records
+    return read_medbrowsecomp(path) if Path(path).suffix.lower() == ".csv" else load_questions(path)
 
 
 def evaluate_adapter(profile: str, adapter_dir: str | Path | None, questions: Sequence[dict[str, Any]], toolbox: Any,

@@ -14,6 +14,9 @@ Never by letter matching: a prediction is not treated as a multiple-choice optio
 never judged equal to "Hepatitis B", and "Hepatitis B" is compared as the full name it is.
 Containment ("… probably Fabry disease or Gaucher disease") is deliberately *not* accepted:
 a hedged list of candidates is wrong.
+
+A benchmark's question is judged by that benchmark's own rules: a MedBrowseComp record
+(``benchmark == "MedBrowseComp"``) by :func:`medkit.medbrowsecomp.score` (method ``medbrowsecomp_rules``).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from typing import Any
 
 from .ner import surface_key
 
-METHODS = ("exact", "id", "normalised", "synonym")
+METHODS = ("exact", "id", "normalised", "synonym", "medbrowsecomp_rules")
 MAX_PREDICTION_CHARS = 300
 
 _ID = re.compile(r"\b([A-Z][A-Za-z]*(?:_[A-Za-z]+)?:[A-Za-z0-9_.-]+)")
@@ -60,6 +63,11 @@ def judge(prediction: Any, record: dict[str, Any], *,
     :meth:`medkit.tools.MedicalToolbox.resolve_ids`, for synonyms the record does not list.
     """
     raw = prediction if isinstance(prediction, str) else ""
+    if record.get("benchmark") == "MedBrowseComp":
+        from .medbrowsecomp import score
+
+        right = score(raw, str(record.get("answer", "")), record.get("task_name"))
+        return Verdict(right, "medbrowsecomp_rules" if right else None, " ".join(raw.split())[:MAX_PREDICTION_CHARS])
     cleaned = clean_prediction(raw)
     answer = str(record.get("answer", ""))
     answer_id = record.get("answer_id")

@@ -155,6 +155,7 @@ _BASE: dict[str, dict[str, Any]] = {
     "evaluation": {
         "ABLATIONS": ["grpo_from_base", "grpo_accuracy_only"],  # extra GRPO runs (medkit.grpo.ABLATIONS): from the base model; accuracy reward only; grpo_ungated
         "ABLATION_STEPS": None,        # optimizer steps of each ablation run (None = notebook 06's MAX_STEPS)
+        "ENDPOINT_RESULTS": [],        # summaries of `python -m medkit eval-endpoint` runs, plotted as measured public-benchmark bars
     },
 }
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 import json
+from collections.abc import Iterable
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -95,9 +96,22 @@ def validate_question(record: dict[str, Any], path: str | Path, line: int,
 def load_questions(path: str | Path, schema: type[EvalQuestion] = EvalQuestion) -> list[dict[str, Any]]:
     """Every record of a question JSONL file, validated against ``schema`` (:class:`KitQuestion` for the
     kit's own training files); duplicate ids are refused with both lines."""
+    return check_questions(mio.read_jsonl_numbered(path, allow_truncated_tail=False), path, schema)
+
+
+def check_questions(numbered: Iterable[tuple[int, dict[str, Any]]], path: str | Path,
+                    schema: type[EvalQuestion] = EvalQuestion,
+                    id_parts: tuple[str, ...] = ("question",)) -> list[dict[str, Any]]:
+    """``(line, record)`` pairs of one file validated against ``schema``: the rule every question file the kit
+    evaluates goes through (JSONL here, MedBrowseComp's CSV in :mod:`medkit.medbrowsecomp`). A record without
+    an id gets :func:`derived_id` of its ``id_parts`` fields where ``schema`` allows that (not the kit's own
+    records); a duplicate id is refused with both lines."""
     out: list[dict[str, Any]] = []
     first: dict[str, int] = {}
-    for line, record in mio.read_jsonl_numbered(path, allow_truncated_tail=False):
+    derive = not schema.model_fields["id"].is_required()  # the kit's own records must carry their id
+    for line, record in numbered:
+        if derive and isinstance(record, dict) and record.get("id") is None and isinstance(record.get("question"), str):
+            record = {**record, "id": derived_id(" | ".join(str(record.get(k) or "") for k in id_parts))}
         rec = validate_question(record, path, line, schema)
         if rec["id"] in first:
             raise InputError(path, f"duplicate id {rec['id']!r} (first on line {first[rec['id']]})", line=line,

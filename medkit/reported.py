@@ -2,8 +2,9 @@
 
 Scope (notebook 07): a small typed table of *reported* pass@1 figures (never measured here:
 MedBrowseComp, GAIA and xBench-DeepSearch need web search and hosted models), each with where it
-comes from, and :func:`measured_rows` to put the kit's *measured* held-out results in the same
-shape, always labelled with what they were measured on.
+comes from, :func:`measured_rows` to put the kit's *measured* held-out results in the same
+shape, always labelled with what they were measured on, and :func:`endpoint_rows` for a public
+benchmark measured with ``python -m medkit eval-endpoint`` (a user's endpoint and web search).
 """
 
 from __future__ import annotations
@@ -47,3 +48,20 @@ def measured_rows(metrics: Mapping[str, Mapping[str, Any]], *, benchmark: str, m
                      "sd": 100 * float(p.get("sd", 0.0)), "kind": "measured",
                      "source": f"this kit, {m.get('questions')} questions x {m.get('rollouts')} rollouts"})
     return pd.DataFrame(rows)
+
+
+def endpoint_rows(summary: Mapping[str, Any]) -> pd.DataFrame:
+    """A measured public-benchmark bar from a ``python -m medkit eval-endpoint`` summary (:mod:`medkit.endpoint`):
+    the LLM judge's pass@1 when the run had one (the benchmark's own scoring), else the judge-free rules' (a lower
+    bound, said in ``source``). A MedBrowseComp run of 50 questions is MBC-50, of 605 MBC-605."""
+    scored_by = "judge" if summary.get("judge") else "rules"
+    m = summary[scored_by]
+    n = int(summary["questions"])
+    benchmark = {50: "MedBrowseComp (MBC-50)", 605: "MedBrowseComp (MBC-605)"}.get(n, f"MedBrowseComp ({n} questions)")
+    p = m["pass@1"]
+    how = ("the benchmark's LLM judge" if scored_by == "judge"
+           else "the judge-free rules (a lower bound of the LLM judge's score)")
+    return pd.DataFrame([{"benchmark": benchmark, "system": str(summary["endpoint"]["model"]),
+                          "pass@1": 100 * float(p["mean"]), "sd": 100 * float(p.get("sd") or 0.0), "kind": "measured",
+                          "source": f"this kit's eval-endpoint, {n} questions x {summary['k']} rollouts, "
+                                    f"95% CI {100 * p['ci95'][0]:.1f}-{100 * p['ci95'][1]:.1f}, scored by {how}"}])

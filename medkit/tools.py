@@ -12,6 +12,8 @@ so TRL / ``transformers.utils.get_json_schema`` can turn it into a tool schema. 
 return compact text with stable ids (``MONDO:…``, ``HP:…``, ``NCBIGene:…``) and never
 raise on bad input: unknown ids, empty or oversized queries and wrong types give a
 one-line text starting with ``"Error:"``. Output is capped at :data:`MAX_OUTPUT_CHARS`.
+:func:`call_tool` is that one dispatch rule; :class:`ToolSet` puts more tools beside these
+(the web tools of :mod:`medkit.web`) under one set of names.
 
 Diagnosis model (:meth:`MedicalToolbox.diagnose`): a naive-Bayes likelihood with a
 uniform prior over every disease that has HPO phenotype annotations. For query
@@ -669,28 +671,67 @@ class MedicalToolbox:
 
     def call(self, name: Any, arguments: Any = None) -> str:
         """Dispatch a tool call by name with validated arguments; always returns text (capped)."""
-        try:
-            if not isinstance(name, str) or name not in self.TOOL_NAMES:
-                return _err(f"unknown tool {name!r}; available tools: {', '.join(self.TOOL_NAMES)}.")
-            arguments = {} if arguments is None else arguments
-            if not isinstance(arguments, dict):
-                return _err(f"arguments must be an object (dict), got {type(arguments).__name__}.")
-            method = getattr(self, name)
-            params = inspect.signature(method).parameters
-            hints = typing.get_type_hints(method)
-            extra = sorted(str(a) for a in arguments if a not in params)
-            if extra:
-                return _err(f"{name}() got unexpected argument(s) {', '.join(extra)}; it takes {', '.join(params)}.")
-            missing = [p for p, spec in params.items() if spec.default is inspect.Parameter.empty and p not in arguments]
-            if missing:
-                return _err(f"{name}() is missing required argument(s) {', '.join(missing)}.")
-            for arg, value in arguments.items():
-                if not _type_ok(value, hints.get(arg, Any)):
-                    return _err(f"{name}() argument {arg!r} must be {_type_name(hints.get(arg))}, "
-                                f"got {type(value).__name__}.")
-            return _cap(method(**arguments))
-        except Exception as e:  # noqa: BLE001
-            return _err(f"tool call failed: {type(e).__name__}: {e}")
+        return call_tool(self, self.TOOL_NAMES, name, arguments)
+
+    @property
+    def passages(self) -> pd.DataFrame:
+        """The corpus passages (``passage_id``, ``title``, ``text``, ...) that ``search`` and ``read`` serve."""
+        return self._passages
+
+
+def call_tool(owner: Any, names: tuple[str, ...], name: Any, arguments: Any = None) -> str:
+    """The one rule for a tool call: ``owner.<name>(**arguments)`` when ``name`` is one of ``names`` and the
+    arguments match the method's signature and type hints; otherwise, or when the tool raises, a one-line
+    ``"Error: ..."`` text. The result is capped at :data:`MAX_OUTPUT_CHARS`."""
+    try:
+        if not isinstance(name, str) or name not in names:
+            return _err(f"unknown tool {name!r}; available tools: {', '.join(names)}.")
+        arguments = {} if arguments is None else arguments
+        if not isinstance(arguments, dict):
+            return _err(f"arguments must be an object (dict), got {type(arguments).__name__}.")
+        method = getattr(owner, name)
+        params = inspect.signature(method).parameters
+        hints = typing.get_type_hints(method)
+        extra = sorted(str(a) for a in arguments if a not in params)
+        if extra:
+            return _err(f"{name}() got unexpected argument(s) {', '.join(extra)}; it takes {', '.join(params)}.")
+        missing = [p for p, spec in params.items() if spec.default is inspect.Parameter.empty and p not in arguments]
+        if missing:
+            return _err(f"{name}() is missing required argument(s) {', '.join(missing)}.")
+        for arg, value in arguments.items():
+            if not _type_ok(value, hints.get(arg, Any)):
+                return _err(f"{name}() argument {arg!r} must be {_type_name(hints.get(arg))}, "
+                            f"got {type(value).__name__}.")
+        return _cap(method(**arguments))
+    except Exception as e:  # noqa: BLE001
+        return _err(f"tool call failed: {type(e).__name__}: {e}")
+
+
+class ToolSet:
+    """The medical toolbox with more tools beside it (e.g. :class:`medkit.web.WebTools`): one set of names,
+    each call dispatched to the part that has the tool. Everything else (``resolve_ids`` for the judge,
+    ``retriever``, ...) is the medical toolbox's."""
+
+    def __init__(self, medical: MedicalToolbox, *more: Any) -> None:
+        self.medical, self.parts = medical, (medical, *more)
+        names = [n for part in self.parts for n in part.TOOL_NAMES]
+        if len(set(names)) != len(names):
+            raise ValueError(f"two tools share a name: {names}")
+        self.TOOL_NAMES = tuple(names)
+
+    def tools(self) -> list[Callable[..., str]]:
+        return [getattr(part, n) for part in self.parts for n in part.TOOL_NAMES]
+
+    def call(self, name: Any, arguments: Any = None) -> str:
+        for part in self.parts:
+            if isinstance(name, str) and name in part.TOOL_NAMES:
+                return call_tool(part, part.TOOL_NAMES, name, arguments)
+        return call_tool(self, self.TOOL_NAMES, name, arguments)  # an unknown tool: the error lists them all
+
+    def __getattr__(self, attr: str) -> Any:
+        if attr in ("medical", "parts"):  # not set yet (a copy being built): no recursion
+            raise AttributeError(attr)
+        return getattr(self.medical, attr)
 
 
 def _type_ok(value: Any, hint: Any) -> bool:

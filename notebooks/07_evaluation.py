@@ -32,6 +32,7 @@
 PROFILE = "cpu"               # smoke | cpu | gpu; selects every default below
 ABLATIONS = None              # extra GRPO runs: grpo_from_base (no SFT), grpo_accuracy_only (preference and efficiency weights 0); [] for none
 ABLATION_STEPS = None         # optimizer steps of each ablation run; None means MAX_STEPS of notebook 06
+ENDPOINT_RESULTS = None       # summary JSON files of `python -m medkit eval-endpoint` runs (e.g. MedResearcher-R1-32B on MedBrowseComp with web search), shown as measured bars beside the reported ones; None: none
 
 # %% [markdown]
 # ## 0 Global settings
@@ -151,13 +152,16 @@ ablation_table
 # maintainers (arXiv:2505.14963) — each row's `source` says where it comes from (`medkit.reported`);
 # not re-run: those benchmarks need live web search and hosted models. Green bars:
 # *measured* here, on the kit's held-out KG questions (the `measured` benchmark label says which),
-# with the sd over rollouts. `medkit.evaluation.read_medbrowsecomp` reads the MedBrowseComp CSV for a
-# user who has it and a web-search tool.
+# with the sd over rollouts. A public benchmark can be *measured* too, with an endpoint serving a
+# capable model and web search: `python -m medkit eval-endpoint` (README, "Public benchmarks") runs
+# the agent with the medical and web tools on MedBrowseComp's published files and writes a summary;
+# list its JSON in `ENDPOINT_RESULTS` and it appears here as a measured bar with its interval.
 
 # %%
 model_name = json.loads((DATA / "sft" / "card.json").read_text())["base_model"].split("/")[-1]
 measured = reported.measured_rows(all_metrics, benchmark=f"kit held-out KG questions ({PROFILE})", model=model_name)
-frame = pd.concat([reported.reported_frame(), measured], ignore_index=True)
+endpoint_runs = [reported.endpoint_rows(json.loads((paths.REPO_ROOT / f).read_text())) for f in P["ENDPOINT_RESULTS"] or []]
+frame = pd.concat([reported.reported_frame(), measured, *endpoint_runs], ignore_index=True)
 fig = plots.reported_vs_measured(frame); plots.save(fig, FIG / "07_reported_vs_measured.png")
 frame[["benchmark", "system", "pass@1", "sd", "kind", "source"]].round(2)
 

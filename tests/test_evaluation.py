@@ -72,31 +72,6 @@ def test_metrics_of_nothing():
     assert E.metrics([]) == {"questions": 0}
 
 
-def test_medbrowsecomp_cells_round_trip_and_read(tmp_path):
-    for text in ["What is the FDA-approved dose of tafamidis?", "Ünïcode — 25 mg", ""]:
-        assert E.decode_cell(E.encode_cell(text)) == text
-    path = tmp_path / "medbrowsecomp.csv"
-    path.write_text("prompt,gold,task_name\n"
-                    f"{E.encode_cell('Which drug, approved in 2019, treats ATTR cardiomyopathy?')},"
-                    f"{E.encode_cell('Tafamidis')},{E.encode_cell('drug_approval')}\n", encoding="utf-8")
-    (rec,) = E.read_medbrowsecomp(path)
-    assert rec["question"].startswith("Which drug") and rec["answer"] == "Tafamidis"
-    assert rec["task_name"] == "drug_approval" and rec["id"] == "medbrowsecomp-1"
-
-
-def test_medbrowsecomp_bad_input_names_file_line_and_field(tmp_path):
-    bad = tmp_path / "bad.csv"
-    bad.write_text(f"prompt,gold,task_name\n{E.encode_cell('q')},not base64!,{E.encode_cell('t')}\n", encoding="utf-8")
-    with pytest.raises(InputError, match=r"bad.csv.*line 2.*gold"):
-        E.read_medbrowsecomp(bad)
-    cols = tmp_path / "cols.csv"
-    cols.write_text("question,answer\nx,y\n", encoding="utf-8")
-    with pytest.raises(InputError, match="missing column"):
-        E.read_medbrowsecomp(cols)
-    with pytest.raises(InputError, match="file not found"):
-        E.read_medbrowsecomp(tmp_path / "nope.csv")
-
-
 def test_select_questions_keeps_file_order_and_the_hop_limit():
     recs = [{"id": str(i), "hops": h} for i, h in enumerate([6, 2, 4, 3, 5, 2])]
     assert [r["id"] for r in E.select_questions(recs, max_hops=3)] == ["1", "3", "5"]

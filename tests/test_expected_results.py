@@ -40,6 +40,12 @@ CLAIMS: list[tuple[str, str, str]] = [
      "{runs/micro2/pass_peak_gib} GiB over 2 rollouts, {runs/micro1/pass_peak_gib} GiB over 1 at "
      "{over_baseline/micro1/seconds_per_rollout}× the seconds\nper rollout, {runs/micro2_gc/pass_peak_gib} GiB over 2 with "
      "`GRADIENT_CHECKPOINTING` at {over_baseline/micro2_gc/seconds_per_rollout}×"),
+    # README: the web tools' latency, measured by bench/bench_web_tools.py
+    ("README.md", "results/bench/web_tools.json",
+     "offline `web_search`\n{runs/offline_search/p50_ms} / {runs/offline_search/p95_ms} ms (the baseline); SearXNG over "
+     "loopback HTTP {runs/searxng_search/p50_ms} / {runs/searxng_search/p95_ms} ms,\nfrom the cache "
+     "{runs/searxng_search_cached/p50_ms} / {runs/searxng_search_cached/p95_ms} ms; `read_page` of an HTML article over "
+     "loopback {runs/http_read/p50_ms} / {runs/http_read/p95_ms} ms"),
     # README: the cpu_long reference result
     ("README.md", f"{LONG}/07_evaluation.json",
      "| base SmolLM2-135M-Instruct | {stages/base/pass@1/mean} ({stages/base/pass@1/ci95/0}–{stages/base/pass@1/ci95/1})"

@@ -49,3 +49,16 @@ def test_reported_vs_measured_plot_draws_every_row():
     frame = pd.concat([frame, reported.measured_rows(m, benchmark="kit", model="m")], ignore_index=True)
     fig = plots.reported_vs_measured(frame)
     assert len(fig.axes[0].patches) == len(frame)
+
+
+def test_an_endpoint_run_is_a_measured_bar_labelled_with_its_scoring():
+    from medkit.reported import endpoint_rows
+
+    summary = {"questions": 50, "k": 1, "endpoint": {"base_url": "http://x/v1", "model": "MedResearcher-R1-32B"},
+               "rules": {"pass@1": {"mean": 0.2, "sd": 0.0, "ci95": [0.1, 0.32]}}, "judge": None}
+    (row,) = endpoint_rows(summary).to_dict("records")
+    assert row["benchmark"] == "MedBrowseComp (MBC-50)" and row["pass@1"] == 20.0 and row["kind"] == "measured"
+    assert "lower bound" in row["source"] and "95% CI 10.0-32.0" in row["source"]
+    judged = {**summary, "questions": 605, "judge": {"pass@1": {"mean": 0.3, "sd": 0.01, "ci95": [0.26, 0.34]}}}
+    (row,) = endpoint_rows(judged).to_dict("records")
+    assert row["benchmark"] == "MedBrowseComp (MBC-605)" and row["pass@1"] == 30.0 and "LLM judge" in row["source"]
