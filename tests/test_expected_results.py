@@ -46,6 +46,9 @@ CLAIMS: list[tuple[str, str, str]] = [
      "loopback HTTP {runs/searxng_search/p50_ms} / {runs/searxng_search/p95_ms} ms,\nfrom the cache "
      "{runs/searxng_search_cached/p50_ms} / {runs/searxng_search_cached/p95_ms} ms; `read_page` of an HTML article over "
      "loopback {runs/http_read/p50_ms} / {runs/http_read/p95_ms} ms"),
+    # README: MedBrowseComp's published files, read by bench/bench_medbrowsecomp_files.py
+    ("README.md", "results/bench/medbrowsecomp_files.json",
+     "read with no error: {files/0/rows} and {files/1/rows} rows, 5 tasks each, every\ngold scored right"),
     # README: the cpu_long reference result
     ("README.md", f"{LONG}/07_evaluation.json",
      "| base SmolLM2-135M-Instruct | {stages/base/pass@1/mean} ({stages/base/pass@1/ci95/0}–{stages/base/pass@1/ci95/1})"
