@@ -426,11 +426,14 @@ class MedicalToolbox:
         took: ``text`` is a name that denotes several entries, or a misspelt name taken as a close one."""
         if text in self._in_kb:
             return text, False
+        hits, close = self._named(text)
+        return (hits[0][0], close or len(hits) > 1) if hits else (None, False)
+
+    def _named(self, text: str) -> tuple[list[tuple[str, int]], bool]:
+        """The one rule for a name: the entries its exact name or synonym denotes, else those of the one known name
+        close to it (:meth:`_resolve_close`); and whether they came from a close name."""
         hits = self._resolve(text)
-        if hits:
-            return hits[0][0], len(hits) > 1
-        hits = self._resolve_close(text)
-        return (hits[0][0], True) if hits else (None, False)
+        return (hits, False) if hits else (self._resolve_close(text), True)
 
     def _resolve_close(self, text: str) -> list[tuple[str, int]]:
         """The entries of the one known name close to ``text`` (a misspelling of it); [] when none or several,
@@ -642,7 +645,7 @@ class MedicalToolbox:
     def _phenotype_id(self, text: str) -> str | None:
         if text in self._phen_pos or (text.startswith("HP:") and self._types.get(text) == "phenotype"):
             return text
-        for eid, _ in self._resolve(text) or self._resolve_close(text):
+        for eid, _ in self._named(text)[0]:
             if self._types.get(eid) == "phenotype":
                 return eid
         return None
