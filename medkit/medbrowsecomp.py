@@ -222,8 +222,8 @@ def score(prediction: str | None, gold: str, task: str | None) -> bool:
     if v == g:
         return True
     if re.fullmatch(r"-?\d[\d,]*\.\d+", gold):  # a price
-        got = _number(value)
-        return got is not None and abs(got - float(gold.replace(",", ""))) <= PRICE_TOLERANCE * abs(float(gold.replace(",", "")))
+        got, price = _number(value), float(gold.replace(",", ""))
+        return got is not None and abs(got - price) <= PRICE_TOLERANCE * abs(price)
     gold_date = _date(gold)
     if gold_date is not None:
         got_date = _date(value)

@@ -83,14 +83,11 @@ def derived_id(question: str) -> str:
 
 def validate_question(record: dict[str, Any], path: str | Path, line: int,
                       schema: type[EvalQuestion] = EvalQuestion) -> dict[str, Any]:
-    """One record checked against ``schema`` (an id derived when it has none and the schema allows that)."""
+    """One record checked against ``schema`` (:func:`check_questions` derives a missing id first, where allowed)."""
     try:
-        rec = schema.model_validate(record).model_dump()
+        return schema.model_validate(record).model_dump()
     except ValidationError as e:
         raise schema_error(e, path, line) from None
-    if rec["id"] is None:
-        rec["id"] = derived_id(rec["question"])
-    return rec
 
 
 def load_questions(path: str | Path, schema: type[EvalQuestion] = EvalQuestion) -> list[dict[str, Any]]:
