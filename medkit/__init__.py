@@ -8,7 +8,7 @@ per concept; README.md has the same map):
 * 03 question generation — :mod:`subgraph`, :mod:`questions`, :mod:`qgen`, :mod:`calibration`,
   :mod:`specialty`, :mod:`retriever`
 * 04 trajectories — :mod:`tools`, :mod:`agent`, :mod:`synthesis`, :mod:`grounding`,
-  :mod:`trajectories`, :mod:`judge`
+  :mod:`recovery`, :mod:`trajectories`, :mod:`judge`
 * 05 SFT and evaluation — :mod:`sft`, :mod:`adapters`, :mod:`evaluation`, :mod:`bootstrap`
 * 06 GRPO — :mod:`grpo`, :mod:`rewards`
 * 07 evaluation and benchmarks — :mod:`evaluation`, :mod:`reported`; public benchmarks —

@@ -475,11 +475,12 @@ def render_markdown(messages: Sequence[dict[str, Any]], max_observation_chars: i
             out.append(f"**{'Question' if i <= 1 else 'User'}:** {m.get('content')}")
         elif role == "assistant":
             turn = parse_turn(str(m.get("content") or ""))
+            untrained = " (no loss)" if m.get("weight") == 0 else ""  # a recovery turn's slip (medkit.recovery)
             if turn.think:
-                out.append(f"**Think:** {turn.think}")
+                out.append(f"**Think{untrained}:** {turn.think}")
             for c in m.get("tool_calls") or []:
                 fn = c.get("function", c)
-                out.append(f"**Call:** `{fn.get('name')}({json.dumps(fn.get('arguments'), ensure_ascii=False)})`")
+                out.append(f"**Call{untrained}:** `{fn.get('name')}({json.dumps(fn.get('arguments'), ensure_ascii=False)})`")
             if turn.answer:
                 out.append(f"**Answer:** {turn.answer}")
             if not (turn.think or m.get("tool_calls") or turn.answer):

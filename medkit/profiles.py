@@ -4,7 +4,7 @@
 ``cpu``    default: the full pipeline for real on 2 CPU cores with SmolLM2-135M-Instruct (~60 minutes).
 ``cpu_long`` the same data, with the training and evaluation sizes a statistically meaningful
            result needs on 2 cores (~2.5 hours): 128 SFT trajectories, GRPO groups of 8, every stage
-           on 60 held-out questions of <= 3 hops x 4 rollouts.
+           on every held-out question x 4 rollouts.
 ``gpu``    one CUDA GPU: a 7B-class instruct model from the hub, 4-bit QLoRA (unsloth if present).
 
 A notebook's ``parameters`` cell sets ``PROFILE`` and leaves the other parameters at
@@ -72,6 +72,10 @@ _BASE: dict[str, dict[str, Any]] = {
         "SEED": 13,
         "N_QUESTIONS": None,           # training questions to synthesise for (None = all of notebook 03's train split)
         "VARIANTS": 2,                 # KG-guided trajectories per question (variant 1 starts with a keyword search)
+        # share of KG-guided trajectories given one recovery turn: a slip (no loss), its real error, the corrected
+        # call (medkit.recovery). Off: at 0.5 the cpu SFT policy learned to repeat a call after an error, not to
+        # fix it (results/cpu/experiments/sft_data_ablation.json)
+        "RECOVERY_SHARE": 0.0,
         "MIN_TOOL_CALLS": 2,           # fewer tool calls -> rejected as too few turns
         "MAX_TOKENS": 4096,            # longer trajectories (as the model sees them) are rejected
         "FREE_QUESTIONS": 8,           # questions for free MTG rollouts by the teacher model (0 = skip)
@@ -164,7 +168,9 @@ _OVERRIDES: dict[str, dict[str, dict[str, Any]]] = {
         "entity_mining": {"MAX_PASSAGES": 4000, "BACKEND": "serial", "N_WORKERS": 1, "MAX_RARE": 300},
         "kg": {"N_SEEDS": 60, "HOPS": 1, "MAX_NEIGHBOURS": 15},
         "questions": {"N_SEEDS": 40, "MAX_ATTEMPTS": 2, "SOLVER_MAX_NEW_TOKENS": 12},
-        "trajectories": {"VARIANTS": 1, "FREE_QUESTIONS": 2, "AGENT_MAX_CALLS": 3, "AGENT_MAX_NEW_TOKENS": 48},
+        # recovery turns on, so CI runs their path through notebooks 04 and 05 (off elsewhere: RECOVERY_SHARE)
+        "trajectories": {"VARIANTS": 1, "FREE_QUESTIONS": 2, "AGENT_MAX_CALLS": 3, "AGENT_MAX_NEW_TOKENS": 48,
+                         "RECOVERY_SHARE": 0.5},
         "sft": {"N_TRAIN": 8, "MAX_STEPS": 2, "MAX_LENGTH": 2048, "GRAD_ACCUM": 1, "SAVE_STEPS": 1,
                 "DROP_LONGER": True, "TOOLS_IN_PROMPT": False,
                 "EVAL_QUESTIONS": 2, "EVAL_K": 1, "EVAL_MAX_CALLS": 3, "EVAL_MAX_NEW_TOKENS": 32},
@@ -182,8 +188,12 @@ _OVERRIDES: dict[str, dict[str, dict[str, Any]]] = {
         # MICRO_BATCH 1: a pass over 2 full-length rollouts holds 8.4 GiB of activations, over 1 4.3 GiB at 1.17x
         # the seconds per rollout (checkpointing 2: 3.6 GiB at 1.34x; results/bench/grpo_pass_memory.json); with
         # passes of 2, notebook 07 peaked at 14.6 GiB in the 2026-12-04 reference run
-        "grpo": {"POOL_CANDIDATES": 32, "QUESTIONS_PER_STEP": 1, "MAX_STEPS": 6, "LEARNING_RATE": 3e-4, "MAX_COMPLETION_LENGTH": 1024,
-                 "MAX_CALLS": 6, "MICRO_BATCH": 1},
+        # rollouts sampled as notebook 05 evaluates (temperature 0.3, 10 calls): the SFT adapter that scored 0.167
+        # held-out that way answered 0.039 of 128 probe questions at temperature 0.7 with 6 calls (session 12),
+        # so GRPO trained a policy much weaker than the one evaluated. 64 candidates (32 gave 4 learnable
+        # questions, 128 gave 13) for the 6 questions that 6 steps of one question each use
+        "grpo": {"POOL_CANDIDATES": 64, "QUESTIONS_PER_STEP": 1, "MAX_STEPS": 6, "LEARNING_RATE": 3e-4,
+                 "TEMPERATURE": 0.3, "MAX_CALLS": 10, "MICRO_BATCH": 1},
         "evaluation": {"ABLATIONS": ["grpo_from_base"], "ABLATION_STEPS": 2},
     },
     "gpu": {
@@ -208,12 +218,11 @@ def _with(base: dict[str, dict[str, Any]], changes: dict[str, dict[str, Any]]) -
 _OVERRIDES["cpu_long"] = _with(_OVERRIDES["cpu"], {
     # the shortest chains first (CURRICULUM hops): 2-hop only at this budget, which scored better than 2- and 3-hop
     # chains in turn (results/cpu/experiments/05_sft_mixed.json); LoRA dropout 0 trains 1.07x faster (bench_sft)
+    # every held-out question (176 on the cpu data, 136 of them <= 3 hops) x 4 rollouts
     "sft": {"N_TRAIN": 128, "LORA_DROPOUT": 0.0,
-            "EVAL_QUESTIONS": 60, "EVAL_MAX_HOPS": 3, "EVAL_K": 4, "CURVE": [0.5], "CURVE_K": 2},
-    # passes of 2 rollouts without gradient checkpointing: 265 s/step, peak 15.9 GB measured
-    # (results/cpu/experiments/06_grpo_g8.json); checkpointing's cost on a step is not measured yet
-    "grpo": {"NUM_GENERATIONS": 8, "MICRO_BATCH": 2, "GRADIENT_CHECKPOINTING": False, "MAX_STEPS": 8,
-             "POOL_CANDIDATES": 32, "CURVE_K": 2},
+            "EVAL_QUESTIONS": None, "EVAL_MAX_HOPS": None, "EVAL_K": 4, "CURVE": [0.5], "CURVE_K": 2},
+    # groups of 8 in passes of 1 rollout (passes of 2 peaked at 15.9 GB in the 2026-12-04 cpu_long run)
+    "grpo": {"NUM_GENERATIONS": 8, "MAX_STEPS": 8, "POOL_CANDIDATES": 128, "CURVE_K": 2},
     "evaluation": {"ABLATIONS": []},
 })
 

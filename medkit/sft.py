@@ -50,10 +50,19 @@ def load_trajectories(path: str | Path, limit: int | None = None) -> list[dict[s
 
 
 def training_template() -> str:
-    """TRL's Qwen2.5 training template (``{% generation %}`` markers around assistant output)."""
-    from trl.chat_template_utils import qwen2_5_training_chat_template
+    """TRL's Qwen2.5 training template (``{% generation %}`` markers around assistant output), except that an
+    assistant message with ``"weight": 0`` (OpenAI's fine-tuning convention; a recovery turn's slip,
+    :mod:`medkit.recovery`) is rendered the same but outside the markers, so it carries no loss."""
+    from trl.chat_template_utils import qwen2_5_training_chat_template as trl_template
 
-    return qwen2_5_training_chat_template
+    start, end = "{%- generation %}", "{%- endgeneration %}"
+    if trl_template.count(start) != 1 or trl_template.count(end) != 1:
+        raise ConfigError("TRL's Qwen2.5 training template changed: expected one {% generation %} block")
+    head, rest = trl_template.split(start)
+    body, tail = rest.split(end)
+    assistant = ("{%- if message.weight is not none and message.weight == 0 %}" + body
+                 + "{%- else %}" + start + body + end + "{%- endif %}")
+    return head + assistant + tail
 
 
 def prepare_tokenizer(tokenizer: Any) -> Any:

@@ -154,7 +154,7 @@ class ToolView:
 
     @classmethod
     def of(cls, toolbox: Any) -> ToolView:
-        return cls(frozenset(getattr(toolbox, "_relation_names", ())), toolbox.resolve_ids)
+        return cls(frozenset(getattr(toolbox, "relation_names", ())), toolbox.resolve_ids)
 
     def ref(self, index: QuestionIndex, eid: str) -> str:
         """How the agent names ``eid`` in a call: by name when the name resolves to it, else by id."""

@@ -119,7 +119,9 @@ def close_name(key: str, keys: list[str], *, score: float = CLOSE_NAME_SCORE, ma
     return best[0][0]
 
 
-def _err(message: str) -> str:
+def error_text(message: str) -> str:
+    """The one form of a tool's error: ``"Error: "`` and the message on one line (what the agent, the
+    trajectory filter and :mod:`medkit.recovery` recognise as an error)."""
     return "Error: " + " ".join(str(message).split())
 
 
@@ -142,7 +144,7 @@ def _safe(method: Callable[..., str]) -> Callable[..., str]:
         try:
             return _cap(method(*args, **kwargs))
         except Exception as e:  # noqa: BLE001 - a tool must answer, not raise
-            return _err(f"{method.__name__} failed: {type(e).__name__}: {e}")
+            return error_text(f"{method.__name__} failed: {type(e).__name__}: {e}")
 
     return wrapper
 
@@ -150,19 +152,19 @@ def _safe(method: Callable[..., str]) -> Callable[..., str]:
 def _check_text(value: Any, what: str) -> str | None:
     """An "Error:" line if ``value`` is not a usable text argument, else None."""
     if not isinstance(value, str):
-        return _err(f"{what} must be a string, got {type(value).__name__}.")
+        return error_text(f"{what} must be a string, got {type(value).__name__}.")
     if not value.strip():
-        return _err(f"{what} is empty.")
+        return error_text(f"{what} is empty.")
     if len(value) > MAX_QUERY_CHARS:
-        return _err(f"{what} is too long ({len(value):,} characters; the limit is {MAX_QUERY_CHARS}).")
+        return error_text(f"{what} is too long ({len(value):,} characters; the limit is {MAX_QUERY_CHARS}).")
     return None
 
 
 def _check_k(k: Any) -> str | None:
     if isinstance(k, bool) or not isinstance(k, int):
-        return _err(f"k must be an integer, got {type(k).__name__}.")
+        return error_text(f"k must be an integer, got {type(k).__name__}.")
     if not 1 <= k <= MAX_K:
-        return _err(f"k must be between 1 and {MAX_K}, got {k}.")
+        return error_text(f"k must be between 1 and {MAX_K}, got {k}.")
     return None
 
 
@@ -335,7 +337,7 @@ class MedicalToolbox:
                 ent = row["entity_id"] if isinstance(row["entity_id"], str) else None
                 head = f"[{eid}] {row['title']} ({row['source']} passage" + (f", entity {ent})" if ent else ")")
                 return head + "\n" + _plain(row["text"])
-            return _err(f"unknown id {eid!r}; use lookup(name) or search(query) to find an id.")
+            return error_text(f"unknown id {eid!r}; use lookup(name) or search(query) to find an id.")
         row = self._entities.loc[eid]
         lines = [f"{row['name']} ({eid}) — {row['type']}"]
         definition = row["definition"] if isinstance(row["definition"], str) else None
@@ -462,12 +464,12 @@ class MedicalToolbox:
             return problem
         eid, relation = entity_id.strip(), relation.strip()
         if direction not in ("out", "in", "both"):
-            return _err(f"direction must be 'out', 'in' or 'both', got {direction!r}.")
+            return error_text(f"direction must be 'out', 'in' or 'both', got {direction!r}.")
         if relation not in self._relation_names:
-            return _err(f"unknown relation {relation!r}; choose one of {', '.join(self._relation_names)}.")
+            return error_text(f"unknown relation {relation!r}; choose one of {', '.join(self._relation_names)}.")
         resolved = self._entity_or_name(eid)
         if resolved is None:
-            return _err(f"unknown id or name {eid!r}; use lookup(name) or search(query) to find an id.")
+            return error_text(f"unknown id or name {eid!r}; use lookup(name) or search(query) to find an id.")
         eid = resolved
         cap = 25
         lines = [f"{self._label(eid)} — {relation}"]
@@ -511,13 +513,13 @@ class MedicalToolbox:
             and 1% when the disease lacks the annotation.
         """
         if not isinstance(phenotypes, (list, tuple)):
-            return _err(f"phenotypes must be a list of HPO ids or names, got {type(phenotypes).__name__}.")
+            return error_text(f"phenotypes must be a list of HPO ids or names, got {type(phenotypes).__name__}.")
         if (problem := _check_k(k)):
             return problem
         if not phenotypes:
-            return _err("phenotypes is empty; give at least one HPO id or phenotype name.")
+            return error_text("phenotypes is empty; give at least one HPO id or phenotype name.")
         if len(phenotypes) > MAX_PHENOTYPES:
-            return _err(f"too many phenotypes ({len(phenotypes)}; the limit is {MAX_PHENOTYPES}).")
+            return error_text(f"too many phenotypes ({len(phenotypes)}; the limit is {MAX_PHENOTYPES}).")
         for p in phenotypes:
             if (problem := _check_text(p, "each phenotype")):
                 return problem
@@ -530,23 +532,23 @@ class MedicalToolbox:
             else:
                 resolved.setdefault(hid, p.strip())
         if not resolved:
-            return _err("no phenotype could be resolved to an HPO id: " + "; ".join(unresolved)
+            return error_text("no phenotype could be resolved to an HPO id: " + "; ".join(unresolved)
                         + ". Use lookup(name) or search(query) to find HPO ids.")
         if not isinstance(within, str):
-            return _err(f"within must be a string (a disease class id or name), got {type(within).__name__}.")
+            return error_text(f"within must be a string (a disease class id or name), got {type(within).__name__}.")
         scores, matches, qpos = self._scores(list(resolved))
         order = np.lexsort((self._dis_ids, -matches, -scores))
         scope = None
         if within.strip():
             cls_id = self._entity_or_name(within.strip())
             if cls_id is None:
-                return _err(f"unknown disease class {within.strip()!r}; use lookup(name) to find its id.")
+                return error_text(f"unknown disease class {within.strip()!r}; use lookup(name) to find its id.")
             scope = self._descendants(cls_id)
             inside = np.zeros(len(self._dis_ids), dtype=bool)  # a mask by position: np.isin on 27k strings took 3 s
             inside[[self._dis_pos[d] for d in scope if d in self._dis_pos]] = True
             order = order[inside[order]]
             if not len(order):
-                return _err(f"no disease with phenotype annotations lies within {self._label(cls_id)}.")
+                return error_text(f"no disease with phenotype annotations lies within {self._label(cls_id)}.")
         order = order[matches[order] > 0][:k]  # a disease matching none of the phenotypes is no candidate
         lines = []
         if unresolved:
@@ -607,24 +609,24 @@ class MedicalToolbox:
             taken as the best one, which the head then names: "relation shared (name = id), ...".
         """
         if not isinstance(entity_ids, (list, tuple)) or not 2 <= len(entity_ids) <= 10:
-            return _err("entity_ids must be a list of 2 to 10 entity ids or names.")
+            return error_text("entity_ids must be a list of 2 to 10 entity ids or names.")
         if (problem := _check_text(relation, "relation")):
             return problem
         relations = [r.strip() for r in relation.split(",")]
         if len(relations) == 1:
             relations *= len(entity_ids)
         elif len(relations) != len(entity_ids):
-            return _err(f"give one relation, or one per entity ({len(entity_ids)}); got {len(relations)}.")
+            return error_text(f"give one relation, or one per entity ({len(entity_ids)}); got {len(relations)}.")
         for r in relations:
             if r not in self._relation_names:
-                return _err(f"unknown relation {r!r}; choose one of {', '.join(self._relation_names)}.")
+                return error_text(f"unknown relation {r!r}; choose one of {', '.join(self._relation_names)}.")
         picked, shared = [], None
         for text, rel in zip(entity_ids, relations):
             if (problem := _check_text(text, "each entity id")):
                 return problem
             eid, stated = self._take(text.strip())
             if eid is None:
-                return _err(f"unknown id or name {text.strip()!r}; use lookup(name) or search(query) to find an id.")
+                return error_text(f"unknown id or name {text.strip()!r}; use lookup(name) or search(query) to find an id.")
             if stated:
                 picked.append(f"{text.strip()} = {eid}")  # an ambiguous or close name: say which entry it was taken as
             nb: set[str] = set()
@@ -677,6 +679,11 @@ class MedicalToolbox:
         return call_tool(self, self.TOOL_NAMES, name, arguments)
 
     @property
+    def relation_names(self) -> tuple[str, ...]:
+        """Every relation ``related`` and ``common`` accept, sorted."""
+        return self._relation_names
+
+    @property
     def passages(self) -> pd.DataFrame:
         """The corpus passages (``passage_id``, ``title``, ``text``, ...) that ``search`` and ``read`` serve."""
         return self._passages
@@ -688,26 +695,26 @@ def call_tool(owner: Any, names: tuple[str, ...], name: Any, arguments: Any = No
     ``"Error: ..."`` text. The result is capped at :data:`MAX_OUTPUT_CHARS`."""
     try:
         if not isinstance(name, str) or name not in names:
-            return _err(f"unknown tool {name!r}; available tools: {', '.join(names)}.")
+            return error_text(f"unknown tool {name!r}; available tools: {', '.join(names)}.")
         arguments = {} if arguments is None else arguments
         if not isinstance(arguments, dict):
-            return _err(f"arguments must be an object (dict), got {type(arguments).__name__}.")
+            return error_text(f"arguments must be an object (dict), got {type(arguments).__name__}.")
         method = getattr(owner, name)
         params = inspect.signature(method).parameters
         hints = typing.get_type_hints(method)
         extra = sorted(str(a) for a in arguments if a not in params)
         if extra:
-            return _err(f"{name}() got unexpected argument(s) {', '.join(extra)}; it takes {', '.join(params)}.")
+            return error_text(f"{name}() got unexpected argument(s) {', '.join(extra)}; it takes {', '.join(params)}.")
         missing = [p for p, spec in params.items() if spec.default is inspect.Parameter.empty and p not in arguments]
         if missing:
-            return _err(f"{name}() is missing required argument(s) {', '.join(missing)}.")
+            return error_text(f"{name}() is missing required argument(s) {', '.join(missing)}.")
         for arg, value in arguments.items():
             if not _type_ok(value, hints.get(arg, Any)):
-                return _err(f"{name}() argument {arg!r} must be {_type_name(hints.get(arg))}, "
+                return error_text(f"{name}() argument {arg!r} must be {_type_name(hints.get(arg))}, "
                             f"got {type(value).__name__}.")
         return _cap(method(**arguments))
     except Exception as e:  # noqa: BLE001
-        return _err(f"tool call failed: {type(e).__name__}: {e}")
+        return error_text(f"tool call failed: {type(e).__name__}: {e}")
 
 
 class ToolSet:

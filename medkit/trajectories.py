@@ -4,7 +4,8 @@ Scope:
 
 * :func:`filter_trajectory` applies the paper's rejection rules to one trajectory and says
   why it was rejected: ``synthesis_failed`` (a KG hop never appeared in an observation),
-  ``unmatched_call_response``, ``format_error``, ``tool_error``, ``no_answer``,
+  ``unmatched_call_response``, ``format_error``, ``tool_error`` (except the error of a no-loss slip
+  that a corrected call follows: a recovery turn of :mod:`medkit.recovery`), ``no_answer``,
   ``wrong_answer`` (judged by :mod:`medkit.judge`), ``too_few_turns``, ``over_token_limit``,
   ``guidance_leak`` (MTG text or placeholders surviving in the sample) and ``ungrounded`` (a pick
   the conversation never narrows down, by the rule of :mod:`medkit.grounding`; also the reason
@@ -39,6 +40,7 @@ from . import io as mio
 from .io import append_with_timings, read_jsonl, repair_jsonl_tail
 from .judge import judge
 from .questions import question_id
+from .recovery import recovered_errors
 
 FILTER_REASONS = ("synthesis_failed", "unmatched_call_response", "format_error", "tool_error", "no_answer",
                   "wrong_answer", "too_few_turns", "over_token_limit", "guidance_leak", "ungrounded")
@@ -155,7 +157,9 @@ def filter_trajectory(trajectory: dict[str, Any], record: dict[str, Any], *, min
         reasons.append("unmatched_call_response")
     if trajectory.get("format_errors"):
         reasons.append("format_error")
-    if any(m.get("role") == "tool" and str(m.get("content", "")).startswith("Error:") for m in messages):
+    recovered = recovered_errors(messages)  # a no-loss slip's error, then a corrected call (medkit.recovery)
+    if any(m.get("role") == "tool" and str(m.get("content", "")).startswith("Error:") and i not in recovered
+           for i, m in enumerate(messages)):
         reasons.append("tool_error")
     prediction = final_answer(messages)
     verdict = None
@@ -360,7 +364,7 @@ def accepted_records(rows: Iterable[dict[str, Any]], schemas: list[dict[str, Any
         out.append({"messages": r["messages"], "tools": tools, "question_id": r["question_id"],
                     "variant": r["variant"], "source": r["source"], "specialty": r.get("specialty"),
                     "hops": r.get("hops"), "answer": r.get("answer"), "n_tool_calls": r["filter"]["n_tool_calls"],
-                    "n_tokens": r["filter"]["n_tokens"]})
+                    "n_tokens": r["filter"]["n_tokens"], "recovery": r.get("recovery")})
     return sorted(out, key=lambda r: (r["question_id"], r["source"], r["variant"]))
 
 
@@ -400,4 +404,5 @@ def summarise(rows: Sequence[dict[str, Any]], timings: Sequence[dict[str, Any]] 
             "mean_tokens": round(sum(tokens) / len(tokens), 1) if tokens else None,
             "max_tokens": max(tokens) if tokens else None,
             "first_reject_reason": dict(first.most_common()), "any_reject_reason": dict(every.most_common()),
-            "tool_calls_by_tool": dict(tools.most_common())}
+            "tool_calls_by_tool": dict(tools.most_common()),
+            "with_recovery_turn": sum(1 for r in acc if r.get("recovery"))}

@@ -40,6 +40,7 @@ from typing import Any, Protocol
 from urllib.parse import urlencode, urljoin, urlsplit
 
 from .errors import ConfigError
+from .tools import error_text
 
 SEARCH_K = 5
 MAX_K = 20
@@ -333,10 +334,6 @@ def html_text(html: str, url: str = "") -> tuple[str, str]:
 # --------------------------------------------------------------------------- the tools
 
 
-def _err(message: str) -> str:
-    return f"Error: {message}"
-
-
 class WebTools:
     """``web_search`` and ``read_page`` for the agent, over one search provider and one page reader."""
 
@@ -356,15 +353,15 @@ class WebTools:
             One block per result, best first: "[n] title <url>" and a short snippet; pass a url to read_page().
         """
         if not isinstance(query, str) or not query.strip():
-            return _err("query must be a non-empty string.")
+            return error_text("query must be a non-empty string.")
         if len(query) > MAX_QUERY_CHARS:
-            return _err(f"query is longer than {MAX_QUERY_CHARS} characters.")
+            return error_text(f"query is longer than {MAX_QUERY_CHARS} characters.")
         if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= MAX_K:
-            return _err(f"k must be an integer from 1 to {MAX_K}.")
+            return error_text(f"k must be an integer from 1 to {MAX_K}.")
         try:
             results = self.provider.search(query.strip(), k)
         except WebError as e:
-            return _err(f"web search failed: {e}")
+            return error_text(f"web search failed: {e}")
         if not results:
             return f"No web results for {query.strip()!r}; try other words."
         lines = []
@@ -391,11 +388,11 @@ class WebTools:
             The page's title and main text (boilerplate removed), cut to a few thousand characters.
         """
         if not isinstance(url, str) or not url.strip():
-            return _err("url must be a non-empty string.")
+            return error_text("url must be a non-empty string.")
         try:
             page = self.reader.read(url.strip())
         except WebError as e:
-            return _err(f"cannot read the page: {e}")
+            return error_text(f"cannot read the page: {e}")
         text = page.text if len(page.text) <= PAGE_CHARS else page.text[:PAGE_CHARS].rsplit(" ", 1)[0] + " ..."
         return f"{page.title}\n<{page.url}>\n{text}" if page.title else f"<{page.url}>\n{text}"
 

@@ -40,6 +40,7 @@ PROFILE = "cpu"               # smoke | cpu | gpu; selects every default below
 SEED = None                   # base random seed (default 13); the same seed gives the same trajectories
 N_QUESTIONS = None            # training questions to synthesise for, None takes the whole train split of notebook 03
 VARIANTS = None               # KG-guided trajectories per question (cpu 2; variant 1 finds the start entity another way)
+RECOVERY_SHARE = None         # share of trajectories given one recovery turn: a slip (no loss), its real error, the corrected call (default 0: off, it taught the cpu model to repeat calls; try 0.5 with a larger model)
 MIN_TOOL_CALLS = None         # fewer tool calls than this rejects a trajectory as too few turns (default 2)
 MAX_TOKENS = None             # longer trajectories (tokens as the model sees them) are rejected (cpu 4096)
 FREE_QUESTIONS = None         # questions for free MTG rollouts by the teacher (cpu 8, smoke 2, 0 skips)
@@ -61,7 +62,7 @@ import json, time
 import pandas as pd
 from IPython.display import Markdown, display
 from medkit import (agent as A, judge as J, kb, plots, profiles, paths, synthesis as SY, trajectories as TR,
-                    tools as T, questions as Q, grounding as GR, io as mio, model as M, records)
+                    tools as T, questions as Q, grounding as GR, io as mio, model as M, records, recovery as RC)
 from medkit import notebook_output
 notebook_output.configure()  # one-line portable warnings, no library progress bars (medkit/notebook_output.py)
 
@@ -162,6 +163,14 @@ print(f"identical renderings: {len(as_trl):,} characters, {count_tokens(example.
 # error, no answer, wrong answer (judge: exact / id / normalised / KG synonym — never a
 # multiple-choice letter), too few turns, over the token limit, guidance leak — plus one of the
 # kit's: **ungrounded**, a pick that nothing visible in the conversation narrows down (section 7).
+#
+# **Recovery turns.** A synthesised trajectory never errs, so a model trained only on them never sees
+# an error followed by a fix — and evaluated, the cpu SFT policy re-issued a call that had just failed
+# in 38 of its 74 tool errors (48 rollouts read in session 12), the rest being invented entity names
+# and relation names. In a share `RECOVERY_SHARE` of the trajectories, one call is first made with a
+# slip of those two kinds (`medkit.recovery`), executed for real so the error is the tool's own, then
+# made right with a thought that reads the error. The slip turn carries `"weight": 0` and gets no
+# loss in notebook 05: the model learns the recovery, not the slip. Its error is not a `tool_error`.
 
 # %%
 questions = train if P["N_QUESTIONS"] is None else train[: P["N_QUESTIONS"]]
@@ -173,12 +182,14 @@ def judge_row(traj, record):
                                 count_tokens=count_tokens, resolve=toolbox.resolve_ids)
 
 def make(record, variant):
-    return SY.synthesise(record, index, toolbox, variant=variant, seed=P["SEED"]).to_record()
+    row = SY.synthesise(record, index, toolbox, variant=variant, seed=P["SEED"]).to_record()
+    return RC.add_to_row(row, toolbox, share=P["RECOVERY_SHARE"], seed=P["SEED"])
 
 jobs = [(r, v) for r in questions for v in range(P["VARIANTS"])]
 t0 = time.time()
 # what shapes a row (changed, rows are redone): these parameters and the knowledge base's version
-kg_settings = {**{k: P[k] for k in ("SEED", "MIN_TOOL_CALLS", "MAX_TOKENS", "RERANK")}, "kb_version": kb.KB_VERSION}
+kg_settings = {**{k: P[k] for k in ("SEED", "RECOVERY_SHARE", "MIN_TOOL_CALLS", "MAX_TOKENS", "RERANK")},
+               "kb_version": kb.KB_VERSION}
 counts = TR.collect(log, jobs, make, judge_row, source="kg_guided", version=SY.SYNTHESIS_VERSION, settings=kg_settings)
 synth_seconds = time.time() - t0
 made = sum(v for k, v in counts.items() if not k.startswith("skipped"))
@@ -225,6 +236,20 @@ spec = pd.Series([r["specialty"] for r in acc]).value_counts()
 plots.save(plots.bar_counts(spec, "Accepted trajectories by specialty", xlabel="trajectories"), FIG / "04_specialties.png")
 print(f"mean tool calls {summary['mean_tool_calls']} (paper 4.2); mean tokens {summary['mean_tokens']}; "
       f"{summary['specialties']} specialties; {summary['questions_covered']:,} questions covered")
+
+# %% [markdown]
+# ### A recovery turn
+#
+# One accepted trajectory with a recovery turn, around the slip: the slipped call (no loss), the
+# tool's error, the corrected call. The counts are per slip kind.
+
+# %%
+recovered = [r for r in acc if r.get("recovery")]
+print(f"{len(recovered):,} of {len(acc):,} accepted trajectories carry a recovery turn; by kind:",
+      pd.Series([r["recovery"]["kind"] for r in recovered]).value_counts().to_dict())
+if recovered:
+    shown = recovered[0]; at = shown["recovery"]["turn"]
+    display(Markdown(A.render_markdown(shown["messages"][at:at + 4])))
 
 # %% [markdown]
 # ### Where the tokens go, as SFT sees them

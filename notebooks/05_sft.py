@@ -148,7 +148,9 @@ lengths
 #
 # Green: tokens the model is trained to produce (thoughts, tool calls, the answer, each turn's end
 # token). Grey: masked — the system prompt (with the tool schemas when `TOOLS_IN_PROMPT`), the
-# question, and every tool response.
+# question, and every tool response. The slip of a recovery turn (notebook 04: an assistant message
+# with `"weight": 0`) is masked too, so the model learns the corrected call that follows the error,
+# never the slip itself; the second cell checks that on a training row that carries one.
 
 # %%
 import html
@@ -167,6 +169,16 @@ display(Markdown("<pre style='white-space:pre-wrap;font-size:11px'>" + "".join(
 trained, masked = sft.label_view(tok, rows[0])
 assert all(m["content"] not in trained for m in rows[0]["messages"] if m["role"] == "tool")
 print(f"trained tokens {sum(enc['assistant_masks'])} of {len(enc['input_ids'])}")
+
+# %%
+with_slip = [r for r in rows if r.get("recovery")]
+print(f"{len(with_slip)} of {len(rows)} training trajectories carry a recovery turn")
+if with_slip:
+    at = with_slip[0]["recovery"]["turn"]
+    slip, fix = (A.assistant_text(with_slip[0]["messages"][i]) for i in (at, at + 2))
+    trained_slip, _ = sft.label_view(tok, with_slip[0])
+    assert slip not in trained_slip and fix in trained_slip, "the slip must be masked and the correction trained"
+    print("masked (no loss):", slip, "\ntrained:         ", fix, sep="\n")
 
 # %% [markdown]
 # ## 3 Train

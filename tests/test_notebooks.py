@@ -198,6 +198,10 @@ def test_smoke_trajectory_outputs(smoke_run, small_tokenizer):
     assert len(kg_rows) == len(train) == summary["kg_guided"]["trajectories"]  # one variant per question in smoke
     assert summary["kg_guided"]["accepted"] >= 0.4 * len(train) and summary["kg_guided"]["mean_tool_calls"] >= 3
     assert len(final) == summary["accepted_total"] == sum(r["filter"]["accepted"] for r in rows)
+    # smoke gives half of them a recovery turn (RECOVERY_SHARE 0.5): a no-loss slip, the tool's error, the fix
+    recovered = [r for r in kg_rows if r["filter"]["accepted"] and r.get("recovery")]
+    assert summary["kg_guided"]["with_recovery_turn"] == len(recovered) >= 1
+    assert all(r["messages"][r["recovery"]["turn"]]["weight"] == 0 for r in recovered)
     # the small model ran the same loop against the real tools (it writes prose: format errors, recorded)
     free = [r for r in rows if r["source"] == "free"]
     assert len(free) == 2 and all(r["n_model_calls"] >= 1 and r["stop_reason"] in A.STOP_REASONS for r in free)

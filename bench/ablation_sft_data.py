@@ -1,0 +1,114 @@
+"""SFT data ablations on the same held-out questions, paired: what recovery turns and more data buy.
+
+Each variant trains notebook 05's SFT (the profile's parameters, its curriculum order and row selection) on
+a variant of notebook 04's ``trajectories.jsonl`` and scores the adapter under notebook 05's harness on the
+first ``n`` held-out questions of at most ``max_hops`` hops x ``k`` rollouts:
+
+* ``recovery``     — the rows as notebook 04 wrote them (a share carries a recovery turn, medkit.recovery);
+* ``no_recovery``  — the same rows with every recovery turn undone (:func:`medkit.recovery.without_recovery`);
+* ``recovery_x2``  — as ``recovery`` with twice the profile's ``N_TRAIN``;
+* ``recovery_e2``  — as ``recovery`` for 2 epochs.
+
+Reports every variant's pass@1 (95% bootstrap CI, per hop), answer rate, stop reasons, training time and
+loss, and each variant minus ``no_recovery`` as a paired bootstrap over the same questions. Adapters and the
+scored rollouts (``eval_rows.jsonl``, with their messages) go to ``data/<profile>/experiments/sft_<variant>/``.
+Needs a ``trajectories.jsonl`` written with ``RECOVERY_SHARE`` > 0 (notebook 04). Not a speed benchmark: run it
+alone.
+
+``python bench/ablation_sft_data.py [profile] [n] [k] [max_hops] [variants]`` (defaults: cpu 60 4 3
+no_recovery,recovery) -> ``results/<profile>/experiments/sft_data_ablation.json``.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import time
+from typing import Any
+
+from medkit import evaluation as E
+from medkit import io as mio
+from medkit import model as M
+from medkit import paths, profiles, records, sft
+from medkit import recovery as RC
+from medkit import tools as T
+
+VARIANTS = {"recovery": {}, "no_recovery": {}, "recovery_x2": {"N_TRAIN": 2}, "recovery_e2": {"EPOCHS": 2}}
+
+
+def variant_rows(rows: list[dict[str, Any]], variant: str) -> list[dict[str, Any]]:
+    if variant == "no_recovery":
+        return [{**r, "messages": RC.without_recovery(r["messages"]), "recovery": None} for r in rows]
+    return rows
+
+
+def train(profile: str, variant: str, params: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    data = paths.profile_data_dir(profile)
+    p = dict(params)
+    if "N_TRAIN" in VARIANTS[variant]:
+        p["N_TRAIN"] = int(p["N_TRAIN"]) * VARIANTS[variant]["N_TRAIN"]
+    if "EPOCHS" in VARIANTS[variant]:
+        p["EPOCHS"] = VARIANTS[variant]["EPOCHS"]
+    tok = sft.prepare_tokenizer(M.load_tokenizer(profile))
+    rows = sft.curriculum_order(sft.load_trajectories(data / "trajectories.jsonl"), p["CURRICULUM"], p["SEED"],
+                                max_hops=p["TRAIN_MAX_HOPS"])
+    rows = variant_rows(rows, variant)
+    if not p["TOOLS_IN_PROMPT"]:
+        rows = sft.without_tool_schemas(rows)
+    rows, skipped = sft.select_rows(tok, rows, p["N_TRAIN"], p["MAX_LENGTH"], drop_longer=p["DROP_LONGER"])
+    run = data / "experiments" / f"sft_{variant}"
+    shutil.rmtree(run, ignore_errors=True)
+    qlora = p["QUANTIZE"] == "nf4"
+    model, _ = M.load_model(profile, for_training=True, quantize_4bit=qlora)
+    model, peft_config = sft.with_adapter(model, p, "transformers")
+    trainer = sft.build_trainer(model, tok, rows, p, run / "checkpoints", use_cpu=True, peft_config=peft_config)
+    out = sft.train(trainer, resume=False)
+    sft.save_outputs(trainer, tok, run, {"name": f"ablation {variant}", "base_model": M.model_spec(profile).name_or_path,
+                                         "summary": "bench/ablation_sft_data.py", "data": f"{len(rows)} rows",
+                                         "parameters": {k: v for k, v in p.items() if not k.startswith("EVAL")},
+                                         "metrics": {}}, profile=profile)
+    info = {"rows": len(rows), "skipped_longer": skipped, "with_recovery_turn": sum(1 for r in rows if r.get("recovery")),
+            "steps": out["steps"], "seconds": out["seconds"],
+            "final_loss": out["loss_curve"][-1]["loss"] if out["loss_curve"] else None,
+            "N_TRAIN": p["N_TRAIN"], "EPOCHS": p["EPOCHS"]}
+    return run / "adapter", info
+
+
+def main(profile: str = "cpu", n: str = "60", k: str = "4", max_hops: str = "3",
+         variants: str = "no_recovery,recovery") -> dict:
+    data = paths.profile_data_dir(profile)
+    params = {**profiles.resolve(profile, "sft"), "EVAL_K": int(k)}
+    names = [v.strip() for v in variants.split(",") if v.strip()]
+    unknown = [v for v in names if v not in VARIANTS]
+    if unknown:
+        raise SystemExit(f"unknown variant(s) {unknown}: choose from {', '.join(VARIANTS)}")
+    if "no_recovery" in names and len(names) > 1 and not any(
+            r.get("recovery") for r in records.load_trajectories(data / "trajectories.jsonl")):
+        raise SystemExit("trajectories.jsonl has no recovery turns: run notebook 04 with -p RECOVERY_SHARE 0.5 first")
+    qs = E.select_questions(records.load_questions(data / "questions_test.jsonl"), int(n), max_hops=int(max_hops))
+    _, toolbox = T.open_tools(data)
+    schemas = None if params.get("TOOLS_IN_PROMPT") else []
+    out: dict = {"questions": len(qs), "k": int(k), "max_hops": int(max_hops), "variants": {}}
+    rows = {}
+    for name in names:
+        t0 = time.time()
+        adapter, info = train(profile, name, params)
+        r = E.evaluate_adapter(profile, adapter, qs, toolbox, params, name=name, schemas=schemas, progress=False)
+        rows[name] = r["rows"]
+        mio.write_jsonl(adapter.parent / "eval_rows.jsonl", r["rows"])  # every rollout with its messages, to read
+        m = r["metrics"]
+        out["variants"][name] = {"training": info, **{key: m[key] for key in (
+            "pass@1", "pass@k", "answer_rate", "format_error_rate", "tool_error_rate", "tool_calls_per_question",
+            "stop_reasons", "pass@1_by_hops", "seconds") if key in m}, "total_seconds": round(time.time() - t0, 1)}
+        print(name, info, m["pass@1"], m["answer_rate"], m["stop_reasons"], flush=True)
+    if "no_recovery" in rows:
+        out["paired_minus_no_recovery"] = E.compare(rows, {v: ("no_recovery", v) for v in rows if v != "no_recovery"})
+    out["command"] = f"python bench/ablation_sft_data.py {profile} {n} {k} {max_hops} {','.join(names)}"
+    out["provenance"] = mio.provenance(params=params)
+    mio.write_json(paths.results_dir(profile) / "experiments" / "sft_data_ablation.json", out)
+    print(out.get("paired_minus_no_recovery"))
+    return out
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:6])
