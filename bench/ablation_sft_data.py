@@ -16,7 +16,8 @@ Needs a ``trajectories.jsonl`` written with ``RECOVERY_SHARE`` > 0 (notebook 04)
 alone.
 
 ``python bench/ablation_sft_data.py [profile] [n] [k] [max_hops] [variants]`` (defaults: cpu 60 4 3
-no_recovery,recovery) -> ``results/<profile>/experiments/sft_data_ablation.json``.
+no_recovery,recovery) -> ``results/<profile>/experiments/sft_data_ablation.json``; ``--read [profile]`` adds the
+reading of the saved rollouts to that file.
 """
 
 from __future__ import annotations
@@ -74,6 +75,43 @@ def train(profile: str, variant: str, params: dict[str, Any]) -> tuple[Any, dict
     return run / "adapter", info
 
 
+def reading(rows: list[dict[str, Any]]) -> dict[str, int]:
+    """What the policy does after each tool response: re-issue the call after an error, or write a recovery
+    turn's correction thought (\"Nothing is named ...\", \"There is no relation ...\"), after an error or not."""
+    from medkit.agent import parse_turn
+
+    out = {"rollouts": len(rows), "errors_answered": 0, "same_call_after_error": 0, "correction_thoughts": 0,
+           "correction_thought_after_a_result": 0}
+    for r in rows:
+        ms = r["messages"]
+        for i, m in enumerate(ms):
+            nxt = next((x for x in ms[i + 1:] if x.get("role") == "assistant"), None)
+            if m.get("role") != "tool" or nxt is None:
+                continue
+            prev = next((x for x in reversed(ms[:i]) if x.get("role") == "assistant"), None)
+            error = str(m.get("content", "")).startswith("Error:")
+            corrects = (parse_turn(str(nxt.get("content") or "")).think or "").startswith(
+                ("Nothing is named", "There is no relation"))
+            out["correction_thoughts"] += corrects
+            out["correction_thought_after_a_result"] += corrects and not error
+            if error:
+                out["errors_answered"] += 1
+                out["same_call_after_error"] += bool(nxt.get("tool_calls") and prev
+                                                     and nxt.get("tool_calls") == prev.get("tool_calls"))
+    return out
+
+
+def read_saved(profile: str = "cpu") -> dict:
+    """Add :func:`reading` of every variant's saved rollouts to the results file (``--read``)."""
+    data = paths.profile_data_dir(profile)
+    path = paths.results_dir(profile) / "experiments" / "sft_data_ablation.json"
+    out = mio.read_json(path)
+    for name, v in out["variants"].items():
+        v["reading"] = reading(list(mio.read_jsonl(data / "experiments" / f"sft_{name}" / "eval_rows.jsonl")))
+    mio.write_json(path, out)
+    return out
+
+
 def main(profile: str = "cpu", n: str = "60", k: str = "4", max_hops: str = "3",
          variants: str = "no_recovery,recovery") -> dict:
     data = paths.profile_data_dir(profile)
@@ -95,11 +133,13 @@ def main(profile: str = "cpu", n: str = "60", k: str = "4", max_hops: str = "3",
         adapter, info = train(profile, name, params)
         r = E.evaluate_adapter(profile, adapter, qs, toolbox, params, name=name, schemas=schemas, progress=False)
         rows[name] = r["rows"]
+        reading_ = reading(r["rows"])
         mio.write_jsonl(adapter.parent / "eval_rows.jsonl", r["rows"])  # every rollout with its messages, to read
         m = r["metrics"]
         out["variants"][name] = {"training": info, **{key: m[key] for key in (
             "pass@1", "pass@k", "answer_rate", "format_error_rate", "tool_error_rate", "tool_calls_per_question",
-            "stop_reasons", "pass@1_by_hops", "seconds") if key in m}, "total_seconds": round(time.time() - t0, 1)}
+            "stop_reasons", "pass@1_by_hops", "seconds") if key in m}, "reading": reading_,
+                               "total_seconds": round(time.time() - t0, 1)}
         print(name, info, m["pass@1"], m["answer_rate"], m["stop_reasons"], flush=True)
     if "no_recovery" in rows:
         out["paired_minus_no_recovery"] = E.compare(rows, {v: ("no_recovery", v) for v in rows if v != "no_recovery"})
@@ -111,4 +151,7 @@ def main(profile: str = "cpu", n: str = "60", k: str = "4", max_hops: str = "3",
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:6])
+    if sys.argv[1:2] == ["--read"]:
+        print(read_saved(*sys.argv[2:3])["variants"].keys())
+    else:
+        main(*sys.argv[1:6])

@@ -188,12 +188,8 @@ _OVERRIDES: dict[str, dict[str, dict[str, Any]]] = {
         # MICRO_BATCH 1: a pass over 2 full-length rollouts holds 8.4 GiB of activations, over 1 4.3 GiB at 1.17x
         # the seconds per rollout (checkpointing 2: 3.6 GiB at 1.34x; results/bench/grpo_pass_memory.json); with
         # passes of 2, notebook 07 peaked at 14.6 GiB in the 2026-12-04 reference run
-        # rollouts sampled as notebook 05 evaluates (temperature 0.3, 10 calls): the SFT adapter that scored 0.167
-        # held-out that way answered 0.039 of 128 probe questions at temperature 0.7 with 6 calls (session 12),
-        # so GRPO trained a policy much weaker than the one evaluated. 64 candidates (32 gave 4 learnable
-        # questions, 128 gave 13) for the 6 questions that 6 steps of one question each use
-        "grpo": {"POOL_CANDIDATES": 64, "QUESTIONS_PER_STEP": 1, "MAX_STEPS": 6, "LEARNING_RATE": 3e-4,
-                 "TEMPERATURE": 0.3, "MAX_CALLS": 10, "MICRO_BATCH": 1},
+        "grpo": {"POOL_CANDIDATES": 32, "QUESTIONS_PER_STEP": 1, "MAX_STEPS": 6, "LEARNING_RATE": 3e-4, "MAX_COMPLETION_LENGTH": 1024,
+                 "MAX_CALLS": 6, "MICRO_BATCH": 1},
         "evaluation": {"ABLATIONS": ["grpo_from_base"], "ABLATION_STEPS": 2},
     },
     "gpu": {
@@ -222,7 +218,11 @@ _OVERRIDES["cpu_long"] = _with(_OVERRIDES["cpu"], {
     "sft": {"N_TRAIN": 128, "LORA_DROPOUT": 0.0,
             "EVAL_QUESTIONS": None, "EVAL_MAX_HOPS": None, "EVAL_K": 4, "CURVE": [0.5], "CURVE_K": 2},
     # groups of 8 in passes of 1 rollout (passes of 2 peaked at 15.9 GB in the 2026-12-04 cpu_long run)
-    "grpo": {"NUM_GENERATIONS": 8, "MAX_STEPS": 8, "POOL_CANDIDATES": 128, "CURVE_K": 2},
+    # rollouts sampled as notebook 05 evaluates (temperature 0.3, 10 calls): the cpu SFT adapter that scored 0.167
+    # held-out that way answered 0.039 of 128 probe questions at temperature 0.7 with 6 calls (session 12), so
+    # GRPO trained a policy much weaker than the one evaluated; 128 candidates gave 13 learnable questions, 32 gave 4
+    "grpo": {"NUM_GENERATIONS": 8, "MAX_STEPS": 8, "POOL_CANDIDATES": 128, "TEMPERATURE": 0.3, "MAX_CALLS": 10,
+             "MAX_COMPLETION_LENGTH": 1536, "CURVE_K": 2},
     "evaluation": {"ABLATIONS": []},
 })
 
