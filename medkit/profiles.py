@@ -218,9 +218,9 @@ _OVERRIDES["cpu_long"] = _with(_OVERRIDES["cpu"], {
     "sft": {"N_TRAIN": 128, "LORA_DROPOUT": 0.0,
             "EVAL_QUESTIONS": None, "EVAL_MAX_HOPS": None, "EVAL_K": 4, "CURVE": [0.5], "CURVE_K": 2},
     # groups of 8 in passes of 1 rollout (passes of 2 peaked at 15.9 GB in the 2026-12-04 cpu_long run)
-    # rollouts sampled as notebook 05 evaluates (temperature 0.3, 10 calls): the cpu SFT adapter that scored 0.167
-    # held-out that way answered 0.039 of 128 probe questions at temperature 0.7 with 6 calls (session 12), so
-    # GRPO trained a policy much weaker than the one evaluated; 128 candidates gave 13 learnable questions, 32 gave 4
+    # rollouts sampled as notebook 05 evaluates (temperature 0.3, 10 calls), so GRPO improves the policy it is
+    # scored as (on 64 probe candidates it scores 0.047 vs 0.031 at cpu's 0.7 / 6 calls: within noise,
+    # results/cpu/experiments/probe_settings.json); 128 candidates gave 13 learnable questions, 32 gave 4
     "grpo": {"NUM_GENERATIONS": 8, "MAX_STEPS": 8, "POOL_CANDIDATES": 128, "TEMPERATURE": 0.3, "MAX_CALLS": 10,
              "MAX_COMPLETION_LENGTH": 1536, "CURVE_K": 2},
     "evaluation": {"ABLATIONS": []},

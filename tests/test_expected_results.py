@@ -35,6 +35,26 @@ CLAIMS: list[tuple[str, str, str]] = [
      "{paired_forgiving_minus_strict/ci95/0} … +{paired_forgiving_minus_strict/ci95/1}: within noise), answer rate "
      "{arms/strict/answer_rate} → {arms/forgiving/answer_rate}, rollouts stopped by a repeat "
      "{arms/strict/stop_reasons/repeated_call} → {arms/forgiving/stop_reasons/repeated_call} of 240."),
+    # README and notebook 04: the recovery-turn ablation, measured by bench/ablation_sft_data.py
+    ("README.md", "results/cpu/experiments/sft_data_ablation.json",
+     "SFT pass@1 {variants/no_recovery/pass@1/mean} → {variants/recovery/pass@1/mean} (paired "
+     "{paired_minus_no_recovery/recovery/mean}, 95% CI\n{paired_minus_no_recovery/recovery/ci95/0} … "
+     "{paired_minus_no_recovery/recovery/ci95/1}), repeated-call stops {variants/no_recovery/stop_reasons/repeated_call} → "
+     "{variants/recovery/stop_reasons/repeated_call} of 240"),
+    ("README.md", "results/cpu/experiments/sft_data_ablation.json",
+     "the same call again ({variants/recovery/reading/same_call_after_error} of "
+     "{variants/recovery/reading/errors_answered} errors vs {variants/no_recovery/reading/same_call_after_error} of "
+     "{variants/no_recovery/reading/errors_answered})"),
+    ("notebooks/04_trajectories.py", "results/cpu/experiments/sft_data_ablation.json",
+     "re-issuing the\n# failed call after {variants/recovery/reading/same_call_after_error} of "
+     "{variants/recovery/reading/errors_answered} errors ({variants/no_recovery/reading/same_call_after_error} of "
+     "{variants/no_recovery/reading/errors_answered} without) and writing a correction thought after "
+     "{variants/recovery/reading/correction_thought_after_a_result}\n# observations"),
+    # README: GRPO's pool probe under two rollout settings, measured by bench/probe_settings.py
+    ("README.md", "results/cpu/experiments/probe_settings.json",
+     "(temperature 0.7, 6 calls) scored {arms/cpu/pass@1/mean} and the evaluation settings {arms/cpu_long/pass@1/mean} "
+     "(paired +{paired_cpu_long_minus_cpu/mean}, 95% CI {paired_cpu_long_minus_cpu/ci95/0} … "
+     "+{paired_cpu_long_minus_cpu/ci95/1}),\nwith {arms/cpu/learnable} and {arms/cpu_long/learnable} learnable questions"),
     # README: one GRPO training pass's memory, measured by bench/bench_grpo_pass_memory.py
     ("README.md", "results/bench/grpo_pass_memory.json",
      "{runs/micro2/pass_peak_gib} GiB over 2 rollouts, {runs/micro1/pass_peak_gib} GiB over 1 at "
