@@ -78,7 +78,7 @@ def train(profile: str, variant: str, params: dict[str, Any]) -> tuple[Any, dict
 def reading(rows: list[dict[str, Any]]) -> dict[str, int]:
     """What the policy does after each tool response: re-issue the call after an error, or write a recovery
     turn's correction thought (\"Nothing is named ...\", \"There is no relation ...\"), after an error or not."""
-    from medkit.agent import parse_turn
+    from medkit.agent import is_tool_error, parse_turn
 
     out = {"rollouts": len(rows), "errors_answered": 0, "same_call_after_error": 0, "correction_thoughts": 0,
            "correction_thought_after_a_result": 0}
@@ -89,7 +89,7 @@ def reading(rows: list[dict[str, Any]]) -> dict[str, int]:
             if m.get("role") != "tool" or nxt is None:
                 continue
             prev = next((x for x in reversed(ms[:i]) if x.get("role") == "assistant"), None)
-            error = str(m.get("content", "")).startswith("Error:")
+            error = is_tool_error(m.get("content", ""))
             corrects = (parse_turn(str(nxt.get("content") or "")).think or "").startswith(
                 ("Nothing is named", "There is no relation"))
             out["correction_thoughts"] += corrects

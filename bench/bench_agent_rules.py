@@ -24,6 +24,7 @@ import time
 from collections import Counter
 from typing import Any
 
+from medkit import agent as A
 from medkit import bootstrap as B
 from medkit import evaluation as E
 from medkit import io as mio
@@ -38,7 +39,7 @@ def summary(rows: list[dict[str, Any]], seconds: float) -> dict[str, Any]:
     errors = Counter()
     for r in rows:
         for m in r["messages"]:
-            if m["role"] == "tool" and m["content"].startswith("Error:"):
+            if m["role"] == "tool" and A.is_tool_error(m["content"]):
                 text = m["content"]
                 kind = ("unknown name or id" if "unknown id or name" in text or "could be resolved" in text
                         else "repeated call" if "identical to an earlier call" in text else "other")

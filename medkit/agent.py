@@ -370,6 +370,15 @@ def _call_key(call: dict[str, Any]) -> str:
     return json.dumps([call["name"], call["arguments"]], sort_keys=True, default=str)
 
 
+TOOL_ERROR = "Error:"  # how every tool error begins (tools.error_text writes it; is_tool_error reads it)
+
+
+def is_tool_error(text: Any) -> bool:
+    """Whether a tool response is an error: the one test the agent loop, the trajectory filter, grounding,
+    synthesis and recovery turns apply."""
+    return str(text).startswith(TOOL_ERROR)
+
+
 REPEATED_CALL = "Error: identical to an earlier call; its result is above. Use it, or make another call."
 REPEATED_CALL_STOP = "Error: identical to an earlier call; the run stops here."
 
@@ -401,7 +410,7 @@ def _act(state: dict[str, Any], turn: ParsedTurn, call_tool: Callable[[str, dict
         state["_seen"].add(key)
         result = call_tool(call["name"], call["arguments"])
         state["n_tool_calls"] += 1
-        if result.startswith("Error:"):
+        if is_tool_error(result):
             state["tool_errors"].append({"turn": state["n_model_calls"], "call": call, "error": result})
         msgs.append({"role": "tool", "name": call["name"], "content": result})
         state["_bad_turns"] = 0

@@ -83,7 +83,7 @@ from typing import Any
 
 import pandas as pd
 
-from .agent import parse_turn
+from .agent import is_tool_error, parse_turn
 from .ner import surface_key
 from .questions import contains_words
 
@@ -295,7 +295,7 @@ def parse_observation(index: int, tool: str, text: str, arguments: Mapping[str, 
     ``arguments`` are the call's (``related``: its direction; ``common``: the entities it intersects, a
     name among them resolved by ``names``, surface key -> id, see :func:`question_names`)."""
     obs = Observation(index, tool, text, ids=frozenset(_ID_TOKEN.findall(text)))
-    if text.startswith("Error:"):
+    if is_tool_error(text):
         return obs
     cut = _TRUNCATED in text
     body = text.split(_TRUNCATED, 1)[0]

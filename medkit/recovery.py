@@ -28,6 +28,8 @@ import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from .agent import is_tool_error
+
 RECOVERY_KINDS: tuple[str, ...] = ("relation", "name")
 NO_LOSS = 0  # the ``weight`` of a message that carries no loss
 _ID = re.compile(r"^[A-Za-z][A-Za-z0-9_]*:\S+$")
@@ -127,7 +129,7 @@ def with_recovery(messages: list[dict[str, Any]], call: Callable[[str, dict[str,
             rng.shuffle(options)
             for new, bad, good in options:
                 observation = call(fn["name"], new)
-                if not observation.startswith("Error:"):
+                if not is_tool_error(observation):
                     continue
                 slip = {**copy.deepcopy(messages[i]), "weight": NO_LOSS}
                 slip["tool_calls"][0]["function"]["arguments"] = new
@@ -160,7 +162,7 @@ def recovered_errors(messages: Sequence[dict[str, Any]]) -> set[int]:
         if m.get("role") != "assistant" or m.get("weight") != NO_LOSS or i + 2 >= len(messages):
             continue
         obs, nxt = messages[i + 1], messages[i + 2]
-        if (obs.get("role") == "tool" and str(obs.get("content", "")).startswith("Error:")
+        if (obs.get("role") == "tool" and is_tool_error(obs.get("content", ""))
                 and nxt.get("role") == "assistant" and nxt.get("tool_calls")
                 and nxt.get("tool_calls") != m.get("tool_calls")):
             out.add(i + 1)

@@ -56,7 +56,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from . import grounding as G
-from .agent import SYSTEM_PROMPT
+from .agent import SYSTEM_PROMPT, is_tool_error
 from .ner import surface_key
 from .questions import TYPE_NOUN, QuestionIndex, Variable, clue_phrase, contains_words, variables_from_record
 from .tools import DIAGNOSE_K
@@ -506,7 +506,7 @@ class _Planner:
         if key not in self.cache:
             self.cache[key] = self.toolbox.call(action.name, action.arguments)
         obs = self.cache[key]
-        return _Draft(action, obs, key, not obs.startswith("Error:") and shows_id(obs, eid))
+        return _Draft(action, obs, key, not is_tool_error(obs) and shows_id(obs, eid))
 
     def conversation(self, drafts: list[_Draft]) -> list[dict[str, Any]]:
         out = list(self.messages)
@@ -603,7 +603,7 @@ class _Planner:
                 if _key(action) in used:
                     continue
                 cand = self.run(action, eid)
-                if cand.observation.startswith("Error:"):
+                if is_tool_error(cand.observation):
                     continue
                 cand.role = "check"
                 group = self.with_lookups(cand, drafts, eid)
@@ -780,7 +780,7 @@ def synthesise(record: dict[str, Any], index: QuestionIndex, toolbox: Any, *, va
             if evidence == before or _key(action) in planner.seen:
                 continue
             obs = planner.run(action, target.entity_id).observation
-            if not obs.startswith("Error:") and mentions(index, obs, evidence, by_name=False):
+            if not is_tool_error(obs) and mentions(index, obs, evidence, by_name=False):
                 checks.append((len(obs), len(checks), action, evidence, obs))
         for _, _, action, evidence, obs in sorted(checks)[:1]:  # the most targeted check that shows a clue
             thought = _join(context, action.plan)

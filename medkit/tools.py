@@ -49,6 +49,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .agent import TOOL_ERROR
 from .kb import EXCLUDES_PHENOTYPE
 from .ner import surface_key
 
@@ -122,7 +123,7 @@ def close_name(key: str, keys: list[str], *, score: float = CLOSE_NAME_SCORE, ma
 def error_text(message: str) -> str:
     """The one form of a tool's error: ``"Error: "`` and the message on one line (what the agent, the
     trajectory filter and :mod:`medkit.recovery` recognise as an error)."""
-    return "Error: " + " ".join(str(message).split())
+    return f"{TOOL_ERROR} " + " ".join(str(message).split())
 
 
 def _cap(text: str, limit: int = MAX_OUTPUT_CHARS) -> str:

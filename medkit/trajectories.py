@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .agent import assistant_text, final_answer, parse_turn, render_tool_call, to_text_messages
+from .agent import assistant_text, final_answer, is_tool_error, parse_turn, render_tool_call, to_text_messages
 from .grounding import check_trajectory
 from . import io as mio
 from .io import append_with_timings, read_jsonl, repair_jsonl_tail
@@ -158,7 +158,7 @@ def filter_trajectory(trajectory: dict[str, Any], record: dict[str, Any], *, min
     if trajectory.get("format_errors"):
         reasons.append("format_error")
     recovered = recovered_errors(messages)  # a no-loss slip's error, then a corrected call (medkit.recovery)
-    if any(m.get("role") == "tool" and str(m.get("content", "")).startswith("Error:") and i not in recovered
+    if any(m.get("role") == "tool" and is_tool_error(m.get("content", "")) and i not in recovered
            for i, m in enumerate(messages)):
         reasons.append("tool_error")
     prediction = final_answer(messages)
