@@ -1,4 +1,4 @@
-"""SFT data ablations on the same held-out questions, paired: what recovery turns and more data buy.
+"""SFT data ablations on the same held-out questions, paired: what grounding, recovery turns and more data buy.
 
 Each variant trains notebook 05's SFT (the profile's parameters, its curriculum order and row selection) on
 a variant of notebook 04's ``trajectories.jsonl`` and scores the adapter under notebook 05's harness on the
@@ -7,17 +7,22 @@ first ``n`` held-out questions of at most ``max_hops`` hops x ``k`` rollouts:
 * ``recovery``     — the rows as notebook 04 wrote them (a share carries a recovery turn, medkit.recovery);
 * ``no_recovery``  — the same rows with every recovery turn undone (:func:`medkit.recovery.without_recovery`);
 * ``recovery_x2``  — as ``recovery`` with twice the profile's ``N_TRAIN``;
-* ``recovery_e2``  — as ``recovery`` for 2 epochs.
+* ``recovery_e2``  — as ``recovery`` for 2 epochs;
+* ``ungrounded``   — every row re-synthesised for the same question and variant without grounding checks
+  (``synthesis.synthesise(grounded=False)``: each pick named as soon as an observation shows it, competitors
+  left open), filtered like notebook 04's rows but for grounding; the data contribution the paper claims.
 
 Reports every variant's pass@1 (95% bootstrap CI, per hop), answer rate, stop reasons, training time and
-loss, and each variant minus ``no_recovery`` as a paired bootstrap over the same questions. Adapters and the
+loss, the grounded share of its training rows' picks, and each variant minus ``no_recovery`` (the rows notebook
+05 trains on when ``RECOVERY_SHARE`` is 0) as a paired bootstrap over the same questions. Adapters and the
 scored rollouts (``eval_rows.jsonl``, with their messages) go to ``data/<profile>/experiments/sft_<variant>/``.
-Needs a ``trajectories.jsonl`` written with ``RECOVERY_SHARE`` > 0 (notebook 04). Not a speed benchmark: run it
-alone.
+The recovery variants need a ``trajectories.jsonl`` written with ``RECOVERY_SHARE`` > 0 (notebook 04). Not a speed
+benchmark: run it alone.
 
 ``python bench/ablation_sft_data.py [profile] [n] [k] [max_hops] [variants]`` (defaults: cpu 60 4 3
-no_recovery,recovery) -> ``results/<profile>/experiments/sft_data_ablation.json``; ``--read [profile]`` adds the
-reading of the saved rollouts to that file.
+no_recovery,recovery) -> ``results/<profile>/experiments/sft_data_ablation.json`` (with ``ungrounded``:
+``sft_data_ablation_ungrounded.json``, :func:`output_path`); ``--read [profile]`` adds the reading of the saved
+rollouts to the recovery file.
 """
 
 from __future__ import annotations
@@ -27,20 +32,70 @@ import sys
 import time
 from typing import Any
 
+from medkit import agent as A
 from medkit import evaluation as E
+from medkit import grounding as GR
 from medkit import io as mio
 from medkit import model as M
 from medkit import paths, profiles, records, sft
+from medkit import questions as Q
 from medkit import recovery as RC
+from medkit import synthesis as SY
 from medkit import tools as T
+from medkit import trajectories as TR
 
-VARIANTS = {"recovery": {}, "no_recovery": {}, "recovery_x2": {"N_TRAIN": 2}, "recovery_e2": {"EPOCHS": 2}}
+VARIANTS = {"recovery": {}, "no_recovery": {}, "recovery_x2": {"N_TRAIN": 2}, "recovery_e2": {"EPOCHS": 2},
+            "ungrounded": {}}
+RECOVERY_VARIANTS = ("recovery", "recovery_x2", "recovery_e2")  # need rows written with RECOVERY_SHARE > 0
+BASELINE = "no_recovery"
 
 
-def variant_rows(rows: list[dict[str, Any]], variant: str) -> list[dict[str, Any]]:
+def output_path(profile: str, names: list[str]) -> Any:
+    """Where a run of ``names`` writes: the recovery ablation's file, or one named after the other variants."""
+    folder = paths.results_dir(profile) / "experiments"
+    if "ungrounded" not in names:
+        return folder / "sft_data_ablation.json"
+    return folder / f"sft_data_ablation_{'_'.join(n for n in names if n != BASELINE)}.json"
+
+
+def ungrounded_rows(profile: str, rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
+    """Each row re-synthesised for its question and variant without grounding checks, filtered as notebook 04
+    filters (same settings) but for grounding. A row whose twin that filter rejects stays as it was (counted,
+    returned second), so the list maps row to row and notebook 05's selection picks the same questions."""
+    data = paths.profile_data_dir(profile)
+    p = profiles.resolve(profile, "trajectories")
+    index, toolbox = T.open_tools(data, rerank=p["RERANK"])
+    count = TR.token_counter(M.load_tokenizer(profile), A.tool_schemas(toolbox.tools()))
+    by_id = {Q.question_id(q): q for q in records.load_questions(data / "questions_train.jsonl")}
+    out, kept = [], 0
+    for r in rows:
+        record = by_id[r["question_id"]]
+        twin = SY.synthesise(record, index, toolbox, variant=int(r["variant"]), seed=p["SEED"], grounded=False).to_record()
+        verdict = TR.filter_trajectory(twin, record, min_tool_calls=p["MIN_TOOL_CALLS"], max_tokens=p["MAX_TOKENS"],
+                                       count_tokens=count, resolve=toolbox.resolve_ids, grounding=False)
+        if verdict["accepted"]:
+            out.append({**r, "messages": twin["messages"], "n_tool_calls": verdict["n_tool_calls"],
+                        "n_tokens": verdict["n_tokens"], "recovery": None})
+        else:
+            out.append(r)
+            kept += 1
+    return out, kept
+
+
+def variant_rows(profile: str, rows: list[dict[str, Any]], variant: str) -> tuple[list[dict[str, Any]], int | None]:
+    """The variant's rows (row for row) and, for ``ungrounded``, how many kept their grounded form."""
     if variant == "no_recovery":
-        return [{**r, "messages": RC.without_recovery(r["messages"]), "recovery": None} for r in rows]
-    return rows
+        return [{**r, "messages": RC.without_recovery(r["messages"]), "recovery": None} for r in rows], None
+    if variant == "ungrounded":
+        return ungrounded_rows(profile, [{**r, "messages": RC.without_recovery(r["messages"])} for r in rows])
+    return rows, None
+
+
+def grounding_of(profile: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Grounded shares of the training rows' picks (:mod:`medkit.grounding`): what the variant teaches."""
+    qs = records.load_questions(paths.profile_data_dir(profile) / "questions_train.jsonl")
+    g = GR.summarise(GR.check_rows(rows, qs))
+    return {k: g[k] for k in ("commits", "grounded_commit_rate", "trajectories", "grounded_trajectory_rate")}
 
 
 def train(profile: str, variant: str, params: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
@@ -51,12 +106,9 @@ def train(profile: str, variant: str, params: dict[str, Any]) -> tuple[Any, dict
     if "EPOCHS" in VARIANTS[variant]:
         p["EPOCHS"] = VARIANTS[variant]["EPOCHS"]
     tok = sft.prepare_tokenizer(M.load_tokenizer(profile))
-    rows = sft.curriculum_order(sft.load_trajectories(data / "trajectories.jsonl"), p["CURRICULUM"], p["SEED"],
-                                max_hops=p["TRAIN_MAX_HOPS"])
-    rows = variant_rows(rows, variant)
-    if not p["TOOLS_IN_PROMPT"]:
-        rows = sft.without_tool_schemas(rows)
-    rows, skipped = sft.select_rows(tok, rows, p["N_TRAIN"], p["MAX_LENGTH"], drop_longer=p["DROP_LONGER"])
+    # variant_rows maps row to row, so applying it before the selection gives notebook 05's order
+    every, grounded_kept = variant_rows(profile, sft.load_trajectories(data / "trajectories.jsonl"), variant)
+    rows, skipped = sft.training_rows(tok, every, p)
     run = data / "experiments" / f"sft_{variant}"
     shutil.rmtree(run, ignore_errors=True)
     qlora = p["QUANTIZE"] == "nf4"
@@ -71,7 +123,9 @@ def train(profile: str, variant: str, params: dict[str, Any]) -> tuple[Any, dict
     info = {"rows": len(rows), "skipped_longer": skipped, "with_recovery_turn": sum(1 for r in rows if r.get("recovery")),
             "steps": out["steps"], "seconds": out["seconds"],
             "final_loss": out["loss_curve"][-1]["loss"] if out["loss_curve"] else None,
-            "N_TRAIN": p["N_TRAIN"], "EPOCHS": p["EPOCHS"]}
+            "N_TRAIN": p["N_TRAIN"], "EPOCHS": p["EPOCHS"], "tokens": sum(int(r.get("n_tokens") or 0) for r in rows),
+            "tool_calls": sum(int(r.get("n_tool_calls") or 0) for r in rows), "grounding": grounding_of(profile, rows),
+            **({"rows_without_an_ungrounded_twin": grounded_kept} if grounded_kept is not None else {})}
     return run / "adapter", info
 
 
@@ -120,7 +174,7 @@ def main(profile: str = "cpu", n: str = "60", k: str = "4", max_hops: str = "3",
     unknown = [v for v in names if v not in VARIANTS]
     if unknown:
         raise SystemExit(f"unknown variant(s) {unknown}: choose from {', '.join(VARIANTS)}")
-    if "no_recovery" in names and len(names) > 1 and not any(
+    if any(v in RECOVERY_VARIANTS for v in names) and not any(
             r.get("recovery") for r in records.load_trajectories(data / "trajectories.jsonl")):
         raise SystemExit("trajectories.jsonl has no recovery turns: run notebook 04 with -p RECOVERY_SHARE 0.5 first")
     qs = E.select_questions(records.load_questions(data / "questions_test.jsonl"), int(n), max_hops=int(max_hops))
@@ -141,11 +195,11 @@ def main(profile: str = "cpu", n: str = "60", k: str = "4", max_hops: str = "3",
             "stop_reasons", "pass@1_by_hops", "seconds") if key in m}, "reading": reading_,
                                "total_seconds": round(time.time() - t0, 1)}
         print(name, info, m["pass@1"], m["answer_rate"], m["stop_reasons"], flush=True)
-    if "no_recovery" in rows:
-        out["paired_minus_no_recovery"] = E.compare(rows, {v: ("no_recovery", v) for v in rows if v != "no_recovery"})
+    if BASELINE in rows:
+        out["paired_minus_no_recovery"] = E.compare(rows, {v: (BASELINE, v) for v in rows if v != BASELINE})
     out["command"] = f"python bench/ablation_sft_data.py {profile} {n} {k} {max_hops} {','.join(names)}"
     out["provenance"] = mio.provenance(params=params)
-    mio.write_json(paths.results_dir(profile) / "experiments" / "sft_data_ablation.json", out)
+    mio.write_json(output_path(profile, names), out)
     print(out.get("paired_minus_no_recovery"))
     return out
 

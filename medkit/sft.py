@@ -9,7 +9,8 @@ Scope (notebook 05):
   plus ``{% generation %}`` markers, so ``assistant_only_loss`` masks system, user and tool
   turns. :func:`label_view` shows which tokens of a real rendered trajectory carry loss.
 * :func:`curriculum_order` puts the rows in training order (seeded shuffle; shortest chains first
-  with ``CURRICULUM="hops"``), which the trainer then keeps.
+  with ``CURRICULUM="hops"``), which the trainer then keeps; :func:`training_rows` is the whole
+  selection from the SFT parameters (order, tool-schema block, budget, length).
 * :func:`length_report` counts tokens per trajectory and how many exceed ``max_length``
   (they are truncated by TRL — reported, never silent).
 * :func:`build_trainer` wires :class:`trl.SFTTrainer` with a peft LoRA adapter on the
@@ -138,6 +139,17 @@ def select_rows(tokenizer: Any, rows: list[dict[str, Any]], n: int | None, max_l
         else:
             kept.append(row)
     return kept, skipped
+
+
+def training_rows(tokenizer: Any, rows: list[dict[str, Any]], params: dict[str, Any]) -> tuple[list[dict[str, Any]], int]:
+    """The rows notebook 05 trains on, from all of notebook 04's rows and the SFT parameters: in
+    :func:`curriculum_order` (``CURRICULUM``, ``SEED``, ``TRAIN_MAX_HOPS``), without the tool-schema block
+    unless ``TOOLS_IN_PROMPT`` (:func:`without_tool_schemas`), the first ``N_TRAIN`` that fit ``MAX_LENGTH``
+    with ``DROP_LONGER`` (:func:`select_rows`). Returns (rows, number skipped as too long)."""
+    ordered = curriculum_order(rows, params["CURRICULUM"], params["SEED"], max_hops=params["TRAIN_MAX_HOPS"])
+    if not params["TOOLS_IN_PROMPT"]:
+        ordered = without_tool_schemas(ordered)
+    return select_rows(tokenizer, ordered, params["N_TRAIN"], params["MAX_LENGTH"], drop_longer=params["DROP_LONGER"])
 
 
 CURRICULA = ("none", "hops", "mixed")  # the training orders :func:`curriculum_order` knows

@@ -45,6 +45,12 @@ An odd ``variant`` gives another trajectory for the same question: it identifies
 with the cheapest grounded plan whose finding call differs from the even variant's (say, an
 intersection of the clues instead of a ``diagnose`` ranking) or, when there is no other way in,
 with a keyword ``search`` first (its miss kept), so a question can contribute two distinct samples.
+
+``grounded=False`` is the ablation of all this (``bench/ablation_sft_data.py``'s ``ungrounded`` variant): each
+hop's entity is named right after the finding call that shows it, with no checks, even when that
+observation lists competitors nothing visible rules out (a guess that the thought presents as a pick),
+and a ``diagnose`` pick at a possible tie is taken too. Everything else (the finding actions, the
+thoughts, the confirming check of the answer) is the same, so the two differ only in grounding.
 """
 
 from __future__ import annotations
@@ -495,8 +501,9 @@ class _Planner:
     """Grounds one hop at a time: asks the rule what is still open, adds the calls that settle the pick."""
 
     def __init__(self, record: dict[str, Any], index: QuestionIndex, toolbox: Any, view: ToolView,
-                 messages: list[dict[str, Any]]) -> None:
+                 messages: list[dict[str, Any]], *, grounded: bool = True) -> None:
         self.record, self.index, self.toolbox, self.view, self.messages = record, index, toolbox, view, messages
+        self.grounded = grounded  # False: the finding call(s) alone name the entity (the ablation)
         self.hops = G.question_hops(record)
         self.cache: dict[str, str] = {}
         self.seen: set[str] = set()
@@ -587,13 +594,15 @@ class _Planner:
     def ground(self, position: int, var: Variable, finds: list[_Draft]) -> _Plan | None:
         """``finds`` (the finding call, after a miss) plus the fewest checks that rule out every competitor."""
         eid = var.entity_id
-        if any(d.action.name == "diagnose" and d.found and (at_last_rank(d.observation, eid) or hides_full_match(
-                self.index, self.view, d.action, d.observation)) for d in finds):
+        if self.grounded and any(d.action.name == "diagnose" and d.found and (at_last_rank(d.observation, eid) or
+                                 hides_full_match(self.index, self.view, d.action, d.observation)) for d in finds):
             return None  # ties, or diseases with every query phenotype, may hide below the last shown rank
         drafts = list(finds)
         commit = G.probe_commit(self.conversation(drafts), self.record, eid)
         if commit is None or commit.reason == "never_shown":
             return None
+        if not self.grounded:
+            return _Plan(drafts, commit)  # named as shown: competitors left open (the ablation)
         while commit.unresolved:
             if sum(d.action.kind == "check" for d in drafts) >= MAX_CHECKS:
                 return None
@@ -699,15 +708,16 @@ def _choose(planner: _Planner, position: int, var: Variable, tried: list[_Draft]
 
 
 def synthesise(record: dict[str, Any], index: QuestionIndex, toolbox: Any, *, variant: int = 0,
-               seed: int = 13) -> Synthesised:
-    """One knowledge-informed, grounded trajectory for ``record`` (see the module docstring)."""
+               seed: int = 13, grounded: bool = True) -> Synthesised:
+    """One knowledge-informed, grounded trajectory for ``record`` (see the module docstring); with
+    ``grounded=False`` the ablation without checks (picks named as soon as an observation shows them)."""
     qid = str(record.get("question_id") or record.get("id"))
     view = ToolView.of(toolbox)
     variables = variables_from_record(record)
     messages: list[dict[str, Any]] = [{"role": "system", "content": SYSTEM_PROMPT},
                                       {"role": "user", "content": record["question"]}]
     out = Synthesised(qid, variant, messages)
-    planner = _Planner(record, index, toolbox, view, messages)
+    planner = _Planner(record, index, toolbox, view, messages, grounded=grounded)
     context = ""            # the evidence that settled the previous entity (the thought that commits to it)
     prev: str | None = None
     plan: _Plan | None = None

@@ -16,7 +16,7 @@
 # |---|---|---|---|---|---|
 # | `smoke` | SmolLM2-135M, QLoRA | 8 trajectories, 2 steps | seconds | 2 questions × 1 rollout | ~2 min |
 # | `cpu` | SmolLM2-135M, LoRA (fp32 base) | the 64 shortest-chain trajectories (curriculum, mean 884.1 tokens), no tool schemas, 1 epoch (64 steps) | 4.96 min (190 tokens/s, loss 0.34) | 12 held-out questions of ≤ 4 hops × 3 rollouts, base vs SFT, plus the learning curve: base 0.000, SFT 0.000 (95% CI 0.000–0.000) — the protocol is learned (malformed turns 100% → 1.9%, 39% of rollouts answer, 21 of 36 stop on a repeated call), none is right on these 12 questions, each of which needs every hop it states | ~10 min (9.9 min in the committed run) |
-# | `cpu_long` | SmolLM2-135M, LoRA (fp32 base) | the 128 shortest-chain (2-hop) trajectories, 1 epoch (128 steps) | 25.6 min (96 tokens/s, loss 0.232) | 60 held-out questions of ≤ 3 hops × 4 rollouts, base vs SFT, curve after 64 trajectories: base 0.000, SFT **0.158** (95% CI 0.083–0.242; paired +0.158, 14 questions better, 0 worse), 2-hop 0.237, 3-hop 0.023; after 64 trajectories 0.058 | 63.5 min in the committed reference run (`results/cpu_long/`, uncontended; ~10 min of it one stuck engine call, retried) |
+# | `cpu_long` | SmolLM2-135M, LoRA (fp32 base) | the 128 shortest-chain (2-hop) trajectories, 1 epoch (128 steps) | 11.7 min (161.4 tokens/s, loss 0.2302) | all 176 held-out questions × 4 rollouts, base vs SFT, curve after 64 trajectories: base 0.000, SFT **0.126** (95% CI 0.085–0.171; paired +0.126, 35 questions better, 0 worse), ≤ 3 hops 0.164 (136 questions), 2-hop 0.245, 3-hop 0.000 (no 3-hop chain in its 128 trajectories); after 64 trajectories 0.082 | 43.2 min in the committed reference run (`results/cpu_long/`, uncontended, AVX512-BF16; peak 10.8 GiB) |
 # | `gpu` | Qwen2.5-7B-Instruct, QLoRA (unsloth if installed) | all accepted, 2 epochs | ~1 h on one 24 GB GPU | all held-out, 3 rollouts | ~2 h |
 #
 # On `cpu`, expect the base model to score 0 (it never calls a tool: format errors), and the SFT
@@ -131,12 +131,8 @@ P
 # cut off its answer, the part that matters most. Both are reported below, not silent.
 
 # %%
-rows = sft.curriculum_order(sft.load_trajectories(DATA / "trajectories.jsonl"), P["CURRICULUM"], P["SEED"],
-                            max_hops=P["TRAIN_MAX_HOPS"])
 tok = sft.prepare_tokenizer(M.load_tokenizer(PROFILE))
-if not P["TOOLS_IN_PROMPT"]:
-    rows = sft.without_tool_schemas(rows)
-rows, skipped = sft.select_rows(tok, rows, P["N_TRAIN"], P["MAX_LENGTH"], drop_longer=P["DROP_LONGER"])
+rows, skipped = sft.training_rows(tok, sft.load_trajectories(DATA / "trajectories.jsonl"), P)
 lengths = {**sft.length_report(tok, rows, P["MAX_LENGTH"]), "skipped_longer": skipped}
 print(f"{len(rows)} trajectories ({skipped} longer than {P['MAX_LENGTH']} tokens skipped), "
       f"{pd.Series([r['specialty'] for r in rows]).nunique()} specialties, hops:",

@@ -72,37 +72,53 @@ CLAIMS: list[tuple[str, str, str]] = [
     # README: the cpu_long reference result
     ("README.md", f"{LONG}/07_evaluation.json",
      "| base SmolLM2-135M-Instruct | {stages/base/pass@1/mean} ({stages/base/pass@1/ci95/0}–{stages/base/pass@1/ci95/1})"
-     " | {stages/base/pass@k} | {stages/base/answer_rate} |"),
+     " | {stages/base/pass@k} | {stages/base/answer_rate} | {stages/base/format_error_rate|pct}% |"),
     ("README.md", f"{LONG}/07_evaluation.json",
      "| **{stages/sft/pass@1/mean} ({stages/sft/pass@1/ci95/0}–{stages/sft/pass@1/ci95/1})** | {stages/sft/pass@k}"
-     " | {stages/sft/answer_rate} |"),
+     " | {stages/sft/answer_rate} | {stages/sft/format_error_rate|pct}% | {stages/sft/tool_calls_per_question} |"),
     ("README.md", f"{LONG}/07_evaluation.json",
-     "| SFT + GRPO (8 steps × 8 rollouts) | {stages/sft+grpo/pass@1/mean} ({stages/sft+grpo/pass@1/ci95/0}–{stages/sft+grpo/pass@1/ci95/1})"
-     " | {stages/sft+grpo/pass@k} | {stages/sft+grpo/answer_rate} |"),
+     "| SFT + GRPO (8 steps × 8 rollouts) | {stages/sft+grpo/pass@1/mean} ({stages/sft+grpo/pass@1/ci95/0}–"
+     "{stages/sft+grpo/pass@1/ci95/1}) | {stages/sft+grpo/pass@k} | {stages/sft+grpo/answer_rate} | "
+     "{stages/sft+grpo/format_error_rate|pct}% | {stages/sft+grpo/tool_calls_per_question} |"),
     ("README.md", f"{LONG}/07_evaluation.json",
-     "**SFT − base: {paired/sft_minus_base/mean} (paired CI {paired/sft_minus_base/ci95/0} … "
-     "{paired/sft_minus_base/ci95/1})**, {paired/sft_minus_base/better} questions better, "
+     "same {questions} held-out questions (every question of the held-out split: "
+     "{stages/sft/pass@1_by_hops/2/questions} two-hop,\n{stages/sft/pass@1_by_hops/3/questions} three-hop"),
+    ("README.md", f"{LONG}/07_evaluation.json",
+     "**SFT − base: +{paired/sft_minus_base/mean} (paired CI +{paired/sft_minus_base/ci95/0} … "
+     "+{paired/sft_minus_base/ci95/1})**, {paired/sft_minus_base/better} questions better, "
      "{paired/sft_minus_base/worse} worse"),
     ("README.md", f"{LONG}/07_evaluation.json",
      "**SFT+GRPO − SFT: {paired/grpo_minus_sft/mean} (paired CI {paired/grpo_minus_sft/ci95/0} … "
      "{paired/grpo_minus_sft/ci95/1})**, {paired/grpo_minus_sft/better} better, {paired/grpo_minus_sft/worse} worse"),
     ("README.md", f"{LONG}/07_evaluation.json",
-     "2-hop {stages/sft/pass@1_by_hops/2/mean}\n  ({stages/sft/pass@1_by_hops/2/ci95/0}–{stages/sft/pass@1_by_hops/2/ci95/1}),"
-     " 3-hop {stages/sft/pass@1_by_hops/3/mean}"),
+     "By hop count: 2-hop {stages/sft/pass@1_by_hops/2/mean}\n  ({stages/sft/pass@1_by_hops/2/ci95/0}–"
+     "{stages/sft/pass@1_by_hops/2/ci95/1}), 3-hop {stages/sft/pass@1_by_hops/3/mean} on "
+     "{stages/sft/pass@1_by_hops/3/questions} questions"),
+    ("README.md", f"{LONG}/07_evaluation.json",
+     "on the {sft_pass@1_max3_hops/questions} questions of ≤ 3 hops\n  {sft_pass@1_max3_hops/mean} "
+     "({sft_pass@1_max3_hops/ci95/0}–{sft_pass@1_max3_hops/ci95/1})"),
+    ("README.md", f"{LONG}/07_evaluation.json",
+     "the answer rate rose {stages/sft/answer_rate} → {stages/sft+grpo/answer_rate}, tool calls per rollout "
+     "{stages/sft/tool_calls_per_question} → {stages/sft+grpo/tool_calls_per_question}, and 2-hop accuracy fell "
+     "{stages/sft/pass@1_by_hops/2/mean} →\n  {stages/sft+grpo/pass@1_by_hops/2/mean}"),
     ("README.md", f"{LONG}/05_sft.json",
      "trajectories {learning_curve/0/pass@1/mean} ({learning_curve/0/pass@1/ci95/0}–{learning_curve/0/pass@1/ci95/1};"
-     " {learning_curve/0/rollouts} rollouts)"),
+     " {learning_curve/0/rollouts} rollouts),\n  after 128 {eval/sft/pass@1/mean}"),
     ("README.md", f"{LONG}/05_sft.json",
-     "SFT {train/seconds|min} min at {train/tokens_per_second} tokens/s, loss {train/train_loss}"),
+     "SFT {train/seconds|min} min at {train/tokens_per_second} tokens/s, loss {train/train_loss}; base\n  evaluation "
+     "{eval/base/seconds|min} min; SFT evaluation {eval/sft/seconds|min} min"),
     ("README.md", f"{LONG}/06_grpo.json",
-     "found only {pool/learnable} that the SFT policy"),
-    ("README.md", f"{LONG}/06_grpo.json",
-     "training accuracy on those {pool/learnable} rose {reward_hacking/checkpoints/1/train_accuracy} → "
-     "{reward_hacking/checkpoints/2/train_accuracy}"),
+     "The probe of {pool/candidates} training questions × {pool/probe_k} rollouts found {pool/learnable} that the SFT policy"),
     ("README.md", f"{LONG}/06_grpo.json",
      "held-out pass@1 went {reward_hacking/checkpoints/0/heldout_pass@1} → {reward_hacking/checkpoints/1/heldout_pass@1}"
      " → {reward_hacking/checkpoints/2/heldout_pass@1}"),
     ("README.md", f"{LONG}/06_grpo.json", "at {train/seconds_per_step} s per step"),
+    ("README.md", f"{LONG}/06_grpo.json", "GRPO {train/seconds|min} min"),
+    ("README.md", "results/bench/pipeline_cpu_long.json",
+     "05 {stages/0/seconds|min} min (SFT"),
+    ("README.md", "results/bench/pipeline_cpu_long.json",
+     "06 {stages/1/seconds|min} min (pool probe"),
+    ("README.md", "results/bench/pipeline_cpu_long.json", "**{total_seconds|min} min for 05–07**"),
     # notebook headers: the cpu_long rows
     ("notebooks/05_sft.py", f"{LONG}/05_sft.json",
      "1 epoch (128 steps) | {train/seconds|min} min ({train/tokens_per_second} tokens/s, loss {train/train_loss})"),
@@ -110,17 +126,18 @@ CLAIMS: list[tuple[str, str, str]] = [
      "base {eval/base/pass@1/mean}, SFT **{eval/sft/pass@1/mean}** (95% CI {eval/sft/pass@1/ci95/0}–"
      "{eval/sft/pass@1/ci95/1}; paired"),
     ("notebooks/05_sft.py", f"{LONG}/05_sft.json",
-     "2-hop {eval/sft/pass@1_by_hops/2/mean}, 3-hop {eval/sft/pass@1_by_hops/3/mean}; after 64 trajectories "
-     "{learning_curve/0/pass@1/mean}"),
+     "≤ 3 hops {eval/sft/pass@1_max3_hops/mean} ({eval/sft/pass@1_max3_hops/questions} questions), 2-hop "
+     "{eval/sft/pass@1_by_hops/2/mean}, 3-hop {eval/sft/pass@1_by_hops/3/mean}"),
+    ("notebooks/05_sft.py", f"{LONG}/05_sft.json", "after 64 trajectories {learning_curve/0/pass@1/mean}"),
     ("notebooks/06_grpo.py", f"{LONG}/06_grpo.json",
-     "probe 6.4 min → {pool/learnable} learnable questions; {train/seconds_per_step} s/step"),
+     "probe 10.3 min → {pool/learnable} learnable questions; {train/seconds_per_step} s/step"),
     ("notebooks/06_grpo.py", f"{LONG}/06_grpo.json",
-     "training accuracy on the {pool/learnable} pool questions {reward_hacking/checkpoints/1/train_accuracy} → "
-     "{reward_hacking/checkpoints/2/train_accuracy}"),
+     "training accuracy {reward_hacking/checkpoints/1/train_accuracy} → {reward_hacking/checkpoints/2/train_accuracy}"),
     ("notebooks/06_grpo.py", f"{LONG}/06_grpo.json",
      "held-out pass@1 {eval/grpo/pass@1/mean} (95% CI {eval/grpo/pass@1/ci95/0}–{eval/grpo/pass@1/ci95/1}) vs SFT "
      "{reward_hacking/checkpoints/0/heldout_pass@1}, paired {paired_minus_start/mean} ({paired_minus_start/ci95/0} … "
-     "{paired_minus_start/ci95/1})"),
+     "{paired_minus_start/ci95/1}), answer rate {reward_hacking/checkpoints/0/heldout_answer_rate} → "
+     "{reward_hacking/checkpoints/2/heldout_answer_rate}: verdict \"hacking\""),
     # README: the cpu reference run's adapters on 60 held-out questions (results/cpu/experiments)
     ("README.md", f"{CPU}/experiments/eval60_needed_hops.json",
      "SFT {stages/sft/pass@1/mean} (95% CI {stages/sft/pass@1/ci95/0}–{stages/sft/pass@1/ci95/1}; 2-hop "

@@ -134,6 +134,23 @@ def test_rows_that_fit_and_prompts_without_tool_schemas(tok, rows):
     assert sft.select_rows(tok, bare, 3, cap, drop_longer=False) == (bare[:3], 0)
 
 
+def test_training_rows_is_notebook_05s_selection_from_the_parameters(tok, rows):
+    rows = [{**r, "hops": h} for r, h in zip(rows, [3, 2, 4, 2, 3, 2, 5, 2] * len(rows))]
+    p = {"CURRICULUM": "hops", "SEED": 13, "TRAIN_MAX_HOPS": 3, "TOOLS_IN_PROMPT": False, "N_TRAIN": 3,
+         "MAX_LENGTH": 100_000, "DROP_LONGER": True}
+    got, skipped = sft.training_rows(tok, rows, p)
+    want = sft.without_tool_schemas(sft.curriculum_order(rows, "hops", 13, max_hops=3))[:3]
+    assert (got, skipped) == (want, 0)
+    assert [r["hops"] for r in got] == sorted(r["hops"] for r in rows if r["hops"] <= 3)[:3]  # shortest first
+    assert all(r["tools"] == "[]" for r in got)
+    kept, _ = sft.training_rows(tok, rows, {**p, "TOOLS_IN_PROMPT": True, "N_TRAIN": None})
+    assert [r["tools"] for r in kept] == [r["tools"] for r in sft.curriculum_order(rows, "hops", 13, max_hops=3)]
+    assert max(r["hops"] for r in kept) == 3 and len(kept) == sum(r["hops"] <= 3 for r in rows)
+    cap = min(len(sft.encode(tok, r)["input_ids"]) for r in sft.without_tool_schemas(rows))
+    short, skipped = sft.training_rows(tok, rows, {**p, "MAX_LENGTH": cap - 1})
+    assert short == [] and skipped == sum(r["hops"] <= 3 for r in rows)
+
+
 def test_bf16_follows_the_cpu_flags():
     from medkit import model as M
 

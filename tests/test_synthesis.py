@@ -345,6 +345,30 @@ def test_ritonavir_after_the_list_of_seven_gets_the_intersection_before_the_pick
     assert "ungrounded" in verdict["reasons"] and verdict["grounded"] is False
 
 
+def test_the_ungrounded_ablation_names_ritonavir_from_the_list_of_seven(ritonavir_tools, monkeypatch):
+    """grounded=False (the data ablation): the same finding calls, no checks, so the pick is a guess from the list."""
+    index, tools = ritonavir_tools
+    real = S.hop_actions
+    monkeypatch.setattr(S, "hop_actions", lambda index_, prev, var, view: sorted(
+        real(index_, prev, var, view), key=lambda a: a.kind != "related"))
+    grounded = S.synthesise(RITONAVIR_QUESTION, index, tools)
+    guess = S.synthesise(RITONAVIR_QUESTION, index, tools, grounded=False)
+    assert guess.failure is None and A.final_answer(guess.messages) == RITONAVIR_QUESTION["answer"]
+    assert not any(s.action.kind == "check" for s in guess.steps)
+    assert len(guess.steps) < len(grounded.steps)
+    report, commits = _commits(guess.messages, RITONAVIR_QUESTION)
+    pick = commits[RITONAVIR]
+    assert not pick.grounded and pick.introduced_by == "related"
+    # the other drugs of the list stay open (Dronabinol, the chain's first entity, is ruled out as committed)
+    assert set(pick.unresolved) == set(AIDS_DRUGS) - {RITONAVIR, DRONABINOL} and len(pick.unresolved) >= 4
+    assert pick.turn == pick.introduced_at + 1  # named in the turn right after the list
+    verdict = TR.filter_trajectory(guess.to_record(), RITONAVIR_QUESTION)
+    assert verdict["reasons"] == ["ungrounded"] and verdict["grounded"] is False
+    assert TR.filter_trajectory(guess.to_record(), RITONAVIR_QUESTION, grounding=False)["accepted"]
+    # the grounded synthesis is unchanged by the flag's existence
+    assert grounded.messages == S.synthesise(RITONAVIR_QUESTION, index, tools, grounded=True).messages
+
+
 # a fact of MRKH type 1 that tetrasomy 12p (typified by somatic mosaicism) lacks: autosomal dominant inheritance
 MRKH_FACT = {"kind": "fact", "relation": "has_inheritance", "value": "HP:0000006"}
 
@@ -381,6 +405,10 @@ def test_a_diagnose_tie_is_never_committed_from_the_ranking(index, toolbox, enti
     assert alone.failure == "ungrounded:0"
     verdict = TR.filter_trajectory(alone.to_record(), _tie_record(names, [upper_vagina]))
     assert verdict["reasons"][0] == "ungrounded" and not verdict["accepted"]
+    # ... while the ungrounded ablation takes the tie's first line
+    guess = S.synthesise(_tie_record(names, [upper_vagina]), index, toolbox, grounded=False)
+    assert guess.failure is None and A.final_answer(guess.messages) == names[MRKH_1]
+    assert not G.check_trajectory(guess.messages, _tie_record(names, [upper_vagina])).grounded
 
 
 def test_every_synthesised_fixture_trajectory_is_grounded(records, synthesised, judged):
