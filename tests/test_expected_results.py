@@ -60,6 +60,34 @@ CLAIMS: list[tuple[str, str, str]] = [
      "{runs/micro2/pass_peak_gib} GiB over 2 rollouts, {runs/micro1/pass_peak_gib} GiB over 1 at "
      "{over_baseline/micro1/seconds_per_rollout}× the seconds\nper rollout, {runs/micro2_gc/pass_peak_gib} GiB over 2 with "
      "`GRADIENT_CHECKPOINTING` at {over_baseline/micro2_gc/seconds_per_rollout}×"),
+    # README: the grounding ablation, measured by bench/ablation_sft_data.py (variant ungrounded)
+    ("README.md", "results/cpu/experiments/sft_data_ablation_ungrounded.json",
+     "That takes\nthe training picks from {variants/no_recovery/training/grounding/grounded_commit_rate|pct}% to "
+     "{variants/ungrounded/training/grounding/grounded_commit_rate|pct}% grounded "
+     "({variants/ungrounded/training/grounding/grounded_trajectory_rate|pct}% of the "
+     "{variants/ungrounded/training/rows} trajectories fully grounded; {variants/no_recovery/training/tool_calls} vs "
+     "{variants/ungrounded/training/tool_calls} tool\ncalls). Scored on all {questions} held-out questions"),
+    ("README.md", "results/cpu/experiments/sft_data_ablation_ungrounded.json",
+     "| grounded (notebook 04) | {variants/no_recovery/pass@1/mean} ({variants/no_recovery/pass@1/ci95/0}–"
+     "{variants/no_recovery/pass@1/ci95/1}) | {variants/no_recovery/pass@1_by_hops/2/mean} / "
+     "{variants/no_recovery/pass@1_by_hops/3/mean} | {variants/no_recovery/answer_rate} | "
+     "{variants/no_recovery/stop_reasons/repeated_call} / 544 |"),
+    ("README.md", "results/cpu/experiments/sft_data_ablation_ungrounded.json",
+     "| ungrounded twins | {variants/ungrounded/pass@1/mean} ({variants/ungrounded/pass@1/ci95/0}–"
+     "{variants/ungrounded/pass@1/ci95/1}) | {variants/ungrounded/pass@1_by_hops/2/mean} / "
+     "{variants/ungrounded/pass@1_by_hops/3/mean} | {variants/ungrounded/answer_rate} | "
+     "{variants/ungrounded/stop_reasons/repeated_call} / 544 |"),
+    ("README.md", "results/cpu/experiments/sft_data_ablation_ungrounded.json",
+     "Ungrounded minus grounded: {paired_minus_no_recovery/ungrounded/mean} (95% CI "
+     "{paired_minus_no_recovery/ungrounded/ci95/0} … +{paired_minus_no_recovery/ungrounded/ci95/1}), "
+     "{paired_minus_no_recovery/ungrounded/better} questions better, {paired_minus_no_recovery/ungrounded/worse} worse"),
+    ("README.md", "results/cpu/experiments/sft_data_ablation_ungrounded.json",
+     "{variants/ungrounded/answer_rate|pct}% of rollouts answer instead of {variants/no_recovery/answer_rate|pct}%"),
+    ("notebooks/04_trajectories.py", "results/cpu/experiments/sft_data_ablation_ungrounded.json",
+     "scored {variants/ungrounded/pass@1/mean} vs {variants/no_recovery/pass@1/mean} on {questions} held-out questions "
+     "× 4 (paired {paired_minus_no_recovery/ungrounded/mean},\n# 95% CI {paired_minus_no_recovery/ungrounded/ci95/0} … "
+     "+{paired_minus_no_recovery/ungrounded/ci95/1}) and answered more often ({variants/ungrounded/answer_rate} vs "
+     "{variants/no_recovery/answer_rate})"),
     # README: the web tools' latency, measured by bench/bench_web_tools.py
     ("README.md", "results/bench/web_tools.json",
      "offline `web_search`\n{runs/offline_search/p50_ms} / {runs/offline_search/p95_ms} ms (the baseline); SearXNG over "
