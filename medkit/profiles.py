@@ -221,8 +221,8 @@ _OVERRIDES["cpu_long"] = _with(_OVERRIDES["cpu"], {
     # rollouts sampled as notebook 05 evaluates (temperature 0.3, 10 calls), so GRPO improves the policy it is
     # scored as (on 64 probe candidates it scores 0.047 vs 0.031 at cpu's 0.7 / 6 calls: within noise,
     # results/cpu/experiments/probe_settings.json); 128 candidates gave 22 learnable questions in the 2026-12-05
-    # reference run, but at 0.3 the SFT policy is so peaked that 6 of its 8 groups were all right or all wrong
-    # (GRPO then lowered held-out pass@1, README): hotter rollouts are the next thing to measure
+    # reference run, but 6 of its 8 groups were all right or all wrong, though the evaluation engine's 8 samples at
+    # 0.3 differ on 14 of the 22 (GRPO then lowered held-out pass@1, README): why its groups are alike is open
     "grpo": {"NUM_GENERATIONS": 8, "MAX_STEPS": 8, "POOL_CANDIDATES": 128, "TEMPERATURE": 0.3, "MAX_CALLS": 10,
              "MAX_COMPLETION_LENGTH": 1536, "CURVE_K": 2},
     "evaluation": {"ABLATIONS": []},

@@ -15,12 +15,12 @@
 # |---|---|---|---|
 # | `smoke` | SmolLM2-135M + smoke SFT adapter (QLoRA) | 2 steps × 1 question × 2 rollouts, 48-token turns | ~1 min |
 # | `cpu` | SmolLM2-135M + the cpu SFT adapter (LoRA, fp32) | probe 32 training questions × 4 → 4 learnable; 6 steps × 1 question × 4 rollouts in passes of 1 (≤ 3-hop training questions, ≤ 1,024 completion tokens), 55.9 s/step; then the held-out evaluation of notebook 05: 0.000 → 0.000 → 0.000, training reward +0.28 — 5 of 24 training rollouts right (4 of them at step 6), KL ≤ 0.022, held-out answer rate 0.39 → 0.36: verdict "none"; 12 questions cannot show a change | ~11.5 min (11.4 min in the committed run; peak 8.8 GiB) |
-# | `cpu_long` | SmolLM2-135M + the cpu_long SFT adapter (LoRA, fp32) | probe 128 questions × 4 at temperature 0.3, then 8 steps × 1 question × 8 rollouts in passes of 1; held-out checkpoint after step 4; all 176 held-out questions × 4 | 38.3 min in the committed reference run (`results/cpu_long/`, uncontended; peak 8.0 GiB): probe 10.3 min → 22 learnable questions; 85.2 s/step; only 2 of 8 groups with rewards that differ (the policy is nearly deterministic at 0.3), training accuracy 0.4375 → 0.5; held-out pass@1 0.095 (95% CI 0.060–0.134) vs SFT 0.126, paired −0.031 (−0.057 … −0.009), answer rate 0.86 → 0.99: verdict "hacking" — worse, not better |
+# | `cpu_long` | SmolLM2-135M + the cpu_long SFT adapter (LoRA, fp32) | probe 128 questions × 4 at temperature 0.3, then 8 steps × 1 question × 8 rollouts in passes of 1; held-out checkpoint after step 4; all 176 held-out questions × 4 | 38.3 min in the committed reference run (`results/cpu_long/`, uncontended; peak 8.0 GiB): probe 10.3 min → 22 learnable questions; 85.2 s/step; only 2 of 8 groups with rewards that differ (the evaluation engine's 8 samples at 0.3 differ on 14 of the 22 learnable questions: why GRPO's are more alike is open), training accuracy 0.4375 → 0.5; held-out pass@1 0.095 (95% CI 0.060–0.134) vs SFT 0.126, paired −0.031 (−0.057 … −0.009), answer rate 0.86 → 0.99: verdict "hacking" — worse, not better |
 # | `gpu` | Qwen2.5-7B-Instruct + its SFT adapter (4-bit, unsloth if installed) | 250 steps × 4 questions × 8 rollouts | several hours on one 24 GB GPU |
 #
 # On `cpu` expect a noisy, short run: 24 rollouts in all is far too few for RL to move a 135M model
 # much. `cpu_long`'s 64 rollouts drew an accuracy signal from 2 groups only (6 of 8 groups were all
-# right or all wrong at temperature 0.3), and the policy it left answers more and less well: the
+# right or all wrong), and the policy it left answers more and less well: the
 # reward-hacking check below flags it. What the curves show is the mechanics — per-term rewards, tool-call and tool-failure
 # frequency, KL to the SFT adapter — and the last table says honestly whether held-out pass@1 moved.
 
