@@ -58,43 +58,45 @@ def output_path(profile: str, names: list[str]) -> Any:
     return folder / f"sft_data_ablation_{'_'.join(n for n in names if n != BASELINE)}.json"
 
 
-def ungrounded_rows(profile: str, rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
-    """Each row re-synthesised for its question and variant without grounding checks, filtered as notebook 04
-    filters (same settings) but for grounding. A row whose twin that filter rejects stays as it was (counted,
-    returned second), so the list maps row to row and notebook 05's selection picks the same questions."""
+def ungrounded_rows(profile: str, rows: list[dict[str, Any]],
+                    questions: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
+    """Each row re-synthesised for its question and variant without grounding checks, filtered by notebook 04's
+    filter (:func:`medkit.trajectories.stage_filter`, same settings) but for grounding. A row whose twin that filter
+    rejects stays as it was (counted, returned second), so the list maps row to row and notebook 05's selection
+    picks the same questions."""
     data = paths.profile_data_dir(profile)
     p = profiles.resolve(profile, "trajectories")
     index, toolbox = T.open_tools(data, rerank=p["RERANK"])
-    count = TR.token_counter(M.load_tokenizer(profile), A.tool_schemas(toolbox.tools()))
-    by_id = {Q.question_id(q): q for q in records.load_questions(data / "questions_train.jsonl")}
+    judge_row = TR.stage_filter(p, count_tokens=TR.token_counter(M.load_tokenizer(profile), A.tool_schemas(toolbox.tools())),
+                                resolve=toolbox.resolve_ids, grounding=False)
+    by_id = {Q.question_id(q): q for q in questions}
     out, kept = [], 0
     for r in rows:
         record = by_id[r["question_id"]]
         twin = SY.synthesise(record, index, toolbox, variant=int(r["variant"]), seed=p["SEED"], grounded=False).to_record()
-        verdict = TR.filter_trajectory(twin, record, min_tool_calls=p["MIN_TOOL_CALLS"], max_tokens=p["MAX_TOKENS"],
-                                       count_tokens=count, resolve=toolbox.resolve_ids, grounding=False)
+        verdict = judge_row(twin, record)
         if verdict["accepted"]:
             out.append({**r, "messages": twin["messages"], "n_tool_calls": verdict["n_tool_calls"],
                         "n_tokens": verdict["n_tokens"], "recovery": None})
         else:
-            out.append(r)
+            out.append({**r, "recovery": None})  # the grounded row, its recovery turns undone by the caller
             kept += 1
     return out, kept
 
 
-def variant_rows(profile: str, rows: list[dict[str, Any]], variant: str) -> tuple[list[dict[str, Any]], int | None]:
+def variant_rows(profile: str, rows: list[dict[str, Any]], variant: str,
+                 questions: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int | None]:
     """The variant's rows (row for row) and, for ``ungrounded``, how many kept their grounded form."""
     if variant == "no_recovery":
         return [{**r, "messages": RC.without_recovery(r["messages"]), "recovery": None} for r in rows], None
     if variant == "ungrounded":
-        return ungrounded_rows(profile, [{**r, "messages": RC.without_recovery(r["messages"])} for r in rows])
+        return ungrounded_rows(profile, [{**r, "messages": RC.without_recovery(r["messages"])} for r in rows], questions)
     return rows, None
 
 
-def grounding_of(profile: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
+def grounding_of(rows: list[dict[str, Any]], questions: list[dict[str, Any]]) -> dict[str, Any]:
     """Grounded shares of the training rows' picks (:mod:`medkit.grounding`): what the variant teaches."""
-    qs = records.load_questions(paths.profile_data_dir(profile) / "questions_train.jsonl")
-    g = GR.summarise(GR.check_rows(rows, qs))
+    g = GR.summarise(GR.check_rows(rows, questions))
     return {k: g[k] for k in ("commits", "grounded_commit_rate", "trajectories", "grounded_trajectory_rate")}
 
 
@@ -107,7 +109,8 @@ def train(profile: str, variant: str, params: dict[str, Any]) -> tuple[Any, dict
         p["EPOCHS"] = VARIANTS[variant]["EPOCHS"]
     tok = sft.prepare_tokenizer(M.load_tokenizer(profile))
     # variant_rows maps row to row, so applying it before the selection gives notebook 05's order
-    every, grounded_kept = variant_rows(profile, sft.load_trajectories(data / "trajectories.jsonl"), variant)
+    questions = records.load_questions(data / "questions_train.jsonl")
+    every, grounded_kept = variant_rows(profile, sft.load_trajectories(data / "trajectories.jsonl"), variant, questions)
     rows, skipped = sft.training_rows(tok, every, p)
     run = data / "experiments" / f"sft_{variant}"
     shutil.rmtree(run, ignore_errors=True)
@@ -124,7 +127,7 @@ def train(profile: str, variant: str, params: dict[str, Any]) -> tuple[Any, dict
             "steps": out["steps"], "seconds": out["seconds"],
             "final_loss": out["loss_curve"][-1]["loss"] if out["loss_curve"] else None,
             "N_TRAIN": p["N_TRAIN"], "EPOCHS": p["EPOCHS"], "tokens": sum(int(r.get("n_tokens") or 0) for r in rows),
-            "tool_calls": sum(int(r.get("n_tool_calls") or 0) for r in rows), "grounding": grounding_of(profile, rows),
+            "tool_calls": sum(int(r.get("n_tool_calls") or 0) for r in rows), "grounding": grounding_of(rows, questions),
             **({"rows_without_an_ungrounded_twin": grounded_kept} if grounded_kept is not None else {})}
     return run / "adapter", info
 

@@ -29,6 +29,7 @@ from typing import Any
 from medkit import io as mio
 from medkit import paths
 from medkit import web as W
+from medkit.agent import is_tool_error
 from medkit.tools import MedicalToolbox
 
 N = 200
@@ -70,7 +71,7 @@ def _timed(calls: list[Any]) -> dict[str, float]:
         t0 = time.perf_counter()
         out = call()
         ms.append((time.perf_counter() - t0) * 1000)
-        if out.startswith("Error"):
+        if is_tool_error(out):
             raise SystemExit(f"a benchmarked call failed: {out}")
     q = statistics.quantiles(ms, n=20)
     return {"calls": len(ms), "p50_ms": round(statistics.median(ms), 3), "p95_ms": round(q[18], 3),

@@ -100,6 +100,8 @@ class RolloutConfig:
     engine_precision: str = DEFAULT_COMPUTE_TYPE
     engine_sync_steps: int = 1         # export the policy to the engine every N optimizer steps
     engine_batch: int = 64             # conversations per engine batch
+    redraws: int = 0                   # dynamic sampling: a group all right or all wrong is replaced by a fresh
+                                       # question's group, at most this many times per group (0 = off)
 
     def agent_config(self) -> A.AgentConfig:
         """The agent's stop rules and sampling for these rollouts (the completion budget is GRPO's own)."""
@@ -224,9 +226,12 @@ class AgentRollouts:
 
     def __init__(self, toolbox: Any, records: Iterable[dict[str, Any]], config: RolloutConfig | None = None,
                  schemas: list[dict[str, Any]] | None = None, export_dir: str | Path | None = None,
-                 base_loader: Callable[[], Any] | None = None) -> None:
+                 base_loader: Callable[[], Any] | None = None,
+                 resolve: Callable[[str], Iterable[str]] | None = None) -> None:
         self.toolbox = toolbox
         self.records = {str(r["question"]): r for r in records}
+        self.resolve = resolve if resolve is not None else getattr(toolbox, "resolve_ids", None)
+        self.sampling = DynamicSampling()
         self.config = config or RolloutConfig()
         self.schemas = schemas if schemas is not None else A.tool_schemas(toolbox.tools())
         self.history: list[dict[str, Any]] = []   # one entry per rollout, with its step and (later) rewards
@@ -249,9 +254,10 @@ class AgentRollouts:
         tokenizer = trainer.processing_class
         step = int(trainer.state.global_step)
         t0 = time.perf_counter()
-        engine = self._engine(model, tokenizer, step, trainer) if self.config.engine != "transformers" else None
+        engine = self.engine_for(model, tokenizer, step, trainer) if self.config.engine != "transformers" else None
         with eval_mode(model), _autocast(bool(getattr(trainer.args, "bf16", False)), model):
-            rollouts = self.run(model, tokenizer, prompts, step=step, engine=engine)
+            rollouts = self.run_groups(model, tokenizer, prompts, group_size=int(trainer.num_generations), step=step,
+                                       engine=engine)
         self.seconds += time.perf_counter() - t0
         self.n_rollouts += len(rollouts)
         return {"prompt_ids": [r.prompt_ids for r in rollouts],
@@ -260,7 +266,7 @@ class AgentRollouts:
                 "env_mask": [r.env_mask for r in rollouts],
                 "rollout": [self._remember(r, step) for r in rollouts]}
 
-    def _engine(self, model: Any, tokenizer: Any, step: int, trainer: Any = None) -> Any:
+    def engine_for(self, model: Any, tokenizer: Any, step: int, trainer: Any = None) -> Any:
         """The engine copy of the current policy; ``auto`` falls back to transformers with a note."""
         from .engine import PolicySync, resolve_engine
         from .errors import MedkitError
@@ -292,6 +298,42 @@ class AgentRollouts:
         summary = {**r.summary(), "step": step, "record": self.records.get(r.state["question"]), "rewards": {}}
         self.history.append(summary)
         return summary
+
+    # -- dynamic sampling (DAPO): only groups whose rewards differ teach anything
+    def run_groups(self, model: Any, tokenizer: Any, prompts: Sequence[Sequence[dict[str, Any]]], *, group_size: int,
+                   step: int = 0, engine: Any = None) -> list[TokenRollout]:
+        """:meth:`run`, then every group of ``group_size`` consecutive rollouts (one question's, as TRL orders
+        them) that is all right or all wrong is rolled out again on a fresh pool question, up to
+        ``config.redraws`` times; a group still uniform after that is kept (its advantage is zero). Counts go to
+        :attr:`sampling`."""
+        if group_size < 1 or len(prompts) % group_size:
+            raise ConfigError(f"{len(prompts)} prompts do not split into groups of {group_size}")
+        rollouts = self.run(model, tokenizer, prompts, step=step, engine=engine)
+        groups = [rollouts[i:i + group_size] for i in range(0, len(rollouts), group_size)]
+        self.sampling.groups += len(groups)
+        for _ in range(self.config.redraws):
+            uniform = [i for i, g in enumerate(groups) if self.uniform(g)]
+            if not uniform:
+                break
+            in_use = {g[0].state["question"] for g in groups}
+            fresh_prompts: list[Sequence[dict[str, Any]]] = []
+            for i in uniform:
+                question = self.sampling.next_question(list(self.records), in_use, seed=self.config.seed)
+                in_use.add(question)
+                fresh_prompts += [with_question(prompts[i * group_size], question)] * group_size
+            fresh = self.run(model, tokenizer, fresh_prompts, step=step, engine=engine)
+            for n, i in enumerate(uniform):
+                groups[i] = fresh[n * group_size:(n + 1) * group_size]
+            self.sampling.redrawn += len(uniform)
+        self.sampling.uniform_kept += sum(self.uniform(g) for g in groups)
+        return [r for g in groups for r in g]
+
+    def uniform(self, group: Sequence[TokenRollout]) -> bool:
+        """Whether every rollout of ``group`` gets the same accuracy reward (:func:`medkit.rewards.accuracy`)."""
+        records = [self.records.get(r.state["question"]) for r in group]
+        if any(record is None for record in records):
+            return False  # a prompt from outside the pool: nothing to judge it by here, and nothing to replace it with
+        return len({R.accuracy(r.state, record, resolve=self.resolve) for r, record in zip(group, records)}) < 2
 
     # -- the loop
     def run(self, model: Any, tokenizer: Any, prompts: Sequence[Sequence[dict[str, Any]]], *,
@@ -375,6 +417,41 @@ class AgentRollouts:
             return
         r.completion_ids += more
         r.env_mask += [0] * len(more)
+
+
+@dataclass
+class DynamicSampling:
+    """What :meth:`AgentRollouts.run_groups` did: groups asked for, groups replaced, groups kept uniform."""
+
+    groups: int = 0
+    redrawn: int = 0
+    uniform_kept: int = 0
+    cursor: int = 0
+
+    def next_question(self, questions: Sequence[str], in_use: set[str], *, seed: int) -> str:
+        """The next pool question not in ``in_use``, walking a seeded shuffle of ``questions`` in turn."""
+        import random
+
+        order = list(questions)
+        random.Random(seed).shuffle(order)
+        for _ in range(len(order)):
+            question = order[self.cursor % len(order)]
+            self.cursor += 1
+            if question not in in_use:
+                return question
+        raise ConfigError(f"dynamic sampling: the pool's {len(order)} questions are all in this step already; "
+                          "set REDRAWS to 0 or give GRPO more questions")
+
+    def summary(self) -> dict[str, Any]:
+        return {"groups": self.groups, "redrawn": self.redrawn, "uniform_kept": self.uniform_kept}
+
+
+def with_question(prompt: Sequence[dict[str, Any]], question: str) -> list[dict[str, Any]]:
+    """``prompt`` (system turn, tool block and all) with its question — the last user message — replaced."""
+    last = max((i for i, m in enumerate(prompt) if m.get("role") == "user"), default=None)
+    if last is None:
+        raise InputError("GRPO prompt", "a prompt has no user message (the question)")
+    return [{**m, "content": question} if i == last else dict(m) for i, m in enumerate(prompt)]
 
 
 class _autocast:
@@ -754,7 +831,8 @@ def rollout_config(params: dict[str, Any], *, use_cpu: bool = True) -> RolloutCo
                          engine=rollout_engine(str(params.get("ENGINE") or DEFAULT_ENGINE), use_cpu=use_cpu),
                          engine_precision=str(params.get("ENGINE_PRECISION") or DEFAULT_COMPUTE_TYPE),
                          engine_sync_steps=int(params.get("ENGINE_SYNC_STEPS") or 1),
-                         engine_batch=int(params.get("ENGINE_BATCH") or DEFAULT_ENGINE_BATCH))
+                         engine_batch=int(params.get("ENGINE_BATCH") or DEFAULT_ENGINE_BATCH),
+                         redraws=int(params.get("REDRAWS") or 0))
 
 
 def run_grpo(profile: str, params: dict[str, Any], *, adapter_dir: str | Path | None,
@@ -786,12 +864,12 @@ def run_grpo(profile: str, params: dict[str, Any], *, adapter_dir: str | Path | 
     quantize = (adapter_base(adapter_dir).get("quantize") if adapter_dir is not None else params.get("QUANTIZE"))
     meta = {**adapter_meta({"QUANTIZE": quantize}, profile=profile, base_model=model_spec(profile).name_or_path),
             "started_from": portable(adapter_dir) if adapter_dir else "base"}
+    resolve = resolve if resolve is not None else getattr(toolbox, "resolve_ids", None)
     rollouts = AgentRollouts(toolbox, questions, rollout_config(params, use_cpu=use_cpu), schemas=schemas,
                              export_dir=out / "engine_exports",
-                             base_loader=lambda: dequantized_base(profile, quantized)[0])
+                             base_loader=lambda: dequantized_base(profile, quantized)[0], resolve=resolve)
     trainer = build_trainer(model, tokenizer, questions, rollouts, params, out / "checkpoints", use_cpu=use_cpu,
-                            peft_config=peft_config, resolve=resolve if resolve is not None
-                            else getattr(toolbox, "resolve_ids", None))
+                            peft_config=peft_config, resolve=resolve)
     if params.get("CURVE"):  # held-out checkpoints: the adapter after these shares of MAX_STEPS (out/curve/step-N)
         trainer.add_callback(snapshot_callback(curve_steps(int(params["MAX_STEPS"]), params["CURVE"]),
                                                out / "curve", meta))
@@ -801,6 +879,7 @@ def run_grpo(profile: str, params: dict[str, Any], *, adapter_dir: str | Path | 
     result["rollouts"] = rollouts.n_rollouts  # generated in this run (a resumed run: since it resumed)
     result["rollouts_per_second"] = round(rollouts.n_rollouts / rollouts.seconds, 4) if rollouts.seconds else None
     result["engine"] = rollouts.config.engine
+    result["dynamic_sampling"] = rollouts.sampling.summary()  # groups replaced for being all right / all wrong
     result["engine_syncs"] = rollouts.sync.syncs if rollouts.sync is not None else []
     result["engine_sync_seconds"] = round(sum(x["seconds"] for x in result["engine_syncs"]), 1)
     shutil.rmtree(out / "engine_exports", ignore_errors=True)  # the adapter below is what later stages load

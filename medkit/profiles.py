@@ -128,6 +128,7 @@ _BASE: dict[str, dict[str, Any]] = {
         "MAX_HOPS": 3,                 # only training questions with at most this many hops (None = all)
         "QUESTIONS_PER_STEP": 2,       # distinct questions per optimizer step
         "NUM_GENERATIONS": 4,          # rollouts per question (the GRPO group)
+        "REDRAWS": 0,                  # dynamic sampling: a group all right or all wrong is rolled out again on another pool question, up to this many times (0 = off)
         "MICRO_BATCH": None,           # rollouts per forward/backward pass (None = NUM_GENERATIONS); lower it to cut peak memory
         "MAX_STEPS": 8,                # optimizer steps
         "LEARNING_RATE": 1e-4,
@@ -198,7 +199,7 @@ _OVERRIDES: dict[str, dict[str, dict[str, Any]]] = {
                          "AGENT_BATCH": 16, "MAX_TOKENS": 8192},
         "sft": {"EPOCHS": 2, "BATCH_SIZE": 2, "GRAD_ACCUM": 8, "LEARNING_RATE": 2e-4, "MAX_LENGTH": 8192,
                 "SAVE_STEPS": 50, "EVAL_MAX_NEW_TOKENS": 512},
-        "grpo": {"N_QUESTIONS": 2000, "MAX_HOPS": None, "QUESTIONS_PER_STEP": 4, "NUM_GENERATIONS": 8, "MAX_STEPS": 250,
+        "grpo": {"N_QUESTIONS": 2000, "MAX_HOPS": None, "QUESTIONS_PER_STEP": 4, "NUM_GENERATIONS": 8, "MAX_STEPS": 250, "REDRAWS": 2,
                  "LEARNING_RATE": 1e-5, "MAX_COMPLETION_LENGTH": 8192, "TURN_MAX_NEW_TOKENS": 512, "MAX_CALLS": 30,
                  "SAVE_STEPS": 25},
     },
@@ -220,11 +221,14 @@ _OVERRIDES["cpu_long"] = _with(_OVERRIDES["cpu"], {
     # groups of 8 in passes of 1 rollout (passes of 2 peaked at 15.9 GB in the 2026-12-04 cpu_long run)
     # rollouts sampled as notebook 05 evaluates (temperature 0.3, 10 calls), so GRPO improves the policy it is
     # scored as (on 64 probe candidates it scores 0.047 vs 0.031 at cpu's 0.7 / 6 calls: within noise,
-    # results/cpu/experiments/probe_settings.json); 128 candidates gave 22 learnable questions in the 2026-12-05
-    # reference run, but 6 of its 8 groups were all right or all wrong, though the evaluation engine's 8 samples at
-    # 0.3 differ on 14 of the 22 (GRPO then lowered held-out pass@1, README): why its groups are alike is open
-    "grpo": {"NUM_GENERATIONS": 8, "MAX_STEPS": 8, "POOL_CANDIDATES": 128, "TEMPERATURE": 0.3, "MAX_CALLS": 10,
-             "MAX_COMPLETION_LENGTH": 1536, "CURVE_K": 2},
+    # results/cpu/experiments/probe_settings.json). In the first reference run (LEARNING_RATE 3e-4, no redraws)
+    # 6 of 8 groups were all right or all wrong: the updates, not the sampling, made them alike — GRPO's own
+    # rollout path samples the SFT adapter's 8 rollouts with differing accuracy on 16 of the 22 learnable
+    # questions, the adapter after 8 steps on 6 (results/cpu_long/experiments/grpo_group_diversity.json), and the
+    # KL reached 0.04 per token by step 3. A 6-step pilot at 3e-5 with 3 redraws kept every group mixed at KL
+    # 0.001; 1e-4 (the default) with redraws over 24 steps moves the policy further and still anchors it
+    "grpo": {"NUM_GENERATIONS": 8, "MAX_STEPS": 24, "POOL_CANDIDATES": 128, "TEMPERATURE": 0.3, "MAX_CALLS": 10,
+             "MAX_COMPLETION_LENGTH": 1536, "CURVE_K": 2, "LEARNING_RATE": 1e-4, "REDRAWS": 3},
     "evaluation": {"ABLATIONS": []},
 })
 

@@ -2,7 +2,7 @@
 
 Scope:
 
-* :func:`filter_trajectory` applies the paper's rejection rules to one trajectory and says
+* :func:`filter_trajectory` (and :func:`stage_filter`, the same with notebook 04's stage settings) applies the paper's rejection rules to one trajectory and says
   why it was rejected: ``synthesis_failed`` (a KG hop never appeared in an observation),
   ``unmatched_call_response``, ``format_error``, ``tool_error`` (except the error of a no-loss slip
   that a corrected call follows: a recovery turn of :mod:`medkit.recovery`), ``no_answer``,
@@ -137,6 +137,21 @@ def structure_problems(messages: Sequence[dict[str, Any]]) -> list[str]:
     if pending:
         problems.append("unmatched_call_response")
     return problems
+
+
+def stage_filter(params: dict[str, Any], *, count_tokens: Callable[[list[dict]], int] | None,
+                 resolve: Callable[[str], Iterable[str]] | None,
+                 grounding: bool = True) -> Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]]:
+    """Notebook 04's filter with its stage settings (``MIN_TOOL_CALLS``, ``MAX_TOKENS``): ``(trajectory, record)``
+    -> :func:`filter_trajectory`'s verdict. ``grounding=False`` drops only the grounding check (the ablation's
+    ungrounded trajectories are filtered by this, so both are judged by one rule)."""
+
+    def judge_row(trajectory: dict[str, Any], record: dict[str, Any]) -> dict[str, Any]:
+        return filter_trajectory(trajectory, record, min_tool_calls=int(params["MIN_TOOL_CALLS"]),
+                                 max_tokens=params["MAX_TOKENS"], count_tokens=count_tokens, resolve=resolve,
+                                 grounding=grounding)
+
+    return judge_row
 
 
 def filter_trajectory(trajectory: dict[str, Any], record: dict[str, Any], *, min_tool_calls: int = 2,

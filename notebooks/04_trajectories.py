@@ -186,9 +186,7 @@ questions = train if P["N_QUESTIONS"] is None else train[: P["N_QUESTIONS"]]
 by_id = {Q.question_id(r): r for r in questions}
 log = OUT / "trajectories_all.jsonl"
 
-def judge_row(traj, record):
-    return TR.filter_trajectory(traj, record, min_tool_calls=P["MIN_TOOL_CALLS"], max_tokens=P["MAX_TOKENS"],
-                                count_tokens=count_tokens, resolve=toolbox.resolve_ids)
+judge_row = TR.stage_filter(P, count_tokens=count_tokens, resolve=toolbox.resolve_ids)
 
 def make(record, variant):
     row = SY.synthesise(record, index, toolbox, variant=variant, seed=P["SEED"]).to_record()

@@ -15,13 +15,15 @@
 # |---|---|---|---|
 # | `smoke` | SmolLM2-135M + smoke SFT adapter (QLoRA) | 2 steps × 1 question × 2 rollouts, 48-token turns | ~1 min |
 # | `cpu` | SmolLM2-135M + the cpu SFT adapter (LoRA, fp32) | probe 32 training questions × 4 → 4 learnable; 6 steps × 1 question × 4 rollouts in passes of 1 (≤ 3-hop training questions, ≤ 1,024 completion tokens), 55.9 s/step; then the held-out evaluation of notebook 05: 0.000 → 0.000 → 0.000, training reward +0.28 — 5 of 24 training rollouts right (4 of them at step 6), KL ≤ 0.022, held-out answer rate 0.39 → 0.36: verdict "none"; 12 questions cannot show a change | ~11.5 min (11.4 min in the committed run; peak 8.8 GiB) |
-# | `cpu_long` | SmolLM2-135M + the cpu_long SFT adapter (LoRA, fp32) | probe 128 questions × 4 at temperature 0.3, then 8 steps × 1 question × 8 rollouts in passes of 1; held-out checkpoint after step 4; all 176 held-out questions × 4 | 38.3 min in the committed reference run (`results/cpu_long/`, uncontended; peak 8.0 GiB): probe 10.3 min → 22 learnable questions; 85.2 s/step; only 2 of 8 groups with rewards that differ (the evaluation engine's 8 samples at 0.3 differ on 14 of the 22 learnable questions: why GRPO's are more alike is open), training accuracy 0.4375 → 0.5; held-out pass@1 0.095 (95% CI 0.060–0.134) vs SFT 0.126, paired −0.031 (−0.057 … −0.009), answer rate 0.86 → 0.99: verdict "hacking" — worse, not better |
+# | `cpu_long` | SmolLM2-135M + the cpu_long SFT adapter (LoRA, fp32) | probe 128 questions × 4 at temperature 0.3, then 24 steps × 1 question × 8 rollouts in passes of 1, `LEARNING_RATE` 1e-4, up to 3 redraws per group; held-out checkpoint after step 12; all 176 held-out questions × 4 | 77.7 min in the committed reference run (`results/cpu_long/`, uncontended; peak 11.8 GiB): probe 10 min → 22 learnable questions; 120.0 s/step; 48 redraws, 11 of 24 groups still all right or all wrong; training accuracy 0.5104 → 0.3854 (steps 1–12, 13–24); held-out pass@1 0.139 (95% CI 0.094–0.189) vs SFT 0.126, paired +0.013 (−0.016 … +0.043), answer rate 0.862 → 0.837: verdict "none" — not worse, the gain not resolved (the first run, 8 steps at 3e-4 without redraws, made it worse: 0.095, verdict "hacking") |
 # | `gpu` | Qwen2.5-7B-Instruct + its SFT adapter (4-bit, unsloth if installed) | 250 steps × 4 questions × 8 rollouts | several hours on one 24 GB GPU |
 #
 # On `cpu` expect a noisy, short run: 24 rollouts in all is far too few for RL to move a 135M model
-# much. `cpu_long`'s 64 rollouts drew an accuracy signal from 2 groups only (6 of 8 groups were all
-# right or all wrong), and the policy it left answers more and less well: the
-# reward-hacking check below flags it. What the curves show is the mechanics — per-term rewards, tool-call and tool-failure
+# much. In `cpu_long`'s first run (8 steps at 3e-4) only 2 of 8 groups drew an accuracy signal and the
+# policy it left answered more and less well; `bench/grpo_group_diversity.py` showed the updates, not the
+# sampling, made the groups alike, so `cpu_long` now redraws uniform groups and steps at 1e-4 — and still
+# 11 of its 24 groups came back uniform after 3 redraws: the policy turns uniform per question within a
+# few steps at this learning rate. What the curves show is the mechanics — per-term rewards, tool-call and tool-failure
 # frequency, KL to the SFT adapter — and the last table says honestly whether held-out pass@1 moved.
 
 # %% [markdown]
@@ -41,6 +43,7 @@ POOL_PROBE_K = None           # probe rollouts per candidate (4); the pool keeps
 MAX_HOPS = None               # only training questions with at most this many hops (cpu 3: the SFT model answers some of them)
 QUESTIONS_PER_STEP = None     # distinct questions per optimizer step (cpu 1, default 2)
 NUM_GENERATIONS = None        # rollouts per question, the GRPO group (cpu 4; at least 2)
+REDRAWS = None                # dynamic sampling: a group all right or all wrong is rolled out again on another pool question, at most this often (cpu_long 3; 0 off: each redraw costs a group's rollouts)
 MICRO_BATCH = None            # rollouts per forward/backward pass (None: the whole group); lower it if memory is short, the step is the same
 MAX_STEPS = None              # optimizer steps (cpu 6, each a few minutes on 2 cores; default 8)
 LEARNING_RATE = None          # adapter learning rate (cpu 3e-4 for so few steps, default 1e-4; lower it if the KL explodes)
@@ -185,6 +188,14 @@ pd.DataFrame([{k: q[k] for k in ("question", "answer", "hops", "specialty")} for
 # `MAX_COMPLETION_LENGTH` stops and is kept, and a NaN loss stops the run with a clear message.
 # Checkpoints every `SAVE_STEPS`: rerunning resumes, and a finished run is loaded, not retrained.
 #
+# **Dynamic sampling** (`REDRAWS`, DAPO's recipe). The probe measured each question under the
+# *starting* policy, but the policy moves with every step, and a group that comes back all right or
+# all wrong has zero advantage: the step would learn only from the KL term while the optimizer's
+# momentum keeps moving the weights. So such a group is rolled out again on another pool question
+# (a seeded walk through the pool, never a question already in the step), at most `REDRAWS` times;
+# the counts are printed below (`redrawn`: groups replaced, `uniform_kept`: groups still uniform
+# after every redraw). Each redraw costs one group's rollouts.
+#
 # The rollouts are generated by the engine `ENGINE` picks. On CPU that is an OpenVINO GenAI copy of
 # the policy (continuous batching; the KV cache of earlier turns is reused, so a turn computes only
 # what a tool added): after every `ENGINE_SYNC_STEPS` optimizer steps the frozen base plus the
@@ -202,6 +213,7 @@ print("memory after:", M.memory_report())
 print(f"{train_out['steps']} steps ({train_out['steps_this_run']} this run) in {train_out['seconds']} s; "
       f"{train_out['seconds_per_step']} s/step; {len(hist)} training rollouts; rollouts by {train_out['engine']}, "
       f"{train_out['engine_sync_seconds']} s in {len(train_out['engine_syncs'])} policy exports")
+print("dynamic sampling:", train_out["dynamic_sampling"])
 {k: v for k, v in train_out.items() if k not in ("loss_curve", "log")}
 
 # %% [markdown]

@@ -105,7 +105,7 @@ CLAIMS: list[tuple[str, str, str]] = [
      "| **{stages/sft/pass@1/mean} ({stages/sft/pass@1/ci95/0}–{stages/sft/pass@1/ci95/1})** | {stages/sft/pass@k}"
      " | {stages/sft/answer_rate} | {stages/sft/format_error_rate|pct}% | {stages/sft/tool_calls_per_question} |"),
     ("README.md", f"{LONG}/07_evaluation.json",
-     "| SFT + GRPO (8 steps × 8 rollouts) | {stages/sft+grpo/pass@1/mean} ({stages/sft+grpo/pass@1/ci95/0}–"
+     "| SFT + GRPO (24 steps × 8 rollouts) | {stages/sft+grpo/pass@1/mean} ({stages/sft+grpo/pass@1/ci95/0}–"
      "{stages/sft+grpo/pass@1/ci95/1}) | {stages/sft+grpo/pass@k} | {stages/sft+grpo/answer_rate} | "
      "{stages/sft+grpo/format_error_rate|pct}% | {stages/sft+grpo/tool_calls_per_question} |"),
     ("README.md", f"{LONG}/07_evaluation.json",
@@ -116,8 +116,12 @@ CLAIMS: list[tuple[str, str, str]] = [
      "+{paired/sft_minus_base/ci95/1})**, {paired/sft_minus_base/better} questions better, "
      "{paired/sft_minus_base/worse} worse"),
     ("README.md", f"{LONG}/07_evaluation.json",
-     "**SFT+GRPO − SFT: {paired/grpo_minus_sft/mean} (paired CI {paired/grpo_minus_sft/ci95/0} … "
-     "{paired/grpo_minus_sft/ci95/1})**, {paired/grpo_minus_sft/better} better, {paired/grpo_minus_sft/worse} worse"),
+     "**SFT+GRPO − SFT: +{paired/grpo_minus_sft/mean} (paired CI {paired/grpo_minus_sft/ci95/0} … "
+     "+{paired/grpo_minus_sft/ci95/1})**, {paired/grpo_minus_sft/better} better, {paired/grpo_minus_sft/worse} worse"),
+    ("README.md", f"{LONG}/07_evaluation.json",
+     "count: 2-hop {stages/sft/pass@1_by_hops/2/mean} → {stages/sft+grpo/pass@1_by_hops/2/mean}, 3-hop "
+     "{stages/sft/pass@1_by_hops/3/mean} → {stages/sft+grpo/pass@1_by_hops/3/mean}, ≤ 3 hops "
+     "{sft_pass@1_max3_hops/mean} → {stages/sft+grpo/pass@1_max3_hops/mean}"),
     ("README.md", f"{LONG}/07_evaluation.json",
      "By hop count: 2-hop {stages/sft/pass@1_by_hops/2/mean}\n  ({stages/sft/pass@1_by_hops/2/ci95/0}–"
      "{stages/sft/pass@1_by_hops/2/ci95/1}), 3-hop {stages/sft/pass@1_by_hops/3/mean} on "
@@ -126,9 +130,11 @@ CLAIMS: list[tuple[str, str, str]] = [
      "on the {sft_pass@1_max3_hops/questions} questions of ≤ 3 hops\n  {sft_pass@1_max3_hops/mean} "
      "({sft_pass@1_max3_hops/ci95/0}–{sft_pass@1_max3_hops/ci95/1})"),
     ("README.md", f"{LONG}/07_evaluation.json",
-     "the answer rate rose {stages/sft/answer_rate} → {stages/sft+grpo/answer_rate}, tool calls per rollout "
-     "{stages/sft/tool_calls_per_question} → {stages/sft+grpo/tool_calls_per_question}, and 2-hop accuracy fell "
-     "{stages/sft/pass@1_by_hops/2/mean} →\n  {stages/sft+grpo/pass@1_by_hops/2/mean}"),
+     "the answer rate went {stages/sft/answer_rate} → {stages/sft+grpo/answer_rate} and repeated-call\n  stops "
+     "{stages/sft/stop_reasons/repeated_call} → {stages/sft+grpo/stop_reasons/repeated_call}"),
+    ("README.md", f"{LONG}/06_grpo.json",
+     "Dynamic sampling redrew {train/dynamic_sampling/redrawn} groups over the\n  {train/steps} steps, and still "
+     "{train/dynamic_sampling/uniform_kept} of the"),
     ("README.md", f"{LONG}/05_sft.json",
      "trajectories {learning_curve/0/pass@1/mean} ({learning_curve/0/pass@1/ci95/0}–{learning_curve/0/pass@1/ci95/1};"
      " {learning_curve/0/rollouts} rollouts),\n  after 128 {eval/sft/pass@1/mean}"),
@@ -158,14 +164,15 @@ CLAIMS: list[tuple[str, str, str]] = [
      "{eval/sft/pass@1_by_hops/2/mean}, 3-hop {eval/sft/pass@1_by_hops/3/mean}"),
     ("notebooks/05_sft.py", f"{LONG}/05_sft.json", "after 64 trajectories {learning_curve/0/pass@1/mean}"),
     ("notebooks/06_grpo.py", f"{LONG}/06_grpo.json",
-     "probe 10.3 min → {pool/learnable} learnable questions; {train/seconds_per_step} s/step"),
+     "probe 10 min → {pool/learnable} learnable questions; {train/seconds_per_step} s/step; "
+     "{train/dynamic_sampling/redrawn} redraws, {train/dynamic_sampling/uniform_kept} of {train/steps} groups"),
     ("notebooks/06_grpo.py", f"{LONG}/06_grpo.json",
      "training accuracy {reward_hacking/checkpoints/1/train_accuracy} → {reward_hacking/checkpoints/2/train_accuracy}"),
     ("notebooks/06_grpo.py", f"{LONG}/06_grpo.json",
      "held-out pass@1 {eval/grpo/pass@1/mean} (95% CI {eval/grpo/pass@1/ci95/0}–{eval/grpo/pass@1/ci95/1}) vs SFT "
      "{reward_hacking/checkpoints/0/heldout_pass@1}, paired {paired_minus_start/mean} ({paired_minus_start/ci95/0} … "
      "{paired_minus_start/ci95/1}), answer rate {reward_hacking/checkpoints/0/heldout_answer_rate} → "
-     "{reward_hacking/checkpoints/2/heldout_answer_rate}: verdict \"hacking\""),
+     "{reward_hacking/checkpoints/2/heldout_answer_rate}: verdict \"none\""),
     # README: the cpu reference run's adapters on 60 held-out questions (results/cpu/experiments)
     ("README.md", f"{CPU}/experiments/eval60_needed_hops.json",
      "SFT {stages/sft/pass@1/mean} (95% CI {stages/sft/pass@1/ci95/0}–{stages/sft/pass@1/ci95/1}; 2-hop "

@@ -354,3 +354,73 @@ def test_history_frame_adds_the_weighted_total_and_the_curves_figure_draws_any_l
     assert [line.get_label() for line in terms_ax.lines] == ["accuracy", "preference", "efficiency"]
     assert list(terms_ax.lines[0].get_ydata()) == [0.0, 0.5, 0.5]
     assert all(math.isnan(y) for y in terms_ax.lines[1].get_ydata())                # absent metric: an empty line
+
+
+OTHER = {"id": "q-marfan", "question": "Which fibrillin-1 disorder shows ectopia lentis and aortic root dilatation?",
+         "answer": "Marfan syndrome", "answer_id": "MONDO:0007947", "answer_aliases": []}
+WRONG = "<think>I guess.</think>\n<answer>Gaucher disease</answer>"
+
+
+class RowScriptedModel(ScriptedModel):
+    """Answers at once, row ``r`` of every batch with ``answers[r % len(answers)]``."""
+
+    def __init__(self, tok, answers: list[str]) -> None:
+        super().__init__([], tok.convert_tokens_to_ids(tok.eos_token))
+        self.answers = [tok(a, add_special_tokens=False)["input_ids"] for a in answers]
+
+    def generate(self, input_ids, attention_mask, max_new_tokens, pad_token_id, **_):
+        import torch
+
+        self.calls += 1
+        rows = []
+        for r in range(input_ids.shape[0]):
+            ids = self.answers[r % len(self.answers)][:max_new_tokens]
+            rows.append(input_ids[r].tolist() + ids + [pad_token_id] * (max_new_tokens - len(ids)))
+        return torch.tensor(rows)
+
+
+def _group_run(tok, toolbox, answers, redraws):
+    rollouts = G.AgentRollouts(toolbox, [RECORD, OTHER], G.RolloutConfig(max_calls=2, max_new_tokens=48,
+                                                                         temperature=0.7, redraws=redraws), schemas=[])
+    out = rollouts.run_groups(RowScriptedModel(tok, answers), tok, [G.prompt_messages(RECORD, [])] * 2, group_size=2)
+    return rollouts, out
+
+
+def test_dynamic_sampling_keeps_a_group_whose_rollouts_differ(small_tokenizer, toolbox):
+    rollouts, out = _group_run(small_tokenizer, toolbox, [ANSWER, WRONG], redraws=3)
+    assert [r.state["prediction"] for r in out] == ["Fabry disease", "Gaucher disease"]
+    assert rollouts.sampling.summary() == {"groups": 1, "redrawn": 0, "uniform_kept": 0}
+
+
+def test_dynamic_sampling_replaces_a_uniform_group_with_another_pool_question(small_tokenizer, toolbox):
+    tok = small_tokenizer
+    # every rollout answers Fabry disease: right on RECORD (uniform), wrong on OTHER (uniform too)
+    rollouts, out = _group_run(tok, toolbox, [ANSWER], redraws=1)
+    assert rollouts.sampling.summary() == {"groups": 1, "redrawn": 1, "uniform_kept": 1}
+    assert [r.state["question"] for r in out] == [OTHER["question"]] * 2  # the replacement, not the original
+    prompt = tok.decode(out[0].prompt_ids)
+    assert OTHER["question"] in prompt and RECORD["question"] not in prompt  # the ids TRL trains on match it
+    assert A.SYSTEM_PROMPT[:60] in prompt                                       # same system turn as TRL's prompt
+    off, _ = _group_run(tok, toolbox, [ANSWER], redraws=0)
+    assert off.sampling.summary() == {"groups": 1, "redrawn": 0, "uniform_kept": 1}
+
+
+def test_dynamic_sampling_walks_a_seeded_shuffle_and_never_reuses_a_question_of_the_step():
+    pool = [f"q{i}?" for i in range(5)]
+    a, b = G.DynamicSampling(), G.DynamicSampling()
+    picks = [a.next_question(pool, {"q0?"}, seed=13) for _ in range(8)]
+    assert picks == [b.next_question(pool, {"q0?"}, seed=13) for _ in range(8)]
+    assert "q0?" not in picks and set(picks) == set(pool) - {"q0?"}
+    with pytest.raises(ConfigError, match="REDRAWS"):
+        G.DynamicSampling().next_question(pool, set(pool), seed=13)
+    with pytest.raises(ConfigError, match="groups of 3"):
+        G.AgentRollouts(SimpleNamespace(), [RECORD], schemas=[]).run_groups(None, None, [[{"role": "user", "content": "q"}]] * 2,
+                                                                           group_size=3)
+
+
+def test_with_question_replaces_only_the_last_user_message():
+    prompt = G.prompt_messages(RECORD, [])
+    swapped = G.with_question(prompt, OTHER["question"])
+    assert swapped[0] == prompt[0] and swapped[-1]["content"] == OTHER["question"] and prompt[-1]["content"] == RECORD["question"]
+    with pytest.raises(InputError, match="no user message"):
+        G.with_question([{"role": "system", "content": "s"}], "q")

@@ -365,6 +365,13 @@ def test_the_ungrounded_ablation_names_ritonavir_from_the_list_of_seven(ritonavi
     verdict = TR.filter_trajectory(guess.to_record(), RITONAVIR_QUESTION)
     assert verdict["reasons"] == ["ungrounded"] and verdict["grounded"] is False
     assert TR.filter_trajectory(guess.to_record(), RITONAVIR_QUESTION, grounding=False)["accepted"]
+    # notebook 04's filter with its stage settings is the same rule; the ablation's variant drops only grounding
+    stage = {"MIN_TOOL_CALLS": 2, "MAX_TOKENS": None}
+    assert TR.stage_filter(stage, count_tokens=None, resolve=None)(guess.to_record(), RITONAVIR_QUESTION) == verdict
+    assert TR.stage_filter(stage, count_tokens=None, resolve=None, grounding=False)(guess.to_record(),
+                                                                                   RITONAVIR_QUESTION)["accepted"]
+    assert TR.stage_filter({**stage, "MIN_TOOL_CALLS": 99}, count_tokens=None, resolve=None, grounding=False)(
+        guess.to_record(), RITONAVIR_QUESTION)["reasons"] == ["too_few_turns"]
     # the grounded synthesis is unchanged by the flag's existence
     assert grounded.messages == S.synthesise(RITONAVIR_QUESTION, index, tools, grounded=True).messages
 

@@ -116,9 +116,9 @@ def test_grpo_turns_on_trl_s_colocated_vllm(monkeypatch):
     rollouts = G.AgentRollouts(None, [], G.RolloutConfig(engine="vllm"), schemas=[])
     llm = FakeLLM()
     trainer = SimpleNamespace(vllm_generation=SimpleNamespace(llm=llm))
-    turns = rollouts._engine(model=None, tokenizer="tok", step=0, trainer=trainer)
+    turns = rollouts.engine_for(model=None, tokenizer="tok", step=0, trainer=trainer)
     assert isinstance(turns, V.VLLMTurns) and turns.llm is llm
     with pytest.raises(ConfigError, match="colocated vLLM"):
-        rollouts._engine(model=None, tokenizer="tok", step=0, trainer=SimpleNamespace())
+        rollouts.engine_for(model=None, tokenizer="tok", step=0, trainer=SimpleNamespace())
     with pytest.raises(ConfigError, match="ENGINE='vllm' serves"):
         EN.make_backend("vllm", SimpleNamespace(device=SimpleNamespace(type="cuda")), None)
