@@ -21,8 +21,8 @@ number right out of ``k``. Not a speed benchmark: run it alone.
 The committed ``results/cpu_long/experiments/grpo_group_diversity.json`` measured the adapters of the first
 cpu_long reference run (commit 82e6df0: ``LEARNING_RATE`` 3e-4, no redraws, 8 steps) with arms
 ``sft_grpo_rollouts,grpo_evaluation,sft_evaluation``: 16, 6 and 16 of the 22 questions with differing accuracy —
-GRPO's rollout path samples as varied groups as the evaluation; the optimizer steps made the policy's answers
-uniform per question. A later notebook 06 run replaces those adapters.
+GRPO's rollout path samples as varied groups as the evaluation; the optimizer steps made the policy all right or
+all wrong per question. A later notebook 06 run replaces those adapters.
 
 ``python bench/grpo_group_diversity.py [profile] [k] [arms]`` (defaults: cpu_long 8 all four, comma-separated) ->
 ``results/<profile>/experiments/grpo_group_diversity.json``.

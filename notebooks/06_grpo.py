@@ -22,8 +22,8 @@
 # much. In `cpu_long`'s first run (8 steps at 3e-4) only 2 of 8 groups drew an accuracy signal and the
 # policy it left answered more and less well; `bench/grpo_group_diversity.py` showed the updates, not the
 # sampling, made the groups alike, so `cpu_long` now redraws uniform groups and steps at 1e-4 — and still
-# 11 of its 24 groups came back uniform after 3 redraws: the policy turns uniform per question within a
-# few steps at this learning rate. What the curves show is the mechanics — per-term rewards, tool-call and tool-failure
+# 11 of its 24 groups came back all right or all wrong after 3 redraws: at this learning rate the policy
+# becomes all-or-nothing per question within a few steps. What the curves show is the mechanics — per-term rewards, tool-call and tool-failure
 # frequency, KL to the SFT adapter — and the last table says honestly whether held-out pass@1 moved.
 
 # %% [markdown]
