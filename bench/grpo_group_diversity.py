@@ -47,9 +47,10 @@ from medkit.questions import question_id
 ARMS = ("sft_evaluation", "sft_grpo_rollouts", "grpo_mid_evaluation", "grpo_evaluation")
 
 
-def learnable_pool(data: Path) -> list[dict[str, Any]]:
-    """Notebook 06's learnable questions (the pool file's ids), as training records, in pool order."""
-    pool = mio.read_json(data / "grpo" / "pool.json")
+def learnable_pool(data: Path, pool: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Notebook 06's learnable questions (the pool file's ids, or ``pool`` already read), as training records,
+    in pool order."""
+    pool = pool if pool is not None else mio.read_json(data / "grpo" / "pool.json")
     train = {question_id(q): q for q in records.load_questions(data / "questions_train.jsonl")}
     missing = [i for i in pool["question_ids"] if i not in train]
     if missing:
@@ -103,7 +104,8 @@ def main(profile: str = "cpu_long", k: str = "8", arms: str = ",".join(ARMS)) ->
     import tempfile
 
     data = paths.profile_data_dir(profile)
-    questions = learnable_pool(data)
+    pool = mio.read_json(data / "grpo" / "pool.json")
+    questions = learnable_pool(data, pool)
     _, toolbox = T.open_tools(data)
     params = profiles.resolve(profile, "grpo")
     settings = {**G.probe_settings(profiles.resolve(profile, "sft"), params), "EVAL_K": int(k)}
@@ -113,8 +115,7 @@ def main(profile: str = "cpu_long", k: str = "8", arms: str = ",".join(ARMS)) ->
     out: dict[str, Any] = {"profile": profile, "k": int(k), "questions": len(questions),
                            "settings": {key: settings[key] for key in ("EVAL_TEMPERATURE", "EVAL_MAX_CALLS",
                                                                        "EVAL_MAX_NEW_TOKENS")},
-                           "probe_rates": {question_id(q): mio.read_json(data / "grpo" / "pool.json")["rates"][question_id(q)]
-                                           for q in questions},
+                           "probe_rates": {question_id(q): pool["rates"][question_id(q)] for q in questions},
                            "adapters": {a: paths.portable(p) if p else None for a, p in adapters.items()}, "arms": {}}
     for arm in arms.split(","):
         if arm not in ARMS:

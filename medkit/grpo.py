@@ -131,11 +131,16 @@ class TokenRollout:
                 "n_completion_tokens": len(self.completion_ids), "n_policy_tokens": sum(self.env_mask)}
 
 
-def _question_of(prompt: Sequence[dict[str, Any]]) -> str:
-    users = [m for m in prompt if m.get("role") == "user"]
-    if not users:
+def _question_index(prompt: Sequence[dict[str, Any]]) -> int:
+    """Index of the prompt's question: its last user message."""
+    last = max((i for i, m in enumerate(prompt) if m.get("role") == "user"), default=None)
+    if last is None:
         raise InputError("GRPO prompt", "a prompt has no user message (the question)")
-    return str(users[-1]["content"])
+    return last
+
+
+def _question_of(prompt: Sequence[dict[str, Any]]) -> str:
+    return str(prompt[_question_index(prompt)]["content"])
 
 
 def prompt_messages(record: dict[str, Any], schemas: list[dict[str, Any]] | None,
@@ -448,9 +453,7 @@ class DynamicSampling:
 
 def with_question(prompt: Sequence[dict[str, Any]], question: str) -> list[dict[str, Any]]:
     """``prompt`` (system turn, tool block and all) with its question — the last user message — replaced."""
-    last = max((i for i, m in enumerate(prompt) if m.get("role") == "user"), default=None)
-    if last is None:
-        raise InputError("GRPO prompt", "a prompt has no user message (the question)")
+    last = _question_index(prompt)
     return [{**m, "content": question} if i == last else dict(m) for i, m in enumerate(prompt)]
 
 
