@@ -243,6 +243,7 @@ class AgentRollouts:
         self.calls = 0
         self.seconds = 0.0                         # wall time spent rolling out (generation + tools + exports)
         self.n_rollouts = 0
+        self.memory: list[dict[str, Any]] = []     # process memory as each step's rollouts start (rss_mb, peak_rss_mb)
         self.sync: Any = None
         if self.config.engine in (*CPU_ENGINES, "auto"):
             if export_dir is None or base_loader is None:
@@ -258,6 +259,7 @@ class AgentRollouts:
         model = trainer.accelerator.unwrap_model(trainer.model)
         tokenizer = trainer.processing_class
         step = int(trainer.state.global_step)
+        self.memory.append({"step": step, **step_memory()})
         t0 = time.perf_counter()
         engine = self.engine_for(model, tokenizer, step, trainer) if self.config.engine != "transformers" else None
         with eval_mode(model), _autocast(bool(getattr(trainer.args, "bf16", False)), model):
@@ -656,6 +658,14 @@ def load_policy(profile: str, adapter_dir: str | Path | None, params: dict[str, 
     return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=True), tokenizer, None
 
 
+def step_memory() -> dict[str, float | None]:
+    """This process's RSS now and its peak so far, in MB (:func:`medkit.model.memory_report`)."""
+    from .model import memory_report
+
+    report = memory_report()
+    return {"rss_mb": report["rss_mb"], "peak_rss_mb": report["peak_rss_mb"]}
+
+
 class StopOnNaN:
     """Trainer callback: a NaN loss stops training at once (the run then fails with a clear message)."""
 
@@ -885,6 +895,7 @@ def run_grpo(profile: str, params: dict[str, Any], *, adapter_dir: str | Path | 
     result["dynamic_sampling"] = rollouts.sampling.summary()  # groups replaced for being all right / all wrong
     result["engine_syncs"] = rollouts.sync.syncs if rollouts.sync is not None else []
     result["engine_sync_seconds"] = round(sum(x["seconds"] for x in result["engine_syncs"]), 1)
+    result["memory_by_step"] = rollouts.memory  # RSS as each step's rollouts start: where the peak grows
     shutil.rmtree(out / "engine_exports", ignore_errors=True)  # the adapter below is what later stages load
     history_path = out / "rollouts.jsonl"
     if rollouts.history:

@@ -214,7 +214,11 @@ print(f"{train_out['steps']} steps ({train_out['steps_this_run']} this run) in {
       f"{train_out['seconds_per_step']} s/step; {len(hist)} training rollouts; rollouts by {train_out['engine']}, "
       f"{train_out['engine_sync_seconds']} s in {len(train_out['engine_syncs'])} policy exports")
 print("dynamic sampling:", train_out["dynamic_sampling"])
-{k: v for k, v in train_out.items() if k not in ("loss_curve", "log")}
+mem = train_out["memory_by_step"]  # RSS as each step's rollouts started: does memory grow with the steps?
+if mem:
+    print(f"RSS at the first / last step's rollouts: {mem[0]['rss_mb']:.0f} / {mem[-1]['rss_mb']:.0f} MB; "
+          f"peak so far at the last: {mem[-1]['peak_rss_mb']:.0f} MB")
+{k: v for k, v in train_out.items() if k not in ("loss_curve", "log", "memory_by_step")}
 
 # %% [markdown]
 # ## 4 Training curves

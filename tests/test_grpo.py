@@ -227,6 +227,8 @@ def test_one_real_grpo_step_with_trl(tmp_path, toolbox):
                 "tools/call_frequency", "reward_errors/accuracy"):
         assert key in logged, key
     assert all(set(h["rewards"]) == {"accuracy", "preference", "efficiency"} for h in rollouts.history)
+    [mem] = rollouts.memory  # one step: the process memory as its rollouts started
+    assert mem["step"] == 0 and mem["rss_mb"] > 0 and mem["peak_rss_mb"] > 0  # kernel high-water mark: may lag rss
     assert (tmp_path / "run" / "checkpoint-1" / "adapter_model.safetensors").exists()
     again = G.train(G.build_trainer(*G.load_policy("cpu", None, p)[:2], [RECORD], rollouts, p, tmp_path / "run",
                                     peft_config=peft_config))
