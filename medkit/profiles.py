@@ -227,7 +227,8 @@ _OVERRIDES["cpu_long"] = _with(_OVERRIDES["cpu"], {
     # questions, the adapter after 8 steps on 6 (results/cpu_long/experiments/grpo_group_diversity.json), and the
     # KL reached 0.04 per token by step 3. A 6-step pilot at 3e-5 with 3 redraws kept every group mixed at KL
     # 0.001. The reference rerun at 1e-4 with redraws (24 steps) still had 11 of 24 groups all right or all wrong
-    # after 3 redraws, KL up to 0.063; held-out +0.013 (-0.016..+0.043) over SFT. So the pilot's 3e-5, over 30 steps
+    # after 3 redraws, KL up to 0.063; held-out +0.013 (-0.016..+0.043) over SFT. The reference run at the pilot's
+    # 3e-5 over 30 steps kept 29 of 30 groups mixed at KL <= 0.0095; held-out +0.010 (-0.017..+0.035), not resolved
     "grpo": {"NUM_GENERATIONS": 8, "MAX_STEPS": 30, "POOL_CANDIDATES": 128, "TEMPERATURE": 0.3, "MAX_CALLS": 10,
              "MAX_COMPLETION_LENGTH": 1536, "CURVE_K": 2, "LEARNING_RATE": 3e-5, "REDRAWS": 3},
     "evaluation": {"ABLATIONS": []},

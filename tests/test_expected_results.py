@@ -105,7 +105,7 @@ CLAIMS: list[tuple[str, str, str]] = [
      "| **{stages/sft/pass@1/mean} ({stages/sft/pass@1/ci95/0}–{stages/sft/pass@1/ci95/1})** | {stages/sft/pass@k}"
      " | {stages/sft/answer_rate} | {stages/sft/format_error_rate|pct}% | {stages/sft/tool_calls_per_question} |"),
     ("README.md", f"{LONG}/07_evaluation.json",
-     "| SFT + GRPO (24 steps × 8 rollouts) | {stages/sft+grpo/pass@1/mean} ({stages/sft+grpo/pass@1/ci95/0}–"
+     "| SFT + GRPO (30 steps × 8 rollouts) | {stages/sft+grpo/pass@1/mean} ({stages/sft+grpo/pass@1/ci95/0}–"
      "{stages/sft+grpo/pass@1/ci95/1}) | {stages/sft+grpo/pass@k} | {stages/sft+grpo/answer_rate} | "
      "{stages/sft+grpo/format_error_rate|pct}% | {stages/sft+grpo/tool_calls_per_question} |"),
     ("README.md", f"{LONG}/07_evaluation.json",
@@ -133,8 +133,11 @@ CLAIMS: list[tuple[str, str, str]] = [
      "the answer rate went {stages/sft/answer_rate} → {stages/sft+grpo/answer_rate} and repeated-call\n  stops "
      "{stages/sft/stop_reasons/repeated_call} → {stages/sft+grpo/stop_reasons/repeated_call}"),
     ("README.md", f"{LONG}/06_grpo.json",
-     "Dynamic sampling redrew {train/dynamic_sampling/redrawn} groups over the\n  {train/steps} steps, and still "
-     "{train/dynamic_sampling/uniform_kept} of the"),
+     "Dynamic sampling redrew {train/dynamic_sampling/redrawn} groups over the\n  {train/steps} steps, and "
+     "{train/dynamic_sampling/uniform_kept} of the {train/steps} groups that trained"),
+    ("README.md", f"{LONG}/06_grpo.json",
+     "the training reward rose by {reward_hacking/reward_change} and\n  training accuracy "
+     "{reward_hacking/checkpoints/1/train_accuracy} → {reward_hacking/checkpoints/2/train_accuracy}"),
     ("README.md", f"{LONG}/05_sft.json",
      "trajectories {learning_curve/0/pass@1/mean} ({learning_curve/0/pass@1/ci95/0}–{learning_curve/0/pass@1/ci95/1};"
      " {learning_curve/0/rollouts} rollouts),\n  after 128 {eval/sft/pass@1/mean}"),
