@@ -156,6 +156,14 @@ CLAIMS: list[tuple[str, str, str]] = [
     ("README.md", "results/bench/pipeline_cpu_long.json",
      "06 {stages/1/seconds|min} min (pool probe"),
     ("README.md", "results/bench/pipeline_cpu_long.json", "**{total_seconds|min} min for 05–07**"),
+    ("README.md", f"{LONG}/experiments/05_sft_256_mixed.json",
+     "SFT {train/seconds|min} min at {train/tokens_per_second} tokens/s, loss\n  {train/train_loss}) scored "
+     "**{experiment/pass@1/mean} ({experiment/pass@1/ci95/0}–{experiment/pass@1/ci95/1}) on the "
+     "{experiment/pass@1/questions} held-out questions of ≤ 3 hops** × 2 rollouts\n  (2-hop "
+     "{experiment/by_hops/2/mean}, 3-hop {experiment/by_hops/3/mean}), against the reference SFT's "
+     "{reference/pass@1/mean} on the same questions: paired\n  +{paired_experiment_minus_reference/mean} "
+     "(+{paired_experiment_minus_reference/ci95/0} … +{paired_experiment_minus_reference/ci95/1}), "
+     "{paired_experiment_minus_reference/better} questions better, {paired_experiment_minus_reference/worse} worse"),
     # notebook headers: the cpu_long rows
     ("notebooks/05_sft.py", f"{LONG}/05_sft.json",
      "1 epoch (128 steps) | {train/seconds|min} min ({train/tokens_per_second} tokens/s, loss {train/train_loss})"),
