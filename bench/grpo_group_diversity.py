@@ -70,7 +70,6 @@ def grpo_rollout_rows(profile: str, adapter: Path, questions: list[dict[str, Any
     quantized = G.policy_quantized(adapter, params)
     rollouts = G.AgentRollouts(toolbox, questions, G.rollout_config(params), schemas=[], export_dir=scratch,
                                base_loader=lambda: dequantized_base(profile, quantized)[0])
-    resolve = getattr(toolbox, "resolve_ids", None)
     rows = []
     engine = rollouts.engine_for(model, tokenizer, 0) if rollouts.config.engine != "transformers" else None
     with eval_mode(model):
@@ -79,7 +78,7 @@ def grpo_rollout_rows(profile: str, adapter: Path, questions: list[dict[str, Any
             for j, r in enumerate(rollouts.run(model, tokenizer, [prompt] * k, step=step, engine=engine)):
                 s = r.state
                 rows.append({"question_id": question_id(q), "rollout": j, "hops": q.get("hops"),
-                             "correct": judge(s["prediction"], q, resolve=resolve).correct,
+                             "correct": judge(s["prediction"], q, resolve=rollouts.resolve).correct,
                              "prediction": s["prediction"], "stop_reason": s["stop_reason"],
                              "n_tool_calls": s["n_tool_calls"], "n_format_errors": len(s["format_errors"])})
     return rows

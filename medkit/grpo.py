@@ -318,8 +318,8 @@ class AgentRollouts:
         rollouts = self.run(model, tokenizer, prompts, step=step, engine=engine)
         groups = [rollouts[i:i + group_size] for i in range(0, len(rollouts), group_size)]
         self.sampling.groups += len(groups)
+        uniform = [i for i, g in enumerate(groups) if self.uniform(g)]  # each group judged once, a redrawn one again
         for _ in range(self.config.redraws):
-            uniform = [i for i, g in enumerate(groups) if self.uniform(g)]
             if not uniform:
                 break
             in_use = {g[0].state["question"] for g in groups}
@@ -332,7 +332,8 @@ class AgentRollouts:
             for n, i in enumerate(uniform):
                 groups[i] = fresh[n * group_size:(n + 1) * group_size]
             self.sampling.redrawn += len(uniform)
-        self.sampling.uniform_kept += sum(self.uniform(g) for g in groups)
+            uniform = [i for i in uniform if self.uniform(groups[i])]
+        self.sampling.uniform_kept += len(uniform)
         return [r for g in groups for r in g]
 
     def uniform(self, group: Sequence[TokenRollout]) -> bool:
