@@ -15,15 +15,16 @@
 # |---|---|---|---|
 # | `smoke` | SmolLM2-135M + smoke SFT adapter (QLoRA) | 2 steps × 1 question × 2 rollouts, 48-token turns | ~1 min |
 # | `cpu` | SmolLM2-135M + the cpu SFT adapter (LoRA, fp32) | probe 32 training questions × 4 → 4 learnable; 6 steps × 1 question × 4 rollouts in passes of 1 (≤ 3-hop training questions, ≤ 1,024 completion tokens), 55.9 s/step; then the held-out evaluation of notebook 05: 0.000 → 0.000 → 0.000, training reward +0.28 — 5 of 24 training rollouts right (4 of them at step 6), KL ≤ 0.022, held-out answer rate 0.39 → 0.36: verdict "none"; 12 questions cannot show a change | ~11.5 min (11.4 min in the committed run; peak 8.8 GiB) |
-# | `cpu_long` | SmolLM2-135M + the cpu_long SFT adapter (LoRA, fp32) | probe 128 questions × 4 at temperature 0.3, then 30 steps × 1 question × 8 rollouts in passes of 1, `LEARNING_RATE` 3e-5, up to 3 redraws per group; held-out checkpoint after step 15; all 176 held-out questions × 4 | 89.0 min in the committed reference run (`results/cpu_long/`, uncontended; peak 9.1 GiB): probe 10 min → 22 learnable questions; 112.6 s/step; 26 redraws, 1 of 30 groups still all right or all wrong; KL to the SFT adapter ≤ 0.0095 per token; training accuracy 0.4250 → 0.4667 (steps 1–15, 16–30); held-out pass@1 0.136 (95% CI 0.095–0.182) vs SFT 0.126, paired +0.010 (−0.017 … +0.035), answer rate 0.862 → 0.848: verdict "none" — a stable run that does not hurt, its gain not resolved (8 steps at 3e-4 without redraws made it worse: 0.095, verdict "hacking"; 24 steps at 1e-4 with redraws: +0.013, 11 of 24 groups all right or all wrong) |
+# | `cpu_long` | SmolLM2-135M + the cpu_long SFT adapter (LoRA, fp32; 256 trajectories of 2–3 hops) | probe 128 questions × 4 at temperature 0.3, then 24 steps × 1 question × 8 rollouts in passes of 1, `LEARNING_RATE` 3e-5, up to 3 redraws per group; held-out checkpoint after step 12; all 176 held-out questions × 4 | 77.4 min in the committed reference run (`results/cpu_long/`, uncontended; peak 9.5 GiB): probe 10 min → 29 learnable questions (8 of them 3-hop); 110.4 s/step; 7 redraws, 0 of 24 groups still all right or all wrong; KL to the SFT adapter ≤ 0.0089 per token; training accuracy 0.4375 → 0.5521 (steps 1–12, 13–24); held-out pass@1 0.178 (95% CI 0.129–0.230) vs SFT 0.169, paired +0.009 (−0.027 … +0.044), answer rate 0.903 → 0.926: verdict "none" — the policy learns its training questions, the held-out gain is not resolved (from the earlier 128-row adapter: 8 steps at 3e-4 without redraws made it worse, verdict "hacking"; 24 steps at 1e-4 and 30 at 3e-5 with redraws: +0.013 and +0.010) |
 # | `gpu` | Qwen2.5-7B-Instruct + its SFT adapter (4-bit, unsloth if installed) | 250 steps × 4 questions × 8 rollouts | several hours on one 24 GB GPU |
 #
 # On `cpu` expect a noisy, short run: 24 rollouts in all is far too few for RL to move a 135M model
 # much. In `cpu_long`'s first run (8 steps at 3e-4) only 2 of 8 groups drew an accuracy signal and the
 # policy it left answered more and less well; `bench/grpo_group_diversity.py` showed the updates, not the
 # sampling, made the groups alike. With redraws at 1e-4, 11 of 24 groups still came back all right or all
-# wrong; at 3e-5 (the committed run) 29 of 30 groups differ in accuracy and the KL stays below 0.01, but
-# 30 groups on 22 two-hop questions move held-out pass@1 by only +0.010. What the curves show is the
+# wrong; at 3e-5 29 of 30 groups differed in accuracy with the KL below 0.01, but 30 groups on 22 two-hop
+# questions moved held-out pass@1 by only +0.010. The committed run starts from the 256-row adapter: all 24
+# groups differ, training accuracy rises 0.44 → 0.55, held-out pass@1 moves +0.009, within noise. What the curves show is the
 # mechanics — per-term rewards, tool-call and tool-failure
 # frequency, KL to the SFT adapter — and the last table says honestly whether held-out pass@1 moved.
 

@@ -105,7 +105,7 @@ CLAIMS: list[tuple[str, str, str]] = [
      "| **{stages/sft/pass@1/mean} ({stages/sft/pass@1/ci95/0}–{stages/sft/pass@1/ci95/1})** | {stages/sft/pass@k}"
      " | {stages/sft/answer_rate} | {stages/sft/format_error_rate|pct}% | {stages/sft/tool_calls_per_question} |"),
     ("README.md", f"{LONG}/07_evaluation.json",
-     "| SFT + GRPO (30 steps × 8 rollouts) | {stages/sft+grpo/pass@1/mean} ({stages/sft+grpo/pass@1/ci95/0}–"
+     "| SFT + GRPO (24 steps × 8 rollouts) | {stages/sft+grpo/pass@1/mean} ({stages/sft+grpo/pass@1/ci95/0}–"
      "{stages/sft+grpo/pass@1/ci95/1}) | {stages/sft+grpo/pass@k} | {stages/sft+grpo/answer_rate} | "
      "{stages/sft+grpo/format_error_rate|pct}% | {stages/sft+grpo/tool_calls_per_question} |"),
     ("README.md", f"{LONG}/07_evaluation.json",
@@ -139,8 +139,8 @@ CLAIMS: list[tuple[str, str, str]] = [
      "the training reward rose by {reward_hacking/reward_change} and\n  training accuracy "
      "{reward_hacking/checkpoints/1/train_accuracy} → {reward_hacking/checkpoints/2/train_accuracy}"),
     ("README.md", f"{LONG}/05_sft.json",
-     "trajectories {learning_curve/0/pass@1/mean} ({learning_curve/0/pass@1/ci95/0}–{learning_curve/0/pass@1/ci95/1};"
-     " {learning_curve/0/rollouts} rollouts),\n  after 128 {eval/sft/pass@1/mean}"),
+     "scored {learning_curve/0/pass@1/mean} ({learning_curve/0/pass@1/ci95/0}–{learning_curve/0/pass@1/ci95/1};"
+     " {learning_curve/0/rollouts} rollouts),\n  after 256 {eval/sft/pass@1/mean}"),
     ("README.md", f"{LONG}/05_sft.json",
      "SFT {train/seconds|min} min at {train/tokens_per_second} tokens/s, loss {train/train_loss}; base\n  evaluation "
      "{eval/base/seconds|min} min; SFT evaluation {eval/sft/seconds|min} min"),
@@ -157,25 +157,34 @@ CLAIMS: list[tuple[str, str, str]] = [
      "06 {stages/1/seconds|min} min (pool probe"),
     ("README.md", "results/bench/pipeline_cpu_long.json", "**{total_seconds|min} min for 05–07**"),
     ("README.md", f"{LONG}/experiments/05_sft_256_mixed.json",
-     "SFT {train/seconds|min} min at {train/tokens_per_second} tokens/s, loss\n  {train/train_loss}) scored "
-     "**{experiment/pass@1/mean} ({experiment/pass@1/ci95/0}–{experiment/pass@1/ci95/1}) on the "
-     "{experiment/pass@1/questions} held-out questions of ≤ 3 hops** × 2 rollouts\n  (2-hop "
-     "{experiment/by_hops/2/mean}, 3-hop {experiment/by_hops/3/mean}), against the reference SFT's "
-     "{reference/pass@1/mean} on the same questions: paired\n  +{paired_experiment_minus_reference/mean} "
-     "(+{paired_experiment_minus_reference/ci95/0} … +{paired_experiment_minus_reference/ci95/1}), "
-     "{paired_experiment_minus_reference/better} questions better, {paired_experiment_minus_reference/worse} worse"),
+     "the same training, the same loss {train/train_loss}, scored with\n  k = 2 on the ≤ 3-hop questions) reported "
+     "{experiment/pass@1/mean} ({experiment/pass@1/ci95/0}–{experiment/pass@1/ci95/1})"),
+    ("README.md", f"{LONG}/experiments/sft_256_vs_128.json",
+     "move pass@1 from {old/pass@1/mean} to {new/pass@1/mean}, paired +{paired_new_minus_old/mean} "
+     "({paired_new_minus_old/ci95/0} … +{paired_new_minus_old/ci95/1}), {paired_new_minus_old/better} questions better, "
+     "{paired_new_minus_old/worse} worse — not resolved (on the ≤ 3-hop questions +{paired_new_minus_old_max3_hops/mean}, "
+     "{paired_new_minus_old_max3_hops/ci95/0} … +{paired_new_minus_old_max3_hops/ci95/1});\n  3-hop from "
+     "{old/by_hops/3/mean} to {new/by_hops/3/mean}, 2-hop from {old/by_hops/2/mean} to {new/by_hops/2/mean}"),
+    ("README.md", f"{LONG}/experiments/sft_256_vs_128.json",
+     "score {same_adapter/k4_rollouts_pass@1_max3_hops/0}, {same_adapter/k4_rollouts_pass@1_max3_hops/1}, "
+     "{same_adapter/k4_rollouts_pass@1_max3_hops/2} and {same_adapter/k4_rollouts_pass@1_max3_hops/3} rollout by rollout, "
+     "the pilot's two {same_adapter/k2_rollouts_pass@1_max3_hops/0} and {same_adapter/k2_rollouts_pass@1_max3_hops/1}; "
+     "paired, this\n  run's k = 4 minus the pilot's k = 2: {same_adapter/paired_k4_minus_k2/mean} "
+     "({same_adapter/paired_k4_minus_k2/ci95/0} … {same_adapter/paired_k4_minus_k2/ci95/1})"),
+    ("README.md", f"{LONG}/06_grpo.json", "probe pass@1 {pool/probe_pass@1/mean}). Dynamic sampling"),
+    ("README.md", "results/bench/pipeline_cpu_long.json", "07 {stages/2/seconds} s: **"),
     # notebook headers: the cpu_long rows
     ("notebooks/05_sft.py", f"{LONG}/05_sft.json",
-     "1 epoch (128 steps) | {train/seconds|min} min ({train/tokens_per_second} tokens/s, loss {train/train_loss})"),
+     "1 epoch (256 steps) | {train/seconds|min} min ({train/tokens_per_second} tokens/s, loss {train/train_loss})"),
     ("notebooks/05_sft.py", f"{LONG}/05_sft.json",
      "base {eval/base/pass@1/mean}, SFT **{eval/sft/pass@1/mean}** (95% CI {eval/sft/pass@1/ci95/0}–"
      "{eval/sft/pass@1/ci95/1}; paired"),
     ("notebooks/05_sft.py", f"{LONG}/05_sft.json",
      "≤ 3 hops {eval/sft/pass@1_max3_hops/mean} ({eval/sft/pass@1_max3_hops/questions} questions), 2-hop "
      "{eval/sft/pass@1_by_hops/2/mean}, 3-hop {eval/sft/pass@1_by_hops/3/mean}"),
-    ("notebooks/05_sft.py", f"{LONG}/05_sft.json", "after 64 trajectories {learning_curve/0/pass@1/mean}"),
+    ("notebooks/05_sft.py", f"{LONG}/05_sft.json", "after 128 trajectories {learning_curve/0/pass@1/mean}"),
     ("notebooks/06_grpo.py", f"{LONG}/06_grpo.json",
-     "probe 10 min → {pool/learnable} learnable questions; {train/seconds_per_step} s/step; "
+     "probe 10 min → {pool/learnable} learnable questions (8 of them 3-hop); {train/seconds_per_step} s/step; "
      "{train/dynamic_sampling/redrawn} redraws, {train/dynamic_sampling/uniform_kept} of {train/steps} groups"),
     ("notebooks/06_grpo.py", f"{LONG}/06_grpo.json",
      "training accuracy {reward_hacking/checkpoints/1/train_accuracy} → {reward_hacking/checkpoints/2/train_accuracy}"),
