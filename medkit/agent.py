@@ -15,7 +15,9 @@ Scope:
   tags and text outside the tags become recorded format errors.
 * :func:`run_agent` runs many questions at once against one :class:`medkit.llm.ChatBackend`
   (one batched ``generate`` per step over every unfinished conversation) and the kit's
-  tools (:class:`medkit.tools.MedicalToolbox`); stop rules: an answer, the maximum number
+  tools (:class:`medkit.tools.MedicalToolbox`). When sampling, every conversation's turn has its own
+  seed (:func:`conversation_seed`: the run's seed, the question, which copy of it, the turn), so a
+  question's rollout is the same whichever other questions run beside it; stop rules: an answer, the maximum number
   of model calls, the token budget, an identical repeated tool call (beyond
   ``AgentConfig.max_repeated_calls`` repeats answered with a reminder), repeated format
   errors, or a backend error.
@@ -28,8 +30,10 @@ Out of scope: judging answers (:mod:`medkit.judge`), KG-guided synthesis and fil
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -422,6 +426,17 @@ def _act(state: dict[str, Any], turn: ParsedTurn, call_tool: Callable[[str, dict
     state["_bad_turns"] += 1
 
 
+def conversation_seed(seed: int, question_id: str, copy: int, step: int) -> int:
+    """The sampling seed of one conversation's turn ``step``: a digest of the run's ``seed``, the question,
+    which ``copy`` of it (0 for the first; a GRPO group runs one question several times) and the turn.
+
+    It depends on nothing else, so a question draws the same rollout whether it runs alone, beside
+    other questions, or after others have finished (a seed per position in the batch would not: the
+    position moves with the company). Different turns of one conversation never share a seed."""
+    key = f"{int(seed)}\x1f{question_id}\x1f{int(copy)}\x1f{int(step)}".encode()
+    return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "big") % (2**31)
+
+
 def run_agent(backend: Any, toolbox: Any, questions: Sequence[dict[str, Any]], *, config: AgentConfig | None = None,
               guidance: dict[str, str] | None = None, schemas: list[dict[str, Any]] | None = None,
               system: str = SYSTEM_PROMPT, demo: Sequence[dict[str, Any]] | None = None,
@@ -440,16 +455,23 @@ def run_agent(backend: Any, toolbox: Any, questions: Sequence[dict[str, Any]], *
     schemas = schemas if schemas is not None else tool_schemas(toolbox.tools())
     guidance = guidance or {}
     states = [new_state(q, system) for q in questions]
+    seen: Counter[str] = Counter()
+    copies = []  # which copy of its question each state is (0 unless a question is given more than once)
+    for s in states:
+        copies.append(seen[s["question_id"]])
+        seen[s["question_id"]] += 1
     bar = tqdm(total=len(states), desc="agent", unit="question", disable=not progress)
-    step = 0
     while True:
-        active = [s for s in states if stop_before_call(s, cfg)]
+        active = [i for i, s in enumerate(states) if stop_before_call(s, cfg)]
         if not active:
             break
-        convs = [to_text_messages(s["messages"], schemas, guidance.get(s["question_id"]), demo) for s in active]
-        seed = None if cfg.seed is None else cfg.seed + step
+        convs = [to_text_messages(states[i]["messages"], schemas, guidance.get(states[i]["question_id"]), demo)
+                 for i in active]
+        seeds = None if cfg.seed is None else [
+            conversation_seed(cfg.seed, states[i]["question_id"], copies[i], states[i]["n_model_calls"]) for i in active]
         outs = backend.generate(convs, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                                stop=STOP_STRINGS, seed=seed)
+                                stop=STOP_STRINGS, seed=seeds)
+        active = [states[i] for i in active]
         for s, out in zip(active, outs):
             if not out.ok:
                 backend_failed(s, out.error)
@@ -457,7 +479,6 @@ def run_agent(backend: Any, toolbox: Any, questions: Sequence[dict[str, Any]], *
             take_turn(s, out.text, out.finish_reason, toolbox.call, cfg=cfg,
                       n_tokens=out.n_prompt_tokens + out.n_completion_tokens)
         bar.update(sum(1 for s in active if s["stop_reason"] is not None))
-        step += 1
     bar.close()
     for s in states:
         finish_state(s)

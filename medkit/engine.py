@@ -49,7 +49,7 @@ from typing import Any
 
 from .errors import ConfigError, MedkitError
 from .io import build_folder, package_version, provenance, write_json
-from .llm import TokenIdChat, chat_prompt_ids, eos_ids
+from .llm import Seed, TokenIdChat, call_seed, chat_prompt_ids, eos_ids
 from .paths import cache_dir
 
 ENGINES: tuple[str, ...] = ("transformers", "openvino", "ctranslate2", "vllm", "auto")
@@ -360,7 +360,7 @@ class CTranslate2Backend(TokenIdChat):
         return list(self.generator.score_batch([tokens], max_input_length=0)[0].log_probs)
 
     def generate_ids(self, inputs: Sequence[Sequence[int]], *, max_new_tokens: int | Sequence[int],
-                     temperature: float = 0.0, stop: Sequence[str] | None = None, seed: int | None = None,
+                     temperature: float = 0.0, stop: Sequence[str] | None = None, seed: Seed = None,
                      min_new_tokens: int = 0) -> list[list[int]]:
         """Generated ids for every input id list, in input order (an EOS token ends a row and is kept).
 
@@ -370,8 +370,8 @@ class CTranslate2Backend(TokenIdChat):
         if len(limits) != len(inputs) or any(x < 1 for x in limits):
             raise ConfigError("max_new_tokens must be >= 1 for every input")
         stops = [s for s in (stop or []) if s]
-        if temperature > 0 and seed is not None:
-            self.generator = self._new_generator(seed)  # see the module docstring: per-call seeds need a fresh thread
+        if temperature > 0 and seed is not None:  # one seed per call (call_seed): a row's sample depends on its batch
+            self.generator = self._new_generator(call_seed(seed))  # module docstring: per-call seeds need a fresh thread
         out: list[list[int]] = [[] for _ in inputs]
         with _bar(len(inputs), self.name, self.progress and len(inputs) > 1) as bar:
             for chunk in length_buckets([len(x) for x in inputs], self.batch_size, self.max_spread):

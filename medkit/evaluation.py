@@ -3,7 +3,9 @@
 Scope (reused by notebooks 05-07):
 
 * :func:`evaluate` runs :func:`medkit.agent.run_agent` ``k`` times over held-out questions
-  (rollout ``j`` samples with seed ``seed + 1000 j``; at temperature 0 every rollout is the same
+  (rollout ``j`` runs with seed ``seed + 1000 j``, and each question's turns draw from seeds of
+  their own, :func:`medkit.agent.conversation_seed`, so a question scores the same whichever
+  questions are evaluated beside it; at temperature 0 every rollout is the same
   greedy run, so ``k > 1`` needs ``temperature > 0``) and judges every prediction with
   :func:`medkit.judge.judge` (KG synonyms through the toolbox's name index).
 * :func:`metrics` reports pass@1 as mean ± sd over rollouts and its 95% bootstrap interval over
@@ -21,7 +23,6 @@ Scope (reused by notebooks 05-07):
 
 from __future__ import annotations
 
-import gc
 import statistics
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
@@ -35,7 +36,7 @@ from .agent import SYSTEM_PROMPT, AgentConfig, run_agent
 from .errors import InputError
 from .judge import judge
 
-ROLLOUT_SEED_STRIDE = 1000  # rollout j samples with seed + 1000 j (+ the step number inside the agent loop)
+ROLLOUT_SEED_STRIDE = 1000  # rollout j runs with seed + 1000 j (each turn's seed: medkit.agent.conversation_seed)
 
 
 def select_questions(records: Sequence[dict[str, Any]], n: int | None = None,
@@ -188,7 +189,7 @@ def evaluate_adapter(profile: str, adapter_dir: str | Path | None, questions: Se
     import time
 
     from .engine import DEFAULT_ENGINE, resolve_engine
-    from .model import has_cuda
+    from .model import has_cuda, release_memory
 
     if resolve_engine(str(params.get("ENGINE") or DEFAULT_ENGINE), on_gpu=has_cuda()) == "vllm":
         return _evaluate_on_vllm(profile, adapter_dir, questions, toolbox, params, name=name, schemas=schemas,
@@ -199,7 +200,7 @@ def evaluate_adapter(profile: str, adapter_dir: str | Path | None, questions: Se
                     seed=int(params["SEED"]), schemas=schemas, progress=progress)
     engine = type(backend).__name__
     del backend
-    gc.collect()  # the model and its engine (KV cache included) go now, before the next stage builds its own
+    release_memory()  # the model and its engine (KV cache included) go now, before the next stage builds its own
     return {"rows": rows, "metrics": {**metrics(rows), "seconds": round(time.time() - t0, 1), "engine": engine}}
 
 

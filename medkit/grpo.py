@@ -29,7 +29,6 @@ Out of scope: the reward terms themselves (:mod:`medkit.rewards`), evaluation
 
 from __future__ import annotations
 
-import gc
 import logging
 import math
 import shutil
@@ -863,7 +862,7 @@ def run_grpo(profile: str, params: dict[str, Any], *, adapter_dir: str | Path | 
     ``curve``: (step, folder) pairs before the last step, which is ``adapter/``).
     """
     from .io import read_jsonl, write_json, write_jsonl
-    from .model import model_spec
+    from .model import model_spec, release_memory
     from .paths import portable
     from .adapters import (ADAPTER_META, adapter_base, adapter_meta, claim_run, curve_steps, dequantized_base, file_digest,
                            run_key, snapshot_callback, snapshots)
@@ -909,7 +908,7 @@ def run_grpo(profile: str, params: dict[str, Any], *, adapter_dir: str | Path | 
     curve = [(step, str(folder)) for step, folder in snapshots(out / "curve") if step < result["steps"]]
     # the trainer, the policy and the rollouts' engine copy (an OpenVINO pipeline and its KV cache) hold each
     # other in reference cycles: collected now, not whenever Python's cyclic collector next runs, so the
-    # evaluation that follows does not load its model and engine beside them
+    # evaluation that follows does not load its model and engine beside them; the freed heap goes back to the OS
     del trainer, model, rollouts
-    gc.collect()
+    release_memory()
     return {"train": result, "history": history, "adapter": str(adapter), "curve": curve}

@@ -5,7 +5,11 @@ Scope:
 * :class:`ChatBackend` is the protocol every caller codes against (difficulty-calibration
   solvers, the optional question polisher, later the ReAct agent and evaluation):
   ``generate(conversations, *, max_new_tokens, temperature, stop, seed) -> list[Completion]``,
-  one :class:`Completion` per conversation, in the order given.
+  one :class:`Completion` per conversation, in the order given. ``seed`` is an int (row ``i``
+  samples with ``seed + i``) or one seed per conversation (:func:`row_seeds`): the agent gives
+  each conversation its own, so a conversation's sample does not depend on what else is in the
+  batch on the engines that seed each request (OpenVINO, vLLM, an endpoint);
+  :func:`call_seed` folds them into one for the backends that seed a whole call.
 * :class:`LocalTransformersBackend` runs a loaded causal LM in-process: chat template with the
   generation prompt, left-padded batches of conversations sorted by prompt length (the order is
   restored afterwards), greedy decoding at ``temperature == 0`` and seeded sampling otherwise,
@@ -43,6 +47,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from .errors import ConfigError, InputError
+
+Seed = int | Sequence[int] | None  # one seed for a call (row i: seed + i), or one per row
 
 if TYPE_CHECKING:  # pragma: no cover
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -92,7 +98,7 @@ class ChatBackend(Protocol):
     name: str
 
     def generate(self, conversations: list[list[dict]], *, max_new_tokens: int, temperature: float = 0.0,
-                 stop: list[str] | None = None, seed: int | None = None) -> list[Completion]:
+                 stop: list[str] | None = None, seed: Seed = None) -> list[Completion]:
         """One completion per conversation, in the order given."""
         ...
 
@@ -128,6 +134,34 @@ def check_generation_args(max_new_tokens: int, temperature: float, stop: Sequenc
     if not all(isinstance(s, str) for s in stop):
         raise ConfigError(f"stop must be a list of strings, got {stop!r}")
     return [s for s in stop if s]
+
+
+def row_seeds(seed: Seed, n: int) -> list[int | None]:
+    """The sampling seed of each of ``n`` rows: ``seed + i`` for an int, the given one per row for a sequence
+    (which must hold ``n`` ints), None for every row without a seed."""
+    if seed is None:
+        return [None] * n
+    if isinstance(seed, bool):
+        raise ConfigError(f"seed must be an int or one int per row, got {seed!r}")
+    if isinstance(seed, int):
+        return [seed + i for i in range(n)]
+    seeds = list(seed)
+    if len(seeds) != n or not all(isinstance(x, int) and not isinstance(x, bool) for x in seeds):
+        raise ConfigError(f"seed must be an int or one int per row ({n} rows), got {seed!r}")
+    return seeds
+
+
+def call_seed(seed: Seed) -> int | None:
+    """One seed for a backend that seeds a whole call (transformers, CTranslate2): an int as given, one seed
+    per row folded into one (a stable digest). The call is reproducible, but on these backends a row's sample
+    depends on the rows beside it."""
+    if seed is None or (isinstance(seed, int) and not isinstance(seed, bool)):
+        return seed
+    import hashlib
+
+    seeds = row_seeds(seed, len(list(seed)))
+    digest = hashlib.blake2b(",".join(str(x) for x in seeds).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % (2**31)
 
 
 def truncate_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
@@ -237,7 +271,7 @@ def chat_prompt_ids(tokenizer: PreTrainedTokenizerBase, conversation: Sequence[d
 
 def generate_through_ids(backend: Any, conversations: list[list[dict]], *, max_new_tokens: int,
                          temperature: float = 0.0, stop: list[str] | None = None,
-                         seed: int | None = None) -> list[Completion]:
+                         seed: Seed = None) -> list[Completion]:
     """The :class:`ChatBackend` call for an engine that generates from token ids (``backend.generate_ids``,
     ``backend.tokenizer``, ``backend.eos_ids``): one completion per conversation, in the order given."""
     convs = validate_conversations(conversations)
@@ -264,7 +298,7 @@ class TokenIdChat:
         return chat_prompt_ids(self.tokenizer, conversation)
 
     def generate(self, conversations: list[list[dict]], *, max_new_tokens: int, temperature: float = 0.0,
-                 stop: list[str] | None = None, seed: int | None = None) -> list[Completion]:
+                 stop: list[str] | None = None, seed: Seed = None) -> list[Completion]:
         """One completion per conversation, in the order given (the :class:`ChatBackend` call)."""
         return generate_through_ids(self, conversations, max_new_tokens=max_new_tokens, temperature=temperature,
                                     stop=stop, seed=seed)
@@ -338,11 +372,12 @@ class LocalTransformersBackend:
                            stop=stop, decode=decode, pad_id=tok.pad_token_id) for r in range(len(texts))]
 
     def generate(self, conversations: list[list[dict]], *, max_new_tokens: int, temperature: float = 0.0,
-                 stop: list[str] | None = None, seed: int | None = None) -> list[Completion]:
+                 stop: list[str] | None = None, seed: Seed = None) -> list[Completion]:
         """Generate in batches of ``batch_size`` (longest prompts first); results in input order.
 
-        Sampling (``temperature > 0``) with a ``seed`` is reproducible: the seed is applied to a
-        forked RNG, so the caller's global torch RNG state is left untouched. The model runs in
+        Sampling (``temperature > 0``) with a ``seed`` is reproducible: the seed (:func:`call_seed`: one for
+        the whole call, so a row's sample depends on the rows beside it) is applied to a forked RNG, so the
+        caller's global torch RNG state is left untouched. The model runs in
         eval mode (a training model is put back into train mode afterwards). Malformed
         conversations raise InputError, bad arguments ConfigError.
         """
@@ -358,7 +393,7 @@ class LocalTransformersBackend:
         rng_devices = [device] if device.type == "cuda" else []
         with left_padding(self.tokenizer), eval_mode(self.model), torch.random.fork_rng(devices=rng_devices):
             if seed is not None:
-                torch.manual_seed(seed)
+                torch.manual_seed(call_seed(seed))
             texts = self.prompt_texts(convs)
             lengths = [len(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
             order = sorted(range(len(texts)), key=lambda i: -lengths[i])  # stable: ties keep input order
@@ -572,29 +607,33 @@ class OpenAICompatibleBackend:
         return Completion(text, n_prompt, n_completion, "stop" if cut else reason)
 
     def generate(self, conversations: list[list[dict]], *, max_new_tokens: int, temperature: float = 0.0,
-                 stop: list[str] | None = None, seed: int | None = None) -> list[Completion]:
-        """One request per conversation, results in input order.
+                 stop: list[str] | None = None, seed: Seed = None) -> list[Completion]:
+        """One request per conversation, results in input order; each request carries its row's seed
+        (:func:`row_seeds`).
 
         Endpoint failures become error completions, never exceptions; only caller bugs raise
         (malformed conversations: InputError, bad arguments: ConfigError).
         """
         convs = validate_conversations(conversations)
         stops = check_generation_args(max_new_tokens, temperature, stop)
+        seeds = row_seeds(seed, len(convs))
         breaker = _Breaker(self.max_consecutive_failures)
-        kwargs = {"max_new_tokens": max_new_tokens, "temperature": temperature, "stop": stops, "seed": seed}
+        kwargs = {"max_new_tokens": max_new_tokens, "temperature": temperature, "stop": stops}
         with _progress(len(convs), self.name, self.progress and len(convs) > 1) as bar:
-            def run(conv: Conversation) -> Completion:
+            def run(row: tuple[Conversation, int | None]) -> Completion:
+                conv, row_seed = row
                 try:
-                    return self._complete_one(conv, breaker, **kwargs)
+                    return self._complete_one(conv, breaker, seed=row_seed, **kwargs)
                 except Exception as e:  # a bug must not cost the other conversations their results
                     return Completion.failed(self._redact(f"POST {self.url}: {type(e).__name__}: {e}"))
                 finally:
                     bar.update(1)
 
-            if self.concurrency == 1 or len(convs) <= 1:
-                return [run(c) for c in convs]
-            with ThreadPoolExecutor(max_workers=min(self.concurrency, len(convs))) as pool:
-                return list(pool.map(run, convs))
+            rows = list(zip(convs, seeds))
+            if self.concurrency == 1 or len(rows) <= 1:
+                return [run(r) for r in rows]
+            with ThreadPoolExecutor(max_workers=min(self.concurrency, len(rows))) as pool:
+                return list(pool.map(run, rows))
 
     def _say_slow(self) -> None:
         if not self._said_slow.is_set():

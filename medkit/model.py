@@ -16,7 +16,9 @@ Scope:
 * :func:`keep_4bit_trainable` keeps a 4-bit model that is being trained in bitsandbytes'
   training layout (on AVX512-BF16 CPUs an eval-mode forward would otherwise repack it into an
   inference layout whose kernel drops input gradients).
-* :func:`memory_report` gives the process / CUDA memory for notebooks to print around training.
+* :func:`memory_report` gives the process / CUDA memory for notebooks to print around training;
+  :func:`release_memory` hands what a finished stage freed back to the operating system (garbage
+  collection, CUDA's cache, glibc's ``malloc_trim``), so the next stage does not stack on top of it.
 
 Out of scope here: LoRA adapters, trainers and chat-template edits (the training modules).
 torch and transformers are imported lazily so that ``import medkit.model`` stays cheap.
@@ -415,3 +417,33 @@ def memory_report() -> dict[str, float | None]:
         report["cuda_allocated_mb"] = round(torch.cuda.memory_allocated() / mb, 1)
         report["cuda_max_allocated_mb"] = round(torch.cuda.max_memory_allocated() / mb, 1)
     return report
+
+
+def release_memory() -> dict[str, float]:
+    """Collect garbage, empty CUDA's cache and return freed heap pages to the OS; RSS before and after, in MB.
+
+    Freeing a trainer's tensors leaves most of its memory in glibc's heap (many small and mid-sized
+    blocks that ``free`` keeps for reuse): notebook 05 measured 6.4 GiB still held when its evaluation
+    began. ``malloc_trim(0)`` gives every free page back; it is glibc's (Linux) and skipped elsewhere.
+    Objects still referenced stay: delete the stage's objects first.
+    """
+    import ctypes
+    import ctypes.util
+    import gc
+
+    import psutil
+
+    mb = 1024 * 1024
+    before = psutil.Process().memory_info().rss / mb
+    gc.collect()
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
+    libc_name = ctypes.util.find_library("c") if sys.platform.startswith("linux") else None
+    if libc_name:
+        try:
+            ctypes.CDLL(libc_name).malloc_trim(0)
+        except (OSError, AttributeError):  # not glibc (e.g. musl has no malloc_trim)
+            pass
+    after = psutil.Process().memory_info().rss / mb
+    return {"rss_mb_before": round(before, 1), "rss_mb_after": round(after, 1)}

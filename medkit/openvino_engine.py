@@ -25,8 +25,9 @@ Scope:
   engine's tokens (teacher forcing); the tolerance of the precision and the cache file name of
   the CTranslate2 check.
 * :class:`OpenVINOBackend`: ``generate`` (chat) and ``generate_ids`` (token level, for GRPO:
-  ids in, ids out). Greedy at ``temperature == 0``; sampling seeds each row with ``seed + row``,
-  so a row's sample does not depend on what else is in the batch.
+  ids in, ids out). Greedy at ``temperature == 0``; sampling seeds each row with its own seed
+  (``seed + row``, or one seed per row: :func:`medkit.llm.row_seeds`), so a row's sample does not
+  depend on what else is in the batch.
 
 Out of scope: choosing the engine (:mod:`medkit.engine`), the agent loop, GPU serving.
 openvino, openvino_genai and gguf are imported lazily; nothing here imports a GPU package.
@@ -46,7 +47,7 @@ from typing import Any
 
 from .errors import ConfigError, MedkitError
 from .io import build_folder, package_version, provenance, write_json
-from .llm import TokenIdChat, chat_prompt_ids, eos_ids
+from .llm import Seed, TokenIdChat, chat_prompt_ids, eos_ids, row_seeds
 
 GGUF_FILE = "model.gguf"
 STAMP = "medkit_engine.json"
@@ -263,7 +264,7 @@ class OpenVINOBackend(TokenIdChat):
         return cfg
 
     def generate_ids(self, inputs: Sequence[Sequence[int]], *, max_new_tokens: int | Sequence[int],
-                     temperature: float = 0.0, stop: Sequence[str] | None = None, seed: int | None = None,
+                     temperature: float = 0.0, stop: Sequence[str] | None = None, seed: Seed = None,
                      min_new_tokens: int = 0) -> list[list[int]]:
         """Generated ids for every input id list, in input order (an EOS token ends a row and is kept;
         a row may run a token past the end of a stop string: :func:`medkit.llm.finish_row` cuts it)."""
@@ -276,8 +277,8 @@ class OpenVINOBackend(TokenIdChat):
         if len(limits) != len(inputs) or any(x < 1 for x in limits):
             raise ConfigError("max_new_tokens must be >= 1 for every input")
         stops = [s for s in (stop or []) if s]
-        configs = [self._config(limit, temperature, stops, None if seed is None else seed + i, min_new_tokens)
-                   for i, limit in enumerate(limits)]
+        configs = [self._config(limit, temperature, stops, row_seed, min_new_tokens)
+                   for limit, row_seed in zip(limits, row_seeds(seed, len(inputs)))]
         tensors = [ov.Tensor(np.asarray([list(x)], dtype=np.int64)) for x in inputs]
         results = self._guarded_generate(tensors, configs)
         return [list(r.m_generation_ids[0])[:limit] for r, limit in zip(results, limits)]

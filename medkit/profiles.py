@@ -189,8 +189,9 @@ _OVERRIDES: dict[str, dict[str, dict[str, Any]]] = {
         # MICRO_BATCH 1: a pass over 2 full-length rollouts holds 8.4 GiB of activations, over 1 4.3 GiB at 1.17x
         # the seconds per rollout (checkpointing 2: 3.6 GiB at 1.34x; results/bench/grpo_pass_memory.json); with
         # passes of 2, notebook 07 peaked at 14.6 GiB in the 2026-12-04 reference run
+        # REDRAWS 2: dynamic sampling, as cpu_long (a group all right or all wrong teaches nothing)
         "grpo": {"POOL_CANDIDATES": 32, "QUESTIONS_PER_STEP": 1, "MAX_STEPS": 6, "LEARNING_RATE": 3e-4, "MAX_COMPLETION_LENGTH": 1024,
-                 "MAX_CALLS": 6, "MICRO_BATCH": 1},
+                 "MAX_CALLS": 6, "MICRO_BATCH": 1, "REDRAWS": 2},
         "evaluation": {"ABLATIONS": ["grpo_from_base"], "ABLATION_STEPS": 2},
     },
     "gpu": {

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError, MedkitError
+from .llm import Seed, row_seeds
 
 DEFAULT_PORT = 8011
 READY_TIMEOUT_S = 900.0   # a 7B model loads and compiles CUDA graphs in minutes
@@ -167,14 +168,14 @@ class VLLMTurns:
         return self.make_params(**sampling_params(**kwargs))
 
     def generate_ids(self, inputs: Sequence[Sequence[int]], *, max_new_tokens: int | Sequence[int],
-                     temperature: float = 0.0, stop: Sequence[str] | None = None, seed: int | None = None,
+                     temperature: float = 0.0, stop: Sequence[str] | None = None, seed: Seed = None,
                      min_new_tokens: int = 0) -> list[list[int]]:
         limits = [int(max_new_tokens)] * len(inputs) if isinstance(max_new_tokens, int) else [int(x) for x in max_new_tokens]
         if len(limits) != len(inputs):
             raise ConfigError("one max_new_tokens per input")
         prompts = [{"prompt_token_ids": list(ids)} for ids in inputs]
-        params = [self._params(max_tokens=m, temperature=temperature, stop=stop or [],
-                               seed=None if seed is None else seed + i) for i, m in enumerate(limits)]
+        params = [self._params(max_tokens=m, temperature=temperature, stop=stop or [], seed=row_seed)
+                  for m, row_seed in zip(limits, row_seeds(seed, len(inputs)))]
         outputs = self.llm.generate(prompts, params, use_tqdm=False)
         if len(outputs) != len(inputs):
             raise MedkitError(f"vLLM returned {len(outputs)} outputs for {len(inputs)} prompts")

@@ -229,7 +229,9 @@ card = {"name": f"medkit SFT adapter ({PROFILE})", "base_model": M.model_spec(PR
         "parameters": {k: v for k, v in P.items() if not k.startswith("EVAL")},
         "metrics": {**{k: v for k, v in train_out.items() if k != "loss_curve"}, "lengths": lengths}}
 saved = sft.save_outputs(trainer, tok, RUN, card, profile=PROFILE)
+# the trainer's memory goes back to the OS now, not under the evaluation's model and engine (section 5)
 del trainer, model
+print("memory released after training:", M.release_memory())
 saved
 
 # %% [markdown]

@@ -180,6 +180,56 @@ def _call(tool, **arguments):  # what a backend returns when it stops at "</tool
     return f"<think>Call {tool}.</think>\n<tool_call>\n" + json.dumps({"name": tool, "arguments": arguments}) + "\n"
 
 
+class SeedRecorder:
+    """Calls ``lookup`` until its third turn, then answers; records (question, seed) for every row."""
+
+    def __init__(self, answer_at: dict[str, int] | None = None):
+        self.answer_at = answer_at or {}
+        self.seeds: list[tuple[str, int]] = []
+
+    def generate(self, conversations, *, max_new_tokens, temperature=0.0, stop=None, seed=None):
+        out = []
+        for conv, row_seed in zip(conversations, seed or [None] * len(conversations)):
+            question = next(m["content"] for m in conv if m["role"] == "user")
+            turn = sum(m["role"] == "assistant" for m in conv)
+            self.seeds.append((question, row_seed))
+            text = ("<think>Done.</think><answer>X" if turn >= self.answer_at.get(question, 2)
+                    else _call("lookup", name=f"{question} {turn}"))
+            out.append(Completion(text, 100, 20, "stop"))
+        return out
+
+
+def test_conversation_seed_is_a_function_of_seed_question_copy_and_turn() -> None:
+    s = A.conversation_seed(13, "q1", 0, 2)
+    assert s == A.conversation_seed(13, "q1", 0, 2) and 0 <= s < 2**31
+    others = {A.conversation_seed(14, "q1", 0, 2), A.conversation_seed(13, "q2", 0, 2),
+              A.conversation_seed(13, "q1", 1, 2), A.conversation_seed(13, "q1", 0, 3)}
+    assert s not in others and len(others) == 4
+
+
+def test_a_questions_seeds_do_not_depend_on_the_questions_beside_it(toolbox):
+    cfg = A.AgentConfig(max_calls=5, temperature=1.0, seed=13)
+    alone = SeedRecorder()
+    A.run_agent(alone, toolbox, [{"id": "qa", "question": "A"}], config=cfg, schemas=[], progress=False)
+    # beside two others, one of which finishes at its first turn (a batch position would shift after it)
+    crowd = SeedRecorder(answer_at={"B": 0})
+    A.run_agent(crowd, toolbox, [{"id": "qb", "question": "B"}, {"id": "qc", "question": "C"},
+                                 {"id": "qa", "question": "A"}], config=cfg, schemas=[], progress=False)
+    seeds_of = lambda rec, q: [s for question, s in rec.seeds if question == q]
+    assert len(seeds_of(alone, "A")) == 3 and seeds_of(crowd, "A") == seeds_of(alone, "A")
+    assert len(set(seeds_of(alone, "A"))) == 3                          # every turn its own seed
+    # one question given twice (a GRPO group) gets two different draws
+    twice = SeedRecorder()
+    A.run_agent(twice, toolbox, [{"id": "qa", "question": "A"}] * 2, config=cfg, schemas=[], progress=False)
+    first_turn = [s for _, s in twice.seeds[:2]]
+    assert first_turn[0] == seeds_of(alone, "A")[0] and first_turn[0] != first_turn[1]
+    # no seed in the config: none is passed
+    none = SeedRecorder()
+    A.run_agent(none, toolbox, [{"id": "qa", "question": "A"}], config=A.AgentConfig(max_calls=5), schemas=[],
+                progress=False)
+    assert {s for _, s in none.seeds} == {None}
+
+
 def test_loop_runs_real_tools_and_stops_on_each_rule(toolbox):
     qs = [{"id": f"q{i}", "question": f"question {i}"} for i in range(7)]
     backend = Scripted({

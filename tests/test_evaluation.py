@@ -18,16 +18,21 @@ GENE_Q = {"id": "q2", "question": "Which gene is linked to Fabry disease?", "ans
           "answer_id": "NCBIGene:2717", "answer_aliases": ["GLA"], "hops": 3, "specialty": "Genetics"}
 
 
+# which rollout a turn's seed belongs to (seed 13, rollouts 0-2, either question, the first turns)
+ROLLOUT_OF_SEED = {A.conversation_seed(13 + 1000 * j, qid, 0, turn): j
+                   for j in range(3) for qid in ("q1", "q2") for turn in range(4)}
+
+
 class BySeed:
     """Replies depend on the rollout seed: rollout 0 answers right, rollout 1 wrong, rollout 2 in prose."""
 
     def generate(self, conversations, *, max_new_tokens, temperature=0.0, stop=None, seed=None):
         out = []
-        for conv in conversations:
+        for conv, row_seed in zip(conversations, seed):
             q = next(m["content"] for m in conv if m["role"] == "user")
             answered = conv[-1]["role"] == "user" and conv[-1]["content"].startswith("<tool_response>")
             right = "Fabry disease" if "angiokeratoma" in q else "GLA"
-            rollout = (seed - 13) // 1000
+            rollout = ROLLOUT_OF_SEED[row_seed]
             if rollout == 0:
                 text = (f"<think>Done.</think><answer>{right}" if answered else
                         '<think>Look it up.</think><tool_call>{"name": "lookup", "arguments": {"name": "Fabry disease"}}')

@@ -305,9 +305,36 @@ def test_endpoint_happy_path_sends_the_request_fields(server) -> None:
     assert body["model"] == "tiny-chat"
     assert body["messages"] in convs
     assert body["max_tokens"] == 32 and body["temperature"] == 0.7
-    assert body["stop"] == ["END", "###"] and body["seed"] == 5
+    assert body["stop"] == ["END", "###"]
+    # each request carries its row's seed (seed + i), whatever order the concurrent requests arrived in
+    assert sorted((r["body"]["messages"][0]["content"], r["body"]["seed"]) for r in sent) == [
+        (f"question {i}", 5 + i) for i in range(6)]
     assert sent[0]["authorization"] == f"Bearer {API_KEY}"
     assert API_KEY not in repr(backend)
+
+
+def test_endpoint_sends_one_seed_per_row_when_given_them(server) -> None:
+    backend = endpoint(base(server, "ok"))
+    convs = [[{"role": "user", "content": f"row {i}"}] for i in range(3)]
+    backend.generate(convs, max_new_tokens=4, temperature=1.0, seed=[70, 3, 911])
+    sent = requests_for(server, "ok")[-3:]
+    assert sorted((r["body"]["messages"][0]["content"], r["body"]["seed"]) for r in sent) == [
+        ("row 0", 70), ("row 1", 3), ("row 2", 911)]
+    with pytest.raises(ConfigError, match="one int per row"):
+        backend.generate(convs, max_new_tokens=4, temperature=1.0, seed=[1, 2])
+
+
+def test_row_seeds_and_call_seed() -> None:
+    assert llm.row_seeds(None, 2) == [None, None]
+    assert llm.row_seeds(5, 3) == [5, 6, 7]
+    assert llm.row_seeds((9, 1), 2) == [9, 1]
+    for bad in ([1], [1, "2"], [1, True], True):
+        with pytest.raises(ConfigError, match="seed"):
+            llm.row_seeds(bad, 2)
+    assert llm.call_seed(None) is None and llm.call_seed(7) == 7
+    folded = llm.call_seed([4, 5, 6])
+    assert folded == llm.call_seed((4, 5, 6)) and 0 <= folded < 2**31  # stable, and a valid engine seed
+    assert folded != llm.call_seed([4, 5, 7]) and folded != llm.call_seed([5, 4, 6])
 
 
 def test_endpoint_length_and_client_side_stop(server) -> None:

@@ -102,6 +102,8 @@ def test_generate_ids_honours_per_row_limits_and_seeds_each_row(tiny_model, toke
     assert a == b and a != c
     alone = backend.generate_ids(prompts[1:2], max_new_tokens=8, temperature=1.0, seed=5 + 1, min_new_tokens=8)
     assert alone[0] == a[1]                                              # a row's sample does not depend on the batch
+    rows = backend.generate_ids(prompts, max_new_tokens=8, temperature=1.0, seed=[9, 5 + 1, 4], min_new_tokens=8)
+    assert rows[1] == a[1]                                               # one seed per row: the row's own
     same = backend.generate_ids([prompts[0]] * 2, max_new_tokens=8, temperature=1.0, seed=5, min_new_tokens=8)
     assert same[0] != same[1]                                            # a group of one prompt gets distinct samples
     with pytest.raises(ConfigError, match="max_new_tokens"):
