@@ -15,7 +15,7 @@
 # | profile | corpus | wall time (2 CPU cores) | rare & meaningful entities |
 # |---|---|---|---|
 # | `smoke` | 4,000 sampled passages | ~30 s | 300 (sampled) |
-# | `cpu` | all ~60k passages (10 MB) | ~10 s (12.5 s in the committed run) | ~8,000 (≈6k diseases, 1.2k drugs, 0.8k genes) |
+# | `cpu` | all ~60k passages (10 MB) | ~10 s (9.8 s in the committed run) | ~8,000 (≈6k diseases, 1.2k drugs, 0.8k genes) |
 # | `gpu` | same as `cpu` (mining needs no GPU) | ~1 min | same as `cpu` |
 #
 # With internet and the real PubMed baseline, set `PUBMED_FILES` to your `pubmed*.xml.gz`

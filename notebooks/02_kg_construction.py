@@ -15,7 +15,7 @@
 # | profile | seeds · hops | nodes | edges | wall time (2 CPU cores) |
 # |---|---|---|---|---|
 # | `smoke` | 60 · 1 | ~1–2 k | ~5–15 k | ~20 s |
-# | `cpu` | 3,000 · 2 | ~44 k | ~580 k | ~1 min (59 s in the committed run) |
+# | `cpu` | 3,000 · 2 | ~44 k | ~580 k | ~1 min (55 s in the committed run) |
 # | `gpu` | 6,000 · 2 | ~50 k | ~650 k | ~2 min |
 
 # %% [markdown]

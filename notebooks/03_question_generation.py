@@ -19,7 +19,7 @@
 # | profile | seeds | questions (unique, leak-free, calibrated) | held-out | mean hops | wall time (2 CPU cores) |
 # |---|---|---|---|---|---|
 # | `smoke` | 40 | ~27 | ~4 | ~4.5 | ~1.5 min |
-# | `cpu` | 2,000 (half capped at 2-3 hops) | ~1,170 (1,171 in the committed run; 19% cut to the hops they need) | ~176 (136 of ≤ 3 hops) | ~2.9 | ~4.5 min (4.5 min in the committed run, on a CPU with AVX512-BF16; about twice that on one without; most of it the no-tool model solver, on OpenVINO) |
+# | `cpu` | 2,000 (half capped at 2-3 hops) | ~1,170 (1,171 in the committed run; 19% cut to the hops they need) | ~176 (136 of ≤ 3 hops) | ~2.9 | ~5 min (4.8 min in the committed run, on a CPU with AVX512-BF16; about twice that on one without; most of it the no-tool model solver, on OpenVINO) |
 # | `gpu` | 3,000 (all KG seeds) | ~2,000 | ~300 | ~4.7 | ~5 min with a 7B solver |
 #
 # Specialties: ≥ 12 in the `cpu` profile. Solvers after calibration: ≤ 10% solved.
