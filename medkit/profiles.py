@@ -212,28 +212,18 @@ def _with(base: dict[str, dict[str, Any]], changes: dict[str, dict[str, Any]]) -
     return {stage: {**base.get(stage, {}), **changes.get(stage, {})} for stage in {*base, *changes}}
 
 
-# cpu_long: cpu's data stages unchanged (the same questions and trajectories), larger training and evaluation
+# cpu_long: cpu's data stages unchanged (the same questions and trajectories), larger training and evaluation.
+# Why each value (measurements and the runs that tried others: README, "The reference result: cpu_long"):
 _OVERRIDES["cpu_long"] = _with(_OVERRIDES["cpu"], {
-    # 256 trajectories of 2 and 3 hops in turn (CURRICULUM mixed): in the reference run 0.219 (0.162-0.279) on the
-    # held-out questions of <= 3 hops vs 0.164 for the 128 shortest (2-hop) ones, paired +0.055 (-0.009..+0.118), and
-    # 3-hop 0.100 vs 0 (results/cpu_long/experiments/sft_256_vs_128.json; at cpu's 64 rows, 2-hop only had scored
-    # better than mixed, results/cpu/experiments/05_sft_mixed.json); LoRA dropout 0 trains 1.07x faster (bench_sft)
+    # SFT: 256 trajectories of 2 and 3 hops in turn (vs the earlier 128 two-hop ones: +0.055 on <= 3 hops, not
+    # resolved: results/cpu_long/experiments/sft_256_vs_128.json); LoRA dropout 0 trains 1.07x faster (bench_sft);
     # every held-out question (176 on the cpu data, 136 of them <= 3 hops) x 4 rollouts
     "sft": {"N_TRAIN": 256, "CURRICULUM": "mixed", "TRAIN_MAX_HOPS": 3, "LORA_DROPOUT": 0.0,
             "EVAL_QUESTIONS": None, "EVAL_MAX_HOPS": None, "EVAL_K": 4, "CURVE": [0.5], "CURVE_K": 2},
-    # groups of 8 in passes of 1 rollout (passes of 2 peaked at 15.9 GB in the 2026-12-04 cpu_long run)
-    # rollouts sampled as notebook 05 evaluates (temperature 0.3, 10 calls), so GRPO improves the policy it is
-    # scored as (on 64 probe candidates it scores 0.047 vs 0.031 at cpu's 0.7 / 6 calls: within noise,
-    # results/cpu/experiments/probe_settings.json). In the first reference run (LEARNING_RATE 3e-4, no redraws)
-    # 6 of 8 groups were all right or all wrong: the updates, not the sampling, made them alike — GRPO's own
-    # rollout path samples the SFT adapter's 8 rollouts with differing accuracy on 16 of the 22 learnable
-    # questions, the adapter after 8 steps on 6 (results/cpu_long/experiments/grpo_group_diversity.json), and the
-    # KL reached 0.04 per token by step 3. A 6-step pilot at 3e-5 with 3 redraws kept every group mixed at KL
-    # 0.001. The reference rerun at 1e-4 with redraws (24 steps) still had 11 of 24 groups all right or all wrong
-    # after 3 redraws, KL up to 0.063; held-out +0.013 (-0.016..+0.043) over SFT. The reference run at the pilot's
-    # 3e-5 over 30 steps kept 29 of 30 groups mixed at KL <= 0.0095; held-out +0.010 (-0.017..+0.035), not resolved.
-    # 24 steps keep 05-07 within 150 min now that notebook 05 trains on 256 rows (23 min of SFT); from that adapter
-    # all 24 groups were mixed, KL <= 0.0089, training accuracy 0.44 -> 0.55, held-out +0.009 (-0.027..+0.044)
+    # GRPO: groups of 8 in passes of 1 rollout (passes of 2 peaked at 15.9 GB); rollouts sampled as notebook 05
+    # evaluates (temperature 0.3, 10 calls: results/cpu/experiments/probe_settings.json); LEARNING_RATE 3e-5 with
+    # up to 3 redraws keeps every group mixed at KL < 0.01 (at 3e-4 and 1e-4 the updates made groups all right or
+    # all wrong: results/cpu_long/experiments/grpo_group_diversity.json); 24 steps keep 05-07 within 150 min
     "grpo": {"NUM_GENERATIONS": 8, "MAX_STEPS": 24, "POOL_CANDIDATES": 128, "TEMPERATURE": 0.3, "MAX_CALLS": 10,
              "MAX_COMPLETION_LENGTH": 1536, "CURVE_K": 2, "LEARNING_RATE": 3e-5, "REDRAWS": 3},
     "evaluation": {"ABLATIONS": []},
