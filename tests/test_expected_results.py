@@ -200,6 +200,22 @@ CLAIMS: list[tuple[str, str, str]] = [
      "{stages/sft/pass@1_by_hops/3/mean} on {stages/sft/pass@1_by_hops/3/questions}), SFT+GRPO "
      "{stages/sft+grpo/pass@1/mean} ({stages/sft+grpo/pass@1/ci95/0}–{stages/sft+grpo/pass@1/ci95/1}), paired "
      "{paired_grpo_minus_sft/mean} ({paired_grpo_minus_sft/ci95/0} … {paired_grpo_minus_sft/ci95/1})"),
+    # README: the 384-row SFT experiment after the cpu_long reference run
+    ("README.md", f"{LONG}/experiments/05_sft_384_mixed.json",
+     "trained in {train/seconds|min} min ({train/tokens_per_second} tokens/s, loss {train/train_loss})\n"
+     "    and score **{experiment/pass@1/mean} (95% CI {experiment/pass@1/ci95/0}–{experiment/pass@1/ci95/1})** on the "
+     "136 held-out questions of ≤ 3 hops × 4 rollouts (2-hop\n    {experiment/by_hops/2/mean} on "
+     "{experiment/by_hops/2/questions}, 3-hop {experiment/by_hops/3/mean} on {experiment/by_hops/3/questions}; base "
+     "{experiment/base_pass@1/mean}). Paired against the 256-row adapter's 8 rollouts on the same\n    questions (its "
+     "two evaluations above): **+{paired_384_minus_256/pooled_8_rollouts/mean} "
+     "(+{paired_384_minus_256/pooled_8_rollouts/ci95/0} … +{paired_384_minus_256/pooled_8_rollouts/ci95/1})**, "
+     "{paired_384_minus_256/pooled_8_rollouts/better} questions better, {paired_384_minus_256/pooled_8_rollouts/worse} "
+     "worse. Its\n    rollouts answer less often ({experiment/answer_rate} vs 0.903; "
+     "{experiment/stop_reasons/repeated_call} of 544 stop on a repeated call)"),
+    ("README.md", f"{LONG}/experiments/05_sft_384_mixed.json",
+     "384-row experiment notebook 05 held {memory_released_after_training_mb/rss_mb_before} MiB after training and "
+     "{memory_released_after_training_mb/rss_mb_after} MiB after the release, and its\n    process tree peaked at "
+     "**8.5 GiB** (9.2 GB; {stage/peak_rss_mb} MiB)"),
     # README and notebook headers: the cpu reference run
     ("README.md", "results/bench/pipeline_cpu.json",
      "took **{total_seconds|min} min** on the 2 cores of this reference run"),
