@@ -4,8 +4,8 @@ Scope (reused by notebooks 05-07):
 
 * :func:`evaluate` runs :func:`medkit.agent.run_agent` ``k`` times over held-out questions
   (rollout ``j`` runs with seed ``seed + 1000 j``, and each question's turns draw from seeds of
-  their own, :func:`medkit.agent.conversation_seed`, so a question scores the same whichever
-  questions are evaluated beside it; at temperature 0 every rollout is the same
+  their own, :func:`medkit.agent.conversation_seed`, so its draws do not depend on which questions are
+  evaluated beside it; at temperature 0 every rollout is the same
   greedy run, so ``k > 1`` needs ``temperature > 0``) and judges every prediction with
   :func:`medkit.judge.judge` (KG synonyms through the toolbox's name index).
 * :func:`metrics` reports pass@1 as mean ± sd over rollouts and its 95% bootstrap interval over
