@@ -366,7 +366,8 @@ def backend_failed(state: dict[str, Any], error: str) -> None:
 
 def finish_state(state: dict[str, Any]) -> dict[str, Any]:
     """Drop the step rules' bookkeeping and count the format errors: the trajectory as stored."""
-    state.pop("_seen", None), state.pop("_bad_turns", None), state.pop("_repeats", None)
+    for key in ("_seen", "_bad_turns", "_repeats", "_copy"):  # _copy: run_agent's, for the sampling seeds
+        state.pop(key, None)
     state["n_format_errors"] = len(state["format_errors"])
     return state
 
@@ -458,22 +459,19 @@ def run_agent(backend: Any, toolbox: Any, questions: Sequence[dict[str, Any]], *
     guidance = guidance or {}
     states = [new_state(q, system) for q in questions]
     seen: Counter[str] = Counter()
-    copies = []  # which copy of its question each state is (0 unless a question is given more than once)
-    for s in states:
-        copies.append(seen[s["question_id"]])
+    for s in states:  # which copy of its question each state is (0 unless a question is given more than once)
+        s["_copy"] = seen[s["question_id"]]
         seen[s["question_id"]] += 1
     bar = tqdm(total=len(states), desc="agent", unit="question", disable=not progress)
     while True:
-        active = [i for i, s in enumerate(states) if stop_before_call(s, cfg)]
+        active = [s for s in states if stop_before_call(s, cfg)]
         if not active:
             break
-        convs = [to_text_messages(states[i]["messages"], schemas, guidance.get(states[i]["question_id"]), demo)
-                 for i in active]
+        convs = [to_text_messages(s["messages"], schemas, guidance.get(s["question_id"]), demo) for s in active]
         seeds = None if cfg.seed is None else [
-            conversation_seed(cfg.seed, states[i]["question_id"], copies[i], states[i]["n_model_calls"]) for i in active]
+            conversation_seed(cfg.seed, s["question_id"], s["_copy"], s["n_model_calls"]) for s in active]
         outs = backend.generate(convs, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                                 stop=STOP_STRINGS, seed=seeds)
-        active = [states[i] for i in active]
         for s, out in zip(active, outs):
             if not out.ok:
                 backend_failed(s, out.error)

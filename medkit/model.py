@@ -431,10 +431,7 @@ def release_memory() -> dict[str, float]:
     import ctypes.util
     import gc
 
-    import psutil
-
-    mb = 1024 * 1024
-    before = psutil.Process().memory_info().rss / mb
+    before = memory_report()["rss_mb"]
     gc.collect()
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -445,5 +442,4 @@ def release_memory() -> dict[str, float]:
             ctypes.CDLL(libc_name).malloc_trim(0)
         except (OSError, AttributeError):  # not glibc (e.g. musl has no malloc_trim)
             pass
-    after = psutil.Process().memory_info().rss / mb
-    return {"rss_mb_before": round(before, 1), "rss_mb_after": round(after, 1)}
+    return {"rss_mb_before": before, "rss_mb_after": memory_report()["rss_mb"]}
