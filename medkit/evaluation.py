@@ -12,7 +12,8 @@ Scope (reused by notebooks 05-07):
   questions (``ci95``; benchmarks with few questions move in big steps, so a single number hides
   the noise), pass@k (any rollout right),
   answer-termination rate, format-error rate, tool calls per question, and pass@1 per hop
-  count and per specialty (each with its interval and question count); :func:`compare` gives paired
+  count and per specialty (each with its interval and question count); :func:`by_tool_errors` splits
+  rollouts by whether a tool call failed; :func:`compare` gives paired
   differences between stages on the same questions; :func:`stage_table` is the table notebooks
   05-07 show and plot.
 * :func:`load_eval_questions` reads any question file through the kit's one validated loader: the
@@ -129,6 +130,34 @@ def metrics(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
             groups[r.get(key)].append(r)
         out[f"pass@1_by_{key}"] = {"unknown" if g is None else str(g): {**_pass1(rs), "questions": len({r["question_id"] for r in rs})}
                                    for g, rs in sorted(groups.items(), key=lambda kv: str(kv[0]))}
+    return out
+
+
+def by_tool_errors(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Rollouts split by whether any tool call failed (``n_tool_errors`` > 0: the tool returned an error, or
+    the call repeated an earlier one and got the agent's reminder instead): for each side, how many rollouts,
+    how they stopped, and the share right among all of them and among those that answered.
+
+    A policy that invents an entity name gets "unknown id" back; this shows how much of its failure that
+    explains (is it right when its calls work?). A repeated-call stop always has a failed call on its side:
+    the first repeat's reminder is one.
+    """
+    rows = list(rows)
+    out: dict[str, Any] = {"rollouts": len(rows),
+                           "share_with_tool_error": round(sum(r["n_tool_errors"] > 0 for r in rows) / len(rows), 4)
+                           if rows else None}
+    for side, keep in (("no_tool_error", lambda r: r["n_tool_errors"] == 0),
+                       ("with_tool_error", lambda r: r["n_tool_errors"] > 0)):
+        rs = [r for r in rows if keep(r)]
+        answered = [r for r in rs if r["stop_reason"] == "answer"]
+        out[side] = {
+            "rollouts": len(rs),
+            "correct_rate": round(sum(bool(r["correct"]) for r in rs) / len(rs), 4) if rs else None,
+            "answered": len(answered),
+            "correct_rate_when_answered": (round(sum(bool(r["correct"]) for r in answered) / len(answered), 4)
+                                           if answered else None),
+            "stop_reasons": dict(sorted(Counter(r["stop_reason"] for r in rs).items())),
+        }
     return out
 
 

@@ -77,6 +77,25 @@ def test_metrics_of_nothing():
     assert E.metrics([]) == {"questions": 0}
 
 
+def test_by_tool_errors_splits_rollouts_on_a_failed_call():
+    def row(q, errors, stop, correct):
+        return {"question_id": q, "rollout": 0, "correct": correct, "stop_reason": stop, "n_tool_errors": errors}
+
+    rows = [row("a", 0, "answer", True), row("b", 0, "answer", False), row("c", 0, "format_errors", False),
+            row("d", 2, "repeated_call", False), row("e", 1, "answer", True), row("f", 1, "answer", False),
+            row("g", 3, "answer", False), row("h", 1, "repeated_call", False)]
+    out = E.by_tool_errors(rows)
+    assert out["rollouts"] == 8 and out["share_with_tool_error"] == 0.625
+    clean, failed = out["no_tool_error"], out["with_tool_error"]
+    assert clean == {"rollouts": 3, "correct_rate": 0.3333, "answered": 2, "correct_rate_when_answered": 0.5,
+                     "stop_reasons": {"answer": 2, "format_errors": 1}}
+    assert failed["rollouts"] == 5 and failed["answered"] == 3 and failed["correct_rate"] == 0.2
+    assert failed["correct_rate_when_answered"] == 0.3333 and failed["stop_reasons"] == {"answer": 3, "repeated_call": 2}
+    none = E.by_tool_errors([row("a", 1, "repeated_call", False)])
+    assert none["no_tool_error"]["correct_rate"] is None and none["with_tool_error"]["correct_rate_when_answered"] is None
+    assert E.by_tool_errors([])["share_with_tool_error"] is None
+
+
 def test_select_questions_keeps_file_order_and_the_hop_limit():
     recs = [{"id": str(i), "hops": h} for i, h in enumerate([6, 2, 4, 3, 5, 2])]
     assert [r["id"] for r in E.select_questions(recs, max_hops=3)] == ["1", "3", "5"]

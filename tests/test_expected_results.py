@@ -173,6 +173,15 @@ CLAIMS: list[tuple[str, str, str]] = [
      "({same_adapter/paired_k4_minus_k2/ci95/0} … {same_adapter/paired_k4_minus_k2/ci95/1})"),
     ("README.md", f"{LONG}/06_grpo.json", "probe pass@1 {pool/probe_pass@1/mean}). Dynamic sampling"),
     ("README.md", "results/bench/pipeline_cpu_long.json", "07 {stages/2/seconds} s: **"),
+    # README: how the cpu_long policies fail, read from the reference run's rows by bench/failure_modes.py
+    ("README.md", f"{LONG}/experiments/failure_modes.json",
+     "{stages/sft/share_with_tool_error|pct}% of the SFT rollouts made at\n  least one tool call that failed"),
+    ("README.md", f"{LONG}/experiments/failure_modes.json",
+     "answered right {stages/sft/no_tool_error/correct_rate_when_answered|pct}% of the time when they answered; those "
+     "with one, {stages/sft/with_tool_error/correct_rate_when_answered|pct}%."),
+    ("README.md", f"{LONG}/experiments/failure_modes.json",
+     "After GRPO the share with a failed call rose to {stages/sft+grpo/share_with_tool_error|pct}%, and those\n  without "
+     "one were right {stages/sft+grpo/no_tool_error/correct_rate_when_answered|pct}% of the time"),
     # notebook headers: the cpu_long rows
     ("notebooks/05_sft.py", f"{LONG}/05_sft.json",
      "1 epoch (256 steps) | {train/seconds|min} min ({train/tokens_per_second} tokens/s, loss {train/train_loss})"),
