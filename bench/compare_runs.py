@@ -40,7 +40,7 @@ def read_rows(spec: str) -> list[dict]:
 
 def main(profile: str, name: str, a: str, b: str) -> dict:
     rows = {"a": read_rows(a), "b": read_rows(b)}
-    short = {side: [r for r in rs if int(r["hops"]) <= E.SHORT_CHAIN_HOPS] for side, rs in rows.items()}
+    short = {side: E.select_questions(rs, max_hops=E.SHORT_CHAIN_HOPS) for side, rs in rows.items()}
     out = {"a": {"rows": a, **{k: v for k, v in E.metrics(rows["a"]).items() if k in METRICS}},
            "b": {"rows": b, **{k: v for k, v in E.metrics(rows["b"]).items() if k in METRICS}},
            "paired_b_minus_a": E.compare(rows, {"d": ("a", "b")})["d"],

@@ -121,7 +121,7 @@ def metrics(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "tool_error_rate": round(sum(r["n_tool_errors"] for r in rows) / max(sum(r["n_tool_calls"] for r in rows), 1), 4),
         "stop_reasons": dict(sorted(Counter(r["stop_reason"] for r in rows).items())),
     }
-    short = [r for r in rows if r.get("hops") is not None and int(r["hops"]) <= SHORT_CHAIN_HOPS]
+    short = select_questions(rows, max_hops=SHORT_CHAIN_HOPS)
     out[f"pass@1_max{SHORT_CHAIN_HOPS}_hops"] = ({**_pass1(short), "questions": len({r["question_id"] for r in short})}
                                                  if short else None)
     for key in ("hops", "specialty", *(["task_name"] if any("task_name" in r for r in rows) else [])):
