@@ -14,7 +14,8 @@ Scope (reused by notebooks 05-07):
   answer-termination rate, format-error rate, tool calls per question, and pass@1 per hop
   count and per specialty (each with its interval and question count); :func:`by_tool_errors` splits
   rollouts by whether a tool call failed; :func:`compare` gives paired
-  differences between stages on the same questions; :func:`stage_table` is the table notebooks
+  differences between stages on the same questions; :func:`agreement` counts the rollouts two runs of
+  the same questions drew alike (how exactly an evaluation reproduces); :func:`stage_table` is the table notebooks
   05-07 show and plot.
 * :func:`load_eval_questions` reads any question file through the kit's one validated loader: the
   kit's JSONL, the paper authors' format, or MedBrowseComp's published CSV files
@@ -97,6 +98,32 @@ def compare(stages: dict[str, Sequence[dict[str, Any]]], pairs: dict[str, tuple[
     (e.g. ``"grpo_minus_sft"``) to ``(a, b)``; each value is :func:`medkit.bootstrap.paired_difference` of
     b − a (different question sets are refused)."""
     return {name: bootstrap.paired_difference(stages[a], stages[b], names=(a, b)) for name, (a, b) in pairs.items()}
+
+
+ROW_FIELDS_COMPARED = ("correct", "prediction", "stop_reason", "n_tool_calls", "n_model_calls", "n_format_errors",
+                       "n_tool_errors", "n_tokens")  # what "the same rollout" means for two rows (messages aside)
+
+
+def agreement(a: Sequence[dict[str, Any]], b: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """How many rollouts two evaluations drew alike, matched by (question, rollout index): the same
+    prediction, and the same rollout (every field of :data:`ROW_FIELDS_COMPARED` equal). Rollouts that only
+    one side has are counted, not matched; a key seen twice on one side is refused."""
+    sides = []
+    for name, rows in (("a", a), ("b", b)):
+        keyed: dict[tuple[str, int], dict[str, Any]] = {}
+        for r in rows:
+            key = (str(r["question_id"]), int(r["rollout"]))
+            if key in keyed:
+                raise InputError(f"side {name}", f"question {key[0]} rollout {key[1]} appears twice")
+            keyed[key] = r
+        sides.append(keyed)
+    common = sorted(sides[0].keys() & sides[1].keys())
+    same_pred = sum(sides[0][k].get("prediction") == sides[1][k].get("prediction") for k in common)
+    same_row = sum(all(sides[0][k].get(f) == sides[1][k].get(f) for f in ROW_FIELDS_COMPARED) for k in common)
+    return {"matched": len(common), "only_a": len(sides[0]) - len(common), "only_b": len(sides[1]) - len(common),
+            "same_prediction": same_pred, "same_rollout": same_row,
+            "same_prediction_share": round(same_pred / len(common), 4) if common else None,
+            "same_rollout_share": round(same_row / len(common), 4) if common else None}
 
 
 SHORT_CHAIN_HOPS = 3  # "short chains": the hop counts issue 14's SFT goal is set on (pass@1_max3_hops)

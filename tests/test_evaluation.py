@@ -96,6 +96,22 @@ def test_by_tool_errors_splits_rollouts_on_a_failed_call():
     assert E.by_tool_errors([])["share_with_tool_error"] is None
 
 
+def test_agreement_counts_rollouts_two_runs_drew_alike():
+    def row(q, j, pred, tokens=100, correct=False):
+        return {"question_id": q, "rollout": j, "correct": correct, "prediction": pred, "stop_reason": "answer",
+                "n_tool_calls": 3, "n_model_calls": 4, "n_format_errors": 0, "n_tool_errors": 0, "n_tokens": tokens}
+
+    a = [row("q1", 0, "X"), row("q1", 1, "Y"), row("q2", 0, "Z", tokens=90), row("q3", 0, "W")]
+    b = [row("q1", 0, "X"), row("q1", 1, "V"), row("q2", 0, "Z", tokens=95), row("q4", 0, "W")]
+    out = E.agreement(a, b)
+    # q1/0 is the same rollout; q2/0 the same answer by another path (token count); q1/1 differs; q3, q4 unmatched
+    assert out == {"matched": 3, "only_a": 1, "only_b": 1, "same_prediction": 2, "same_rollout": 1,
+                   "same_prediction_share": 0.6667, "same_rollout_share": 0.3333}
+    assert E.agreement([], b)["same_rollout_share"] is None
+    with pytest.raises(InputError, match="q1 rollout 0 appears twice"):
+        E.agreement(a + [row("q1", 0, "X")], b)
+
+
 def test_select_questions_keeps_file_order_and_the_hop_limit():
     recs = [{"id": str(i), "hops": h} for i, h in enumerate([6, 2, 4, 3, 5, 2])]
     assert [r["id"] for r in E.select_questions(recs, max_hops=3)] == ["1", "3", "5"]

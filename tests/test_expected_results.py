@@ -105,7 +105,7 @@ CLAIMS: list[tuple[str, str, str]] = [
      "| **{stages/sft/pass@1/mean} ({stages/sft/pass@1/ci95/0}–{stages/sft/pass@1/ci95/1})** | {stages/sft/pass@k}"
      " | {stages/sft/answer_rate} | {stages/sft/format_error_rate|pct}% | {stages/sft/tool_calls_per_question} |"),
     ("README.md", f"{LONG}/07_evaluation.json",
-     "| SFT + GRPO (24 steps × 8 rollouts) | {stages/sft+grpo/pass@1/mean} ({stages/sft+grpo/pass@1/ci95/0}–"
+     "| SFT + GRPO (20 steps × 8 rollouts) | {stages/sft+grpo/pass@1/mean} ({stages/sft+grpo/pass@1/ci95/0}–"
      "{stages/sft+grpo/pass@1/ci95/1}) | {stages/sft+grpo/pass@k} | {stages/sft+grpo/answer_rate} | "
      "{stages/sft+grpo/format_error_rate|pct}% | {stages/sft+grpo/tool_calls_per_question} |"),
     ("README.md", f"{LONG}/07_evaluation.json",
@@ -136,11 +136,11 @@ CLAIMS: list[tuple[str, str, str]] = [
      "Dynamic sampling redrew {train/dynamic_sampling/redrawn} groups over the\n  {train/steps} steps, and "
      "{train/dynamic_sampling/uniform_kept} of the {train/steps} groups that trained"),
     ("README.md", f"{LONG}/06_grpo.json",
-     "the training reward rose by {reward_hacking/reward_change} and\n  training accuracy "
+     "the training reward changed by {reward_hacking/reward_change} and\n  training accuracy "
      "{reward_hacking/checkpoints/1/train_accuracy} → {reward_hacking/checkpoints/2/train_accuracy}"),
     ("README.md", f"{LONG}/05_sft.json",
      "scored {learning_curve/0/pass@1/mean} ({learning_curve/0/pass@1/ci95/0}–{learning_curve/0/pass@1/ci95/1};"
-     " {learning_curve/0/rollouts} rollouts),\n  after 256 {eval/sft/pass@1/mean}"),
+     " {learning_curve/0/rollouts} rollouts),\n  after 384 {eval/sft/pass@1/mean}"),
     ("README.md", f"{LONG}/05_sft.json",
      "SFT {train/seconds|min} min at {train/tokens_per_second} tokens/s, loss {train/train_loss}; base\n  evaluation "
      "{eval/base/seconds|min} min; SFT evaluation {eval/sft/seconds|min} min"),
@@ -169,7 +169,7 @@ CLAIMS: list[tuple[str, str, str]] = [
      "score {same_adapter/k4_rollouts_pass@1_max3_hops/0}, {same_adapter/k4_rollouts_pass@1_max3_hops/1}, "
      "{same_adapter/k4_rollouts_pass@1_max3_hops/2} and {same_adapter/k4_rollouts_pass@1_max3_hops/3} rollout by rollout, "
      "the pilot's two {same_adapter/k2_rollouts_pass@1_max3_hops/0} and {same_adapter/k2_rollouts_pass@1_max3_hops/1}; "
-     "paired, this\n  run's k = 4 minus the pilot's k = 2: {same_adapter/paired_k4_minus_k2/mean} "
+     "paired, that\n  run's k = 4 minus the pilot's k = 2: {same_adapter/paired_k4_minus_k2/mean} "
      "({same_adapter/paired_k4_minus_k2/ci95/0} … {same_adapter/paired_k4_minus_k2/ci95/1})"),
     ("README.md", f"{LONG}/06_grpo.json", "probe pass@1 {pool/probe_pass@1/mean}). Dynamic sampling"),
     ("README.md", "results/bench/pipeline_cpu_long.json", "07 {stages/2/seconds} s: **"),
@@ -184,16 +184,16 @@ CLAIMS: list[tuple[str, str, str]] = [
      "one were right {stages/sft+grpo/no_tool_error/correct_rate_when_answered|pct}% of the time"),
     # notebook headers: the cpu_long rows
     ("notebooks/05_sft.py", f"{LONG}/05_sft.json",
-     "1 epoch (256 steps) | {train/seconds|min} min ({train/tokens_per_second} tokens/s, loss {train/train_loss})"),
+     "1 epoch (384 steps) | {train/seconds|min} min ({train/tokens_per_second} tokens/s, loss {train/train_loss})"),
     ("notebooks/05_sft.py", f"{LONG}/05_sft.json",
      "base {eval/base/pass@1/mean}, SFT **{eval/sft/pass@1/mean}** (95% CI {eval/sft/pass@1/ci95/0}–"
      "{eval/sft/pass@1/ci95/1}; paired"),
     ("notebooks/05_sft.py", f"{LONG}/05_sft.json",
      "≤ 3 hops {eval/sft/pass@1_max3_hops/mean} ({eval/sft/pass@1_max3_hops/questions} questions), 2-hop "
      "{eval/sft/pass@1_by_hops/2/mean}, 3-hop {eval/sft/pass@1_by_hops/3/mean}"),
-    ("notebooks/05_sft.py", f"{LONG}/05_sft.json", "after 128 trajectories {learning_curve/0/pass@1/mean}"),
+    ("notebooks/05_sft.py", f"{LONG}/05_sft.json", "after 192 trajectories {learning_curve/0/pass@1/mean}"),
     ("notebooks/06_grpo.py", f"{LONG}/06_grpo.json",
-     "probe 10 min → {pool/learnable} learnable questions (8 of them 3-hop); {train/seconds_per_step} s/step; "
+     "probe 14 min → {pool/learnable} learnable questions (15 of them 3-hop); {train/seconds_per_step} s/step; "
      "{train/dynamic_sampling/redrawn} redraws, {train/dynamic_sampling/uniform_kept} of {train/steps} groups"),
     ("notebooks/06_grpo.py", f"{LONG}/06_grpo.json",
      "training accuracy {reward_hacking/checkpoints/1/train_accuracy} → {reward_hacking/checkpoints/2/train_accuracy}"),
@@ -209,22 +209,22 @@ CLAIMS: list[tuple[str, str, str]] = [
      "{stages/sft/pass@1_by_hops/3/mean} on {stages/sft/pass@1_by_hops/3/questions}), SFT+GRPO "
      "{stages/sft+grpo/pass@1/mean} ({stages/sft+grpo/pass@1/ci95/0}–{stages/sft+grpo/pass@1/ci95/1}), paired "
      "{paired_grpo_minus_sft/mean} ({paired_grpo_minus_sft/ci95/0} … {paired_grpo_minus_sft/ci95/1})"),
-    # README: the 384-row SFT experiment after the cpu_long reference run
+    # README: the 384-row pilot of the cpu_long reference run, and the reference against earlier runs (bench/compare_runs.py)
     ("README.md", f"{LONG}/experiments/05_sft_384_mixed.json",
-     "trained in {train/seconds|min} min ({train/tokens_per_second} tokens/s, loss {train/train_loss})\n"
-     "    and score **{experiment/pass@1/mean} (95% CI {experiment/pass@1/ci95/0}–{experiment/pass@1/ci95/1})** on the "
-     "136 held-out questions of ≤ 3 hops × 4 rollouts (2-hop\n    {experiment/by_hops/2/mean} on "
-     "{experiment/by_hops/2/questions}, 3-hop {experiment/by_hops/3/mean} on {experiment/by_hops/3/questions}; base "
-     "{experiment/base_pass@1/mean}). Paired against the 256-row adapter's 8 rollouts on the same\n    questions (its "
-     "two evaluations above): **+{paired_384_minus_256/pooled_8_rollouts/mean} "
-     "(+{paired_384_minus_256/pooled_8_rollouts/ci95/0} … +{paired_384_minus_256/pooled_8_rollouts/ci95/1})**, "
-     "{paired_384_minus_256/pooled_8_rollouts/better} questions better, {paired_384_minus_256/pooled_8_rollouts/worse} "
-     "worse. Its\n    rollouts answer less often ({experiment/answer_rate} vs 0.903; "
-     "{experiment/stop_reasons/repeated_call} of 544 stop on a repeated call)"),
-    ("README.md", f"{LONG}/experiments/05_sft_384_mixed.json",
-     "384-row experiment notebook 05 held {memory_released_after_training_mb/rss_mb_before} MiB after training and "
-     "{memory_released_after_training_mb/rss_mb_after} MiB after the release, and its\n    process tree peaked at "
-     "**8.5 GiB** (9.2 GB; {stage/peak_rss_mb} MiB)"),
+     "machine) trained to the same loss ({train/train_loss}) and scored {experiment/pass@1/mean}; this run scores the same "
+     "136 questions"),
+    ("README.md", f"{LONG}/experiments/sft_384_reference_vs_pilot.json",
+     "{agreement/same_prediction} of {agreement/matched}\n  predictions and {agreement/same_rollout} of {agreement/matched} "
+     "whole rollouts are the same, paired {paired_b_minus_a/mean} ({paired_b_minus_a/ci95/0} … "
+     "+{paired_b_minus_a/ci95/1})"),
+    ("README.md", f"{LONG}/experiments/sft_384_vs_256.json",
+     "256 of 2–3 hops {a/pass@1/mean}\n  (commit 5aa094d), 384 of 2–3 hops {b/pass@1/mean}. 384 − 256, paired: "
+     "**+{paired_b_minus_a/mean} (+{paired_b_minus_a/ci95/0} … +{paired_b_minus_a/ci95/1})**, "
+     "{paired_b_minus_a/better} questions\n  better, {paired_b_minus_a/worse} worse; on ≤ 3 hops "
+     "+{paired_b_minus_a_max3_hops/mean} (+{paired_b_minus_a_max3_hops/ci95/0} … +{paired_b_minus_a_max3_hops/ci95/1})"),
+    ("README.md", f"{LONG}/experiments/grpo_384_vs_256.json",
+     "this run's SFT+GRPO is +{paired_b_minus_a/mean} (+{paired_b_minus_a/ci95/0} … +{paired_b_minus_a/ci95/1}) above "
+     "that run's"),
     # README and notebook headers: the cpu reference run
     ("README.md", "results/bench/pipeline_cpu.json",
      "took **{total_seconds|min} min** on the 2 cores of this reference run"),
