@@ -624,7 +624,9 @@ class PolicySync:
             from .openvino_engine import check_parity as openvino_parity
             from .openvino_engine import export as openvino_export
 
-            self._backend = None  # the previous pipeline's KV cache is freed before the next one is built
+            if self._backend is not None:
+                self._backend.close()  # the previous pipeline process (and its KV cache) ends before the next starts
+            self._backend = None
             folder = openvino_export(self.export, self.tokenizer, root=self.root)
             self._backend = OpenVINOBackend(folder, self.tokenizer, precision=self.precision,
                                             batch_size=self.batch_size, progress=False)

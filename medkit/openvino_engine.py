@@ -28,6 +28,12 @@ Scope:
   ids in, ids out). Greedy at ``temperature == 0``; sampling seeds each row with its own seed
   (``seed + row``, or one seed per row: :func:`medkit.llm.row_seeds`), so a row's sample does not
   depend on what else is in the batch.
+* :class:`PipelineProcess`: the pipeline runs in a child process (``spawn``; token ids and plain
+  settings cross a pipe), watched while it works (:func:`wait_while_working` on the child's CPU time).
+  OpenVINO GenAI 2026.4's sampler sometimes waits forever with every thread idle; a thread stuck in
+  C++ cannot be stopped, so the 2026-12-06 ``cpu_long`` run rebuilt a pipeline beside the hung one and
+  peaked at 18.9 GiB. A hung child is killed, which returns its memory (KV cache included), and the
+  batch is rerun once on a new one; a second hang raises.
 
 Out of scope: choosing the engine (:mod:`medkit.engine`), the agent loop, GPU serving.
 openvino, openvino_genai and gguf are imported lazily; nothing here imports a GPU package.
@@ -38,10 +44,10 @@ from __future__ import annotations
 import os
 import json
 import logging
+import multiprocessing
 import random
-import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -57,15 +63,16 @@ WEIGHT_PRECISION = "float16"  # what OpenVINO's GGUF reader takes for matrices
 DEFAULT_KV_CACHE_GB = 4.0  # KV-cache blocks (prefix cache included); SmolLM2-135M: ~46 kB per token at float32
 DEFAULT_MAX_BATCHED_TOKENS = 2048  # tokens per scheduler step (long prompts are prefilled in chunks)
 # A generate call that has not returned after this many seconds is taken as hung: OpenVINO GenAI 2026.4's
-# sampler was seen (once, in a smoke run) waiting forever on its own thread pool with every thread idle.
-# The batch is then rerun once on a fresh pipeline; a second hang raises. The longest legitimate call
-# measured here (64 agent turns of the 135M model at once) takes about a minute.
+# sampler was seen (in smoke, cpu and cpu_long runs) waiting forever on its own thread pool with every thread
+# idle. The batch is then rerun once in a fresh pipeline process; a second hang raises. The longest legitimate
+# call measured here (64 agent turns of the 135M model at once) takes about a minute.
 GENERATE_WATCHDOG_S = 600.0
 # ... and a call is taken as hung sooner when the process has done (next to) no work for this long: the hang
 # leaves every thread idle, while a working call keeps the cores busy. The 2026-12-04 cpu reference run lost
 # 30 minutes to three hangs waited out at the 600 s limit; each was seen as idle within a minute.
 GENERATE_IDLE_S = 45.0
 IDLE_CPU_FRACTION = 0.02  # "no work": the process's CPU time grew by less than this share of the idle window
+PIPELINE_START_S = 600.0  # building a pipeline (reading the GGUF file, compiling) in a new process: ~5-15 s measured
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM",)
 # ENGINE_PRECISION -> (INFERENCE_PRECISION_HINT, KV_CACHE_PRECISION): OpenVINO's CPU plugin needs the
 # KV cache in the compute precision (or u8), and picks bf16 by itself on a bf16 CPU unless told
@@ -196,14 +203,186 @@ def export(model: Any, tokenizer: Any, *, digest: str | None = None, root: Path 
     return build_folder(export_dir(digest, root), build, is_complete)
 
 
+class HungCall(MedkitError):
+    """A pipeline process's call that stopped working (idle) or ran past its limit; the process was killed."""
+
+
+class PipelineProcess:
+    """One OpenVINO GenAI :class:`ContinuousBatchingPipeline` in a child process (see the module docstring).
+
+    ``call(kind, *args)`` runs a request in the child (``"generate"``: id lists and settings in, id lists
+    out; ``"greedy_logprobs"``) and waits while the child works: a child idle for ``idle_s`` or running past
+    ``limit_s`` is killed and :class:`HungCall` raised; a child that dies or raises gives a
+    :class:`MedkitError` naming what happened. ``serve`` is the child's loop (:func:`serve_pipeline`).
+    """
+
+    def __init__(self, model_path: str | Path, scheduler: dict[str, Any], properties: dict[str, Any], *,
+                 serve: Callable[..., None] | None = None, start_s: float = PIPELINE_START_S) -> None:
+        import psutil
+
+        ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: no torch state, no forked locks
+        self._conn, child = ctx.Pipe()
+        self.process = ctx.Process(target=serve or serve_pipeline, name="openvino-pipeline", daemon=True,
+                                   args=(child, str(model_path), dict(scheduler), dict(properties)))
+        self.process.start()
+        child.close()
+        self._ps = psutil.Process(self.process.pid)
+        self._await(limit_s=start_s, idle_s=start_s, what="building the pipeline")
+
+    def _cpu_seconds(self) -> float:
+        import psutil
+
+        try:
+            t = self._ps.cpu_times()
+            return float(t.user + t.system)
+        except psutil.Error:  # gone: the pipe reports it at once
+            return float("inf")
+
+    def _await(self, *, limit_s: float, idle_s: float, what: str) -> Any:
+        verdict = wait_while_working(self._conn.poll, cpu_seconds=self._cpu_seconds, limit_s=limit_s, idle_s=idle_s)
+        if verdict != "done":
+            self.kill()
+            raise HungCall(f"did no work for {idle_s:.0f} s" if verdict == "idle"
+                           else f"did not return within {limit_s:.0f} s")
+        try:
+            status, value = self._conn.recv()
+        except (EOFError, OSError):
+            self.process.join(5)
+            code = self.process.exitcode
+            self.kill()
+            raise MedkitError(f"the OpenVINO pipeline process died while {what} (exit code {code}); "
+                              "rerun, or use ENGINE='transformers'") from None
+        if status != "ok":
+            raise MedkitError(f"the OpenVINO pipeline process failed while {what}: {value}")
+        return value
+
+    def call(self, kind: str, *args: Any, limit_s: float = GENERATE_WATCHDOG_S, idle_s: float = GENERATE_IDLE_S) -> Any:
+        if not self.alive:
+            raise MedkitError("the OpenVINO pipeline process has ended")
+        self._conn.send((kind, args))
+        return self._await(limit_s=limit_s, idle_s=idle_s, what=kind)
+
+    @property
+    def alive(self) -> bool:
+        return self.process.is_alive()
+
+    def kill(self) -> None:
+        """End the child at once (its memory goes with it)."""
+        if self.process.is_alive():
+            self.process.kill()
+        self.process.join(10)
+        self._conn.close()
+
+    def close(self) -> None:
+        """Ask the child to stop; kill it if it does not within a few seconds."""
+        if self.process.is_alive():
+            try:
+                self._conn.send(("close", ()))
+            except (OSError, ValueError):
+                pass
+            self.process.join(5)
+        self.kill()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # interpreter shutdown: multiprocessing ends daemon children itself
+            pass
+
+
+def generation_settings(limit: int, temperature: float, stops: Sequence[str], seed: int | None, min_new_tokens: int,
+                        stop_token_ids: Sequence[int], logprobs: bool = False) -> dict[str, Any]:
+    """One row's generation settings as plain data (what crosses the pipe; :func:`apply_settings` reads it)."""
+    sampled = temperature > 0
+    return {"max_new_tokens": int(limit), "min_new_tokens": int(min_new_tokens),
+            "stop_token_ids": sorted({int(t) for t in stop_token_ids}), "stop_strings": sorted(set(stops)),
+            "logprobs": bool(logprobs), "do_sample": sampled, "temperature": float(temperature) if sampled else None,
+            "rng_seed": (int(seed if seed is not None else random.SystemRandom().randrange(2**31)) % (2**31)
+                         if sampled else None)}
+
+
+def apply_settings(cfg: Any, settings: dict[str, Any]) -> Any:
+    """``settings`` (:func:`generation_settings`) on an OpenVINO GenAI ``GenerationConfig``."""
+    cfg.max_new_tokens = settings["max_new_tokens"]
+    cfg.min_new_tokens = settings["min_new_tokens"]
+    cfg.stop_token_ids = set(settings["stop_token_ids"])
+    cfg.stop_strings = set(settings["stop_strings"])
+    cfg.include_stop_str_in_output = True
+    cfg.num_return_sequences = 1
+    if settings["logprobs"]:
+        cfg.logprobs = 1
+    cfg.do_sample = settings["do_sample"]
+    if settings["do_sample"]:
+        cfg.temperature = settings["temperature"]
+        cfg.top_p = 1.0
+        cfg.rng_seed = settings["rng_seed"]
+    return cfg
+
+
+def build_pipeline(model_path: str, scheduler: dict[str, Any], properties: dict[str, Any]) -> Any:
+    """An OpenVINO GenAI ``ContinuousBatchingPipeline`` on the CPU (in the calling process)."""
+    import openvino_genai as ov_genai
+
+    sched = ov_genai.SchedulerConfig()
+    for key, value in scheduler.items():
+        setattr(sched, key, value)
+    return ov_genai.ContinuousBatchingPipeline(model_path, sched, "CPU", properties)
+
+
+def handle_request(pipe: Any, kind: str, args: Sequence[Any]) -> Any:
+    """One request on a pipeline: ``"generate"`` (id lists and :func:`generation_settings` in, generated id
+    lists out) or ``"greedy_logprobs"`` (one id list in; its continuation's ids and log-probs out)."""
+    import numpy as np
+    import openvino as ov
+
+    def tensor(ids: Sequence[int]) -> Any:
+        return ov.Tensor(np.asarray([list(ids)], dtype=np.int64))
+
+    if kind == "generate":
+        inputs, settings = args
+        configs = [apply_settings(pipe.get_config(), s) for s in settings]
+        return [list(r.m_generation_ids[0]) for r in pipe.generate([tensor(x) for x in inputs], configs)]
+    if kind == "greedy_logprobs":
+        ids, settings = args
+        handle = pipe.add_request(random.SystemRandom().randrange(2**62), tensor(ids),
+                                  apply_settings(pipe.get_config(), settings))
+        while pipe.has_non_finished_requests():
+            pipe.step()
+        outputs = handle.read_all()
+        return [list(outputs[0].generated_ids), [float(x) for x in outputs[0].generated_log_probs]] if outputs else None
+    raise ValueError(f"unknown request {kind!r}")
+
+
+def serve_pipeline(conn: Any, model_path: str, scheduler: dict[str, Any], properties: dict[str, Any]) -> None:
+    """The child's loop: build the pipeline, then answer requests until "close" or the pipe ends."""
+    try:
+        pipe = build_pipeline(model_path, scheduler, properties)
+    except Exception as e:
+        conn.send(("error", f"{type(e).__name__}: {e}"))
+        return
+    conn.send(("ok", None))
+    while True:
+        try:
+            kind, args = conn.recv()
+        except (EOFError, OSError):
+            return
+        if kind == "close":
+            return
+        try:
+            out = handle_request(pipe, kind, args)
+        except Exception as e:
+            conn.send(("error", f"{type(e).__name__}: {e}"))
+            continue
+        conn.send(("ok", out))
+
+
 class OpenVINOBackend(TokenIdChat):
-    """An OpenVINO GenAI continuous-batching pipeline (CPU) with the model's tokenizer; see the module docstring."""
+    """An OpenVINO GenAI continuous-batching pipeline (CPU, in a :class:`PipelineProcess`) with the model's
+    tokenizer; see the module docstring."""
 
     def __init__(self, folder: str | Path, tokenizer: Any, *, precision: str = "float32", batch_size: int = 64,
                  threads: int | None = None, kv_cache_gb: float = DEFAULT_KV_CACHE_GB, prefix_caching: bool = True,
                  name: str | None = None, progress: bool = True) -> None:
-        import openvino_genai as ov_genai
-
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
         if precision not in PRECISION_PROPERTIES:
@@ -227,121 +406,77 @@ class OpenVINOBackend(TokenIdChat):
         self.parity: dict[str, Any] | None = None
         self.watchdog_s = GENERATE_WATCHDOG_S
         self.idle_s = GENERATE_IDLE_S
-        self.restarts = 0  # pipelines rebuilt after a hung generate call
-        sched = ov_genai.SchedulerConfig()
-        sched.enable_prefix_caching = bool(prefix_caching)
-        sched.cache_size = max(1, int(round(kv_cache_gb)))
-        sched.max_num_seqs = batch_size
-        sched.max_num_batched_tokens = DEFAULT_MAX_BATCHED_TOKENS
+        self.restarts = 0  # pipeline processes replaced after a hung call
+        scheduler = {"enable_prefix_caching": bool(prefix_caching), "cache_size": max(1, int(round(kv_cache_gb))),
+                     "max_num_seqs": batch_size, "max_num_batched_tokens": DEFAULT_MAX_BATCHED_TOKENS}
         hint, kv = PRECISION_PROPERTIES[precision]
         properties = {"INFERENCE_NUM_THREADS": self.threads, "INFERENCE_PRECISION_HINT": hint, "KV_CACHE_PRECISION": kv}
-        self._new_pipe = lambda: ov_genai.ContinuousBatchingPipeline(str(self.folder / GGUF_FILE), sched, "CPU",
-                                                                      properties)
+        self.scheduler, self.properties = scheduler, properties  # what each pipeline process is built with
+        model_path = self.folder / GGUF_FILE  # not self: a backend dropped ends its process at once, without gc
+        self._new_pipe: Callable[[], PipelineProcess] = lambda: PipelineProcess(model_path, scheduler, properties)
         self.pipe = self._new_pipe()
 
     def __repr__(self) -> str:
         return f"OpenVINOBackend(name={self.name!r})"
 
-    # -- token level
-    def _config(self, limit: int, temperature: float, stops: list[str], seed: int | None, min_new_tokens: int,
-                logprobs: bool = False) -> Any:
-        cfg = self.pipe.get_config()
-        cfg.max_new_tokens = int(limit)
-        cfg.min_new_tokens = int(min_new_tokens)
-        cfg.stop_token_ids = set(self.eos_ids)
-        cfg.stop_strings = set(stops)
-        cfg.include_stop_str_in_output = True
-        cfg.num_return_sequences = 1
-        if logprobs:
-            cfg.logprobs = 1
-        if temperature > 0:
-            cfg.do_sample = True
-            cfg.temperature = float(temperature)
-            cfg.top_p = 1.0
-            cfg.rng_seed = int(seed if seed is not None else random.SystemRandom().randrange(2**31)) % (2**31)
-        else:
-            cfg.do_sample = False
-        return cfg
+    def close(self) -> None:
+        """End the pipeline process now (it also ends when the backend is dropped)."""
+        self.pipe.close()
 
+    # -- token level
     def generate_ids(self, inputs: Sequence[Sequence[int]], *, max_new_tokens: int | Sequence[int],
                      temperature: float = 0.0, stop: Sequence[str] | None = None, seed: Seed = None,
                      min_new_tokens: int = 0) -> list[list[int]]:
         """Generated ids for every input id list, in input order (an EOS token ends a row and is kept;
         a row may run a token past the end of a stop string: :func:`medkit.llm.finish_row` cuts it)."""
-        import numpy as np
-        import openvino as ov
-
         if not inputs:
             return []
         limits = [int(max_new_tokens)] * len(inputs) if isinstance(max_new_tokens, int) else [int(x) for x in max_new_tokens]
         if len(limits) != len(inputs) or any(x < 1 for x in limits):
             raise ConfigError("max_new_tokens must be >= 1 for every input")
         stops = [s for s in (stop or []) if s]
-        configs = [self._config(limit, temperature, stops, row_seed, min_new_tokens)
-                   for limit, row_seed in zip(limits, row_seeds(seed, len(inputs)))]
-        tensors = [ov.Tensor(np.asarray([list(x)], dtype=np.int64)) for x in inputs]
-        results = self._guarded_generate(tensors, configs)
-        return [list(r.m_generation_ids[0])[:limit] for r, limit in zip(results, limits)]
+        settings = [generation_settings(limit, temperature, stops, row_seed, min_new_tokens, self.eos_ids)
+                    for limit, row_seed in zip(limits, row_seeds(seed, len(inputs)))]
+        results = self._guarded("generate", [[int(t) for t in x] for x in inputs], settings)
+        return [ids[:limit] for ids, limit in zip(results, limits)]
 
-    def _guarded_generate(self, tensors: list[Any], configs: list[Any]) -> list[Any]:
-        """``pipe.generate`` under a watchdog (:func:`wait_while_working`: idle for :data:`GENERATE_IDLE_S`, or
-        running past :data:`GENERATE_WATCHDOG_S`): a call that hangs is rerun once on a freshly built pipeline
-        (the hung one is abandoned in its daemon thread); a second hang raises."""
+    def _guarded(self, kind: str, *args: Any) -> Any:
+        """A request to the pipeline process under its watchdog: a call that hangs is rerun once in a new
+        process (the hung one is killed: :class:`PipelineProcess`); a second hang raises."""
         for attempt in (1, 2):
-            box: dict[str, Any] = {}
-            pipe = self.pipe
-
-            def work() -> None:
-                try:
-                    box["out"] = pipe.generate(tensors, configs)
-                except BaseException as e:  # handed to the caller's thread below
-                    box["err"] = e
-
-            worker = threading.Thread(target=work, name="openvino-generate", daemon=True)
-            worker.start()
-            verdict = wait_while_working(worker, limit_s=self.watchdog_s, idle_s=self.idle_s)
-            if verdict == "done":
-                if "err" in box:
-                    raise box["err"]
-                return box["out"]
-            why = (f"did no work for {self.idle_s:.0f} s" if verdict == "idle"
-                   else f"did not return within {self.watchdog_s:.0f} s")
-            if attempt == 2:
-                raise MedkitError(f"{self.name}: the OpenVINO engine's generate call {why}, twice (a hung call); "
-                                  "rerun, or use ENGINE='transformers'")
-            log.warning("%s: generate %s; rebuilding the pipeline and retrying the batch", self.name, why)
-            self.restarts += 1
-            self.pipe = self._new_pipe()
+            try:
+                return self.pipe.call(kind, *args, limit_s=self.watchdog_s, idle_s=self.idle_s)
+            except HungCall as e:
+                if attempt == 2:
+                    raise MedkitError(f"{self.name}: the OpenVINO engine's {kind} call {e}, twice (a hung call); "
+                                      "rerun, or use ENGINE='transformers'") from None
+                log.warning("%s: %s %s; its process was killed, retrying the batch in a new one", self.name, kind, e)
+                self.restarts += 1
+                self.pipe = self._new_pipe()
         raise AssertionError("unreachable")
 
     def greedy_logprobs(self, ids: Sequence[int], n_tokens: int) -> tuple[list[int], list[float]]:
         """The engine's greedy continuation of ``ids`` (exactly ``n_tokens``) and its per-token log-probs."""
-        import numpy as np
-        import openvino as ov
-
-        cfg = self._config(n_tokens, 0.0, [], None, n_tokens, logprobs=True)
-        handle = self.pipe.add_request(random.SystemRandom().randrange(2**62),
-                                       ov.Tensor(np.asarray([list(ids)], dtype=np.int64)), cfg)
-        while self.pipe.has_non_finished_requests():
-            self.pipe.step()
-        outputs = handle.read_all()
-        if not outputs:
+        settings = generation_settings(n_tokens, 0.0, [], None, n_tokens, self.eos_ids, logprobs=True)
+        out = self._guarded("greedy_logprobs", [int(t) for t in ids], settings)
+        if not out:
             raise MedkitError(f"{self.name}: the engine returned no continuation")
-        return list(outputs[0].generated_ids), [float(x) for x in outputs[0].generated_log_probs]
+        return out[0], out[1]
 
 
-def wait_while_working(worker: threading.Thread, *, limit_s: float, idle_s: float, poll_s: float = 1.0,
+def wait_while_working(done: Callable[[float], bool], *, cpu_seconds: Callable[[], float] = time.process_time,
+                       limit_s: float, idle_s: float, poll_s: float = 1.0,
                        idle_cpu_fraction: float = IDLE_CPU_FRACTION) -> str:
-    """Wait for ``worker``: "done" when it ends, "idle" when the process's CPU time (all threads) grew by less
-    than ``idle_cpu_fraction`` of ``idle_s`` over the last ``idle_s`` seconds while it ran (a hang: nothing
-    computes), "limit" when it still runs after ``limit_s`` seconds."""
+    """Wait until ``done(timeout)`` (which waits up to ``timeout`` seconds) says the work is done: "done";
+    "idle" when ``cpu_seconds()`` (the worker's CPU time, all threads) grew by less than ``idle_cpu_fraction``
+    of ``idle_s`` over the last ``idle_s`` seconds (a hang: nothing computes); "limit" when it still runs
+    after ``limit_s`` seconds."""
     start = time.monotonic()
-    window: list[tuple[float, float]] = [(start, time.process_time())]  # (wall, process CPU) samples
+    window: list[tuple[float, float]] = [(start, cpu_seconds())]  # (wall, CPU) samples
     while True:
-        worker.join(poll_s)
-        if not worker.is_alive():
+        if done(poll_s):
             return "done"
-        now, cpu = time.monotonic(), time.process_time()
+        now, cpu = time.monotonic(), cpu_seconds()
         if now - start >= limit_s:
             return "limit"
         window.append((now, cpu))

@@ -3,8 +3,8 @@
 ``smoke``  CI: tiny sizes, the whole pipeline in minutes.
 ``cpu``    default: the full pipeline for real on 2 CPU cores with SmolLM2-135M-Instruct (~60 minutes).
 ``cpu_long`` the same data, with the training and evaluation sizes a statistically meaningful
-           result needs on 2 cores (~3 hours: 180.8 min for 05-07 in the reference run): 384 SFT
-           trajectories, GRPO groups of 8, every stage on every held-out question x 4 rollouts.
+           result needs on 2 cores (~2.5 hours): 384 SFT trajectories, 10 GRPO steps with groups of 8,
+           every stage on every held-out question x 4 rollouts.
 ``gpu``    one CUDA GPU: a 7B-class instruct model from the hub, 4-bit QLoRA (unsloth if present).
 
 A notebook's ``parameters`` cell sets ``PROFILE`` and leaves the other parameters at
@@ -217,16 +217,20 @@ def _with(base: dict[str, dict[str, Any]], changes: dict[str, dict[str, Any]]) -
 _OVERRIDES["cpu_long"] = _with(_OVERRIDES["cpu"], {
     # SFT: 384 trajectories of 2 and 3 hops in turn (vs 256 on the same 176 questions x 4: +0.082 paired, +0.105 on
     # <= 3 hops, results/cpu_long/experiments/sft_384_vs_256.json); LoRA dropout 0 trains 1.07x faster (bench_sft);
-    # every held-out question (176 on the cpu data, 136 of them <= 3 hops) x 4 rollouts
+    # every held-out question (176 on the cpu data, 136 of them <= 3 hops) x 4 rollouts; the learning curve's
+    # snapshot with 1 rollout (2 took 8.5 min of the 2026-12-06 reference run, 1 saves ~4 min of the 150)
     "sft": {"N_TRAIN": 384, "CURRICULUM": "mixed", "TRAIN_MAX_HOPS": 3, "LORA_DROPOUT": 0.0,
-            "EVAL_QUESTIONS": None, "EVAL_MAX_HOPS": None, "EVAL_K": 4, "CURVE": [0.5], "CURVE_K": 2},
+            "EVAL_QUESTIONS": None, "EVAL_MAX_HOPS": None, "EVAL_K": 4, "CURVE": [0.5], "CURVE_K": 1},
     # GRPO: groups of 8 in passes of 1 rollout (passes of 2 peaked at 15.9 GB); rollouts sampled as notebook 05
     # evaluates (temperature 0.3, 10 calls: results/cpu/experiments/probe_settings.json); LEARNING_RATE 3e-5 with
     # up to 3 redraws keeps every group mixed at KL < 0.01 (at 3e-4 and 1e-4 the updates made groups all right or
-    # all wrong: results/cpu_long/experiments/grpo_group_diversity.json); 20 steps: 05-07 took 180.8 min with them
-    # (2026-12-06), over the 150-minute goal
-    "grpo": {"NUM_GENERATIONS": 8, "MAX_STEPS": 20, "POOL_CANDIDATES": 128, "TEMPERATURE": 0.3, "MAX_CALLS": 10,
-             "MAX_COMPLETION_LENGTH": 1536, "CURVE_K": 2, "LEARNING_RATE": 3e-5, "REDRAWS": 3},
+    # all wrong: results/cpu_long/experiments/grpo_group_diversity.json). Sized for the 150-minute budget: with 20
+    # steps, 128 probed candidates and a 2-rollout checkpoint, 05-07 took 180.8 min (2026-12-06; probe 14.4, GRPO
+    # 50.6 at 152 s/step, checkpoint 11.0 min); 10 steps, 64 candidates (51 of 128 were learnable) and 1 rollout
+    # give ~138 min for 05-07 by those cell times, ~146 with 01-04. No GRPO run here has moved held-out pass@1
+    # beyond +0.014 in 20-30 steps, so the steps given up cost no measured gain
+    "grpo": {"NUM_GENERATIONS": 8, "MAX_STEPS": 10, "POOL_CANDIDATES": 64, "TEMPERATURE": 0.3, "MAX_CALLS": 10,
+             "MAX_COMPLETION_LENGTH": 1536, "CURVE_K": 1, "LEARNING_RATE": 3e-5, "REDRAWS": 3},
     "evaluation": {"ABLATIONS": []},
 })
 

@@ -11,6 +11,7 @@ checks greedy parity with the transformers backend and the agent's stop strings.
 from __future__ import annotations
 
 import copy
+import json
 import os
 import threading
 import time
@@ -110,27 +111,43 @@ def test_generate_ids_honours_per_row_limits_and_seeds_each_row(tiny_model, toke
         backend.generate_ids(prompts, max_new_tokens=[3, 0, 1])
 
 
-class _HangingPipe:
-    """A pipeline whose generate blocks until released (the hang seen in OpenVINO GenAI's sampler)."""
+def serve_hanging(conn, *args) -> None:
+    """A pipeline process that starts, holds ~200 MB, then never answers (the hang seen in OpenVINO GenAI's
+    sampler: every thread idle). Module level, so a spawned child can import it."""
+    ballast = bytearray(200 * 2**20)
+    ballast[::4096] = b"x" * len(ballast[::4096])  # touched: resident, not just reserved
+    conn.send(("ok", None))
+    conn.recv()
+    time.sleep(3600)
 
-    def __init__(self, config=None) -> None:
-        self.release = threading.Event()
-        self.calls = 0
-        self.config = config
 
-    def get_config(self):
-        return self.config
+def serve_dying(conn, *args) -> None:
+    """A pipeline process that exits at its first request (as OpenVINO's plugin did on SIGFPE)."""
+    conn.send(("ok", None))
+    conn.recv()
+    os._exit(3)
 
-    def generate(self, tensors, configs):
-        self.calls += 1
-        self.release.wait(30)
-        raise RuntimeError("released")
+
+def serve_failing(conn, *args) -> None:
+    conn.send(("ok", None))
+    while True:
+        kind, _ = conn.recv()
+        if kind == "close":
+            return
+        conn.send(("error", "ValueError: bad request"))
 
 
 def _started(target) -> threading.Thread:
     worker = threading.Thread(target=target, daemon=True)
     worker.start()
     return worker
+
+
+def _joined(worker: threading.Thread):
+    def done(timeout: float) -> bool:
+        worker.join(timeout)
+        return not worker.is_alive()
+    return done
 
 
 def test_the_watchdog_tells_a_hang_from_work_and_from_a_finished_call() -> None:
@@ -141,29 +158,77 @@ def test_the_watchdog_tells_a_hang_from_work_and_from_a_finished_call() -> None:
             sum(i * i for i in range(10_000))
 
     t0 = time.monotonic()
-    assert OV.wait_while_working(_started(lambda: stop.wait(30)), limit_s=20, idle_s=0.6, poll_s=0.1) == "idle"
+    assert OV.wait_while_working(_joined(_started(lambda: stop.wait(30))), limit_s=20, idle_s=0.6, poll_s=0.1) == "idle"
     assert time.monotonic() - t0 < 5  # a hang is seen in about the idle window, not at the limit
-    assert OV.wait_while_working(_started(busy), limit_s=1.5, idle_s=0.6, poll_s=0.1) == "limit"  # working: kept
+    assert OV.wait_while_working(_joined(_started(busy)), limit_s=1.5, idle_s=0.6, poll_s=0.1) == "limit"  # working
     stop.set()
-    assert OV.wait_while_working(_started(lambda: time.sleep(0.2)), limit_s=5, idle_s=2, poll_s=0.05) == "done"
+    assert OV.wait_while_working(_joined(_started(lambda: time.sleep(0.2))), limit_s=5, idle_s=2, poll_s=0.05) == "done"
+
+
+def test_a_hung_pipeline_process_is_killed_and_its_memory_returned() -> None:
+    import psutil
+
+    proc = OV.PipelineProcess("unused.gguf", {}, {}, serve=serve_hanging)
+    assert psutil.Process(proc.process.pid).memory_info().rss > 150 * 2**20  # the child holds its ballast
+    t0 = time.monotonic()
+    with pytest.raises(OV.HungCall, match="did no work for 1 s"):
+        proc.call("generate", [[1, 2]], [{}], limit_s=30, idle_s=1.0)
+    assert time.monotonic() - t0 < 10 and not proc.alive  # seen idle within seconds; the process (and memory) gone
+    with pytest.raises(MedkitError, match="has ended"):
+        proc.call("generate", [[1, 2]], [{}])
+
+
+def test_a_pipeline_process_that_dies_or_fails_says_so() -> None:
+    dying = OV.PipelineProcess("unused.gguf", {}, {}, serve=serve_dying)
+    with pytest.raises(MedkitError, match=r"died while generate \(exit code 3\)"):
+        dying.call("generate", [[1]], [{}], idle_s=30)
+    failing = OV.PipelineProcess("unused.gguf", {}, {}, serve=serve_failing)
+    with pytest.raises(MedkitError, match="failed while generate: ValueError: bad request"):
+        failing.call("generate", [[1]], [{}])
+    assert failing.alive  # a request that raises leaves the pipeline serving
+    failing.close()
+    assert not failing.alive
+
+
+def test_generation_settings_cross_the_pipe_as_plain_data() -> None:
+    greedy = OV.generation_settings(8, 0.0, ["</tool_call>", "</tool_call>"], 5, 0, [2, 2, 0])
+    assert greedy == {"max_new_tokens": 8, "min_new_tokens": 0, "stop_token_ids": [0, 2],
+                      "stop_strings": ["</tool_call>"], "logprobs": False, "do_sample": False, "temperature": None,
+                      "rng_seed": None}
+    sampled = OV.generation_settings(8, 0.3, [], 2**31 + 7, 0, [2])
+    assert sampled["do_sample"] and sampled["temperature"] == 0.3 and sampled["rng_seed"] == 7
+    assert json.loads(json.dumps(sampled)) == sampled
 
 
 @pytest.mark.slow
-def test_a_hung_generate_is_rerun_on_a_fresh_pipeline_and_a_second_hang_raises(tiny_model, tokenizer, tmp_path) -> None:
+def test_a_hung_generate_is_rerun_in_a_new_process_and_a_second_hang_raises(tiny_model, tokenizer, tmp_path) -> None:
     backend = OV.OpenVINOBackend(OV.export(tiny_model, tokenizer, root=tmp_path), tokenizer, progress=False)
     prompts = [backend.prompt_ids(c) for c in CONVERSATIONS]
     want = backend.generate_ids(prompts, max_new_tokens=4)
-    hung = _HangingPipe(backend.pipe.get_config())
-    backend.pipe, backend.watchdog_s = hung, 0.5
-    assert backend.generate_ids(prompts, max_new_tokens=4) == want  # rerun on a rebuilt pipeline: same tokens
-    assert hung.calls == 1 and backend.restarts == 1 and backend.pipe is not hung
+    first = backend.pipe
+    hung = OV.PipelineProcess("unused.gguf", {}, {}, serve=serve_hanging)
+    backend.pipe, backend.idle_s = hung, 1.0
+    assert backend.generate_ids(prompts, max_new_tokens=4) == want  # rerun in a new process: same tokens
+    assert backend.restarts == 1 and backend.pipe is not hung and not hung.alive and backend.pipe.alive
     real = backend._new_pipe
-    config = backend.pipe.get_config()
-    backend.pipe, backend._new_pipe = _HangingPipe(config), lambda: _HangingPipe(config)
-    with pytest.raises(MedkitError, match="did not return within"):
+    backend.pipe, backend._new_pipe = (OV.PipelineProcess("unused.gguf", {}, {}, serve=serve_hanging),
+                                       lambda: OV.PipelineProcess("unused.gguf", {}, {}, serve=serve_hanging))
+    with pytest.raises(MedkitError, match="did no work for 1 s, twice"):
         backend.generate_ids(prompts, max_new_tokens=4)
     backend._new_pipe = real
-    hung.release.set()
+    first.close()
+    backend.close()
+    assert not first.alive and not backend.pipe.alive
+
+
+@pytest.mark.slow
+def test_a_dropped_backend_ends_its_pipeline_process(tiny_model, tokenizer, tmp_path) -> None:
+    backend = OV.OpenVINOBackend(OV.export(tiny_model, tokenizer, root=tmp_path), tokenizer, progress=False)
+    assert backend.generate_ids([backend.prompt_ids(CONVERSATIONS[0])], max_new_tokens=2)
+    child = backend.pipe.process
+    del backend  # no reference cycle through the backend: its process ends now, not at the next gc
+    child.join(10)
+    assert not child.is_alive()
 
 
 def test_engine_choice_auto_is_openvino_on_cpu(tiny_model, tokenizer, tmp_path, monkeypatch) -> None:
@@ -230,6 +295,7 @@ def test_policy_sync_exports_to_openvino_every_n_steps(tiny_model, tokenizer, tm
                 p.add_(0.05)
     second = sync.backend(policy, 2)
     assert second.folder != first.folder and not first.folder.exists()
+    assert not first.pipe.alive and second.pipe.alive  # the previous pipeline process ended before the next
     assert [s["step"] for s in sync.syncs] == [0, 2]
     assert sync.precision == EN.resolve_precision("auto", "openvino") == second.precision
     assert all(s["mean_abs_logprob_gap"] < EN.PARITY_TOLERANCE[sync.precision] for s in sync.syncs)
