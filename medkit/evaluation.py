@@ -34,7 +34,7 @@ from typing import Any
 import pandas as pd
 
 from . import bootstrap
-from .agent import SYSTEM_PROMPT, AgentConfig, run_agent
+from .agent import REPEATED_CALL, SYSTEM_PROMPT, AgentConfig, run_agent
 from .errors import InputError
 from .judge import judge
 
@@ -73,7 +73,9 @@ def evaluate(backend: Any, toolbox: Any, questions: Sequence[dict[str, Any]], *,
                          "judge": verdict.method, "prediction": t["prediction"], "answer": q.get("answer"),
                          "stop_reason": t["stop_reason"], "n_tool_calls": t["n_tool_calls"],
                          "n_model_calls": t["n_model_calls"], "n_format_errors": t["n_format_errors"],
-                         "n_tool_errors": len(t["tool_errors"]), "n_tokens": t["n_tokens"],
+                         "n_tool_errors": len(t["tool_errors"]),
+                         "n_repeated_calls": sum(e["error"] == REPEATED_CALL for e in t["tool_errors"]),
+                         "n_tokens": t["n_tokens"],
                          "hops": q.get("hops"), "specialty": q.get("specialty"),
                          **({"task_name": q["task_name"]} if q.get("task_name") is not None else {}),
                          "messages": t["messages"]})
@@ -167,14 +169,20 @@ def by_tool_errors(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
     A policy that invents an entity name gets "unknown id" back; this shows how much of its failure that
     explains (is it right when its calls work?). A repeated-call stop always has a failed call on its side:
-    the first repeat's reminder is one.
+    the first repeat's reminder is one. Rows that count their reminders (``n_repeated_calls``, since
+    2026-12-06) are also split by the tools' own errors: ``with_tool_rejection`` (a tool returned an error)
+    and ``repeats_only`` (every failed call was a repeat).
     """
     rows = list(rows)
     out: dict[str, Any] = {"rollouts": len(rows),
                            "share_with_tool_error": round(sum(r["n_tool_errors"] > 0 for r in rows) / len(rows), 4)
                            if rows else None}
-    for side, keep in (("no_tool_error", lambda r: r["n_tool_errors"] == 0),
-                       ("with_tool_error", lambda r: r["n_tool_errors"] > 0)):
+    sides: list[tuple[str, Callable[[dict[str, Any]], bool]]] = [
+        ("no_tool_error", lambda r: r["n_tool_errors"] == 0), ("with_tool_error", lambda r: r["n_tool_errors"] > 0)]
+    if rows and all("n_repeated_calls" in r for r in rows):
+        sides += [("with_tool_rejection", lambda r: r["n_tool_errors"] > r["n_repeated_calls"]),
+                  ("repeats_only", lambda r: 0 < r["n_tool_errors"] == r["n_repeated_calls"])]
+    for side, keep in sides:
         rs = [r for r in rows if keep(r)]
         answered = [r for r in rs if r["stop_reason"] == "answer"]
         out[side] = {

@@ -63,6 +63,19 @@ def test_evaluate_and_metrics(toolbox):
         E.evaluate(BySeed(), toolbox, [FABRY_Q], k=0)
 
 
+def test_evaluate_counts_repeated_calls_apart_from_tool_errors(toolbox):
+    class Repeater:  # the same call every turn: run once, then a reminder, then the stop
+        def generate(self, conversations, **_):
+            return [Completion('<think>Again.</think><tool_call>{"name": "neighbors", "arguments": {"id": "MONDO:1"}}',
+                               50, 10, "stop") for _ in conversations]
+
+    [row] = E.evaluate(Repeater(), toolbox, [FABRY_Q], k=1, config=A.AgentConfig(max_calls=6), progress=False)
+    assert row["stop_reason"] == "repeated_call" and row["n_repeated_calls"] == 1
+    assert row["n_tool_errors"] == 2  # the tool's own error (no such tool) and the reminder
+    split = E.by_tool_errors([row])
+    assert split["with_tool_rejection"]["rollouts"] == 1 and split["repeats_only"]["rollouts"] == 0
+
+
 def test_short_chain_pass_at_1_counts_only_questions_of_at_most_three_hops():
     def row(q, hops, correct, rollout=0):
         return {"question_id": q, "rollout": rollout, "correct": correct, "stop_reason": "answer", "n_format_errors": 0,
@@ -94,6 +107,22 @@ def test_by_tool_errors_splits_rollouts_on_a_failed_call():
     none = E.by_tool_errors([row("a", 1, "repeated_call", False)])
     assert none["no_tool_error"]["correct_rate"] is None and none["with_tool_error"]["correct_rate_when_answered"] is None
     assert E.by_tool_errors([])["share_with_tool_error"] is None
+
+
+def test_by_tool_errors_tells_tool_rejections_from_repeats_when_rows_count_them():
+    def row(q, errors, repeats, stop, correct):
+        return {"question_id": q, "rollout": 0, "correct": correct, "stop_reason": stop, "n_tool_errors": errors,
+                "n_repeated_calls": repeats}
+
+    rows = [row("a", 0, 0, "answer", True), row("b", 1, 0, "answer", False), row("c", 2, 1, "answer", True),
+            row("d", 1, 1, "repeated_call", False), row("e", 1, 1, "answer", True)]
+    out = E.by_tool_errors(rows)
+    assert out["with_tool_error"]["rollouts"] == 4
+    assert out["with_tool_rejection"] == {"rollouts": 2, "correct_rate": 0.5, "answered": 2,
+                                          "correct_rate_when_answered": 0.5, "stop_reasons": {"answer": 2}}
+    assert out["repeats_only"]["rollouts"] == 2 and out["repeats_only"]["correct_rate_when_answered"] == 1.0
+    legacy = E.by_tool_errors([{k: v for k, v in r.items() if k != "n_repeated_calls"} for r in rows])
+    assert "with_tool_rejection" not in legacy and legacy["with_tool_error"]["rollouts"] == 4  # older rows: no split
 
 
 def test_agreement_counts_rollouts_two_runs_drew_alike():
