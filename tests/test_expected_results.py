@@ -233,6 +233,20 @@ CLAIMS: list[tuple[str, str, str]] = [
     ("README.md", f"{LONG}/experiments/grpo_384_vs_256.json",
      "this run's SFT+GRPO is +{paired_b_minus_a/mean} (+{paired_b_minus_a/ci95/0} … +{paired_b_minus_a/ci95/1}) above "
      "that run's"),
+    # README: notebook 05 rerun after the pipeline moved to a child process
+    ("README.md", f"{LONG}/experiments/05_rerun_session20.json",
+     "reached the same loss ({train/train_loss}); the SFT scored the same pass@1, {eval/sft/pass@1/mean}, with "
+     "{vs_reference_sft/agreement/same_rollout} of {vs_reference_sft/agreement/matched} rollouts identical to"),
+    ("README.md", f"{LONG}/experiments/05_rerun_session20.json",
+     "{vs_reference_sft/agreement/same_prediction} of {vs_reference_sft/agreement/matched} predictions the same (paired "
+     "{vs_reference_sft/paired_rerun_minus_reference/mean}, {vs_reference_sft/paired_rerun_minus_reference/ci95/0} … "
+     "+{vs_reference_sft/paired_rerun_minus_reference/ci95/1}). Its process tree peaked at\n  {stage/peak_rss_mb} MiB"),
+    ("README.md", f"{LONG}/experiments/05_rerun_session20.json",
+     "{failure_modes_sft/with_tool_rejection/rollouts} of the 704 SFT rollouts\n  had a call the tool rejected (a name, "
+     "id or relation that does not exist) and were right {failure_modes_sft/with_tool_rejection/correct_rate_when_answered|pct}% "
+     "of the time when\n  they answered; {failure_modes_sft/repeats_only/rollouts} only repeated a call "
+     "({failure_modes_sft/repeats_only/correct_rate_when_answered|pct}%); {failure_modes_sft/no_tool_error/rollouts} had "
+     "no failed call ({failure_modes_sft/no_tool_error/correct_rate_when_answered|pct}%)"),
     # README and notebook headers: the cpu reference run
     ("README.md", "results/bench/pipeline_cpu.json",
      "took **{total_seconds|min} min** on the 2 cores of this reference run"),
