@@ -31,7 +31,7 @@ from typing import Any
 
 from medkit import io as mio
 from medkit import paths
-from medkit.pipeline import PeakMemory, bench_entry, machine_facts, run_modes
+from medkit.pipeline import PeakMemory, bench_entry, machine_facts, run_modes, tree_rss_bytes
 
 MODES = ("in_process", "process")
 BASELINE = "in_process"
@@ -59,10 +59,7 @@ def _setup(profile: str) -> tuple[Any, Path, list[list[int]]]:
 
 
 def _tree_rss_mb() -> float:
-    import psutil
-
-    root = psutil.Process()
-    return round(sum(p.memory_info().rss for p in [root, *root.children(recursive=True)]) / 2**20, 1)
+    return round(tree_rss_bytes() / 2**20, 1)
 
 
 class _InProcess:

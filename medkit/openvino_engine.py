@@ -353,14 +353,20 @@ def handle_request(pipe: Any, kind: str, args: Sequence[Any]) -> Any:
     raise ValueError(f"unknown request {kind!r}")
 
 
+def _outcome(work: Callable[[], Any]) -> tuple[str, Any]:
+    """``("ok", result)`` of ``work()``, or ``("error", "Type: message")``: the child's reply to a request."""
+    try:
+        return "ok", work()
+    except Exception as e:
+        return "error", f"{type(e).__name__}: {e}"
+
+
 def serve_pipeline(conn: Any, model_path: str, scheduler: dict[str, Any], properties: dict[str, Any]) -> None:
     """The child's loop: build the pipeline, then answer requests until "close" or the pipe ends."""
-    try:
-        pipe = build_pipeline(model_path, scheduler, properties)
-    except Exception as e:
-        conn.send(("error", f"{type(e).__name__}: {e}"))
+    status, pipe = _outcome(lambda: build_pipeline(model_path, scheduler, properties))
+    conn.send((status, None if status == "ok" else pipe))  # the pipeline itself stays here
+    if status != "ok":
         return
-    conn.send(("ok", None))
     while True:
         try:
             kind, args = conn.recv()
@@ -368,12 +374,7 @@ def serve_pipeline(conn: Any, model_path: str, scheduler: dict[str, Any], proper
             return
         if kind == "close":
             return
-        try:
-            out = handle_request(pipe, kind, args)
-        except Exception as e:
-            conn.send(("error", f"{type(e).__name__}: {e}"))
-            continue
-        conn.send(("ok", out))
+        conn.send(_outcome(lambda: handle_request(pipe, kind, args)))
 
 
 class OpenVINOBackend(TokenIdChat):
@@ -411,7 +412,6 @@ class OpenVINOBackend(TokenIdChat):
                      "max_num_seqs": batch_size, "max_num_batched_tokens": DEFAULT_MAX_BATCHED_TOKENS}
         hint, kv = PRECISION_PROPERTIES[precision]
         properties = {"INFERENCE_NUM_THREADS": self.threads, "INFERENCE_PRECISION_HINT": hint, "KV_CACHE_PRECISION": kv}
-        self.scheduler, self.properties = scheduler, properties  # what each pipeline process is built with
         model_path = self.folder / GGUF_FILE  # not self: a backend dropped ends its process at once, without gc
         self._new_pipe: Callable[[], PipelineProcess] = lambda: PipelineProcess(model_path, scheduler, properties)
         self.pipe = self._new_pipe()

@@ -33,6 +33,22 @@ def numbered_notebooks(folder: Path | None = None) -> list[Path]:
     return sorted(p for p in folder.glob("[0-9][0-9]_*.ipynb"))
 
 
+def tree_rss_bytes(root: psutil.Process | None = None) -> int:
+    """The RSS of a process tree now: ``root`` (default: this process) and all its children (0 once it has exited)."""
+    root = root or psutil.Process()
+    try:
+        tree = [root, *root.children(recursive=True)]
+    except psutil.Error:  # the root has exited
+        return 0
+    total = 0
+    for p in tree:
+        try:
+            total += p.memory_info().rss
+        except psutil.Error:
+            pass
+    return total
+
+
 class PeakMemory:
     """Samples the RSS of a process tree: by default this process and all its children
     (e.g. a Jupyter kernel), or the tree under ``root``."""
@@ -45,18 +61,7 @@ class PeakMemory:
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _sample(self) -> int:
-        root = self.root or psutil.Process()
-        try:
-            tree = [root, *root.children(recursive=True)]
-        except psutil.Error:  # the root has exited
-            return 0
-        total = 0
-        for p in tree:
-            try:
-                total += p.memory_info().rss
-            except psutil.Error:
-                pass
-        return total
+        return tree_rss_bytes(self.root)
 
     def _run(self) -> None:
         while not self._stop.is_set():
