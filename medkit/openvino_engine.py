@@ -33,7 +33,10 @@ Scope:
   OpenVINO GenAI 2026.4's sampler sometimes waits forever with every thread idle; a thread stuck in
   C++ cannot be stopped, so the 2026-12-06 ``cpu_long`` run rebuilt a pipeline beside the hung one and
   peaked at 18.9 GiB. A hung child is killed, which returns its memory (KV cache included), and the
-  batch is rerun once on a new one; a second hang raises.
+  batch is rerun once on a new one; a second hang raises. The child ignores SIGINT: Jupyter sends it to
+  the kernel's whole process group (its interrupt button, and papermill before every kernel shutdown);
+  an interrupted wait kills the child instead (a late reply must not answer the next call), and the
+  backend starts a new one at its next call.
 
 Out of scope: choosing the engine (:mod:`medkit.engine`), the agent loop, GPU serving.
 openvino, openvino_genai and gguf are imported lazily; nothing here imports a GPU package.
@@ -46,6 +49,7 @@ import json
 import logging
 import multiprocessing
 import random
+import signal
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -222,8 +226,9 @@ class PipelineProcess:
 
         ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: no torch state, no forked locks
         self._conn, child = ctx.Pipe()
-        self.process = ctx.Process(target=serve or serve_pipeline, name="openvino-pipeline", daemon=True,
-                                   args=(child, str(model_path), dict(scheduler), dict(properties)))
+        self.process = ctx.Process(target=run_child, name="openvino-pipeline", daemon=True,
+                                   args=(serve or serve_pipeline, child, str(model_path), dict(scheduler),
+                                         dict(properties)))
         self.process.start()
         child.close()
         self._ps = psutil.Process(self.process.pid)
@@ -239,19 +244,24 @@ class PipelineProcess:
             return float("inf")
 
     def _await(self, *, limit_s: float, idle_s: float, what: str) -> Any:
-        verdict = wait_while_working(self._conn.poll, cpu_seconds=self._cpu_seconds, limit_s=limit_s, idle_s=idle_s)
-        if verdict != "done":
-            self.kill()
-            raise HungCall(f"did no work for {idle_s:.0f} s" if verdict == "idle"
-                           else f"did not return within {limit_s:.0f} s")
         try:
-            status, value = self._conn.recv()
+            verdict = wait_while_working(self._conn.poll, cpu_seconds=self._cpu_seconds, limit_s=limit_s,
+                                         idle_s=idle_s)
+            if verdict == "done":
+                status, value = self._conn.recv()
         except (EOFError, OSError):
             self.process.join(5)
             code = self.process.exitcode
             self.kill()
             raise MedkitError(f"the OpenVINO pipeline process died while {what} (exit code {code}); "
                               "rerun, or use ENGINE='transformers'") from None
+        except BaseException:  # interrupted (KeyboardInterrupt): the child's reply would answer the next call
+            self.kill()
+            raise
+        if verdict != "done":
+            self.kill()
+            raise HungCall(f"did no work for {idle_s:.0f} s" if verdict == "idle"
+                           else f"did not return within {limit_s:.0f} s")
         if status != "ok":
             raise MedkitError(f"the OpenVINO pipeline process failed while {what}: {value}")
         return value
@@ -361,6 +371,14 @@ def _outcome(work: Callable[[], Any]) -> tuple[str, Any]:
         return "error", f"{type(e).__name__}: {e}"
 
 
+def run_child(serve: Callable[..., None], *args: Any) -> None:
+    """The child process's entry: ignore SIGINT (the parent owns the child's life: it closes or kills it),
+    then ``serve(*args)``. Jupyter interrupts a kernel's whole process group, so without this every
+    interrupt, and papermill's before each kernel shutdown, ended the child with a traceback."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    serve(*args)
+
+
 def serve_pipeline(conn: Any, model_path: str, scheduler: dict[str, Any], properties: dict[str, Any]) -> None:
     """The child's loop: build the pipeline, then answer requests until "close" or the pipe ends."""
     status, pipe = _outcome(lambda: build_pipeline(model_path, scheduler, properties))
@@ -442,7 +460,11 @@ class OpenVINOBackend(TokenIdChat):
 
     def _guarded(self, kind: str, *args: Any) -> Any:
         """A request to the pipeline process under its watchdog: a call that hangs is rerun once in a new
-        process (the hung one is killed: :class:`PipelineProcess`); a second hang raises."""
+        process (the hung one is killed: :class:`PipelineProcess`); a second hang raises. A process that has
+        ended (closed, or killed by an interrupted call) is replaced first."""
+        if not self.pipe.alive:
+            log.info("%s: the pipeline process had ended; starting a new one", self.name)
+            self.pipe = self._new_pipe()
         for attempt in (1, 2):
             try:
                 return self.pipe.call(kind, *args, limit_s=self.watchdog_s, idle_s=self.idle_s)

@@ -10,9 +10,11 @@ checks greedy parity with the transformers backend and the agent's stop strings.
 
 from __future__ import annotations
 
+import _thread
 import copy
 import json
 import os
+import signal
 import threading
 import time
 from pathlib import Path
@@ -178,6 +180,21 @@ def test_a_hung_pipeline_process_is_killed_and_its_memory_returned() -> None:
         proc.call("generate", [[1, 2]], [{}])
 
 
+def test_the_child_ignores_sigint_and_an_interrupted_wait_kills_it() -> None:
+    proc = OV.PipelineProcess("unused.gguf", {}, {}, serve=serve_hanging)
+    os.kill(proc.process.pid, signal.SIGINT)  # what Jupyter sends the kernel's process group
+    time.sleep(1.0)
+    assert proc.alive  # ignored: only the parent ends its child
+    timer = threading.Timer(0.5, _thread.interrupt_main)  # the interrupt button, while the parent waits
+    timer.start()
+    t0 = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        proc.call("generate", [[1, 2]], [{}], limit_s=60, idle_s=60)
+    assert time.monotonic() - t0 < 10
+    proc.process.join(10)
+    assert not proc.alive  # killed: its late reply cannot answer a later call
+
+
 def test_a_pipeline_process_that_dies_or_fails_says_so() -> None:
     dying = OV.PipelineProcess("unused.gguf", {}, {}, serve=serve_dying)
     with pytest.raises(MedkitError, match=r"died while generate \(exit code 3\)"):
@@ -216,6 +233,9 @@ def test_a_hung_generate_is_rerun_in_a_new_process_and_a_second_hang_raises(tiny
     with pytest.raises(MedkitError, match="did no work for 1 s, twice"):
         backend.generate_ids(prompts, max_new_tokens=4)
     backend._new_pipe = real
+    assert not backend.pipe.alive  # the second hung process was killed, as an interrupted call kills one
+    assert backend.generate_ids(prompts, max_new_tokens=4) == want and backend.pipe.alive  # replaced first
+    assert backend.restarts == 2
     first.close()
     backend.close()
     assert not first.alive and not backend.pipe.alive
