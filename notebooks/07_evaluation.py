@@ -15,7 +15,7 @@
 # |---|---|---|
 # | `smoke` | tables and plots from notebooks 05-06; both ablations with 1 GRPO step each, 2 questions × 1 rollout | ~1 min |
 # | `cpu` | tables and plots; ablation *GRPO from base* (2 steps), evaluated on the 12 held-out questions × 3 rollouts; the accuracy-only ablation is off (another ~15 min: set `ABLATIONS`); base 0.000, SFT 0.000, SFT+GRPO 0.000, GRPO from base 0.000 on these 12 questions (each needs every hop it states; 12 × 3 rollouts cannot resolve a pass@1 below ~0.1) | ~4.5 min (4.4 min in the committed run; peak 9.2 GiB) |
-# | `cpu_long` | tables and plots of the reference run: all 176 held-out questions × 4 rollouts — base 0.000, SFT 0.251 (95% CI 0.197–0.310), SFT+GRPO 0.266 (0.210–0.327); paired SFT − base +0.251 (+0.197 … +0.308), SFT+GRPO − SFT +0.014 (−0.017 … +0.047); SFT on the 136 questions of ≤ 3 hops 0.324 (0.259–0.392); no ablations (set `ABLATIONS`: each is a GRPO run plus an evaluation, ~75 min at notebook 06's measured cost: 20 steps and an evaluation) | 16 s (`results/cpu_long/`) |
+# | `cpu_long` | tables and plots of the reference run: all 176 held-out questions × 4 rollouts — base 0.000, SFT 0.237 (95% CI 0.188–0.291), SFT+GRPO 0.271 (0.214–0.334); paired SFT − base +0.237 (+0.188 … +0.291), SFT+GRPO − SFT +0.034 (+0.003 … +0.065); SFT on the 136 questions of ≤ 3 hops 0.305 (0.245–0.368); no ablations (set `ABLATIONS`: each is a GRPO run plus an evaluation, ~40 min at notebook 06's measured cost: 10 steps and an evaluation) | 13 s (`results/cpu_long/`) |
 # | `gpu` | both ablations with notebook 06's settings | hours |
 #
 # The reported numbers come from a 32B model with web search on public benchmarks; the measured ones

@@ -2,10 +2,10 @@
 
 Each claim is a piece of text as it appears in a document, with ``{path}`` placeholders where a
 number stands; a path walks the metrics JSON (``/``-separated keys, list indices as integers) and
-may end in ``|min`` (seconds shown in minutes) or ``|pct`` (a share shown in percent). The text
-around the numbers must match exactly (``−`` and ``-`` count as the same sign); each number must
-equal the metric within the precision it is shown with (half a unit of its last digit), so a
-rounded figure passes and a stale one fails. When a reference run is refreshed, the documents are
+may end in ``|min`` (seconds shown in minutes), ``|pct`` (a share shown in percent) or ``|gib`` (MiB
+shown in GiB). The text around the numbers must match exactly (``−`` and ``-`` count as the same sign);
+each number must equal the metric within the precision it is shown with (half a unit of its last
+digit), so a rounded figure passes and a stale one fails. When a reference run is refreshed, the documents are
 edited to its numbers and this test says which ones were missed.
 """
 
@@ -113,8 +113,8 @@ CLAIMS: list[tuple[str, str, str]] = [
      "| **{stages/sft/pass@1/mean} ({stages/sft/pass@1/ci95/0}–{stages/sft/pass@1/ci95/1})** | {stages/sft/pass@k}"
      " | {stages/sft/answer_rate} | {stages/sft/format_error_rate|pct}% | {stages/sft/tool_calls_per_question} |"),
     ("README.md", f"{LONG}/07_evaluation.json",
-     "| SFT + GRPO (20 steps × 8 rollouts) | {stages/sft+grpo/pass@1/mean} ({stages/sft+grpo/pass@1/ci95/0}–"
-     "{stages/sft+grpo/pass@1/ci95/1}) | {stages/sft+grpo/pass@k} | {stages/sft+grpo/answer_rate} | "
+     "| SFT + GRPO (10 steps × 8 rollouts) | **{stages/sft+grpo/pass@1/mean} ({stages/sft+grpo/pass@1/ci95/0}–"
+     "{stages/sft+grpo/pass@1/ci95/1})** | {stages/sft+grpo/pass@k} | {stages/sft+grpo/answer_rate} | "
      "{stages/sft+grpo/format_error_rate|pct}% | {stages/sft+grpo/tool_calls_per_question} |"),
     ("README.md", f"{LONG}/07_evaluation.json",
      "same {questions} held-out questions (every question of the held-out split: "
@@ -148,7 +148,7 @@ CLAIMS: list[tuple[str, str, str]] = [
      "{reward_hacking/checkpoints/1/train_accuracy} → {reward_hacking/checkpoints/2/train_accuracy}"),
     ("README.md", f"{LONG}/05_sft.json",
      "scored {learning_curve/0/pass@1/mean} ({learning_curve/0/pass@1/ci95/0}–{learning_curve/0/pass@1/ci95/1};"
-     " {learning_curve/0/rollouts} rollouts),\n  after 384 {eval/sft/pass@1/mean}"),
+     " {learning_curve/0/rollouts} rollout),\n  after 384 {eval/sft/pass@1/mean}"),
     ("README.md", f"{LONG}/05_sft.json",
      "SFT {train/seconds|min} min at {train/tokens_per_second} tokens/s, loss {train/train_loss}; base\n  evaluation "
      "{eval/base/seconds|min} min; SFT evaluation {eval/sft/seconds|min} min"),
@@ -160,10 +160,10 @@ CLAIMS: list[tuple[str, str, str]] = [
     ("README.md", f"{LONG}/06_grpo.json", "at {train/seconds_per_step} s per step"),
     ("README.md", f"{LONG}/06_grpo.json", "GRPO {train/seconds|min} min"),
     ("README.md", "results/bench/pipeline_cpu_long.json",
-     "05 {stages/0/seconds|min} min (SFT"),
+     "05 {stages/6/seconds|min} min (SFT"),
     ("README.md", "results/bench/pipeline_cpu_long.json",
-     "06 {stages/1/seconds|min} min (pool probe"),
-    ("README.md", "results/bench/pipeline_cpu_long.json", "**{total_seconds|min} min for 05–07**"),
+     "06 {stages/7/seconds|min} min (pool probe"),
+    ("README.md", "results/bench/pipeline_cpu_long.json", "**{total_seconds|min} min for the whole pipeline**"),
     ("README.md", f"{LONG}/experiments/05_sft_256_mixed.json",
      "the same training, the same loss {train/train_loss}, scored with\n  k = 2 on the ≤ 3-hop questions) reported "
      "{experiment/pass@1/mean} ({experiment/pass@1/ci95/0}–{experiment/pass@1/ci95/1})"),
@@ -180,7 +180,7 @@ CLAIMS: list[tuple[str, str, str]] = [
      "paired, that\n  run's k = 4 minus the pilot's k = 2: {same_adapter/paired_k4_minus_k2/mean} "
      "({same_adapter/paired_k4_minus_k2/ci95/0} … {same_adapter/paired_k4_minus_k2/ci95/1})"),
     ("README.md", f"{LONG}/06_grpo.json", "probe pass@1 {pool/probe_pass@1/mean}). Dynamic sampling"),
-    ("README.md", "results/bench/pipeline_cpu_long.json", "07 {stages/2/seconds} s: **"),
+    ("README.md", "results/bench/pipeline_cpu_long.json", "07 {stages/8/seconds} s: **"),
     # README: how the cpu_long policies fail, read from the reference run's rows by bench/failure_modes.py
     ("README.md", f"{LONG}/experiments/failure_modes.json",
      "{stages/sft/share_with_tool_error|pct}% of the SFT rollouts made at\n  least one tool call that failed"),
@@ -188,8 +188,28 @@ CLAIMS: list[tuple[str, str, str]] = [
      "answered right {stages/sft/no_tool_error/correct_rate_when_answered|pct}% of the time when they answered; those "
      "with one, {stages/sft/with_tool_error/correct_rate_when_answered|pct}%."),
     ("README.md", f"{LONG}/experiments/failure_modes.json",
-     "After GRPO the share with a failed call rose to {stages/sft+grpo/share_with_tool_error|pct}%, and those\n  without "
+     "After GRPO the share with a failed call fell to {stages/sft+grpo/share_with_tool_error|pct}%, and those\n  without "
      "one were right {stages/sft+grpo/no_tool_error/correct_rate_when_answered|pct}% of the time"),
+    ("README.md", f"{LONG}/experiments/failure_modes.json",
+     "Split: {stages/sft/with_tool_rejection/rollouts} rollouts had a call the\n  tool rejected (right "
+     "{stages/sft/with_tool_rejection/correct_rate_when_answered|pct}% when they answered), "
+     "{stages/sft/repeats_only/rollouts} only repeated a call ({stages/sft/repeats_only/correct_rate_when_answered|pct}%)"),
+    # README: the reference run against the previous one (another CPU), by bench/compare_runs.py
+    ("README.md", f"{LONG}/experiments/sft_reference_vs_previous.json",
+     "and scored {a/pass@1/mean}; here {b/pass@1/mean}, paired {paired_b_minus_a/mean} ({paired_b_minus_a/ci95/0} … "
+     "+{paired_b_minus_a/ci95/1}); only {agreement/same_prediction} of {agreement/matched} predictions are the same and "
+     "{agreement/same_rollout} of\n  {agreement/matched} whole rollouts"),
+    ("README.md", f"{LONG}/experiments/grpo_reference_vs_previous.json",
+     "its SFT+GRPO, {b/pass@1/mean}, is where that run's 20 steps ended ({a/pass@1/mean}; paired\n  "
+     "+{paired_b_minus_a/mean}, {paired_b_minus_a/ci95/0} … +{paired_b_minus_a/ci95/1}"),
+    # README: the cpu_long run's cost and memory, stage by stage
+    ("README.md", "results/bench/pipeline_cpu_long.json",
+     "the knowledge base {stages/0/seconds|min} min, the model {stages/1/seconds|min} min, 01 {stages/2/seconds|min} min, "
+     "02 {stages/3/seconds|min} min, 03 {stages/4/seconds|min} min, 04 {stages/5/seconds|min} min"),
+    ("README.md", "results/bench/pipeline_cpu_long.json",
+     "peak {stages/6/peak_rss_mb} MiB in 05 ({stages/6/peak_rss_mb|gib} GiB, SFT\n  training), {stages/7/peak_rss_mb} MiB "
+     "in 06 ({stages/7/peak_rss_mb|gib} GiB), {stages/4/peak_rss_mb} MiB in 03, {stages/8/peak_rss_mb} MiB in 07"),
+    ("README.md", f"{LONG}/06_grpo.json", "GRPO {train/seconds|min} min at {train/seconds_per_step} s per step"),
     # notebook headers: the cpu_long rows
     ("notebooks/05_sft.py", f"{LONG}/05_sft.json",
      "1 epoch (384 steps) | {train/seconds|min} min ({train/tokens_per_second} tokens/s, loss {train/train_loss})"),
@@ -201,7 +221,7 @@ CLAIMS: list[tuple[str, str, str]] = [
      "{eval/sft/pass@1_by_hops/2/mean}, 3-hop {eval/sft/pass@1_by_hops/3/mean}"),
     ("notebooks/05_sft.py", f"{LONG}/05_sft.json", "after 192 trajectories {learning_curve/0/pass@1/mean}"),
     ("notebooks/06_grpo.py", f"{LONG}/06_grpo.json",
-     "probe 14 min → {pool/learnable} learnable questions (15 of them 3-hop); {train/seconds_per_step} s/step; "
+     "probe 6 min → {pool/learnable} learnable questions (10 of them 3-hop); {train/seconds_per_step} s/step; "
      "{train/dynamic_sampling/redrawn} redraws, {train/dynamic_sampling/uniform_kept} of {train/steps} groups"),
     ("notebooks/06_grpo.py", f"{LONG}/06_grpo.json",
      "training accuracy {reward_hacking/checkpoints/1/train_accuracy} → {reward_hacking/checkpoints/2/train_accuracy}"),
@@ -219,7 +239,7 @@ CLAIMS: list[tuple[str, str, str]] = [
      "{paired_grpo_minus_sft/mean} ({paired_grpo_minus_sft/ci95/0} … {paired_grpo_minus_sft/ci95/1})"),
     # README: the 384-row pilot of the cpu_long reference run, and the reference against earlier runs (bench/compare_runs.py)
     ("README.md", f"{LONG}/experiments/05_sft_384_mixed.json",
-     "machine) trained to the same loss ({train/train_loss}) and scored {experiment/pass@1/mean}; this run scores the same "
+     "trained to the same loss ({train/train_loss}) and scored {experiment/pass@1/mean}; that run scores the same\n  "
      "136 questions"),
     ("README.md", f"{LONG}/experiments/sft_384_reference_vs_pilot.json",
      "{agreement/same_prediction} of {agreement/matched}\n  predictions and {agreement/same_rollout} of {agreement/matched} "
@@ -231,7 +251,7 @@ CLAIMS: list[tuple[str, str, str]] = [
      "{paired_b_minus_a/better} questions\n  better, {paired_b_minus_a/worse} worse; on ≤ 3 hops "
      "+{paired_b_minus_a_max3_hops/mean} (+{paired_b_minus_a_max3_hops/ci95/0} … +{paired_b_minus_a_max3_hops/ci95/1})"),
     ("README.md", f"{LONG}/experiments/grpo_384_vs_256.json",
-     "this run's SFT+GRPO is +{paired_b_minus_a/mean} (+{paired_b_minus_a/ci95/0} … +{paired_b_minus_a/ci95/1}) above "
+     "its SFT+GRPO was +{paired_b_minus_a/mean} (+{paired_b_minus_a/ci95/0} … +{paired_b_minus_a/ci95/1}) above "
      "that run's"),
     # README: notebook 05 rerun after the pipeline moved to a child process
     ("README.md", f"{LONG}/experiments/05_rerun_session20.json",
@@ -247,6 +267,23 @@ CLAIMS: list[tuple[str, str, str]] = [
      "of the time when\n  they answered; {failure_modes_sft/repeats_only/rollouts} only repeated a call "
      "({failure_modes_sft/repeats_only/correct_rate_when_answered|pct}%); {failure_modes_sft/no_tool_error/rollouts} had "
      "no failed call ({failure_modes_sft/no_tool_error/correct_rate_when_answered|pct}%)"),
+    # README: the 20-step cpu_long reference run (commit 0f4e337), kept whole in an experiment file
+    ("README.md", f"{LONG}/experiments/reference_20steps.json",
+     "SFT {evaluation/stages/sft/pass@1/mean} ({evaluation/stages/sft/pass@1/ci95/0}–{evaluation/stages/sft/pass@1/ci95/1}),"
+     " ≤ 3 hops {evaluation/sft_pass@1_max3_hops/mean}; SFT+GRPO {evaluation/stages/sft+grpo/pass@1/mean} "
+     "({evaluation/stages/sft+grpo/pass@1/ci95/0}–{evaluation/stages/sft+grpo/pass@1/ci95/1}), paired "
+     "+{evaluation/paired/grpo_minus_sft/mean}\n  ({evaluation/paired/grpo_minus_sft/ci95/0} … "
+     "+{evaluation/paired/grpo_minus_sft/ci95/1}), {evaluation/paired/grpo_minus_sft/better} questions better, "
+     "{evaluation/paired/grpo_minus_sft/worse} worse"),
+    ("README.md", f"{LONG}/experiments/reference_20steps.json",
+     "the probe found {grpo/pool/learnable} learnable questions of {grpo/pool/candidates};\n  "
+     "{grpo/train/dynamic_sampling/redrawn} redraws, {grpo/train/dynamic_sampling/uniform_kept} groups all right or all "
+     "wrong; held-out pass@1 {grpo/reward_hacking/checkpoints/0/heldout_pass@1} → "
+     "{grpo/reward_hacking/checkpoints/1/heldout_pass@1} → {grpo/reward_hacking/checkpoints/2/heldout_pass@1}"),
+    ("README.md", f"{LONG}/experiments/reference_20steps.json",
+     "{grpo/train/seconds_per_step} s per step; 05 {pipeline/stages/0/seconds|min} min, 06 "
+     "{pipeline/stages/1/seconds|min} min: {pipeline/total_seconds|min} min for 05–07, over the budget; peak\n  "
+     "{pipeline/stages/0/peak_rss_mb|gib} GiB in 05"),
     # README and notebook headers: the cpu reference run
     ("README.md", "results/bench/pipeline_cpu.json",
      "took **{total_seconds|min} min** on the 2 cores of this reference run"),
@@ -326,7 +363,7 @@ def lookup(data: Any, path: str) -> float:
     for key in path.split("/"):
         value = value[int(key)] if isinstance(value, list) else value[key]
     value = float(value)
-    return {"": value, "min": value / 60, "pct": value * 100}[unit]
+    return {"": value, "min": value / 60, "pct": value * 100, "gib": value / 1024}[unit]
 
 
 def shown_number(text: str) -> tuple[float, int]:
@@ -374,3 +411,4 @@ def test_a_stale_or_missing_number_is_caught() -> None:
     with pytest.raises(AssertionError, match="no text of the shape"):
         check_claim("pass@1 was 0.158", data, template)
     assert lookup({"a": [{"b": 0.5}]}, "a/0/b|pct") == 50.0
+    assert lookup({"m": 19326.0}, "m|gib") == pytest.approx(18.873, abs=1e-3)
