@@ -31,8 +31,8 @@ Scope:
 * :class:`PipelineProcess`: the pipeline runs in a child process (``spawn``; token ids and plain
   settings cross a pipe), watched while it works (:func:`wait_while_working` on the child's CPU time).
   OpenVINO GenAI 2026.4's sampler sometimes waits forever with every thread idle; a thread stuck in
-  C++ cannot be stopped, so the 2026-12-06 ``cpu_long`` run rebuilt a pipeline beside the hung one and
-  peaked at 18.9 GiB. A hung child is killed, which returns its memory (KV cache included), and the
+  C++ cannot be stopped, so the 20-step ``cpu_long`` run (commit 0f4e337) rebuilt a pipeline beside the
+  hung one and peaked at 18.9 GiB. A hung child is killed, which returns its memory (KV cache included), and the
   batch is rerun once on a new one; a second hang raises. The child ignores SIGINT: Jupyter sends it to
   the kernel's whole process group (its interrupt button, and papermill before every kernel shutdown);
   an interrupted wait kills the child instead (a late reply must not answer the next call), and the

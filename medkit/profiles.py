@@ -227,8 +227,9 @@ _OVERRIDES["cpu_long"] = _with(_OVERRIDES["cpu"], {
     # all wrong: results/cpu_long/experiments/grpo_group_diversity.json). Sized for the 150-minute budget: with 20
     # steps, 128 probed candidates and a 2-rollout checkpoint, 05-07 took 180.8 min (2026-12-06; probe 14.4, GRPO
     # 50.6 at 152 s/step, checkpoint 11.0 min); 10 steps, 64 candidates (51 of 128 were learnable) and 1 rollout
-    # give ~138 min for 05-07 by those cell times, ~146 with 01-04. No GRPO run here has moved held-out pass@1
-    # beyond +0.014 in 20-30 steps, so the steps given up cost no measured gain
+    # give ~138 min for 05-07 by those cell times, ~146 with 01-04. Measured since: the whole make pipeline took
+    # 105.2 min on an Intel Xeon with AMX (results/bench/pipeline_cpu_long.json), and its 10 steps gave +0.034
+    # (paired CI +0.003 ... +0.065), against +0.014 from the 20 steps of the EPYC run
     "grpo": {"NUM_GENERATIONS": 8, "MAX_STEPS": 10, "POOL_CANDIDATES": 64, "TEMPERATURE": 0.3, "MAX_CALLS": 10,
              "MAX_COMPLETION_LENGTH": 1536, "CURVE_K": 1, "LEARNING_RATE": 3e-5, "REDRAWS": 3},
     "evaluation": {"ABLATIONS": []},
