@@ -247,21 +247,19 @@ class PipelineProcess:
         try:
             verdict = wait_while_working(self._conn.poll, cpu_seconds=self._cpu_seconds, limit_s=limit_s,
                                          idle_s=idle_s)
-            if verdict == "done":
-                status, value = self._conn.recv()
+            if verdict != "done":
+                raise HungCall(f"did no work for {idle_s:.0f} s" if verdict == "idle"
+                               else f"did not return within {limit_s:.0f} s")
+            status, value = self._conn.recv()
         except (EOFError, OSError):
             self.process.join(5)
             code = self.process.exitcode
             self.kill()
             raise MedkitError(f"the OpenVINO pipeline process died while {what} (exit code {code}); "
                               "rerun, or use ENGINE='transformers'") from None
-        except BaseException:  # interrupted (KeyboardInterrupt): the child's reply would answer the next call
+        except BaseException:  # hung, or interrupted (KeyboardInterrupt): a late reply would answer the next call
             self.kill()
             raise
-        if verdict != "done":
-            self.kill()
-            raise HungCall(f"did no work for {idle_s:.0f} s" if verdict == "idle"
-                           else f"did not return within {limit_s:.0f} s")
         if status != "ok":
             raise MedkitError(f"the OpenVINO pipeline process failed while {what}: {value}")
         return value
