@@ -157,8 +157,6 @@ CLAIMS: list[tuple[str, str, str]] = [
     ("README.md", f"{LONG}/06_grpo.json",
      "held-out pass@1 went {reward_hacking/checkpoints/0/heldout_pass@1} → {reward_hacking/checkpoints/1/heldout_pass@1}"
      " → {reward_hacking/checkpoints/2/heldout_pass@1}"),
-    ("README.md", f"{LONG}/06_grpo.json", "at {train/seconds_per_step} s per step"),
-    ("README.md", f"{LONG}/06_grpo.json", "GRPO {train/seconds|min} min"),
     ("README.md", "results/bench/pipeline_cpu_long.json",
      "05 {stages/6/seconds|min} min (SFT"),
     ("README.md", "results/bench/pipeline_cpu_long.json",
